@@ -1,0 +1,34 @@
+# Two entry points: `make serve` (the service with embedded defaults) and `make test`.
+# Each creates .venv from pyproject.toml when it is missing or older than pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint typecheck unit openapi clean
+
+$(BIN)/moesched: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(BIN)/moesched
+
+serve: $(BIN)/moesched
+	$(BIN)/moesched serve
+
+test: $(BIN)/moesched lint typecheck unit
+
+lint: $(BIN)/moesched
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/moesched
+	$(BIN)/mypy
+
+unit: $(BIN)/moesched
+	$(BIN)/pytest
+
+openapi: $(BIN)/moesched
+	$(BIN)/python -m service.openapi_export
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""Cost model: how long one task takes on one device or link.
+
+Every duration the executor uses comes from here, and solvers call the same functions, so a
+solver's predicted makespan and the executor's simulated one are computed from one model.
+
+    compute (roofline):  launch + max(flops / (peak * eff_c), bytes / (bw * eff_m))
+    compute (NDP tiles): launch + load_1 + sum_{i>=2} max(load_i, compute_{i-1}) + compute_n,
+                         weights streamed in double-buffered tiles of sram_bytes / 2,
+                         load_i = tile_overhead + tile_bytes_i / (bw * eff_m)
+    transfer:            latency + bytes / bandwidth
+
+Seconds are turned into integer cycles of the reference clock once per task, rounding up.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hwmodel.spec import Device, Link, ModelSpec
+
+
+def to_cycles(seconds: float, clock_hz: float) -> int:
+    """Seconds -> whole cycles, rounding up (a task never takes less than its model says).
+
+    The product is rounded to 1e-6 cycle first so that float noise (3.0000000000004) does not
+    add a cycle.
+    """
+    return math.ceil(round(seconds * clock_hz, 6))
+
+
+def expert_flops(model: ModelSpec, num_tokens: int, ffn_width: int) -> float:
+    """FLOPs of an expert slice ``ffn_width`` columns wide on ``num_tokens`` tokens.
+
+    Gated experts do 3 GEMMs (gate, up, down), each ``2 * tokens * H * width`` FLOPs.
+    """
+    return 2.0 * model.num_matrices * model.hidden_size * ffn_width * num_tokens
+
+
+def expert_bytes_read(model: ModelSpec, num_tokens: int, ffn_width: int) -> float:
+    """Bytes an expert slice reads and writes: its weights plus input and output rows."""
+    return model.expert_bytes(ffn_width) + 2 * model.activation_bytes(num_tokens)
+
+
+def roofline_s(device: Device, flops: float, bytes_moved: float) -> float:
+    """Launch + the slower of compute and memory time, at the device's efficiencies."""
+    compute_s = flops / (device.peak_flops_per_s * device.compute_efficiency)
+    memory_s = bytes_moved / (device.mem_bandwidth_bytes_per_s * device.memory_efficiency)
+    return device.launch_s + max(compute_s, memory_s)
+
+
+def tile_pipeline_s(device: Device, flops: float, weight_bytes: float) -> float:
+    """Weights streamed through SRAM in double-buffered tiles; compute overlaps the next load.
+
+    Args:
+        device: an NDP unit with ``sram_bytes`` set.
+        flops: total FLOPs, spread over tiles in proportion to their bytes.
+        weight_bytes: bytes streamed from the unit's DRAM.
+
+    Returns:
+        launch + load_1 + sum_{i=2..n} max(load_i, compute_{i-1}) + compute_n, in seconds.
+    """
+    assert device.sram_bytes is not None
+    if weight_bytes <= 0:
+        return device.launch_s + flops / (device.peak_flops_per_s * device.compute_efficiency)
+    tile_bytes = device.sram_bytes / 2
+    num_full = int(weight_bytes // tile_bytes)
+    last_bytes = weight_bytes - num_full * tile_bytes
+    bw = device.mem_bandwidth_bytes_per_s * device.memory_efficiency
+    seconds_per_flop = 1.0 / (device.peak_flops_per_s * device.compute_efficiency)
+    flops_per_byte = flops / weight_bytes
+
+    def load(b: float) -> float:
+        return device.tile_overhead_s + b / bw
+
+    def compute(b: float) -> float:
+        return b * flops_per_byte * seconds_per_flop
+
+    # Full tiles are identical, so the steady state is (n_full - 1) equal steps.
+    if last_bytes <= 1e-9:
+        total = load(tile_bytes) + (num_full - 1) * max(load(tile_bytes), compute(tile_bytes))
+        total += compute(tile_bytes)
+    elif num_full == 0:
+        total = load(last_bytes) + compute(last_bytes)
+    else:
+        total = load(tile_bytes) + (num_full - 1) * max(load(tile_bytes), compute(tile_bytes))
+        total += max(load(last_bytes), compute(tile_bytes)) + compute(last_bytes)
+    return device.launch_s + total
+
+
+def expert_shard_s(device: Device, model: ModelSpec, num_tokens: int, ffn_width: int) -> float:
+    """Seconds for one expert shard on a device (tile pipeline on NDP units with SRAM)."""
+    flops = expert_flops(model, num_tokens, ffn_width)
+    if device.sram_bytes is not None:
+        return tile_pipeline_s(device, flops, model.expert_bytes(ffn_width))
+    return roofline_s(device, flops, expert_bytes_read(model, num_tokens, ffn_width))
+
+
+def shared_expert_s(device: Device, model: ModelSpec, num_tokens: int) -> float:
+    """Seconds for all shared experts of a layer on ``num_tokens`` tokens."""
+    width = model.num_shared_experts * model.shared_expert_ffn_size
+    if width == 0:
+        return 0.0
+    flops = expert_flops(model, num_tokens, width)
+    return roofline_s(device, flops, expert_bytes_read(model, num_tokens, width))
+
+
+def attention_s(device: Device, model: ModelSpec, num_tokens: int, context_tokens: int) -> float:
+    """Seconds for one layer's attention on ``num_tokens`` new tokens over a KV cache.
+
+    FLOPs: projections ``2 * params * tokens`` plus scores and values
+    ``4 * tokens * context * heads * head_dim``; bytes: the weights plus the KV cache read.
+    A model without an attention spec costs the launch only.
+    """
+    att = model.attention
+    if att is None:
+        return device.launch_s
+    ctx = context_tokens + num_tokens
+    flops = 2.0 * att.params_per_layer * num_tokens
+    flops += 4.0 * num_tokens * ctx * att.num_heads * att.head_dim
+    bytes_moved = att.params_per_layer * model.bytes_per_weight
+    bytes_moved += ctx * att.kv_cache_bytes_per_token_per_layer
+    bytes_moved += 2 * model.activation_bytes(num_tokens)
+    return roofline_s(device, flops, bytes_moved)
+
+
+def reduce_s(device: Device, model: ModelSpec, num_tokens: int, num_partials: int) -> float:
+    """Seconds to add ``num_partials`` partial sums of ``[num_tokens, hidden]`` into one."""
+    flops = float(max(num_partials - 1, 0) * num_tokens * model.hidden_size)
+    bytes_moved = (num_partials + 1) * model.activation_bytes(num_tokens)
+    return roofline_s(device, flops, bytes_moved)
+
+
+def transfer_s(link: Link, num_bytes: float) -> float:
+    """Seconds to move ``num_bytes`` over one lane of a link."""
+    return link.latency_s + num_bytes / link.bandwidth_bytes_per_s

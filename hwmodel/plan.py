@@ -1,0 +1,167 @@
+"""Plans: the task graph a solver hands to the executor, and the solver's own account.
+
+A plan is a list of tasks. Each task runs on one resource: a compute task on a device, a
+transfer on a link, an eviction on a memory. Per resource, tasks run one at a time (links:
+``num_lanes`` at a time) in the plan's order for that resource (``Plan.order``; by default the
+order in which they appear in ``tasks``), each as soon as its ``after`` tasks have ended. A
+task may pin ``start_cycle``; the executor then checks that it can start exactly then.
+
+Glossary:
+    shard: one compute task of op ``expert``: a slice ``[ffn_start, ffn_end)`` of one expert's
+        FFN width for ``num_tokens`` tokens on one device. Gate/up are split by column, down
+        by row, so every shard of a split expert yields a partial sum that must be reduced.
+    residency: what each memory holds at cycle 0 (``Residency``); weight transfers add to it
+        and evictions remove from it as the plan runs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from hwmodel.spec import Frozen
+
+ComputeOp = Literal["expert", "shared_expert", "attention", "reduce"]
+TransferPayload = Literal["activations", "partial_sums", "weights"]
+TransferPurpose = Literal["data", "prefetch", "demand"]
+SolveStatus = Literal["optimal", "feasible", "fallback", "infeasible", "given"]
+
+
+class WeightSlice(Frozen):
+    """Columns ``[ffn_start, ffn_end)`` of an expert's FFN width (all three matrices' share).
+
+    ``layer`` None means every MoE layer, ``expert`` None every routed expert and ``ffn_end``
+    None the full width: a compact way to say "this memory holds slice k of every expert".
+    """
+
+    layer: int | None = Field(default=None, ge=0, description="MoE layer, or null for all.")
+    expert: int | None = Field(default=None, ge=0, description="Logical expert, or null for all.")
+    ffn_start: int = Field(default=0, ge=0, description="First FFN column of the slice.")
+    ffn_end: int | None = Field(
+        default=None, gt=0, description="One past the last FFN column, or null for full width."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WeightSlice:
+        if self.ffn_end is not None and self.ffn_end <= self.ffn_start:
+            raise ValueError("ffn_end: must exceed ffn_start")
+        return self
+
+
+class TaskBase(Frozen):
+    id: str = Field(min_length=1, max_length=128, description="Unique task id.")
+    after: tuple[str, ...] = Field(default=(), description="Tasks that must end before this one.")
+    start_cycle: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pinned start (a solver's timetable); the executor checks it is feasible.",
+    )
+    micro_batch: int = Field(default=0, ge=0, description="Micro-batch this task belongs to.")
+
+
+class ComputeTask(TaskBase):
+    """Work on a device: an expert shard, a shared expert, attention, or a reduction."""
+
+    kind: Literal["compute"] = "compute"
+    device_id: str = Field(description="Device that runs the task.")
+    op: ComputeOp = Field(description="expert, shared_expert, attention or reduce.")
+    layer: int = Field(ge=0, description="MoE layer index.")
+    num_tokens: int = Field(ge=0, description="Tokens (rows) processed.")
+    expert: int | None = Field(default=None, ge=0, description="Logical expert (op expert).")
+    ffn_start: int = Field(default=0, ge=0, description="First FFN column (op expert).")
+    ffn_end: int | None = Field(
+        default=None, gt=0, description="One past the last FFN column; null: full width."
+    )
+    num_partials: int = Field(
+        default=1, ge=1, description="Partial sums added per token (op reduce)."
+    )
+
+    @model_validator(mode="after")
+    def _op_fields(self) -> ComputeTask:
+        if self.op == "expert" and self.expert is None:
+            raise ValueError("expert: required when op is 'expert'")
+        if self.ffn_end is not None and self.ffn_end <= self.ffn_start:
+            raise ValueError("ffn_end: must exceed ffn_start")
+        return self
+
+
+class TransferTask(TaskBase):
+    """Bytes moved over a link: activations, partial sums, or expert weights."""
+
+    kind: Literal["transfer"] = "transfer"
+    link_id: str = Field(description="Link that carries the bytes.")
+    src_device_id: str = Field(description="Sending device.")
+    dst_device_id: str = Field(description="Receiving device (weights land in its memory).")
+    payload: TransferPayload = Field(description="activations, partial_sums or weights.")
+    layer: int = Field(ge=0, description="MoE layer the bytes belong to.")
+    num_tokens: int = Field(default=0, ge=0, description="Rows moved (activations/partial_sums).")
+    weights: WeightSlice | None = Field(default=None, description="What is moved (weights).")
+    purpose: TransferPurpose = Field(
+        default="data",
+        description="data (activations), prefetch (staged ahead) or demand (loaded on a miss).",
+    )
+
+    @model_validator(mode="after")
+    def _payload_fields(self) -> TransferTask:
+        if self.payload == "weights":
+            if self.weights is None:
+                raise ValueError("weights: required when payload is 'weights'")
+            if self.weights.layer is None or self.weights.expert is None:
+                raise ValueError("weights: a transfer moves one layer's expert slice")
+        return self
+
+
+class EvictTask(TaskBase):
+    """Frees an expert slice from a memory (instant once its dependencies have ended)."""
+
+    kind: Literal["evict"] = "evict"
+    memory_id: str = Field(description="Memory that drops the weights.")
+    weights: WeightSlice = Field(description="What is dropped (one layer's expert slice).")
+
+
+Task = Annotated[ComputeTask | TransferTask | EvictTask, Field(discriminator="kind")]
+
+
+class Residency(Frozen):
+    """What each memory holds at cycle 0, by memory id."""
+
+    by_memory: dict[str, tuple[WeightSlice, ...]] = Field(
+        default_factory=dict, description="Memory id -> weight slices held at cycle 0."
+    )
+
+
+class SolverAccount(Frozen):
+    """How a plan was found: the solver's own record of quality and effort."""
+
+    problem: str = Field(default="given", description="placement, ordering, prefetch, ...")
+    backend: str = Field(default="given", description="cpsat, milp, greedy, auto or given.")
+    status: SolveStatus = Field(default="given", description="How the solve ended.")
+    objective_cycles: int | None = Field(default=None, description="Objective (makespan).")
+    lower_bound_cycles: int | None = Field(default=None, description="Proven lower bound.")
+    gap: float | None = Field(default=None, description="(objective - bound) / objective.")
+    wall_time_s: float = Field(default=0.0, ge=0, description="Solver wall time.")
+    fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")
+    predicted_makespan_cycles: int | None = Field(
+        default=None, description="Makespan the solver predicts for this plan."
+    )
+
+
+class Plan(Frozen):
+    """A schedule: tasks, their order per resource, and the solver's account."""
+
+    tasks: tuple[Task, ...] = Field(description="Every task of the schedule.")
+    order: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description=(
+            "Resource id (device, link or memory) -> task ids in run order. Resources not "
+            "listed run their tasks in the order of 'tasks'."
+        ),
+    )
+    account: SolverAccount = Field(
+        default_factory=SolverAccount, description="How the plan was found."
+    )
+
+    def shards(self) -> list[ComputeTask]:
+        """The expert shards of the plan (compute tasks of op 'expert')."""
+        return [t for t in self.tasks if isinstance(t, ComputeTask) and t.op == "expert"]

@@ -1,0 +1,198 @@
+"""Loaders for the real routing data in ../shared/traces (see its README for the formats).
+
+* ``load_esft(path)``: DeepSeek ESFT-vanilla-lite (DeepSeek-V2-Lite class), gzip JSONL, per
+  token top-6 ids and gate weights for all 26 MoE layers -> ``RoutingTrace``.
+* ``load_flame(path)``: FLAME-MoE-290M, one JSON, 2048 tokens x 8 MoE layers x top-6 with
+  router probabilities -> ``RoutingTrace`` (4 sequences of 512 tokens).
+* ``load_expert_counts(path)``: OLMoE / Mixtral per-domain load histograms for layers 0, 7, 15
+  and cross-layer matrices -> ``ExpertCounts``; ``ExpertCounts.sample_trace`` draws tokens
+  from those histograms when a per-token trace is needed (the result says it was sampled).
+
+Only the standard library and numpy are used; nothing is fetched at run time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwmodel.workload import RoutingTrace
+
+ESFT_FILES = {
+    "intent": "esft_vanilla_lite_intent_routing.jsonl.gz",
+    "law": "esft_vanilla_lite_law_routing.jsonl.gz",
+}
+FLAME_FILE = "flame_moe_290m_prefill_2048tok.json"
+COUNTS_FILE = "olmoe_mixtral_expert_counts_by_domain.json"
+
+
+def traces_dir() -> Path:
+    """Where the real traces live: $MOESCHED_TRACES_DIR, else ../shared/traces of the repo."""
+    env = os.environ.get("MOESCHED_TRACES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
+
+
+@lru_cache(maxsize=8)
+def load_esft(path: str | Path) -> RoutingTrace:
+    """Parse an ESFT routing file into a trace of ``[num_tokens, 26, 6]``.
+
+    Tokens are ordered sequence by sequence; MoE layers 1..26 of the source become layer axis
+    0..25 (``layer_ids`` keeps the 0-based MoE index).
+    """
+    path = Path(path)
+    with gzip.open(path, "rt") as f:
+        meta = json.loads(f.readline())["meta"]
+        seq_lengths = [int(n) for n in meta["seq_lengths"]]
+        records = [json.loads(line) for line in f if line.strip()]
+    layers = sorted({int(r["layer"]) for r in records})
+    offsets = np.concatenate([[0], np.cumsum(seq_lengths)]).astype(np.int64)
+    num_tokens = int(offsets[-1])
+    top_k = len(records[0]["ids"][0])
+    ids = np.full((num_tokens, len(layers), top_k), -1, dtype=np.int16)
+    weights = np.zeros((num_tokens, len(layers), top_k), dtype=np.float32)
+    layer_pos = {layer: i for i, layer in enumerate(layers)}
+    for r in records:
+        seq = int(r["seq"])
+        lo, hi = offsets[seq], offsets[seq + 1]
+        if len(r["ids"]) != hi - lo:
+            raise ValueError(f"{path}: layer {r['layer']} seq {seq} has {len(r['ids'])} tokens")
+        li = layer_pos[int(r["layer"])]
+        ids[lo:hi, li, :] = np.asarray(r["ids"], dtype=np.int16)
+        weights[lo:hi, li, :] = np.asarray(r["w"], dtype=np.float32)
+    if (ids < 0).any():
+        raise ValueError(f"{path}: some (layer, sequence) records are missing")
+    seq_ids = np.repeat(np.arange(len(seq_lengths), dtype=np.int32), seq_lengths)
+    return RoutingTrace(
+        model="deepseek-v2-lite",
+        layer_ids=np.asarray([layer - 1 for layer in layers], dtype=np.int32),
+        expert_ids=ids,
+        gate_weights=weights,
+        seq_ids=seq_ids,
+        num_experts=64,
+        source=f"{path.name} ({meta.get('task', '?')}): {num_tokens} tokens",
+    )
+
+
+@lru_cache(maxsize=4)
+def load_flame(path: str | Path) -> RoutingTrace:
+    """Parse the FLAME-MoE file into a trace of ``[2048, 8, 6]`` (4 sequences of 512)."""
+    path = Path(path)
+    d = json.loads(path.read_text())
+    ids = np.asarray(d["indices"], dtype=np.int16).transpose(1, 0, 2)
+    scores = np.asarray(d["scores"], dtype=np.float32).transpose(1, 0, 2)
+    num_tokens = ids.shape[0]
+    return RoutingTrace(
+        model="flame-moe-290m",
+        layer_ids=np.arange(ids.shape[1], dtype=np.int32),
+        expert_ids=np.ascontiguousarray(ids),
+        gate_weights=np.ascontiguousarray(scores),
+        seq_ids=(np.arange(num_tokens) // 512).astype(np.int32),
+        num_experts=int(d["meta"]["num_experts"]),
+        source=f"{path.name}: {num_tokens} tokens, MoE layers {d['layers']}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertCounts:
+    """Per-domain expert-load histograms (OLMoE / Mixtral), layers "0", "7", "15" only."""
+
+    raw: dict[str, Any]
+    source: str
+
+    def models(self) -> list[str]:
+        """Model keys: olmoe, olmoe-sft, olmoe-dpo, mixtral."""
+        return list(self.raw["models"])
+
+    def domains(self, model: str) -> list[str]:
+        """Text domains recorded for a model."""
+        return list(self.raw["models"][model]["domains"])
+
+    def layers(self) -> list[str]:
+        """Recorded layer keys ("0", "7", "15")."""
+        return ["0", "7", "15"]
+
+    def num_experts(self, model: str) -> int:
+        """Routed experts of the model."""
+        return int(self.raw["models"][model]["num_experts"])
+
+    def top_k(self, model: str) -> int:
+        """Experts per token of the model."""
+        return int(self.raw["models"][model]["top_k"])
+
+    def histogram(self, model: str, domain: str, layer: str) -> np.ndarray:
+        """Top-k load counts, int64 ``[num_experts]`` (sums to tokens x top_k)."""
+        counts = self.raw["models"][model]["domains"][domain]["topk_counts"][layer]
+        return np.asarray(counts, dtype=np.int64)
+
+    def transition(self, model: str, domain: str, pair: str) -> np.ndarray:
+        """Rank-zipped cross-layer counts for "0-7" or "7-15", int64 ``[E, E]``."""
+        mat = self.raw["models"][model]["domains"][domain]["crosslayer"][pair]
+        return np.asarray(mat, dtype=np.int64)
+
+    def num_tokens(self, model: str, domain: str) -> int:
+        """Tokens counted in that domain."""
+        return int(self.raw["models"][model]["domains"][domain]["tokens_counted_layer0"])
+
+    def sample_trace(
+        self, model: str, domain: str, num_tokens: int, num_layers: int, seed: int = 0
+    ) -> RoutingTrace:
+        """Draw a per-token trace whose per-layer loads follow the real histograms.
+
+        Layer l of the result samples from the recorded layer nearest in depth (0, 7 or 15,
+        scaled to ``num_layers``); each token takes ``top_k`` distinct experts with probability
+        proportional to the recorded load. Tokens are independent: this is a sample of the
+        histogram, not real per-token routing, and ``notes`` says so.
+        """
+        rng = np.random.default_rng(seed)
+        num_experts, k = self.num_experts(model), self.top_k(model)
+        recorded = [0, 7, 15]
+        ids = np.zeros((num_tokens, num_layers, k), dtype=np.int16)
+        for layer in range(num_layers):
+            depth = layer * 15 / max(num_layers - 1, 1)
+            src = min(recorded, key=lambda r: abs(r - depth))
+            p = self.histogram(model, domain, str(src)).astype(np.float64)
+            p /= p.sum()
+            # Gumbel top-k = sampling k distinct experts without replacement, weight p.
+            keys = np.log(p + 1e-30)[None, :] + rng.gumbel(size=(num_tokens, num_experts))
+            ids[:, layer, :] = np.argsort(-keys, axis=1)[:, :k].astype(np.int16)
+        return RoutingTrace(
+            model=model,
+            layer_ids=np.arange(num_layers, dtype=np.int32),
+            expert_ids=ids,
+            gate_weights=None,
+            seq_ids=np.zeros(num_tokens, dtype=np.int32),
+            num_experts=num_experts,
+            source=f"{self.source}: {model}/{domain}",
+            notes=[
+                f"sampled from real per-layer histograms ({model}, {domain}, layers 0/7/15); "
+                "tokens are independent draws, not real per-token routing"
+            ],
+        )
+
+
+@lru_cache(maxsize=2)
+def load_expert_counts(path: str | Path) -> ExpertCounts:
+    """Parse the OLMoE / Mixtral expert-count file."""
+    path = Path(path)
+    return ExpertCounts(raw=json.loads(path.read_text()), source=path.name)
+
+
+def load_trace(path: str | Path) -> RoutingTrace:
+    """Load any per-token trace file by its format (ESFT .jsonl.gz or FLAME .json)."""
+    p = Path(path)
+    if p.name.endswith(".jsonl.gz"):
+        return load_esft(p)
+    if p.suffix == ".json":
+        head = p.read_text()[:4096]
+        if '"indices"' in head or ('"layers"' in head and '"models"' not in head):
+            return load_flame(p)
+    raise ValueError(f"{p.name}: not a per-token routing trace (ESFT .jsonl.gz or FLAME .json)")
