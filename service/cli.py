@@ -1,0 +1,113 @@
+"""The `moesched` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from hwmodel.executor import simulate as run_simulation
+from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
+from hwmodel.report import Report
+from hwmodel.trace_export import chrome_trace, gantt
+from service.errors import DomainError
+from service.schemas import SimulateRequest
+
+app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
+
+
+@app.command()
+def presets() -> None:
+    """List the hardware and model presets."""
+    print("hardware presets:")
+    for name in HARDWARE_PRESETS:
+        print(f"  {name:24s} {hardware_preset(name).description}")
+    print("model presets:")
+    for name in MODEL_PRESETS:
+        m = model_preset(name)
+        print(
+            f"  {name:24s} {m.num_routed_experts} experts top-{m.top_k}, {m.num_moe_layers} MoE "
+            f"layers, {m.expert_bytes() / 1e6:.1f} MB per expert"
+        )
+
+
+def print_report(report: Report) -> None:
+    """Print the headline figures and every violation."""
+    print(f"valid: {report.valid}  tasks: {report.num_tasks}")
+    print(f"makespan: {report.makespan_cycles} cycles = {report.makespan_s * 1e3:.4f} ms")
+    for d in report.devices:
+        print(
+            f"  {d.device_id:10s} {d.kind:4s} busy {d.busy_cycles:>12d}  util {d.utilization:6.1%}"
+        )
+    for lk in report.links:
+        print(
+            f"  {lk.link_id:10s} link {lk.bytes_moved / 1e6:10.3f} MB  util {lk.utilization:6.1%}"
+        )
+    for imb in report.imbalance:
+        print(f"  imbalance {imb.kind}: max/mean {imb.max_over_mean:.3f}  cv {imb.cv:.3f}")
+    print(f"cache hits {report.cache_hits}  misses {report.cache_misses}")
+    for v in report.violations:
+        where = " ".join(
+            f"{k}={val}"
+            for k, val in (("task", v.task_id), ("at", v.resource_id), ("cycle", v.cycle))
+            if val is not None
+        )
+        print(f"VIOLATION {v.code}: {v.message} {where}")
+
+
+@app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="JSON request: the body of POST /v1/simulate.")],
+    trace: Annotated[
+        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")
+    ] = None,
+    gantt_path: Annotated[
+        Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
+    ] = None,
+) -> None:
+    """Simulate a plan and print the report; exit 1 when the plan breaks a rule."""
+    try:
+        request = SimulateRequest.model_validate_json(file.read_bytes())
+        hardware, model = request.resolved_hardware(), request.resolved_model()
+    except (ValidationError, DomainError, OSError) as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    report = run_simulation(
+        hardware,
+        model,
+        request.plan,
+        request.workload,
+        request.residency,
+        include_timeline=trace is not None or gantt_path is not None,
+    )
+    print_report(report)
+    if trace is not None:
+        trace.write_text(json.dumps(chrome_trace(report)))
+    if gantt_path is not None:
+        gantt(report, gantt_path)
+    if not report.valid:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default: settings, loopback).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings, 8000).")] = None,
+) -> None:
+    """Start the HTTP service (Swagger UI at /docs)."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,61 @@
+"""Liveness, readiness, version info and Prometheus metrics (no API key needed)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import SettingsDep
+from service.schemas import HealthResponse, InfoResponse
+
+router = APIRouter(tags=["health"])
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness")
+def healthz() -> HealthResponse:
+    """200 while the process serves requests."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=HealthResponse, summary="Readiness")
+def readyz() -> HealthResponse:
+    """200 when the service can take schedule requests."""
+    return HealthResponse(status="ok")
+
+
+@router.get("/info", response_model=InfoResponse, summary="Versions and limits")
+def info(settings: SettingsDep) -> InfoResponse:
+    """moesched, solver and web-library versions, and the server's size limits."""
+    return InfoResponse(
+        version=_version("moesched"),
+        versions={d: _version(d) for d in ("ortools", "pulp", "numpy", "fastapi", "pydantic")},
+        limits={
+            "max_body_bytes": settings.max_body_bytes,
+            "max_tasks": settings.max_tasks,
+            "max_experts": settings.max_experts,
+            "max_devices": settings.max_devices,
+            "max_layers": settings.max_layers,
+        },
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+def metrics(request: Request) -> Response:
+    """Request counts and latencies in the Prometheus text format."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

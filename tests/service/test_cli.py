@@ -1,0 +1,50 @@
+"""The `moesched` command line: presets and simulate (exit codes, trace and Gantt outputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.examples import simulate_example
+
+runner = CliRunner()
+
+
+def test_presets_lists_hardware_and_models() -> None:
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0
+    assert "gpu-ndp-6dimm" in result.stdout and "switch-base-128" in result.stdout
+
+
+def test_simulate_valid_plan_writes_trace_and_gantt(tmp_path: Path) -> None:
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps(simulate_example()))
+    trace, png = tmp_path / "trace.json", tmp_path / "gantt.png"
+    result = runner.invoke(app, ["simulate", str(req), "--trace", str(trace), "--gantt", str(png)])
+    assert result.exit_code == 0, result.stdout
+    assert "valid: True" in result.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
+    assert {"gpu", "ndp0", "ndp1", "pcie_down", "pcie_up"} == names
+    assert len(spans) == 22 and all(e["dur"] > 0 for e in spans)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_exits_1_on_violations(tmp_path: Path) -> None:
+    body = simulate_example()
+    body["residency"] = {"by_memory": {}}
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps(body))
+    result = runner.invoke(app, ["simulate", str(req)])
+    assert result.exit_code == 1
+    assert "VIOLATION weights_not_resident" in result.stdout
+
+
+def test_simulate_exits_2_on_bad_input(tmp_path: Path) -> None:
+    req = tmp_path / "req.json"
+    req.write_text('{"hardware_preset": "nope"}')
+    assert runner.invoke(app, ["simulate", str(req)]).exit_code == 2
