@@ -1,0 +1,12 @@
+"""Benchmarks, run as `moesched bench NAME --json PATH [--quick]`; registry in BENCHMARKS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench import executor_speed
+from bench.common import BenchResult
+
+BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
+    "executor": executor_speed.run,
+}

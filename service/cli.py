@@ -93,6 +93,23 @@ def simulate(
 
 
 @app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="Benchmark name (see --help of the bench module).")],
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")],
+    quick: Annotated[bool, typer.Option(help="A short run (seconds, not minutes).")] = False,
+) -> None:
+    """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
+    from bench import BENCHMARKS
+
+    if name not in BENCHMARKS:
+        print(f"error: unknown benchmark '{name}'; known: {sorted(BENCHMARKS)}")
+        raise typer.Exit(2)
+    result = BENCHMARKS[name](quick)
+    result.write(json_path)
+    print(json.dumps(result.summary, indent=2))
+
+
+@app.command()
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Bind address (default: settings, loopback).")

@@ -1,0 +1,47 @@
+"""What every benchmark shares: the result shape, timing helpers, JSON output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BenchResult:
+    """``{"benchmark": name, "rows": [...], "summary": {...}}``: rows are measured cases."""
+
+    benchmark: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"benchmark": self.benchmark, "rows": self.rows, "summary": self.summary}
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation."""
+    if len(values) == 1 or q <= 0:
+        return min(values)
+    if q >= 100:
+        return max(values)
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
