@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 
-from hwmodel.spec import Device, Link, ModelSpec
+from hwmodel.plan import ComputeTask, Task, TransferTask
+from hwmodel.spec import Device, Hardware, Link, ModelSpec
 
 
 def to_cycles(seconds: float, clock_hz: float) -> int:
@@ -133,3 +134,40 @@ def reduce_s(device: Device, model: ModelSpec, num_tokens: int, num_partials: in
 def transfer_s(link: Link, num_bytes: float) -> float:
     """Seconds to move ``num_bytes`` over one lane of a link."""
     return link.latency_s + num_bytes / link.bandwidth_bytes_per_s
+
+
+def transfer_bytes(model: ModelSpec, payload: str, num_tokens: int, ffn_width: int) -> float:
+    """Bytes a transfer moves: hidden rows for activations/partial sums, a slice for weights."""
+    if payload == "weights":
+        return model.expert_bytes(ffn_width)
+    return model.activation_bytes(num_tokens)
+
+
+def task_cycles(
+    hardware: Hardware, model: ModelSpec, task: Task, context_tokens: int = 0
+) -> tuple[str, int, float]:
+    """Resource id, duration in cycles and bytes moved of a task whose references resolve.
+
+    The one place durations come from: the executor and every solver call it.
+    """
+    clock = hardware.clock_hz
+    if isinstance(task, ComputeTask):
+        device = hardware.device(task.device_id)
+        if task.op == "expert":
+            width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
+            secs = expert_shard_s(device, model, task.num_tokens, width)
+        elif task.op == "shared_expert":
+            secs = shared_expert_s(device, model, task.num_tokens)
+        elif task.op == "attention":
+            secs = attention_s(device, model, task.num_tokens, context_tokens)
+        else:
+            secs = reduce_s(device, model, task.num_tokens, task.num_partials)
+        return task.device_id, to_cycles(secs, clock), 0.0
+    if isinstance(task, TransferTask):
+        link = next(lk for lk in hardware.links if lk.id == task.link_id)
+        width = 0
+        if task.weights is not None:
+            width = (task.weights.ffn_end or model.expert_ffn_size) - task.weights.ffn_start
+        num_bytes = transfer_bytes(model, task.payload, task.num_tokens, width)
+        return task.link_id, to_cycles(transfer_s(link, num_bytes), clock), num_bytes
+    return task.memory_id, 0, 0.0

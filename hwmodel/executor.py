@@ -249,40 +249,24 @@ class _Simulation:
             return False
         return True
 
-    def _width(self, start: int, end: int | None) -> int:
-        return (self.model.expert_ffn_size if end is None else end) - start
-
-    def _duration(self, t: ComputeTask | TransferTask | EvictTask) -> tuple[str, int, float] | None:
-        """Resource key, duration in cycles and bytes moved; None when the task is malformed."""
-        clock = self.hw.clock_hz
+    def _valid_refs(self, t: ComputeTask | TransferTask | EvictTask) -> bool:
+        """True when every id and slice the task names resolves (flags what does not)."""
         if isinstance(t, ComputeTask):
-            device = self.devices.get(t.device_id)
-            if device is None:
+            if t.device_id not in self.devices:
                 self._flag("unknown_device", f"unknown device '{t.device_id}'", t.id, t.device_id)
-                return None
-            if t.op == "expert":
-                if not self._slice_ok(t.id, t.layer, t.expert, t.ffn_start, t.ffn_end):
-                    return None
-                secs = costs.expert_shard_s(
-                    device, self.model, t.num_tokens, self._width(t.ffn_start, t.ffn_end)
-                )
-            elif t.op == "shared_expert":
-                secs = costs.shared_expert_s(device, self.model, t.num_tokens)
-            elif t.op == "attention":
-                ctx = self.workload.context_tokens if self.workload is not None else 0
-                secs = costs.attention_s(device, self.model, t.num_tokens, ctx)
-            else:
-                secs = costs.reduce_s(device, self.model, t.num_tokens, t.num_partials)
-            return t.device_id, costs.to_cycles(secs, clock), 0.0
+                return False
+            return t.op != "expert" or self._slice_ok(
+                t.id, t.layer, t.expert, t.ffn_start, t.ffn_end
+            )
         if isinstance(t, TransferTask):
             link = self.links.get(t.link_id)
             if link is None:
                 self._flag("unknown_link", f"unknown link '{t.link_id}'", t.id, t.link_id)
-                return None
+                return False
             for dev in (t.src_device_id, t.dst_device_id):
                 if dev not in self.devices:
                     self._flag("unknown_device", f"unknown device '{dev}'", t.id, dev)
-                    return None
+                    return False
             if (
                 t.src_device_id not in link.src_device_ids
                 or t.dst_device_id not in link.dst_device_ids
@@ -293,26 +277,19 @@ class _Simulation:
                     t.id,
                     link.id,
                 )
-                return None
-            if t.payload == "weights":
-                assert t.weights is not None
-                w = t.weights
-                if not self._slice_ok(t.id, w.layer or 0, w.expert, w.ffn_start, w.ffn_end):
-                    return None
-                num_bytes = self.model.expert_bytes(self._width(w.ffn_start, w.ffn_end))
-            else:
-                num_bytes = self.model.activation_bytes(t.num_tokens)
-            return t.link_id, costs.to_cycles(costs.transfer_s(link, num_bytes), clock), num_bytes
+                return False
+            if t.weights is None:
+                return True
+            w = t.weights
+            return self._slice_ok(t.id, w.layer or 0, w.expert, w.ffn_start, w.ffn_end)
         if t.memory_id not in self.memory_ids:
             self._flag("unknown_memory", f"unknown memory '{t.memory_id}'", t.id, t.memory_id)
-            return None
+            return False
         w = t.weights
         if w.layer is None or w.expert is None:
             self._flag("invalid_slice", "an eviction drops one layer's expert slice", t.id)
-            return None
-        if not self._slice_ok(t.id, w.layer, w.expert, w.ffn_start, w.ffn_end):
-            return None
-        return t.memory_id, 0, 0.0
+            return False
+        return self._slice_ok(t.id, w.layer, w.expert, w.ffn_start, w.ffn_end)
 
     def prepare(self) -> None:
         index: dict[str, int] = {}
@@ -320,10 +297,10 @@ class _Simulation:
             if t.id in index:
                 self._flag("duplicate_task", f"task id '{t.id}' used twice", t.id)
                 continue
-            got = self._duration(t)
-            if got is None:
+            if not self._valid_refs(t):
                 continue
-            resource, cycles, num_bytes = got
+            ctx = self.workload.context_tokens if self.workload is not None else 0
+            resource, cycles, num_bytes = costs.task_cycles(self.hw, self.model, t, ctx)
             index[t.id] = len(self.runs)
             self.runs.append(_Run(len(self.runs), t, resource, cycles, num_bytes))
         for run in self.runs:

@@ -42,6 +42,14 @@ def whole_expert_shards(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class WeightLoad:
+    """An expert's full weights, loaded from a device's memory to the home device."""
+
+    src_device_id: str
+    expert: int
+
+
 def layer_tasks(
     hardware: Hardware,
     model: ModelSpec,
@@ -51,73 +59,108 @@ def layer_tasks(
     after: Sequence[str] = (),
     micro_batch: int = 0,
     attention: bool = False,
+    loads: Sequence[WeightLoad] = (),
 ) -> tuple[list[ComputeTask | TransferTask], list[str]]:
     """Tasks of one layer and micro-batch; returns them and the ids the next layer waits on.
 
+    Emission order is by stage, so that every resource's queue follows the data flow:
+    [attention], weight loads (in ``loads`` order), dispatches (device order), shards (device
+    order; on the home device shards whose weights are loaded come last, in load order),
+    returns (device order), reduce. A home-device shard of a loaded expert waits for its load.
+
     Raises:
-        ValueError: when a remote shard's device has no link from/to the home device.
+        ValueError: when a remote shard's device (or a load's source) has no link to or from
+            the home device.
     """
     home = hardware.home_device_id
     p = f"L{layer}.mb{micro_batch}"
     tasks: list[ComputeTask | TransferTask] = []
-    start_after = list(after)
+    start_after = tuple(after)
     if attention:
         tasks.append(
             ComputeTask(
                 id=f"{p}.attn", device_id=home, op="attention", layer=layer,
-                num_tokens=num_tokens, after=tuple(start_after), micro_batch=micro_batch,
+                num_tokens=num_tokens, after=start_after, micro_batch=micro_batch,
             )
         )  # fmt: skip
-        start_after = [f"{p}.attn"]
+        start_after = (f"{p}.attn",)
+    load_id: dict[int, str] = {}
+    for ld in loads:
+        link = _link(hardware, ld.src_device_id, home)
+        load_id[ld.expert] = f"{p}.load.e{ld.expert}"
+        tasks.append(
+            TransferTask(
+                id=load_id[ld.expert], link_id=link, src_device_id=ld.src_device_id,
+                dst_device_id=home, payload="weights", layer=layer,
+                weights=WeightSlice(layer=layer, expert=ld.expert), purpose="demand",
+                after=start_after, micro_batch=micro_batch,
+            )
+        )  # fmt: skip
     devices = [d.id for d in hardware.devices if any(s.device_id == d.id for s in shards)]
-    returns: list[str] = []
+    remote = [d for d in devices if d != home]
+    rows: dict[str, int] = {}
+    for dev in remote:
+        rows[dev] = min(
+            num_tokens, sum({s.expert: s.num_tokens for s in shards if s.device_id == dev}.values())
+        )
+        tasks.append(
+            TransferTask(
+                id=f"{p}.to.{dev}", link_id=_link(hardware, home, dev), src_device_id=home,
+                dst_device_id=dev, payload="activations", layer=layer, num_tokens=rows[dev],
+                after=start_after, micro_batch=micro_batch,
+            )
+        )  # fmt: skip
+    shard_ids: dict[str, list[str]] = {d: [] for d in devices}
     for dev in devices:
         mine = [s for s in shards if s.device_id == dev]
-        rows = min(num_tokens, sum({s.expert: s.num_tokens for s in mine}.values()))
-        shard_after = start_after
-        down, up = hardware.link_between(home, dev), hardware.link_between(dev, home)
-        if dev != home:
-            if down is None or up is None:
-                raise ValueError(f"no link between home '{home}' and '{dev}'")
-            tasks.append(
-                TransferTask(
-                    id=f"{p}.to.{dev}", link_id=down.id, src_device_id=home, dst_device_id=dev,
-                    payload="activations", layer=layer, num_tokens=rows,
-                    after=tuple(start_after), micro_batch=micro_batch,
+        if dev == home:
+            mine.sort(
+                key=lambda s: (
+                    s.expert in load_id,
+                    list(load_id).index(s.expert) if s.expert in load_id else 0,
                 )
-            )  # fmt: skip
-            shard_after = [f"{p}.to.{dev}"]
-        shard_ids = []
+            )
         for s in mine:
             sid = f"{p}.e{s.expert}.{dev}.{s.ffn_start}"
-            shard_ids.append(sid)
+            shard_ids[dev].append(sid)
+            if dev != home:
+                deps: tuple[str, ...] = (f"{p}.to.{dev}",)
+            elif s.expert in load_id:
+                deps = (*start_after, load_id[s.expert])
+            else:
+                deps = start_after
             tasks.append(
                 ComputeTask(
                     id=sid, device_id=dev, op="expert", layer=layer, expert=s.expert,
                     ffn_start=s.ffn_start, ffn_end=s.ffn_end, num_tokens=s.num_tokens,
-                    after=tuple(shard_after), micro_batch=micro_batch,
+                    after=deps, micro_batch=micro_batch,
                 )
             )  # fmt: skip
-        if dev == home or up is None:
-            returns.extend(shard_ids)
-            continue
+    for dev in remote:
         tasks.append(
             TransferTask(
-                id=f"{p}.from.{dev}", link_id=up.id, src_device_id=dev, dst_device_id=home,
-                payload="partial_sums", layer=layer, num_tokens=rows,
-                after=tuple(shard_ids), micro_batch=micro_batch,
+                id=f"{p}.from.{dev}", link_id=_link(hardware, dev, home), src_device_id=dev,
+                dst_device_id=home, payload="partial_sums", layer=layer, num_tokens=rows[dev],
+                after=tuple(shard_ids[dev]), micro_batch=micro_batch,
             )
         )  # fmt: skip
-        returns.append(f"{p}.from.{dev}")
     if not devices:
-        return tasks, start_after
+        return tasks, list(start_after)
+    waits = [f"{p}.from.{d}" for d in remote] + (shard_ids.get(home, []))
     tasks.append(
         ComputeTask(
             id=f"{p}.reduce", device_id=home, op="reduce", layer=layer, num_tokens=num_tokens,
-            num_partials=len(devices), after=tuple(returns), micro_batch=micro_batch,
+            num_partials=len(devices), after=tuple(waits), micro_batch=micro_batch,
         )
     )  # fmt: skip
     return tasks, [f"{p}.reduce"]
+
+
+def _link(hardware: Hardware, src: str, dst: str) -> str:
+    link = hardware.link_between(src, dst)
+    if link is None:
+        raise ValueError(f"no link from '{src}' to '{dst}'")
+    return link.id
 
 
 def chain_layers(
