@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from hwmodel.plan import ComputeTask, Task, TransferTask
+from hwmodel.plan import ComputeTask, Task, TransferTask, WeightSlice
 from hwmodel.spec import Device, Hardware, Link, ModelSpec
 
 
@@ -141,6 +141,14 @@ def transfer_bytes(model: ModelSpec, payload: str, num_tokens: int, ffn_width: i
     if payload == "weights":
         return model.expert_bytes(ffn_width)
     return model.activation_bytes(num_tokens)
+
+
+def weight_slice_bytes(model: ModelSpec, s: WeightSlice) -> float:
+    """Bytes of a (possibly wildcard) weight slice: layers x experts x columns it covers."""
+    layers = model.num_moe_layers if s.layer is None else 1
+    experts = model.num_routed_experts if s.expert is None else 1
+    width = (model.expert_ffn_size if s.ffn_end is None else s.ffn_end) - s.ffn_start
+    return layers * experts * model.expert_bytes(max(width, 0))
 
 
 def task_cycles(

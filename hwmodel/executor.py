@@ -111,14 +111,8 @@ class _Memories:
                 self.used[mem_id] += self._slice_bytes(s)
             self.peak[mem_id] = self.used[mem_id]
 
-    def _width(self, s: WeightSlice) -> int:
-        end = self.model.expert_ffn_size if s.ffn_end is None else s.ffn_end
-        return max(end - s.ffn_start, 0)
-
     def _slice_bytes(self, s: WeightSlice) -> float:
-        layers = self.model.num_moe_layers if s.layer is None else 1
-        experts = self.model.num_routed_experts if s.expert is None else 1
-        return layers * experts * self.model.expert_bytes(self._width(s))
+        return costs.weight_slice_bytes(self.model, s)
 
     def pieces(self, mem_id: str, layer: int, expert: int) -> list[_Held]:
         """Resident pieces of (layer, expert), materializing wildcard entries on first use."""

@@ -130,6 +130,24 @@ class Residency(Frozen):
         default_factory=dict, description="Memory id -> weight slices held at cycle 0."
     )
 
+    def holds(
+        self, memory_id: str, layer: int, expert: int, start: int, end: int, ffn_size: int
+    ) -> bool:
+        """True when the memory holds columns [start, end) of (layer, expert) at cycle 0."""
+        pieces = sorted(
+            (s.ffn_start, ffn_size if s.ffn_end is None else s.ffn_end)
+            for s in self.by_memory.get(memory_id, ())
+            if s.layer in (None, layer) and s.expert in (None, expert)
+        )
+        pos = start
+        for lo, hi in pieces:
+            if lo > pos:
+                break
+            pos = max(pos, hi)
+            if pos >= end:
+                return True
+        return pos >= end
+
 
 class SolverAccount(Frozen):
     """How a plan was found: the solver's own record of quality and effort."""

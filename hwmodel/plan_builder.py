@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask, WeightSlice
 from hwmodel.spec import Hardware, ModelSpec
@@ -44,10 +45,12 @@ def whole_expert_shards(
 
 @dataclass(frozen=True, slots=True)
 class WeightLoad:
-    """An expert's full weights, loaded from a device's memory to the home device."""
+    """Columns [ffn_start, ffn_end) of an expert's weights, loaded from a device to home."""
 
     src_device_id: str
     expert: int
+    ffn_start: int
+    ffn_end: int
 
 
 def layer_tasks(
@@ -84,16 +87,18 @@ def layer_tasks(
             )
         )  # fmt: skip
         start_after = (f"{p}.attn",)
-    load_id: dict[int, str] = {}
+    load_id: dict[int, list[str]] = {}
     for ld in loads:
-        link = _link(hardware, ld.src_device_id, home)
-        load_id[ld.expert] = f"{p}.load.e{ld.expert}"
+        tid = f"{p}.load.e{ld.expert}.{ld.ffn_start}"
+        load_id.setdefault(ld.expert, []).append(tid)
         tasks.append(
             TransferTask(
-                id=load_id[ld.expert], link_id=link, src_device_id=ld.src_device_id,
-                dst_device_id=home, payload="weights", layer=layer,
-                weights=WeightSlice(layer=layer, expert=ld.expert), purpose="demand",
-                after=start_after, micro_batch=micro_batch,
+                id=tid, link_id=_link(hardware, ld.src_device_id, home),
+                src_device_id=ld.src_device_id, dst_device_id=home, payload="weights",
+                layer=layer, purpose="demand", after=start_after, micro_batch=micro_batch,
+                weights=WeightSlice(
+                    layer=layer, expert=ld.expert, ffn_start=ld.ffn_start, ffn_end=ld.ffn_end
+                ),
             )
         )  # fmt: skip
     devices = [d.id for d in hardware.devices if any(s.device_id == d.id for s in shards)]
@@ -126,7 +131,7 @@ def layer_tasks(
             if dev != home:
                 deps: tuple[str, ...] = (f"{p}.to.{dev}",)
             elif s.expert in load_id:
-                deps = (*start_after, load_id[s.expert])
+                deps = (*start_after, *load_id[s.expert])
             else:
                 deps = start_after
             tasks.append(
@@ -186,13 +191,47 @@ def chain_layers(
     return Plan(tasks=tuple(tasks), account=account or SolverAccount())
 
 
+Layout = Literal["round_robin", "striped"]
+
+
+def layout_residency(
+    hardware: Hardware,
+    model: ModelSpec,
+    layout: Layout,
+    cached_experts: Sequence[int] = (),
+    kind: str = "ndp",
+) -> Residency:
+    """Where expert weights live at cycle 0, by a named layout.
+
+    * ``round_robin``: every layer's expert e whole in the memory of the (e mod n)-th device
+      of ``kind`` (the MoNDE layout: one expert, one NDP unit).
+    * ``striped``: device i of ``kind`` holds column slice i of every expert (the layout
+      tensor parallelism wants: each NDP unit reads only its slice).
+
+    ``cached_experts`` are also held whole, for every layer, by the home device's memory (an
+    expert cache filled ahead of time).
+    """
+    devices = [d for d in hardware.devices if d.kind == kind]
+    if not devices:
+        raise ValueError(f"layout: no device of kind '{kind}'")
+    by_memory: dict[str, list[WeightSlice]] = {d.memory_id: [] for d in devices}
+    if layout == "round_robin":
+        for e in range(model.num_routed_experts):
+            by_memory[devices[e % len(devices)].memory_id].append(WeightSlice(expert=e))
+    else:
+        n, width = len(devices), model.expert_ffn_size
+        cuts = [round(i * width / n) for i in range(n + 1)]
+        for i, d in enumerate(devices):
+            by_memory[d.memory_id].append(WeightSlice(ffn_start=cuts[i], ffn_end=cuts[i + 1]))
+    if cached_experts:
+        home_mem = hardware.device(hardware.home_device_id).memory_id
+        by_memory.setdefault(home_mem, []).extend(WeightSlice(expert=e) for e in cached_experts)
+    return Residency(by_memory={k: tuple(v) for k, v in by_memory.items()})
+
+
 def round_robin_residency(hardware: Hardware, model: ModelSpec, kind: str = "ndp") -> Residency:
     """Every layer's expert e held whole by the memory of device ``e % n`` of that kind."""
-    devices = [d for d in hardware.devices if d.kind == kind]
-    by_memory: dict[str, list[WeightSlice]] = {d.memory_id: [] for d in devices}
-    for e in range(model.num_routed_experts):
-        by_memory[devices[e % len(devices)].memory_id].append(WeightSlice(expert=e))
-    return Residency(by_memory={k: tuple(v) for k, v in by_memory.items()})
+    return layout_residency(hardware, model, "round_robin", kind=kind)
 
 
 def round_robin_devices(hardware: Hardware, model: ModelSpec, kind: str = "ndp") -> list[str]:

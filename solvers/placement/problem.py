@@ -1,0 +1,318 @@
+"""The placement problem for one MoE layer: which devices compute which slices of which experts.
+
+Glossary:
+    granule: one of ``num_granules`` equal column slices of an expert's FFN width; the unit of
+        tensor-parallel splitting (gate/up by column, down by row, partial sums reduced).
+    holder: a device whose memory holds a granule at cycle 0; a granule runs only on a holder,
+        except that an expert may be loaded whole to the home device (a GPU) over a link,
+        which costs link time and memory.
+    assignment: per activated expert, contiguous runs of granules per device, plus the set of
+        experts loaded whole to the home device.
+
+The layer's data flow is the lowering of ``hwmodel.plan_builder.layer_tasks``; the makespan of
+an assignment is predicted by ``solvers.timing`` on exactly those tasks (``predict``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from hwmodel import costs
+from hwmodel.plan import ComputeTask, Residency, TransferTask
+from hwmodel.plan_builder import Shard, WeightLoad, layer_tasks
+from hwmodel.spec import Hardware, Link, ModelSpec
+from solvers import timing
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    """One layer to place.
+
+    Attributes:
+        tokens_per_expert: tokens routed to each logical expert, ``[num_routed_experts]``.
+        num_tokens: tokens in the batch.
+        residency: what every memory holds at cycle 0.
+        num_granules: requested tensor-parallel granularity (the largest divisor of the FFN
+            width not above it is used).
+        allow_loads: whether experts may be loaded whole to the home device.
+    """
+
+    hardware: Hardware
+    model: ModelSpec
+    layer: int
+    tokens_per_expert: tuple[int, ...]
+    num_tokens: int
+    residency: Residency
+    num_granules: int = 4
+    allow_loads: bool = True
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A placement: granule runs per expert and device, and experts loaded whole to home.
+
+    Attributes:
+        runs: expert -> ((device_id, first_granule, end_granule), ...), covering [0, G).
+        loaded: experts computed whole on the home device after a load, in load order.
+    """
+
+    runs: dict[int, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    loaded: tuple[int, ...] = ()
+
+
+class PlacementInstance:
+    """Precomputed tables of a ``PlacementProblem`` (all durations in integer cycles)."""
+
+    def __init__(self, problem: PlacementProblem) -> None:
+        self.problem = problem
+        hw, model = problem.hardware, problem.model
+        self.home = hw.home_device_id
+        ffn = model.expert_ffn_size
+        self.G = max(g for g in range(1, max(1, problem.num_granules) + 1) if ffn % g == 0)
+        self.width = ffn // self.G
+        self.experts = [e for e, t in enumerate(problem.tokens_per_expert) if t > 0]
+        self.tokens = {e: problem.tokens_per_expert[e] for e in self.experts}
+        reachable = {self.home} | {
+            d.id
+            for d in hw.devices
+            if hw.link_between(self.home, d.id) and hw.link_between(d.id, self.home)
+        }
+        self.devices = [d.id for d in hw.devices if d.id in reachable]
+        self.remote = [d for d in self.devices if d != self.home]
+        mem_of = {d.id: d.memory_id for d in hw.devices}
+        # holders[e][g]: devices whose memory holds granule g of expert e.
+        self.holders: dict[int, list[list[str]]] = {
+            e: [
+                [
+                    d
+                    for d in self.devices
+                    if problem.residency.holds(
+                        mem_of[d], problem.layer, e, g * self.width, (g + 1) * self.width, ffn
+                    )
+                ]
+                for g in range(self.G)
+            ]
+            for e in self.experts
+        }
+        # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G).
+        self.shard: dict[int, dict[str, list[int]]] = {
+            e: {
+                d: [0]
+                + [
+                    costs.to_cycles(
+                        costs.expert_shard_s(hw.device(d), model, self.tokens[e], n * self.width),
+                        hw.clock_hz,
+                    )
+                    for n in range(1, self.G + 1)
+                ]
+                for d in self.devices
+            }
+            for e in self.experts
+        }
+        # load_parts[e]: (source, first column, end column, link cycles) pieces that bring
+        # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
+        self.load_parts: dict[int, list[tuple[str, int, int, int]]] = {}
+        self.load_cycles: dict[int, int] = {}
+        if problem.allow_loads:
+            for e in self.experts:
+                pieces = self._load_pieces(e)
+                if pieces is None:
+                    continue
+                self.load_parts[e] = [
+                    (
+                        src,
+                        c0,
+                        c1,
+                        costs.to_cycles(
+                            costs.transfer_s(
+                                self.link(src, self.home), model.expert_bytes(c1 - c0)
+                            ),
+                            hw.clock_hz,
+                        ),
+                    )
+                    for src, c0, c1 in pieces
+                ]
+                self.load_cycles[e] = sum(part[3] for part in self.load_parts[e])
+        home_mem = hw.device(self.home).memory_id
+        capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
+        held = problem.residency.by_memory.get(home_mem, ())
+        self.home_free_bytes = capacity - sum(costs.weight_slice_bytes(model, s) for s in held)
+        self.expert_bytes = model.expert_bytes()
+
+    @cached_property
+    def dispatch(self) -> dict[str, list[int]]:
+        """dispatch[d][rows]: cycles to send ``rows`` activation rows home -> d (0 rows: 0)."""
+        return self._transfer_table(to_home=False)
+
+    @cached_property
+    def gather(self) -> dict[str, list[int]]:
+        """gather[d][rows]: cycles to return ``rows`` partial-sum rows d -> home."""
+        return self._transfer_table(to_home=True)
+
+    @cached_property
+    def reduce(self) -> list[int]:
+        """reduce[p]: cycles of the home reduce over p partial sums (p = 0..#devices)."""
+        hw, model = self.problem.hardware, self.problem.model
+        home = hw.device(self.home)
+        return [0] + [
+            costs.to_cycles(costs.reduce_s(home, model, self.problem.num_tokens, p), hw.clock_hz)
+            for p in range(1, len(self.devices) + 1)
+        ]
+
+    def _load_pieces(self, e: int) -> list[tuple[str, int, int]] | None:
+        """Column pieces (source, start, end) covering expert e from remote holders, or None
+        when the home already holds it all or some column is held by no remote device."""
+        p, ffn = self.problem, self.problem.model.expert_ffn_size
+        mem_of = {d.id: d.memory_id for d in p.hardware.devices}
+        if p.residency.holds(mem_of[self.home], p.layer, e, 0, ffn, ffn):
+            return None
+        cuts = {0, ffn}
+        for d in self.remote:
+            for s in p.residency.by_memory.get(mem_of[d], ()):
+                if s.layer in (None, p.layer) and s.expert in (None, e):
+                    cuts |= {s.ffn_start, ffn if s.ffn_end is None else s.ffn_end}
+        points = sorted(c for c in cuts if 0 <= c <= ffn)
+        pieces: list[tuple[str, int, int]] = []
+        for c0, c1 in itertools.pairwise(points):
+            src = next(
+                (d for d in self.remote if p.residency.holds(mem_of[d], p.layer, e, c0, c1, ffn)),
+                None,
+            )
+            if src is None:
+                return None
+            if pieces and pieces[-1][0] == src and pieces[-1][2] == c0:
+                pieces[-1] = (src, pieces[-1][1], c1)
+            else:
+                pieces.append((src, c0, c1))
+        return pieces
+
+    def link(self, src: str, dst: str) -> Link:
+        """The link the lowering uses from src to dst."""
+        link = self.problem.hardware.link_between(src, dst)
+        assert link is not None
+        return link
+
+    def _transfer_table(self, to_home: bool) -> dict[str, list[int]]:
+        hw, model = self.problem.hardware, self.problem.model
+        out = {}
+        for d in self.remote:
+            link = hw.link_between(d, self.home) if to_home else hw.link_between(self.home, d)
+            assert link is not None
+            out[d] = [0] + [
+                costs.to_cycles(costs.transfer_s(link, model.activation_bytes(r)), hw.clock_hz)
+                for r in range(1, self.problem.num_tokens + 1)
+            ]
+        return out
+
+    def whole_holders(self, e: int) -> list[str]:
+        """Devices holding every granule of expert e."""
+        return [d for d in self.devices if all(d in h for h in self.holders[e])]
+
+    def feasible(self) -> str | None:
+        """None, or why no assignment exists: a granule nobody holds that cannot be loaded, or
+        more forced loads than the home device's free memory takes."""
+        forced = []
+        for e in self.experts:
+            missing = [g for g, h in enumerate(self.holders[e]) if not h]
+            if not missing:
+                continue
+            if e not in self.load_parts:
+                return f"layer {self.problem.layer} expert {e} granule {missing[0]} is held nowhere"
+            forced.append(e)
+        if len(forced) * self.expert_bytes > self.home_free_bytes:
+            return (
+                f"layer {self.problem.layer}: experts {forced} must be loaded to '{self.home}', "
+                f"which has {self.home_free_bytes:.0f} bytes free for {len(forced)} x "
+                f"{self.expert_bytes:.0f}"
+            )
+        return None
+
+    # ------------------------------------------------------------------ assignment -> plan
+
+    def shards(self, a: Assignment) -> list[Shard]:
+        """The expert shards of an assignment, in (expert, first column) order."""
+        out = []
+        for e in self.experts:
+            if e in a.loaded:
+                out.append(
+                    Shard(self.home, e, 0, self.problem.model.expert_ffn_size, self.tokens[e])
+                )
+                continue
+            for dev, g0, g1 in sorted(a.runs[e], key=lambda r: r[1]):
+                out.append(Shard(dev, e, g0 * self.width, g1 * self.width, self.tokens[e]))
+        return out
+
+    def tasks(
+        self, a: Assignment, after: tuple[str, ...] = (), attention: bool = False
+    ) -> tuple[list[ComputeTask | TransferTask], list[str]]:
+        """The layer's tasks for an assignment (see ``plan_builder.layer_tasks``)."""
+        loads = [
+            WeightLoad(src, e, c0, c1) for e in a.loaded for src, c0, c1, _ in self.load_parts[e]
+        ]
+        return layer_tasks(
+            self.problem.hardware,
+            self.problem.model,
+            self.problem.layer,
+            self.shards(a),
+            self.problem.num_tokens,
+            after=after,
+            attention=attention,
+            loads=loads,
+        )
+
+    def predict(self, a: Assignment) -> int:
+        """Makespan in cycles of the layer under this assignment (solver-side timing model)."""
+        tasks, _ = self.tasks(a)
+        return timing.makespan(self.problem.hardware, self.problem.model, tasks)
+
+    def check(self, a: Assignment) -> list[str]:
+        """Solver-free validation: every reason the assignment is not a placement (empty: ok)."""
+        problems = []
+        for e in self.experts:
+            if e in a.loaded:
+                if e not in self.load_parts:
+                    problems.append(f"expert {e}: loaded but no device can send it home")
+                continue
+            covered = [0] * self.G
+            for dev, g0, g1 in a.runs.get(e, ()):
+                for g in range(g0, g1):
+                    covered[g] += 1
+                    if dev not in self.holders[e][g]:
+                        problems.append(f"expert {e} granule {g}: {dev} does not hold it")
+            if covered != [1] * self.G:
+                problems.append(f"expert {e}: granules covered {covered}, want each once")
+            devs = [r[0] for r in a.runs.get(e, ())]
+            if len(devs) != len(set(devs)):
+                problems.append(f"expert {e}: two runs on one device")
+        if len(a.loaded) * self.expert_bytes > self.home_free_bytes:
+            problems.append("loads exceed the home device's free memory")
+        return problems
+
+    def lower_bound(self) -> int:
+        """A valid lower bound on the makespan, in cycles.
+
+        Each granule is computed by one of its holders, or at home after a load that keeps a
+        link busy too. Taking for every granule its cheapest option, counting both the device
+        and the link time, gives a lower bound on the total busy time of all resources that
+        could take part; no resource works past the makespan, so spreading that total over
+        those resources bounds the makespan from below. The smallest reduce comes after.
+        """
+        if not self.experts:
+            return 0
+        work = 0.0
+        resources: set[str] = set()
+        for e in self.experts:
+            rate = {
+                d: min(self.shard[e][d][n] / n for n in range(1, self.G + 1)) for d in self.devices
+            }
+            load_rate = self.load_cycles[e] / self.G if e in self.load_parts else None
+            for g in range(self.G):
+                options = {d: rate[d] for d in self.holders[e][g]}
+                if load_rate is not None and self.home not in options:
+                    options["load"] = rate[self.home] + load_rate
+                    resources |= {self.home, "load-link"}
+                resources |= set(self.holders[e][g])
+                work += min(options.values())
+        return int(work // max(len(resources), 1)) + self.reduce[1]
