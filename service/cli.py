@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hwmodel.executor import simulate as run_simulation
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.trace_export import chrome_trace, gantt
 from service.errors import DomainError
-from service.schemas import SimulateRequest
+from service.schemas import EplbRequest, PlacementRequest, SimulateRequest
+from solvers.common import BACKENDS
 
 app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
 
@@ -90,6 +91,88 @@ def simulate(
         gantt(report, gantt_path)
     if not report.valid:
         raise typer.Exit(1)
+
+
+def _load_request(model_type: type[BaseModel], file: Path) -> BaseModel:
+    try:
+        return model_type.model_validate_json(file.read_bytes())
+    except (ValidationError, OSError) as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def solve(
+    file: Annotated[Path, typer.Argument(help="JSON request: the body of POST /v1/placement.")],
+    backend: Annotated[
+        str | None, typer.Option(help="Override the backend: auto, cpsat, milp or greedy.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the plan (JSON) here.")] = None,
+) -> None:
+    """Solve a placement request; print the solver's account and the executor's report."""
+    from service.settings import get_settings
+    from service.solving import place
+
+    request = _load_request(PlacementRequest, file)
+    assert isinstance(request, PlacementRequest)
+    if backend is not None:
+        if backend not in BACKENDS:
+            print(f"error: --backend must be one of {list(BACKENDS)}")
+            raise typer.Exit(2)
+        opts = request.options.model_copy(update={"backend": backend})
+        request = request.model_copy(update={"options": opts})
+    try:
+        response = place(request, get_settings())
+    except DomainError as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    a = response.account
+    gap = "n/a" if a.gap is None else f"{a.gap:.2%}"
+    print(
+        f"status {a.status}  backend {a.backend}  objective {a.objective_cycles} cycles  "
+        f"bound {a.lower_bound_cycles}  gap {gap}  wall {a.wall_time_s:.3f} s"
+    )
+    if a.fallback_reason:
+        print(f"fallback: {a.fallback_reason}")
+    print_report(response.report)
+    if out is not None:
+        out.write_text(response.plan.model_dump_json(indent=1))
+
+
+@app.command()
+def eplb(
+    weights: Annotated[Path, typer.Option(help="JSON list of lists: [num_layers][num_experts].")],
+    num_replicas: Annotated[int, typer.Option(help="Physical slots (multiple of num_gpus).")],
+    num_groups: Annotated[int, typer.Option(help="Expert groups.")],
+    num_nodes: Annotated[int, typer.Option(help="Nodes.")],
+    num_gpus: Annotated[int, typer.Option(help="GPUs.")],
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the maps.")],
+    backend: Annotated[str, typer.Option(help="auto, cpsat or greedy (EPLB's own).")] = "auto",
+    deadline_s: Annotated[float, typer.Option(help="Wall-clock budget in seconds.")] = 5.0,
+) -> None:
+    """EPLB-compatible replica placement; writes physical_to_logical and friends as JSON."""
+    from service.settings import get_settings
+    from service.solving import eplb as solve_eplb_request
+
+    try:
+        request = EplbRequest(
+            weights=json.loads(weights.read_text()),
+            num_replicas=num_replicas,
+            num_groups=num_groups,
+            num_nodes=num_nodes,
+            num_gpus=num_gpus,
+            backend=backend,  # validated by EplbRequest
+            deadline_s=deadline_s,
+        )
+        response = solve_eplb_request(request, get_settings())
+    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    json_path.write_text(response.model_dump_json(indent=1))
+    print(
+        f"status {response.status}  balancedness mean {response.balancedness_mean:.4f}  "
+        f"min {min(response.balancedness):.4f}  wall {response.wall_time_s:.3f} s"
+    )
 
 
 @app.command()

@@ -14,16 +14,51 @@ from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.workload import Workload
 
 
-def simulate_example() -> dict[str, Any]:
-    """One decode token of DeepSeek-V2-Lite, 2 MoE layers, experts round-robin on 2 NDP-DIMMs."""
-    hw, model = hardware_preset("gpu-ndp-2dimm"), model_preset("deepseek-v2-lite")
+def decode_workload(num_layers: int = 2) -> Workload:
+    """One DeepSeek-V2-Lite decode token: 6 distinct experts per layer (a fixed pattern)."""
+    model = model_preset("deepseek-v2-lite")
     rows = []
-    for layer in range(2):
+    for layer in range(num_layers):
         row = [0] * model.num_routed_experts
         for e in range(model.top_k):
             row[(7 * layer + 5 * e) % model.num_routed_experts] = 1
         rows.append(tuple(row))
-    workload = Workload(layer_ids=(0, 1), tokens_per_expert=tuple(rows), num_tokens=1)
+    return Workload(layer_ids=tuple(range(num_layers)), tokens_per_expert=tuple(rows), num_tokens=1)
+
+
+def placement_example() -> dict[str, Any]:
+    """Place a DeepSeek-V2-Lite decode token on 4 NDP-DIMMs with striped weights."""
+    return {
+        "hardware_preset": "gpu-ndp-4dimm",
+        "model_preset": "deepseek-v2-lite",
+        "workload": decode_workload().model_dump(mode="json", exclude_none=True),
+        "layout": "striped",
+        "cached_experts": [0, 1, 2, 3],
+        "options": {"backend": "auto", "deadline_s": 1.0},
+    }
+
+
+def eplb_example() -> dict[str, Any]:
+    """The worked example of DeepSeek's EPLB README (2 layers, 12 experts, 16 slots, 8 GPUs)."""
+    return {
+        "weights": [
+            [90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+            [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27],
+        ],
+        "num_replicas": 16,
+        "num_groups": 4,
+        "num_nodes": 2,
+        "num_gpus": 8,
+        "backend": "auto",
+        "deadline_s": 5.0,
+    }
+
+
+def simulate_example() -> dict[str, Any]:
+    """One decode token of DeepSeek-V2-Lite, 2 MoE layers, experts round-robin on 2 NDP-DIMMs."""
+    hw, model = hardware_preset("gpu-ndp-2dimm"), model_preset("deepseek-v2-lite")
+    workload = decode_workload()
+    rows = workload.tokens_per_expert
     device_of = round_robin_devices(hw, model)
     plan = chain_layers(
         hw,

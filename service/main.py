@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from service.deps import require_api_key
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
-from service.routes import health, presets, simulate
+from service.routes import health, presets, simulate, solve
 from service.settings import get_settings
 
 DESCRIPTION = """
@@ -38,6 +38,7 @@ def create_app() -> FastAPI:
     v1 = [Depends(require_api_key)]
     app.include_router(presets.router, dependencies=v1)
     app.include_router(simulate.router, dependencies=v1)
+    app.include_router(solve.router, dependencies=v1)
 
     @app.middleware("http")
     async def limit_and_measure(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hwmodel.plan import Plan, Residency
+from hwmodel.plan import Plan, Residency, SolverAccount
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.spec import Hardware, ModelSpec
@@ -113,3 +113,96 @@ class InfoResponse(BaseModel):
     version: str = Field(description="moesched version.")
     versions: dict[str, str] = Field(description="Versions of the solver and web libraries.")
     limits: dict[str, Any] = Field(description="Server-side size limits.")
+
+
+class PlacementOptions(BaseModel):
+    """How to solve: backend, deadline and the shape of the search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["greedy", "cpsat", "milp", "auto"] = Field(
+        default="auto", description="greedy, cpsat, milp, or auto (greedy, then CP-SAT hinted)."
+    )
+    deadline_s: float = Field(default=2.0, gt=0, le=600, description="Wall-clock budget.")
+    num_granules: int = Field(
+        default=4, ge=1, le=64, description="Tensor-parallel granularity (column slices)."
+    )
+    allow_loads: bool = Field(default=True, description="Allow loading experts to the home GPU.")
+    attention: bool = Field(default=False, description="Put each layer's attention in the plan.")
+
+
+class PlacementRequest(ProblemRequest):
+    """Place every layer of a workload's histogram onto the hardware."""
+
+    workload: Workload = Field(description="Tokens per expert for each MoE layer to place.")
+    residency: Residency | None = Field(
+        default=None, description="What every memory holds at cycle 0 (or give 'layout')."
+    )
+    layout: Literal["round_robin", "striped"] | None = Field(
+        default=None,
+        description="Named weight layout over the NDP units: round_robin (whole experts) or "
+        "striped (each unit holds one column slice of every expert).",
+    )
+    cached_experts: tuple[int, ...] = Field(
+        default=(), description="Experts the home GPU holds whole for every layer (with layout)."
+    )
+    options: PlacementOptions = Field(default_factory=PlacementOptions, description="Solving.")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> PlacementRequest:
+        if (self.residency is None) == (self.layout is None):
+            raise ValueError("residency: give exactly one of 'residency' and 'layout'")
+        return self
+
+
+class LayerAccountOut(BaseModel):
+    """One layer's solve."""
+
+    layer: int = Field(description="MoE layer.")
+    account: SolverAccount = Field(description="How its placement was found.")
+
+
+class PlacementResponse(BaseModel):
+    """The plan, how it was found, and the executor's report on it."""
+
+    plan: Plan = Field(description="Tasks of every layer, in run order.")
+    account: SolverAccount = Field(description="Backend, status, objective, bound, gap, time.")
+    layers: list[LayerAccountOut] = Field(description="Per-layer accounts.")
+    report: Report = Field(description="The executor's simulation of the plan (valid).")
+
+
+class EplbRequest(BaseModel):
+    """DeepSeek EPLB's arguments; the answer has EPLB's shapes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: list[list[float]] = Field(
+        min_length=1, description="Load per logical expert, [num_layers, num_logical_experts]."
+    )
+    num_replicas: int = Field(ge=1, le=65536, description="Physical slots (multiple of num_gpus).")
+    num_groups: int = Field(ge=1, description="Expert groups (divides the logical experts).")
+    num_nodes: int = Field(ge=1, description="Nodes (divides num_gpus).")
+    num_gpus: int = Field(ge=1, le=4096, description="GPUs.")
+    backend: Literal["greedy", "cpsat", "auto"] = Field(
+        default="auto", description="greedy (EPLB's algorithm), cpsat, or auto."
+    )
+    deadline_s: float = Field(default=5.0, gt=0, le=600, description="Wall-clock budget.")
+
+
+class EplbResponse(BaseModel):
+    """Maps in EPLB's shapes plus loads and balancedness."""
+
+    physical_to_logical: list[list[int]] = Field(description="[num_layers, num_replicas].")
+    logical_to_physical: list[list[list[int]]] = Field(
+        description="[num_layers, num_logical_experts, max_replicas], -1 padded."
+    )
+    logical_replica_count: list[list[int]] = Field(description="[num_layers, num_logical].")
+    gpu_loads: list[list[float]] = Field(description="[num_layers, num_gpus].")
+    balancedness: list[float] = Field(description="Per layer: mean / max GPU load.")
+    balancedness_mean: float = Field(description="Mean over layers.")
+    max_load: list[float] = Field(description="Per layer: the largest GPU load.")
+    max_load_bound: list[float] = Field(description="Per layer: a proven lower bound on it.")
+    backend: str = Field(description="Backend asked for.")
+    status: str = Field(description="optimal, feasible or fallback.")
+    wall_time_s: float = Field(description="Solve wall time.")
+    fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")

@@ -108,3 +108,65 @@ def test_metrics_count_requests(client: TestClient) -> None:
 
 def test_openapi_file_matches_the_app() -> None:
     assert SPEC_PATH.read_text() == render(), "run: python -m service.openapi_export"
+
+
+def test_placement_example_returns_a_valid_plan(client: TestClient) -> None:
+    from service.examples import placement_example
+
+    r = client.post("/v1/placement", json=placement_example())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["report"]["valid"] is True
+    assert body["report"]["makespan_cycles"] == body["account"]["predicted_makespan_cycles"]
+    assert body["account"]["status"] in {"optimal", "feasible"}
+    assert len(body["layers"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda b: b.pop("layout"), "residency"),
+        (lambda b: b.update(layout="diagonal"), "layout"),
+        (lambda b: b["options"].update(backend="quantum"), "backend"),
+        (lambda b: b["options"].update(deadline_s=0), "deadline_s"),
+        (lambda b: b["options"].update(deadline_s=1e9), "deadline_s"),
+        (lambda b: b["workload"].update(layer_ids=[0, 40]), "layer_ids"),
+        (lambda b: b.update(hardware_preset="dep-h20"), "layout"),
+    ],
+)
+def test_placement_bad_input(client: TestClient, mutate, field: str) -> None:  # type: ignore[no-untyped-def]
+    from service.examples import placement_example
+
+    body = placement_example()
+    mutate(body)
+    r = client.post("/v1/placement", json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert field in r.json()["error"], r.json()
+
+
+def test_placement_infeasible_is_a_422() -> None:
+    """Nothing is held anywhere and loads are off: 422 infeasible, naming residency."""
+    from service.examples import placement_example
+
+    body = placement_example()
+    body.pop("layout")
+    body["residency"] = {"by_memory": {}}
+    body["options"]["allow_loads"] = False
+    r = TestClient(create_app()).post("/v1/placement", json=body)
+    assert r.status_code == 422 and r.json()["error_type"] == "infeasible"
+    assert "residency" in r.json()["error"]
+
+
+def test_eplb_example_and_errors(client: TestClient) -> None:
+    from service.examples import eplb_example
+
+    r = client.post("/v1/eplb", json=eplb_example())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["physical_to_logical"]) == 2 and len(body["physical_to_logical"][0]) == 16
+    assert min(body["balancedness"]) >= 0.80  # at least EPLB's own hierarchical answer
+    bad = eplb_example() | {"num_replicas": 15}
+    r = client.post("/v1/eplb", json=bad)
+    assert r.status_code == 422 and "num_replicas" in r.json()["error"]
+    ragged = eplb_example() | {"weights": [[1, 2], [3]]}
+    assert client.post("/v1/eplb", json=ragged).status_code == 422

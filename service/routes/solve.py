@@ -1,0 +1,56 @@
+"""Solver endpoints: placement and the EPLB-compatible mode."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from service.deps import SettingsDep
+from service.errors import ErrorResponse
+from service.examples import eplb_example, placement_example
+from service.schemas import EplbRequest, EplbResponse, PlacementRequest, PlacementResponse
+from service.solving import eplb, place
+
+router = APIRouter(prefix="/v1", tags=["solve"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Problem larger than the server's limits."},
+    422: {"model": ErrorResponse, "description": "Invalid or infeasible request."},
+}
+
+
+@router.post(
+    "/placement", response_model=PlacementResponse, responses=_ERRORS, summary="Place expert shards"
+)
+def post_placement(
+    request: Annotated[
+        PlacementRequest,
+        Body(
+            openapi_examples={
+                "gpu-ndp": {"summary": "Decode token, 4 NDP-DIMMs", "value": placement_example()}
+            }
+        ),
+    ],
+    settings: SettingsDep,
+) -> PlacementResponse:
+    """Which devices compute which slices of which experts, per layer; validated by the executor."""
+    return place(request, settings)
+
+
+@router.post(
+    "/eplb",
+    response_model=EplbResponse,
+    responses=_ERRORS,
+    summary="EPLB-compatible replica placement",
+)
+def post_eplb(
+    request: Annotated[
+        EplbRequest,
+        Body(
+            openapi_examples={"readme": {"summary": "EPLB README example", "value": eplb_example()}}
+        ),
+    ],
+    settings: SettingsDep,
+) -> EplbResponse:
+    """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
+    return eplb(request, settings)

@@ -1,0 +1,150 @@
+"""From requests to solver calls and back, shared by the HTTP routes and the CLI.
+
+Every plan returned here has passed the executor; a plan that does not is replaced by the
+greedy plan, and when no valid plan exists the caller gets a DomainError (a 4xx), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwmodel.executor import simulate
+from hwmodel.plan import Residency
+from hwmodel.plan_builder import layout_residency
+from service.errors import DomainError
+from service.schemas import (
+    EplbRequest,
+    EplbResponse,
+    LayerAccountOut,
+    PlacementRequest,
+    PlacementResponse,
+)
+from service.settings import Settings
+from solvers.common import Backend
+from solvers.eplb.model import EplbProblem
+from solvers.eplb.solve import solve_eplb
+from solvers.placement.solve import PlacementSolution, solve_placement
+
+
+def check_sizes(request: PlacementRequest, settings: Settings) -> None:
+    """Refuse (413) problems larger than the server's limits before any solver runs."""
+    hardware, model = request.resolved_hardware(), request.resolved_model()
+    limits = (
+        ("body.hardware.devices", len(hardware.devices), settings.max_devices),
+        ("body.model.num_routed_experts", model.num_routed_experts, settings.max_experts),
+        ("body.workload.layer_ids", len(request.workload.layer_ids), settings.max_layers),
+    )
+    for field, size, limit in limits:
+        if size > limit:
+            raise DomainError(413, "too_large", field, f"{size} exceeds the limit {limit}")
+
+
+def residency_of(request: PlacementRequest) -> Residency:
+    """The request's residency, or the one its named layout gives."""
+    if request.residency is not None:
+        return request.residency
+    assert request.layout is not None
+    try:
+        return layout_residency(
+            request.resolved_hardware(),
+            request.resolved_model(),
+            request.layout,
+            request.cached_experts,
+        )
+    except ValueError as exc:
+        raise DomainError(422, "validation", "body.layout", str(exc)) from None
+
+
+def place(request: PlacementRequest, settings: Settings) -> PlacementResponse:
+    """Solve placement, validate the plan with the executor, and report."""
+    check_sizes(request, settings)
+    hardware, model = request.resolved_hardware(), request.resolved_model()
+    problems = request.workload.check_against(model)
+    if problems:
+        field, _, reason = problems[0].partition(": ")
+        raise DomainError(422, "validation", f"body.workload.{field}", reason)
+    residency = residency_of(request)
+    opts = request.options
+    deadline = min(opts.deadline_s, settings.max_deadline_s)
+
+    def run(backend: Backend) -> PlacementSolution:
+        return solve_placement(
+            hardware,
+            model,
+            request.workload,
+            residency,
+            backend,
+            deadline,
+            workers=settings.solver_workers,
+            num_granules=opts.num_granules,
+            allow_loads=opts.allow_loads,
+            attention=opts.attention,
+        )
+
+    solution = run(opts.backend)
+    if solution.account.status == "infeasible":
+        raise DomainError(
+            422, "infeasible", "body.residency", solution.account.fallback_reason or "infeasible"
+        )
+    report = simulate(hardware, model, solution.plan, request.workload, residency)
+    if not report.valid and opts.backend != "greedy":
+        solution = run("greedy")
+        reason = f"{opts.backend} plan failed the executor: {report.violations[0].message}"
+        solution.plan = solution.plan.model_copy(
+            update={
+                "account": solution.account.model_copy(
+                    update={"status": "fallback", "fallback_reason": reason}
+                )
+            }
+        )
+        report = simulate(hardware, model, solution.plan, request.workload, residency)
+    if not report.valid:
+        raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
+    return PlacementResponse(
+        plan=solution.plan,
+        account=solution.account,
+        layers=[
+            LayerAccountOut(layer=s.instance.problem.layer, account=s.account)
+            for s in solution.layers
+        ],
+        report=report,
+    )
+
+
+def eplb(request: EplbRequest, settings: Settings) -> EplbResponse:
+    """Solve the EPLB-compatible problem."""
+    widths = {len(row) for row in request.weights}
+    if len(widths) != 1:
+        raise DomainError(422, "validation", "body.weights", "rows must have equal length")
+    weight = np.asarray(request.weights, dtype=np.float64)
+    problem = EplbProblem(
+        weight, request.num_replicas, request.num_groups, request.num_nodes, request.num_gpus
+    )
+    problems = problem.check()
+    if problems:
+        field, _, reason = problems[0].partition(": ")
+        raise DomainError(422, "validation", f"body.{field}", reason)
+    if weight.shape[1] > settings.max_experts or weight.shape[0] > settings.max_layers:
+        raise DomainError(
+            413, "too_large", "body.weights", "more experts or layers than the limits"
+        )
+    sol = solve_eplb(
+        problem,
+        request.backend,
+        min(request.deadline_s, settings.max_deadline_s),
+        settings.solver_workers,
+    )
+    return EplbResponse(
+        physical_to_logical=sol.phy2log.tolist(),
+        logical_to_physical=sol.log2phy.tolist(),
+        logical_replica_count=sol.logcnt.tolist(),
+        gpu_loads=sol.gpu_loads.tolist(),
+        balancedness=sol.balancedness.tolist(),
+        balancedness_mean=float(sol.balancedness.mean()),
+        max_load=sol.max_load.tolist(),
+        max_load_bound=sol.max_load_bound.tolist(),
+        backend=sol.backend,
+        status=sol.status,
+        wall_time_s=sol.wall_time_s,
+        fallback_reason=sol.fallback_reason,
+    )
