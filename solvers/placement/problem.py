@@ -82,34 +82,55 @@ class PlacementInstance:
         self.devices = [d.id for d in hw.devices if d.id in reachable]
         self.remote = [d for d in self.devices if d != self.home]
         mem_of = {d.id: d.memory_id for d in hw.devices}
-        # holders[e][g]: devices whose memory holds granule g of expert e.
-        self.holders: dict[int, list[list[str]]] = {
-            e: [
-                [
-                    d
-                    for d in self.devices
-                    if problem.residency.holds(
-                        mem_of[d], problem.layer, e, g * self.width, (g + 1) * self.width, ffn
-                    )
-                ]
-                for g in range(self.G)
+        # holders[e][g]: devices whose memory holds granule g of expert e. Residency is read
+        # once per memory: the slices that can concern this layer, then per expert.
+        layer_slices = {
+            d: [
+                sl
+                for sl in problem.residency.by_memory.get(mem_of[d], ())
+                if sl.layer in (None, problem.layer)
             ]
-            for e in self.experts
+            for d in self.devices
         }
-        # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G).
-        self.shard: dict[int, dict[str, list[int]]] = {
-            e: {
-                d: [0]
-                + [
+        self.holders: dict[int, list[list[str]]] = {}
+        self._cols: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        for e in self.experts:
+            cols = self._cols[e] = {
+                d: sorted(
+                    (sl.ffn_start, ffn if sl.ffn_end is None else sl.ffn_end)
+                    for sl in layer_slices[d]
+                    if sl.expert in (None, e)
+                )
+                for d in self.devices
+            }
+            held: list[list[str]] = [[] for _ in range(self.G)]
+            for d in self.devices:
+                for lo, hi in _merged(cols[d]):
+                    for g in range(-(-lo // self.width), hi // self.width):
+                        held[g].append(d)
+            self.holders[e] = held
+        # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G). Devices with the
+        # same figures share a row, and so do experts with the same token count.
+        rows: dict[tuple[str, int], list[int]] = {}
+        signature = {
+            d: repr(hw.device(d).model_dump(exclude={"id", "memory_id", "source"}))
+            for d in self.devices
+        }
+
+        def shard_row(d: str, tokens: int) -> list[int]:
+            dev = hw.device(d)
+            key = (signature[d], tokens)
+            if key not in rows:
+                rows[key] = [0] + [
                     costs.to_cycles(
-                        costs.expert_shard_s(hw.device(d), model, self.tokens[e], n * self.width),
-                        hw.clock_hz,
+                        costs.expert_shard_s(dev, model, tokens, n * self.width), hw.clock_hz
                     )
                     for n in range(1, self.G + 1)
                 ]
-                for d in self.devices
-            }
-            for e in self.experts
+            return rows[key]
+
+        self.shard: dict[int, dict[str, list[int]]] = {
+            e: {d: shard_row(d, self.tokens[e]) for d in self.devices} for e in self.experts
         }
         # load_parts[e]: (source, first column, end column, link cycles) pieces that bring
         # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
@@ -137,8 +158,10 @@ class PlacementInstance:
                 self.load_cycles[e] = sum(part[3] for part in self.load_parts[e])
         home_mem = hw.device(self.home).memory_id
         capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
-        held = problem.residency.by_memory.get(home_mem, ())
-        self.home_free_bytes = capacity - sum(costs.weight_slice_bytes(model, s) for s in held)
+        home_slices = problem.residency.by_memory.get(home_mem, ())
+        self.home_free_bytes = capacity - sum(
+            costs.weight_slice_bytes(model, sl) for sl in home_slices
+        )
         self.expert_bytes = model.expert_bytes()
 
     @cached_property
@@ -164,22 +187,14 @@ class PlacementInstance:
     def _load_pieces(self, e: int) -> list[tuple[str, int, int]] | None:
         """Column pieces (source, start, end) covering expert e from remote holders, or None
         when the home already holds it all or some column is held by no remote device."""
-        p, ffn = self.problem, self.problem.model.expert_ffn_size
-        mem_of = {d.id: d.memory_id for d in p.hardware.devices}
-        if p.residency.holds(mem_of[self.home], p.layer, e, 0, ffn, ffn):
+        ffn = self.problem.model.expert_ffn_size
+        cols = self._cols[e]
+        if _covers(cols[self.home], 0, ffn):
             return None
-        cuts = {0, ffn}
-        for d in self.remote:
-            for s in p.residency.by_memory.get(mem_of[d], ()):
-                if s.layer in (None, p.layer) and s.expert in (None, e):
-                    cuts |= {s.ffn_start, ffn if s.ffn_end is None else s.ffn_end}
-        points = sorted(c for c in cuts if 0 <= c <= ffn)
+        points = sorted({0, ffn, *(c for d in self.remote for piece in cols[d] for c in piece)})
         pieces: list[tuple[str, int, int]] = []
         for c0, c1 in itertools.pairwise(points):
-            src = next(
-                (d for d in self.remote if p.residency.holds(mem_of[d], p.layer, e, c0, c1, ffn)),
-                None,
-            )
+            src = next((d for d in self.remote if _covers(cols[d], c0, c1)), None)
             if src is None:
                 return None
             if pieces and pieces[-1][0] == src and pieces[-1][2] == c0:
@@ -205,6 +220,10 @@ class PlacementInstance:
                 for r in range(1, self.problem.num_tokens + 1)
             ]
         return out
+
+    def whole_holders_home(self) -> list[int]:
+        """Activated experts the home device holds whole."""
+        return [e for e in self.experts if all(self.home in h for h in self.holders[e])]
 
     def whole_holders(self, e: int) -> list[str]:
         """Devices holding every granule of expert e."""
@@ -316,3 +335,26 @@ class PlacementInstance:
                 resources |= set(self.holders[e][g])
                 work += min(options.values())
         return int(work // max(len(resources), 1)) + self.reduce[1]
+
+
+def _covers(pieces: list[tuple[int, int]], start: int, end: int) -> bool:
+    """True when sorted column pieces cover [start, end)."""
+    pos = start
+    for lo, hi in pieces:
+        if lo > pos:
+            break
+        pos = max(pos, hi)
+        if pos >= end:
+            return True
+    return pos >= end
+
+
+def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted column pieces with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in pieces:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
