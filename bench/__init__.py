@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import executor_speed
+from bench import executor_speed, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "executor": executor_speed.run,
+    "solvers": solvers.run,
 }

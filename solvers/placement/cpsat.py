@@ -236,7 +236,8 @@ def solve_cpsat(
         for e, var in load.items():
             m.add_hint(var, int(e in hint.loaded))
 
-    if hint is not None:
+    if hint is not None and len(y) > 400 and time_limit_s > 0.5:
+        # Only large models need help completing the hint, and only a long solve can afford it.
         _complete_hint(m, min(1.0, time_limit_s / 4))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)

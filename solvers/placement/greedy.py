@@ -9,13 +9,21 @@ devices is left out of the estimate; the exact makespan is predicted afterwards.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from solvers.placement.problem import Assignment, PlacementInstance
 
 
 class _State:
-    """Work queued so far, as lists indexed like ``inst.devices`` (fast to score)."""
+    """Work queued so far, as lists indexed like ``inst.devices``.
+
+    ``score`` evaluates the layer's timeline as the lowering runs it on single-lane links:
+    weight loads then activation dispatches then partial-sum returns, each link in device
+    order; remote devices compute after their dispatch; the home device computes resident
+    shards, then loaded experts after their loads; the reduce follows everything. It is the
+    exact makespan when every link has one lane (a pessimistic one otherwise).
+    """
 
     def __init__(self, inst: PlacementInstance) -> None:
         self.inst = inst
@@ -26,30 +34,66 @@ class _State:
         self.routed = [0] * len(inst.devices)  # tokens routed to each device
         self.disp = [inst.dispatch[d] for d in inst.remote]
         self.gath = [inst.gather[d] for d in inst.remote]
+        link_ids = sorted({lk.id for lk in inst.problem.hardware.links})
+        link_index = {lid: j for j, lid in enumerate(link_ids)}
+        self.num_links = len(link_ids)
+        self.down = [link_index[inst.link(inst.home, d).id] for d in inst.remote]
+        self.up = [link_index[inst.link(d, inst.home).id] for d in inst.remote]
+        self.load_links = {
+            e: [(link_index[inst.link(src, inst.home).id], cyc) for src, _, _, cyc in parts]
+            for e, parts in inst.load_parts.items()
+        }
         self.num_tokens = inst.problem.num_tokens
         self.loaded: list[int] = []
-        self.loads_end = 0
+        self.loaded_sorted: tuple[int, ...] = ()
         self.free_bytes: float = inst.home_free_bytes
+        self._loads_key: tuple[int, ...] | None = None
+        self._loads_value: tuple[list[int], int, int] = ([0] * self.num_links, 0, 0)
 
-    def home_finish(self, compute: int, loaded: list[int]) -> int:
+    def _loads(self, loaded: tuple[int, ...]) -> tuple[list[int], int, int]:
+        """For a sorted load set: link ends after the loads, and (A, B) with the home finish
+        after resident work C being max(C + A, B) (A: loaded shard cycles; B: the latest
+        load end plus the shards after it)."""
+        if loaded == self._loads_key:
+            return self._loads_value
         inst = self.inst
-        f, load_end = compute, 0
+        link_end = [0] * self.num_links
+        done: list[tuple[int, int]] = []
         for e in loaded:
-            load_end += inst.load_cycles[e]
-            f = max(f, load_end) + inst.shard[e][inst.home][inst.G]
-        return f
+            last = 0
+            for j, cyc in self.load_links[e]:
+                link_end[j] += cyc
+                last = max(last, link_end[j])
+            done.append((last, inst.shard[e][inst.home][inst.G]))
+        total, latest, after = 0, 0, 0
+        for last, cyc in reversed(done):
+            after += cyc
+            latest = max(latest, last + after)
+        total = after
+        value = (link_end, total, latest)
+        if loaded is self.loaded_sorted:
+            self._loads_key, self._loads_value = loaded, value
+        return value
 
     def score(self, adds: dict[int, int], routed: int, load: int | None) -> tuple[int, int]:
-        """(estimated layer finish, added work) if an option were applied.
+        """(layer makespan, added work) if an option were applied.
 
         ``adds`` maps device index -> added shard cycles; every remote device in it also gets
-        ``routed`` more tokens.
+        ``routed`` more tokens; ``load`` is an expert to load home whole.
         """
         inst = self.inst
-        loaded = [*self.loaded, load] if load is not None else self.loaded
-        loads_end = self.loads_end + (inst.load_cycles[load] if load is not None else 0)
-        worst = self.home_finish(self.compute[self.home_i] + adds.get(self.home_i, 0), loaded)
+        if load is None:
+            loaded = self.loaded_sorted
+        else:
+            at = bisect.bisect(self.loaded_sorted, load)
+            loaded = (*self.loaded_sorted[:at], load, *self.loaded_sorted[at:])
+        after_loads, total, latest = self._loads(loaded)
+        link_end = list(after_loads)
+        resident = self.compute[self.home_i] + adds.get(self.home_i, 0)
+        home = max(resident + total, latest) if loaded else resident
+        used = 1 if home > 0 else 0
         n = self.num_tokens
+        ready: list[tuple[int, int, int]] = []  # (remote position, rows, shards end)
         compute, routed_now = self.compute, self.routed
         for k, i in enumerate(self.remote_i):
             extra = adds.get(i)
@@ -57,21 +101,24 @@ class _State:
             if r == 0:
                 continue
             rows = n if r > n else r
-            c = compute[i] + (extra or 0)
-            f = self.disp[k][rows] + c
-            if loads_end > f:
-                f = loads_end
-            f += self.gath[k][rows]
-            if f > worst:
-                worst = f
+            j = self.down[k]
+            link_end[j] += self.disp[k][rows]
+            ready.append((k, rows, link_end[j] + compute[i] + (extra or 0)))
+        worst = home
+        for k, rows, end in ready:
+            j = self.up[k]
+            link_end[j] = max(link_end[j], end) + self.gath[k][rows]
+            if link_end[j] > worst:
+                worst = link_end[j]
+        used += len(ready)
         added = sum(adds.values()) + (
             inst.shard[load][inst.home][inst.G] if load is not None else 0
         )
-        return worst, added
+        return worst + inst.reduce[used], added
 
     def add_load(self, e: int) -> None:
         self.loaded.append(e)
-        self.loads_end += self.inst.load_cycles[e]
+        self.loaded_sorted = tuple(sorted(self.loaded))
         self.free_bytes -= self.inst.expert_bytes
 
     def add_runs(self, e: int, option: tuple[tuple[str, int, int], ...]) -> None:
@@ -203,9 +250,9 @@ def solve_greedy(inst: PlacementInstance) -> Assignment:
 
     Loading pays most for the experts that are slowest away from home, so the candidates are
     ranked by their best time on any other device and the first h are loaded; h is found by a
-    ternary search over the estimated finish (which first falls as loads relieve the NDP units,
-    then rises as the link fills). A plain heaviest-first pass (which may still choose loads
-    itself) competes too; the best estimate wins.
+    golden-section search over the estimated finish (which first falls as loads relieve the
+    NDP units, then rises as the link fills). A plain heaviest-first pass (which may still
+    choose loads itself) competes too; the best estimate wins.
 
     Assumes ``inst.feasible()`` is None.
     """
@@ -238,9 +285,14 @@ def solve_greedy(inst: PlacementInstance) -> Assignment:
             cache[h] = _place(inst, forced + optional[:h], order, blocks)
         return cache[h]
 
+    # Golden-section search over integer h (one new placement per step), then the rest.
     lo, hi = 0, top
-    while hi - lo > 2:
-        m1, m2 = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+    inv_phi = (5**0.5 - 1) / 2
+    while hi - lo > 3:
+        m1 = hi - round((hi - lo) * inv_phi)
+        m2 = lo + round((hi - lo) * inv_phi)
+        if m1 >= m2:
+            break
         if at(m1)[1] <= at(m2)[1]:
             hi = m2
         else:

@@ -40,12 +40,12 @@ def solve_milp(
     big = float(horizon)
     prob = pulp.LpProblem(f"placement_L{inst.problem.layer}", pulp.LpMinimize)
     y = {
-        (e, g, d): pulp.LpVariable(f"y_e{e}_g{g}_{d}", cat="Binary")
+        (e, g, d): prob.add_variable(f"y_e{e}_g{g}_{d}", cat="Binary")
         for e in inst.experts
         for g in range(G)
         for d in inst.holders[e][g]
     }
-    load = {e: pulp.LpVariable(f"load_e{e}", cat="Binary") for e in inst.load_parts}
+    load = {e: prob.add_variable(f"load_e{e}", cat="Binary") for e in inst.load_parts}
     for e in inst.experts:
         for g in range(G):
             terms = [y[e, g, d] for d in inst.holders[e][g]] + ([load[e]] if e in load else [])
@@ -60,7 +60,7 @@ def solve_milp(
             gs = [g for g in range(G) if (e, g, d) in y]
             if not gs:
                 continue
-            z = [pulp.LpVariable(f"z_e{e}_{d}_n{k}", cat="Binary") for k in range(G + 1)]
+            z = [prob.add_variable(f"z_e{e}_{d}_n{k}", cat="Binary") for k in range(G + 1)]
             prob += pulp.lpSum(z) == 1, f"onehot_e{e}_{d}"
             prob += (
                 pulp.lpSum(k * z[k] for k in range(G + 1)) == pulp.lpSum(y[e, g, d] for g in gs),
@@ -68,7 +68,7 @@ def solve_milp(
             )
             starts = []
             for g in gs:
-                s = pulp.LpVariable(f"start_e{e}_g{g}_{d}", cat="Binary")
+                s = prob.add_variable(f"start_e{e}_g{g}_{d}", cat="Binary")
                 prev = y.get((e, g - 1, d))
                 prob += s >= y[e, g, d] - (prev if prev is not None else 0), f"run_e{e}_g{g}_{d}"
                 starts.append(s)
@@ -76,7 +76,7 @@ def solve_milp(
             dur[e, d] = pulp.lpSum(inst.shard[e][d][k] * z[k] for k in range(G + 1))
             uses[e, d] = 1 - z[0]
 
-    used = {d: pulp.LpVariable(f"used_{d}", cat="Binary") for d in inst.remote}
+    used = {d: prob.add_variable(f"used_{d}", cat="Binary") for d in inst.remote}
     disp: dict[str, pulp.LpVariable] = {}
     gath: dict[str, pulp.LpVariable] = {}
     row_bytes = model.activation_bytes(1)
@@ -86,8 +86,8 @@ def solve_milp(
             prob += used[d] >= u, f"used_{d}_{i}"
         prob += used[d] <= pulp.lpSum(mine), f"unused_{d}"
         routed = pulp.lpSum(inst.tokens[e] * uses[e, d] for e in inst.experts if (e, d) in uses)
-        rows = pulp.LpVariable(f"rows_{d}", lowBound=0)
-        capped = pulp.LpVariable(f"capped_{d}", cat="Binary")
+        rows = prob.add_variable(f"rows_{d}", lowBound=0)
+        capped = prob.add_variable(f"capped_{d}", cat="Binary")
         total = sum(inst.tokens.values())
         prob += rows >= routed - total * capped, f"rows_sum_{d}"
         prob += rows >= N * capped, f"rows_cap_{d}"
@@ -95,11 +95,11 @@ def solve_milp(
             ("dispatch", disp, inst.link(home, d)),
             ("gather", gath, inst.link(d, home)),
         ):
-            var_map[d] = pulp.LpVariable(f"{name}_{d}", lowBound=0)
+            var_map[d] = prob.add_variable(f"{name}_{d}", lowBound=0)
             lat = link.latency_s * hw.clock_hz
             per_row = row_bytes / link.bandwidth_bytes_per_s * hw.clock_hz
             prob += var_map[d] >= lat * used[d] + per_row * rows, f"{name}_time_{d}"
-    home_used = pulp.LpVariable("used_home", cat="Binary")
+    home_used = prob.add_variable("used_home", cat="Binary")
     home_terms = [uses[e, home] for e in inst.experts if (e, home) in uses] + list(load.values())
     for i, u in enumerate(home_terms):
         prob += home_used >= u, f"used_home_{i}"
@@ -110,7 +110,7 @@ def solve_milp(
         ends: dict[str, pulp.LpVariable] = {}
         prev = None
         for label, d_expr, ready, present in items:
-            end = pulp.LpVariable(f"end_{label}", lowBound=0)
+            end = prob.add_variable(f"end_{label}", lowBound=0)
             prob.addConstraint(
                 end >= d_expr + (prev if prev is not None and single else 0), f"seq_{label}"
             )
@@ -130,7 +130,7 @@ def solve_milp(
             )
     for d in inst.remote:
         items.setdefault(inst.link(home, d).id, []).append((f"to_{d}", disp[d], None, None))
-    finish = {d: pulp.LpVariable(f"finish_{d}", lowBound=0) for d in inst.remote}
+    finish = {d: prob.add_variable(f"finish_{d}", lowBound=0) for d in inst.remote}
     for d in inst.remote:
         items.setdefault(inst.link(d, home).id, []).append(
             (f"from_{d}", gath[d], finish[d], used[d])
@@ -145,24 +145,24 @@ def solve_milp(
         prob += finish[d] >= end_of[f"to_{d}"] + compute[d], f"finish_{d}"
     f_prev: Any = compute[home]
     for e in loaded_order:
-        f = pulp.LpVariable(f"home_after_e{e}", lowBound=0)
+        f = prob.add_variable(f"home_after_e{e}", lowBound=0)
         cyc = inst.shard[e][home][G]
         prob += f >= f_prev + cyc * load[e], f"home_seq_e{e}"
         for _, c0, _, _ in inst.load_parts[e]:
             prob += f >= end_of[f"load{e}_{c0}"] + cyc - big * (1 - load[e]), f"home_load_e{e}_{c0}"
         f_prev = f
-    w = [pulp.LpVariable(f"partials_{p}", cat="Binary") for p in range(len(inst.devices) + 1)]
+    w = [prob.add_variable(f"partials_{p}", cat="Binary") for p in range(len(inst.devices) + 1)]
     prob += pulp.lpSum(w) == 1, "partials_onehot"
     prob += (
         pulp.lpSum(p * w[p] for p in range(len(w))) == pulp.lpSum(used.values()) + home_used,
         "partials",
     )
     red = pulp.lpSum(inst.reduce[p] * w[p] for p in range(len(w)))
-    start_red = pulp.LpVariable("reduce_start", lowBound=0)
+    start_red = prob.add_variable("reduce_start", lowBound=0)
     prob += start_red >= f_prev, "reduce_after_home"
     for d in inst.remote:
         prob += start_red >= end_of[f"from_{d}"], f"reduce_after_{d}"
-    makespan = pulp.LpVariable("makespan", lowBound=0, upBound=big)
+    makespan = prob.add_variable("makespan", lowBound=0, upBound=big)
     prob += makespan >= start_red + red, "makespan"
     prob += makespan
 

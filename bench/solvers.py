@@ -1,0 +1,120 @@
+"""Placement solver speed and quality on real routing: greedy and auto against a long CP-SAT run.
+
+Instances: one MoE layer of DeepSeek-V2-Lite (64 experts, real ESFT routing, batches of 1, 16
+and 64 consecutive tokens) and a 128-expert layer (the Qwen3-30B-A3B shape; its histogram is
+two real DeepSeek-V2-Lite batches side by side, experts 0-63 and 64-127, since no real
+128-expert routing is in ../shared/traces); GPU + 8 and GPU + 16 NDP-DIMMs (9 and 17
+devices); weights striped over the DIMMs, the GPU caching the layer's 8 hottest experts of
+the first 512 tokens (the prompt's prefill: no offline data).
+
+Gap = (objective - best proven lower bound) / objective, the bound being the best of every
+run on the instance (the reference CP-SAT run is long and usually proves the optimum).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from bench.common import BenchResult, percentile
+from hwmodel.plan_builder import layout_residency
+from hwmodel.presets import gpu_ndp, model_preset
+from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
+from solvers.placement.problem import PlacementProblem
+from solvers.placement.solve import solve_layer
+
+
+def _instances(quick: bool) -> list[tuple[str, PlacementProblem]]:
+    trace = load_esft(traces_dir() / ESFT_FILES["law"])
+    prefill = trace.histogram(slice(0, 512))
+    layers = [5] if quick else [3, 12, 20]
+    batches = [1, 64] if quick else [1, 16, 64]
+    out = []
+    for num_ndp in (8, 16):
+        hw = gpu_ndp(num_ndp)
+        for model_name in ("deepseek-v2-lite", "qwen3-30b-a3b"):
+            model = model_preset(model_name)
+            for layer in layers:
+                for batch in batches:
+                    start = 4000 + 97 * layer
+                    hist = trace.histogram(slice(start, start + batch))[layer]
+                    hot = np.argsort(-prefill[layer], kind="stable")[:8]
+                    num_tokens = batch
+                    if model.num_routed_experts == 128:
+                        other = trace.histogram(slice(start + 2000, start + 2000 + batch))[layer]
+                        hist = np.concatenate([hist, other])
+                        num_tokens = 2 * batch
+                    residency = layout_residency(
+                        hw, model, "striped", cached_experts=[int(e) for e in hot]
+                    )
+                    problem = PlacementProblem(
+                        hw,
+                        model,
+                        layer,
+                        tuple(int(v) for v in hist),
+                        num_tokens,
+                        residency,
+                        num_granules=num_ndp,
+                    )
+                    out.append((f"{hw.name}/{model_name}/L{layer}/b{batch}", problem))
+    return out
+
+
+def run(quick: bool = False) -> BenchResult:
+    """Greedy, auto (100 ms deadline) and a reference CP-SAT run per instance."""
+    result = BenchResult("solvers")
+    reference_s = 2.0 if quick else 8.0
+    for name, problem in _instances(quick):
+        runs = {}
+        for label, backend, deadline in (
+            ("greedy", "greedy", 1.0),
+            ("auto", "auto", 0.1),
+            ("reference", "cpsat", reference_s),
+        ):
+            t0 = time.perf_counter()
+            sol = solve_layer(replace(problem), backend, deadline)  # type: ignore[arg-type]
+            runs[label] = (time.perf_counter() - t0, sol.account)
+        bound = max(a.lower_bound_cycles or 0 for _, a in runs.values())
+        best = min(a.objective_cycles or 0 for _, a in runs.values())
+        row: dict[str, object] = {
+            "instance": name,
+            "hardware": problem.hardware.name,
+            "model": problem.model.name,
+            "trace": ESFT_FILES["law"]
+            + (" (two batches side by side)" if problem.model.num_routed_experts == 128 else ""),
+            "num_devices": len(problem.hardware.devices),
+            "num_active_experts": sum(1 for t in problem.tokens_per_expert if t > 0),
+            "best_bound_cycles": bound,
+            "best_objective_cycles": best,
+            "proven_optimal": bound >= best,
+        }
+        for label, (wall, acc) in runs.items():
+            obj = acc.objective_cycles or 0
+            row[f"{label}_ms"] = wall * 1e3
+            row[f"{label}_objective_cycles"] = obj
+            row[f"{label}_status"] = acc.status
+            row[f"{label}_gap"] = (obj - bound) / obj if obj else 0.0
+        result.rows.append(row)
+
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in result.rows]
+
+    result.summary = {
+        "instances": len(result.rows),
+        "greedy_p50_ms": percentile(col("greedy_ms"), 50),
+        "auto_p50_ms": percentile(col("auto_ms"), 50),
+        "greedy_gap_p95": percentile(col("greedy_gap"), 95),
+        "auto_gap_p95": percentile(col("auto_gap"), 95),
+        "greedy_gap_max": max(col("greedy_gap")),
+        "proven_optimal_fraction": sum(bool(r["proven_optimal"]) for r in result.rows)
+        / len(result.rows),
+        "greedy_is_best_fraction": sum(
+            r["greedy_objective_cycles"] == r["best_objective_cycles"] for r in result.rows
+        )
+        / len(result.rows),
+        "reference_deadline_s": reference_s,
+        "targets": {"greedy_p50_ms": 2.0, "auto_p50_ms": 100.0, "auto_gap_p95": 0.01},
+    }
+    return result
