@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import executor_speed, solvers
+from bench import eplb, executor_speed, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "executor": executor_speed.run,
     "solvers": solvers.run,
+    "eplb": eplb.run,
 }

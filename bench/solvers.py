@@ -101,8 +101,14 @@ def run(quick: bool = False) -> BenchResult:
     def col(key: str) -> list[float]:
         return [float(r[key]) for r in result.rows]
 
+    proven = [r for r in result.rows if r["proven_optimal"]]
+    decode = [r for r in result.rows if str(r["instance"]).endswith("/b1")]
     result.summary = {
         "instances": len(result.rows),
+        "greedy_p50_ms_decode": percentile([float(r["greedy_ms"]) for r in decode], 50),
+        "auto_p50_ms_decode": percentile([float(r["auto_ms"]) for r in decode], 50),
+        "greedy_gap_max_proven": max((float(r["greedy_gap"]) for r in proven), default=0.0),
+        "auto_gap_max_proven": max((float(r["auto_gap"]) for r in proven), default=0.0),
         "greedy_p50_ms": percentile(col("greedy_ms"), 50),
         "auto_p50_ms": percentile(col("auto_ms"), 50),
         "greedy_gap_p95": percentile(col("greedy_gap"), 95),

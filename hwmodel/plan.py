@@ -49,6 +49,18 @@ class WeightSlice(Frozen):
         return self
 
 
+def covers(pieces: list[tuple[int, int]], start: int, end: int) -> bool:
+    """True when column pieces, sorted by start, cover [start, end)."""
+    pos = start
+    for lo, hi in pieces:
+        if lo > pos:
+            break
+        pos = max(pos, hi)
+        if pos >= end:
+            return True
+    return pos >= end
+
+
 class TaskBase(Frozen):
     id: str = Field(min_length=1, max_length=128, description="Unique task id.")
     after: tuple[str, ...] = Field(default=(), description="Tasks that must end before this one.")
@@ -139,14 +151,7 @@ class Residency(Frozen):
             for s in self.by_memory.get(memory_id, ())
             if s.layer in (None, layer) and s.expert in (None, expert)
         )
-        pos = start
-        for lo, hi in pieces:
-            if lo > pos:
-                break
-            pos = max(pos, hi)
-            if pos >= end:
-                return True
-        return pos >= end
+        return covers(pieces, start, end)
 
 
 class SolverAccount(Frozen):

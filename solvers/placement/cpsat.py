@@ -247,19 +247,9 @@ def solve_cpsat(
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         name = "infeasible" if status == cp_model.INFEASIBLE else "unknown"
         return CpsatOutcome(None, name, None, None)
-    runs: dict[int, tuple[tuple[str, int, int], ...]] = {}
     loaded = tuple(e for e in loaded_order if solver.value(load[e]))
-    for e in inst.experts:
-        if e in loaded:
-            continue
-        per_dev: dict[str, list[int]] = {}
-        for g in range(G):
-            for d in inst.holders[e][g]:
-                if solver.value(y[e, g, d]):
-                    per_dev.setdefault(d, []).append(g)
-        runs[e] = tuple((d, min(gs), max(gs) + 1) for d, gs in per_dev.items())
     return CpsatOutcome(
-        Assignment(runs=runs, loaded=loaded),
+        inst.assignment_from(lambda e, g, d: bool(solver.value(y[e, g, d])), loaded),
         "optimal" if status == cp_model.OPTIMAL else "feasible",
         int(solver.objective_value),
         int(solver.best_objective_bound),

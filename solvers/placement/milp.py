@@ -185,15 +185,6 @@ def solve_milp(
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return MilpOutcome(None, "unknown", None)
     loaded = tuple(e for e in loaded_order if (load[e].value() or 0) > 0.5)
-    runs: dict[int, tuple[tuple[str, int, int], ...]] = {}
-    for e in inst.experts:
-        if e in loaded:
-            continue
-        per_dev: dict[str, list[int]] = {}
-        for g in range(G):
-            for d in inst.holders[e][g]:
-                if (y[e, g, d].value() or 0) > 0.5:
-                    per_dev.setdefault(d, []).append(g)
-        runs[e] = tuple((d, min(gs), max(gs) + 1) for d, gs in per_dev.items())
     status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible"
-    return MilpOutcome(Assignment(runs=runs, loaded=loaded), status, pulp.value(prob.objective))
+    chosen = inst.assignment_from(lambda e, g, d: (y[e, g, d].value() or 0) > 0.5, loaded)
+    return MilpOutcome(chosen, status, pulp.value(prob.objective))

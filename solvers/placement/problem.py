@@ -16,11 +16,12 @@ an assignment is predicted by ``solvers.timing`` on exactly those tasks (``predi
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from hwmodel import costs
-from hwmodel.plan import ComputeTask, Residency, TransferTask
+from hwmodel.plan import ComputeTask, Residency, TransferTask, covers
 from hwmodel.plan_builder import Shard, WeightLoad, layer_tasks
 from hwmodel.spec import Hardware, Link, ModelSpec
 from solvers import timing
@@ -189,12 +190,12 @@ class PlacementInstance:
         when the home already holds it all or some column is held by no remote device."""
         ffn = self.problem.model.expert_ffn_size
         cols = self._cols[e]
-        if _covers(cols[self.home], 0, ffn):
+        if covers(cols[self.home], 0, ffn):
             return None
         points = sorted({0, ffn, *(c for d in self.remote for piece in cols[d] for c in piece)})
         pieces: list[tuple[str, int, int]] = []
         for c0, c1 in itertools.pairwise(points):
-            src = next((d for d in self.remote if _covers(cols[d], c0, c1)), None)
+            src = next((d for d in self.remote if covers(cols[d], c0, c1)), None)
             if src is None:
                 return None
             if pieces and pieces[-1][0] == src and pieces[-1][2] == c0:
@@ -249,6 +250,23 @@ class PlacementInstance:
         return None
 
     # ------------------------------------------------------------------ assignment -> plan
+
+    def assignment_from(
+        self, chosen: Callable[[int, int, str], bool], loaded: tuple[int, ...]
+    ) -> Assignment:
+        """The assignment in which granule g of expert e runs on d when ``chosen(e, g, d)``
+        (a solver's 0/1 values), and the experts in ``loaded`` are loaded home."""
+        runs: dict[int, tuple[tuple[str, int, int], ...]] = {}
+        for e in self.experts:
+            if e in loaded:
+                continue
+            per_dev: dict[str, list[int]] = {}
+            for g in range(self.G):
+                for d in self.holders[e][g]:
+                    if chosen(e, g, d):
+                        per_dev.setdefault(d, []).append(g)
+            runs[e] = tuple((d, min(gs), max(gs) + 1) for d, gs in per_dev.items())
+        return Assignment(runs=runs, loaded=loaded)
 
     def shards(self, a: Assignment) -> list[Shard]:
         """The expert shards of an assignment, in (expert, first column) order."""
@@ -335,18 +353,6 @@ class PlacementInstance:
                 resources |= set(self.holders[e][g])
                 work += min(options.values())
         return int(work // max(len(resources), 1)) + self.reduce[1]
-
-
-def _covers(pieces: list[tuple[int, int]], start: int, end: int) -> bool:
-    """True when sorted column pieces cover [start, end)."""
-    pos = start
-    for lo, hi in pieces:
-        if lo > pos:
-            break
-        pos = max(pos, hi)
-        if pos >= end:
-            return True
-    return pos >= end
 
 
 def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
