@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import eplb, executor_speed, solvers
+from bench import dep, eplb, executor_speed, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "executor": executor_speed.run,
     "solvers": solvers.run,
     "eplb": eplb.run,
+    "dep": dep.run,
 }

@@ -191,8 +191,12 @@ class _Simulation:
         plan: Plan,
         workload: Workload | None,
         residency: Residency | None,
+        context_tokens: int | None = None,
     ) -> None:
         self.hw = hardware
+        if context_tokens is None:
+            context_tokens = workload.context_tokens if workload is not None else 0
+        self.context_tokens = context_tokens
         self.model = model
         self.plan = plan
         self.workload = workload
@@ -293,8 +297,9 @@ class _Simulation:
                 continue
             if not self._valid_refs(t):
                 continue
-            ctx = self.workload.context_tokens if self.workload is not None else 0
-            resource, cycles, num_bytes = costs.task_cycles(self.hw, self.model, t, ctx)
+            resource, cycles, num_bytes = costs.task_cycles(
+                self.hw, self.model, t, self.context_tokens
+            )
             index[t.id] = len(self.runs)
             self.runs.append(_Run(len(self.runs), t, resource, cycles, num_bytes))
         for run in self.runs:
@@ -727,6 +732,7 @@ def simulate(
     workload: Workload | None = None,
     residency: Residency | None = None,
     include_timeline: bool = False,
+    context_tokens: int | None = None,
 ) -> Report:
     """Run ``plan`` on ``hardware`` and check it.
 
@@ -737,11 +743,12 @@ def simulate(
         workload: the histogram the plan must cover; without it coverage is not checked.
         residency: what every memory holds at cycle 0.
         include_timeline: add every task's span to the report.
+        context_tokens: KV-cache length for attention costs (default: the workload's, else 0).
 
     Returns:
         The report; ``report.valid`` is False when any rule is broken (see ``violations``).
     """
-    sim = _Simulation(hardware, model, plan, workload, residency)
+    sim = _Simulation(hardware, model, plan, workload, residency, context_tokens)
     sim.check_initial_capacity()
     sim.prepare()
     sim.run()

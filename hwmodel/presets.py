@@ -251,6 +251,7 @@ def _dep(
         devices=tuple(devices),
         memories=tuple(memories),
         links=tuple(links),
+        groups={"attention": tuple(attn), "experts": tuple(experts)},
         home_device_id=attn[0],
     )
 

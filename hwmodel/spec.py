@@ -98,6 +98,13 @@ class Hardware(Frozen):
     devices: tuple[Device, ...] = Field(min_length=1, description="Compute devices.")
     memories: tuple[Memory, ...] = Field(min_length=1, description="Weight memories.")
     links: tuple[Link, ...] = Field(default=(), description="Interconnects.")
+    groups: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description=(
+            "Named device groups, e.g. 'attention' and 'experts' for disaggregated expert "
+            "parallelism (attention + shared experts on one group, routed experts on the other)."
+        ),
+    )
     home_device_id: str = Field(
         description=(
             "Device where token activations live between layers (the GPU that runs attention); "
@@ -125,6 +132,10 @@ class Hardware(Frozen):
             for end in (*lk.src_device_ids, *lk.dst_device_ids):
                 if end not in known_devices:
                     raise ValueError(f"links[{lk.id}]: unknown device '{end}'")
+        for name, members in self.groups.items():
+            unknown = [m for m in members if m not in known_devices]
+            if unknown or not members:
+                raise ValueError(f"groups[{name}]: unknown or no devices {unknown}")
         if self.home_device_id not in known_devices:
             raise ValueError(f"home_device_id: unknown device '{self.home_device_id}'")
         return self

@@ -7,14 +7,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from hwmodel.executor import simulate as run_simulation
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.trace_export import chrome_trace, gantt
 from service.errors import DomainError
-from service.schemas import EplbRequest, PlacementRequest, SimulateRequest
+from service.schemas import (
+    EplbRequest,
+    OrderingRequest,
+    OrderingResponse,
+    PlacementRequest,
+    PlacementResponse,
+    SimulateRequest,
+)
 from solvers.common import BACKENDS
 
 app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
@@ -93,37 +100,48 @@ def simulate(
         raise typer.Exit(1)
 
 
-def _load_request(model_type: type[BaseModel], file: Path) -> BaseModel:
-    try:
-        return model_type.model_validate_json(file.read_bytes())
-    except (ValidationError, OSError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
-
-
 @app.command()
 def solve(
-    file: Annotated[Path, typer.Argument(help="JSON request: the body of POST /v1/placement.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="JSON request: the body of POST /v1/placement or POST /v1/ordering."),
+    ],
     backend: Annotated[
         str | None, typer.Option(help="Override the backend: auto, cpsat, milp or greedy.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the plan (JSON) here.")] = None,
+    trace: Annotated[
+        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")
+    ] = None,
+    gantt_path: Annotated[
+        Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
+    ] = None,
 ) -> None:
-    """Solve a placement request; print the solver's account and the executor's report."""
+    """Solve a placement or ordering request; print the account and the executor's report."""
     from service.settings import get_settings
-    from service.solving import place
+    from service.solving import order, place
 
-    request = _load_request(PlacementRequest, file)
-    assert isinstance(request, PlacementRequest)
-    if backend is not None:
-        if backend not in BACKENDS:
-            print(f"error: --backend must be one of {list(BACKENDS)}")
-            raise typer.Exit(2)
-        opts = request.options.model_copy(update={"backend": backend})
-        request = request.model_copy(update={"options": opts})
+    if backend is not None and backend not in BACKENDS:
+        print(f"error: --backend must be one of {list(BACKENDS)}")
+        raise typer.Exit(2)
     try:
-        response = place(request, get_settings())
-    except DomainError as exc:
+        data = json.loads(file.read_bytes())
+        request: PlacementRequest | OrderingRequest
+        if isinstance(data, dict) and "batch_tokens" in data:
+            request = OrderingRequest.model_validate(data)
+        else:
+            request = PlacementRequest.model_validate(data)
+        if backend is not None:
+            opts = request.options.model_copy(update={"backend": backend})
+            request = request.model_copy(update={"options": opts})
+        timeline = trace is not None or gantt_path is not None
+        if isinstance(request, OrderingRequest):
+            response: PlacementResponse | OrderingResponse = order(
+                request, get_settings(), timeline
+            )
+        else:
+            response = place(request, get_settings(), timeline)
+    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}")
         raise typer.Exit(2) from None
     a = response.account
@@ -134,9 +152,19 @@ def solve(
     )
     if a.fallback_reason:
         print(f"fallback: {a.fallback_reason}")
+    if isinstance(response, OrderingResponse):
+        print(
+            f"micro-batches {response.micro_batches} ({response.why}); serial "
+            f"{response.serial_cycles}, PPPipe {response.pppipe_cycles} at m="
+            f"{response.pppipe_micro_batches}; {response.throughput_tokens_per_s:,.0f} tokens/s"
+        )
     print_report(response.report)
     if out is not None:
         out.write_text(response.plan.model_dump_json(indent=1))
+    if trace is not None:
+        trace.write_text(json.dumps(chrome_trace(response.report)))
+    if gantt_path is not None:
+        gantt(response.report, gantt_path)
 
 
 @app.command()

@@ -38,6 +38,18 @@ def placement_example() -> dict[str, Any]:
     }
 
 
+def ordering_example() -> dict[str, Any]:
+    """DeepSeek-V2 on 8 + 8 H20 GPUs, a decode step of 8,192 tokens."""
+    return {
+        "hardware_preset": "dep-h20",
+        "model_preset": "deepseek-v2",
+        "batch_tokens": 8192,
+        "num_layers": 2,
+        "context_tokens": 2048,
+        "options": {"backend": "auto", "deadline_s": 2.0, "max_micro_batches": 16},
+    }
+
+
 def eplb_example() -> dict[str, Any]:
     """The worked example of DeepSeek's EPLB README (2 layers, 12 experts, 16 slots, 8 GPUs)."""
     return {

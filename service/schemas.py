@@ -206,3 +206,44 @@ class EplbResponse(BaseModel):
     status: str = Field(description="optimal, feasible or fallback.")
     wall_time_s: float = Field(description="Solve wall time.")
     fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")
+
+
+class OrderingOptions(BaseModel):
+    """How to solve the micro-batch pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["greedy", "cpsat", "milp", "auto"] = Field(
+        default="auto", description="Backend."
+    )
+    deadline_s: float = Field(default=3.0, gt=0, le=600, description="Wall-clock budget.")
+    max_micro_batches: int = Field(default=16, ge=1, le=64, description="Largest r searched.")
+
+
+class OrderingRequest(ProblemRequest):
+    """Disaggregated expert parallelism: micro-batch count and task order for a run of layers."""
+
+    batch_tokens: int = Field(
+        ge=1, le=1_000_000, description="Decode tokens in the step (all attention GPUs)."
+    )
+    num_layers: int = Field(default=2, ge=1, le=16, description="MoE layers in the run simulated.")
+    context_tokens: int = Field(default=2048, ge=0, le=1_000_000, description="KV-cache length.")
+    options: OrderingOptions = Field(default_factory=OrderingOptions, description="Solving.")
+
+
+class OrderingResponse(BaseModel):
+    """The chosen pipeline, the baselines at their best, and the executor's report."""
+
+    plan: Plan = Field(description="Tasks in run order (per resource, with micro-batch ids).")
+    account: SolverAccount = Field(description="How the order was found.")
+    micro_batches: int = Field(description="Chosen micro-batch count r.")
+    why: str = Field(description="Why this r (against r + 1).")
+    makespan_cycles: int = Field(description="moesched's run time.")
+    serial_cycles: int = Field(description="Serial (no overlap) run time.")
+    pppipe_cycles: int = Field(description="PPPipe run time at its best micro-batch count.")
+    pppipe_micro_batches: int = Field(description="PPPipe's best micro-batch count.")
+    makespan_by_micro_batches: dict[str, int] = Field(
+        description="moesched's run time per r tried."
+    )
+    throughput_tokens_per_s: float = Field(description="batch_tokens / simulated run time.")
+    report: Report = Field(description="The executor's simulation of the plan (valid).")

@@ -16,6 +16,8 @@ from service.schemas import (
     EplbRequest,
     EplbResponse,
     LayerAccountOut,
+    OrderingRequest,
+    OrderingResponse,
     PlacementRequest,
     PlacementResponse,
 )
@@ -23,6 +25,7 @@ from service.settings import Settings
 from solvers.common import Backend
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.solve import solve_eplb
+from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 from solvers.placement.solve import PlacementSolution, solve_placement
 
 
@@ -55,7 +58,9 @@ def residency_of(request: PlacementRequest) -> Residency:
         raise DomainError(422, "validation", "body.layout", str(exc)) from None
 
 
-def place(request: PlacementRequest, settings: Settings) -> PlacementResponse:
+def place(
+    request: PlacementRequest, settings: Settings, include_timeline: bool = False
+) -> PlacementResponse:
     """Solve placement, validate the plan with the executor, and report."""
     check_sizes(request, settings)
     hardware, model = request.resolved_hardware(), request.resolved_model()
@@ -100,6 +105,8 @@ def place(request: PlacementRequest, settings: Settings) -> PlacementResponse:
         report = simulate(hardware, model, solution.plan, request.workload, residency)
     if not report.valid:
         raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
+    if include_timeline:
+        report = simulate(hardware, model, solution.plan, request.workload, residency, True)
     return PlacementResponse(
         plan=solution.plan,
         account=solution.account,
@@ -147,4 +154,54 @@ def eplb(request: EplbRequest, settings: Settings) -> EplbResponse:
         status=sol.status,
         wall_time_s=sol.wall_time_s,
         fallback_reason=sol.fallback_reason,
+    )
+
+
+def order(
+    request: OrderingRequest, settings: Settings, include_timeline: bool = False
+) -> OrderingResponse:
+    """Solve the DEP pipeline and validate the plan with the executor."""
+    problem = DepProblem(
+        request.resolved_hardware(),
+        request.resolved_model(),
+        request.batch_tokens,
+        request.num_layers,
+        request.context_tokens,
+    )
+    problems = problem.check()
+    if problems:
+        field, _, reason = problems[0].partition(": ")
+        raise DomainError(422, "validation", f"body.{field}", reason)
+    if len(problem.hardware.devices) > settings.max_devices:
+        raise DomainError(413, "too_large", "body.hardware.devices", "more devices than the limit")
+    opts = request.options
+    sol = solve_dep(
+        problem,
+        opts.backend,
+        min(opts.deadline_s, settings.max_deadline_s),
+        opts.max_micro_batches,
+        settings.solver_workers,
+    )
+    report = simulate(
+        problem.hardware,
+        problem.model,
+        sol.plan,
+        residency=problem.residency(),
+        context_tokens=problem.context_tokens,
+        include_timeline=include_timeline,
+    )
+    if not report.valid:
+        raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
+    return OrderingResponse(
+        plan=sol.plan,
+        account=sol.plan.account,
+        micro_batches=sol.micro_batches,
+        why=sol.why,
+        makespan_cycles=sol.makespan_cycles,
+        serial_cycles=sol.serial_cycles,
+        pppipe_cycles=sol.pppipe_cycles,
+        pppipe_micro_batches=sol.pppipe_micro_batches,
+        makespan_by_micro_batches={str(r): c for r, c in sol.by_r.items()},
+        throughput_tokens_per_s=throughput_tokens_per_s(problem, sol.makespan_cycles),
+        report=report,
     )

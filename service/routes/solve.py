@@ -8,9 +8,16 @@ from fastapi import APIRouter, Body
 
 from service.deps import SettingsDep
 from service.errors import ErrorResponse
-from service.examples import eplb_example, placement_example
-from service.schemas import EplbRequest, EplbResponse, PlacementRequest, PlacementResponse
-from service.solving import eplb, place
+from service.examples import eplb_example, ordering_example, placement_example
+from service.schemas import (
+    EplbRequest,
+    EplbResponse,
+    OrderingRequest,
+    OrderingResponse,
+    PlacementRequest,
+    PlacementResponse,
+)
+from service.solving import eplb, order, place
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -54,3 +61,24 @@ def post_eplb(
 ) -> EplbResponse:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
     return eplb(request, settings)
+
+
+@router.post(
+    "/ordering",
+    response_model=OrderingResponse,
+    responses=_ERRORS,
+    summary="Micro-batch pipeline (DEP)",
+)
+def post_ordering(
+    request: Annotated[
+        OrderingRequest,
+        Body(
+            openapi_examples={
+                "dep-h20": {"summary": "DeepSeek-V2 on H20, 8k tokens", "value": ordering_example()}
+            }
+        ),
+    ],
+    settings: SettingsDep,
+) -> OrderingResponse:
+    """Micro-batch count and every resource's task order, beside PPPipe and serial."""
+    return order(request, settings)

@@ -170,3 +170,21 @@ def test_eplb_example_and_errors(client: TestClient) -> None:
     assert r.status_code == 422 and "num_replicas" in r.json()["error"]
     ragged = eplb_example() | {"weights": [[1, 2], [3]]}
     assert client.post("/v1/eplb", json=ragged).status_code == 422
+
+
+def test_ordering_example_and_errors(client: TestClient) -> None:
+    from service.examples import ordering_example
+
+    body = ordering_example() | {"options": {"backend": "greedy"}}
+    r = client.post("/v1/ordering", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["report"]["valid"] is True
+    assert out["makespan_cycles"] == out["report"]["makespan_cycles"]
+    assert out["makespan_cycles"] <= out["pppipe_cycles"] <= out["serial_cycles"]
+    assert out["micro_batches"] >= 1 and "r=" in out["why"]
+    not_dep = ordering_example() | {"hardware_preset": "gpu-ndp-4dimm"}
+    r = client.post("/v1/ordering", json=not_dep)
+    assert r.status_code == 422 and "groups" in r.json()["error"]
+    r = client.post("/v1/ordering", json=ordering_example() | {"batch_tokens": 0})
+    assert r.status_code == 422 and "batch_tokens" in r.json()["error"]

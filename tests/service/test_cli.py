@@ -48,3 +48,17 @@ def test_simulate_exits_2_on_bad_input(tmp_path: Path) -> None:
     req = tmp_path / "req.json"
     req.write_text('{"hardware_preset": "nope"}')
     assert runner.invoke(app, ["simulate", str(req)]).exit_code == 2
+
+
+def test_solve_ordering_writes_gantt_and_trace(tmp_path: Path) -> None:
+    from service.examples import ordering_example
+
+    req = tmp_path / "ord.json"
+    req.write_text(json.dumps(ordering_example() | {"options": {"backend": "greedy"}}))
+    png, trace = tmp_path / "g.png", tmp_path / "t.json"
+    result = runner.invoke(app, ["solve", str(req), "--gantt", str(png), "--trace", str(trace)])
+    assert result.exit_code == 0, result.stdout
+    assert "micro-batches" in result.stdout and "PPPipe" in result.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("args", {}).get("micro_batch", 0) > 0 for e in events if e["ph"] == "X")
