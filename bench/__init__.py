@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import dep, eplb, executor_speed, solvers
+from bench import dep, eplb, executor_speed, service, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
@@ -12,4 +12,5 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "solvers": solvers.run,
     "eplb": eplb.run,
     "dep": dep.run,
+    "service": service.run,
 }

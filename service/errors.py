@@ -65,6 +65,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        kind = {
+            401: "unauthorized",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+            503: "overloaded",
+        }
         body = ErrorResponse(error=str(exc.detail), error_type=kind.get(exc.status_code, "http"))
         return _json(exc.status_code, body, getattr(exc, "headers", None))

@@ -50,6 +50,17 @@ def ordering_example() -> dict[str, Any]:
     }
 
 
+def session_example() -> dict[str, Any]:
+    """A sidecar session for DeepSeek-V2-Lite decode on 4 NDP-DIMMs, greedy re-solves."""
+    return {
+        "hardware_preset": "gpu-ndp-4dimm",
+        "model_preset": "deepseek-v2-lite",
+        "layout": "striped",
+        "cached_experts": [0, 1, 2, 3],
+        "policy": {"backend": "greedy", "deadline_s": 1.0, "drift_threshold": 0.2, "decay": 0.98},
+    }
+
+
 def eplb_example() -> dict[str, Any]:
     """The worked example of DeepSeek's EPLB README (2 layers, 12 experts, 16 slots, 8 GPUs)."""
     return {

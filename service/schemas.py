@@ -247,3 +247,98 @@ class OrderingResponse(BaseModel):
     )
     throughput_tokens_per_s: float = Field(description="batch_tokens / simulated run time.")
     report: Report = Field(description="The executor's simulation of the plan (valid).")
+
+
+class SessionPolicy(BaseModel):
+    """How a sidecar session keeps its plan current."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["greedy", "cpsat", "milp", "auto"] = Field(
+        default="auto", description="Backend."
+    )
+    deadline_s: float = Field(default=1.0, gt=0, le=600, description="Budget of each re-solve.")
+    drift_threshold: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Re-solve when the mean over layers of the total variation distance between "
+        "the running counts and the counts the plan was solved for exceeds this.",
+    )
+    decay: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="Running counts are multiplied by this per observation.",
+    )
+    plan_batch_tokens: int = Field(default=1, ge=1, le=65536, description="Batch the plan is for.")
+    num_granules: int = Field(default=4, ge=1, le=64, description="Tensor-parallel granularity.")
+
+
+class SessionCreate(ProblemRequest):
+    """Register hardware and model; the service keeps running counts and a current plan."""
+
+    layout: Literal["round_robin", "striped"] = Field(
+        default="striped", description="Weight layout."
+    )
+    cached_experts: tuple[int, ...] = Field(default=(), description="Experts the GPU holds whole.")
+    policy: SessionPolicy = Field(default_factory=SessionPolicy, description="Re-solve policy.")
+    initial_counts: list[list[float]] | None = Field(
+        default=None,
+        description="Seed counts [num_moe_layers, num_experts], e.g. from the prompt's prefill.",
+    )
+
+
+class Observation(BaseModel):
+    """The latest routing: a histogram, or routed expert ids per token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    histogram: list[list[int]] | None = Field(
+        default=None, description="Tokens per expert, [num_moe_layers, num_experts]."
+    )
+    expert_ids: list[list[list[int]]] | None = Field(
+        default=None, description="Routed experts per token, [num_tokens, num_moe_layers, top_k]."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Observation:
+        if (self.histogram is None) == (self.expert_ids is None):
+            raise ValueError("histogram: give exactly one of 'histogram' and 'expert_ids'")
+        return self
+
+
+class ObservationAck(BaseModel):
+    """What an observation did."""
+
+    version: int = Field(description="Version of the current plan.")
+    num_observations: int = Field(description="Observations so far.")
+    drift: float = Field(description="Drift of the running counts from the plan's counts.")
+    resolve_started: bool = Field(description="Whether this observation started a re-solve.")
+
+
+class SessionInfo(BaseModel):
+    """A session and its current plan."""
+
+    id: str = Field(description="Session id.")
+    version: int = Field(description="Plan version (starts at 1, +1 per swap).")
+    num_observations: int = Field(description="Observations so far.")
+    drift: float = Field(description="Drift of the running counts from the plan's counts.")
+    resolving: bool = Field(description="A re-solve is running.")
+    plan: PlacementResponse = Field(description="The current plan, its account and report.")
+
+
+class ScheduleRequest(PlacementRequest):
+    """Placement of every layer, then (optionally) the order of every task of the plan."""
+
+    problems: tuple[Literal["placement", "ordering"], ...] = Field(
+        default=("placement", "ordering"),
+        description="placement is always solved; ordering then reorders every resource's queue "
+        "(dispatches, shards, returns, loads) so transfers hide behind compute.",
+    )
+
+
+class ScheduleResponse(PlacementResponse):
+    """The placement response, plus the ordering step's account when it ran."""
+
+    ordering: SolverAccount | None = Field(default=None, description="How the order was found.")

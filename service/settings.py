@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     max_experts: int = Field(default=1024, gt=0, description="Largest num_routed_experts.")
     max_devices: int = Field(default=256, gt=0, description="Largest device count.")
     max_layers: int = Field(default=256, gt=0, description="Largest workload layer count.")
+    max_tokens_per_observation: int = Field(default=4096, gt=0, description="expert_ids rows.")
+    max_concurrent_solves: int = Field(
+        default=2, ge=1, description="Solves at once; more get 503 with Retry-After."
+    )
     max_deadline_s: float = Field(default=30.0, gt=0, description="Cap on any solve's deadline.")
     solver_workers: int = Field(default=2, ge=1, le=64, description="CP-SAT search workers.")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwmodel.executor import simulate
-from hwmodel.plan import Residency
+from hwmodel.plan import Plan, Residency
 from hwmodel.plan_builder import layout_residency
 from service.errors import DomainError
 from service.schemas import (
@@ -20,12 +20,15 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    ScheduleRequest,
+    ScheduleResponse,
 )
 from service.settings import Settings
 from solvers.common import Backend
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.solve import solve_eplb
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
+from solvers.ordering.solve import solve_order
 from solvers.placement.solve import PlacementSolution, solve_placement
 
 
@@ -204,4 +207,34 @@ def order(
         makespan_by_micro_batches={str(r): c for r, c in sol.by_r.items()},
         throughput_tokens_per_s=throughput_tokens_per_s(problem, sol.makespan_cycles),
         report=report,
+    )
+
+
+def schedule(
+    request: ScheduleRequest, settings: Settings, include_timeline: bool = False
+) -> ScheduleResponse:
+    """Placement, then ordering of the whole plan; the result has passed the executor."""
+    placed = place(request, settings, include_timeline)
+    if "ordering" not in request.problems:
+        return ScheduleResponse(**placed.model_dump(), ordering=None)
+    hardware, model = request.resolved_hardware(), request.resolved_model()
+    residency = residency_of(request)
+    ctx = request.workload.context_tokens
+    ordered = solve_order(
+        hardware, model, placed.plan.tasks, request.options.backend,
+        min(request.options.deadline_s, settings.max_deadline_s), ctx, settings.solver_workers,
+    )  # fmt: skip
+    plan = Plan(tasks=tuple(ordered.tasks), account=placed.account)
+    report = simulate(hardware, model, plan, request.workload, residency, include_timeline)
+    if not report.valid or report.makespan_cycles > placed.report.makespan_cycles:
+        return ScheduleResponse(**placed.model_dump(), ordering=ordered.account)
+    account = placed.account.model_copy(
+        update={"predicted_makespan_cycles": ordered.makespan_cycles}
+    )
+    return ScheduleResponse(
+        plan=plan.model_copy(update={"account": account}),
+        account=account,
+        layers=placed.layers,
+        report=report,
+        ordering=ordered.account,
     )

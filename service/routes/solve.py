@@ -16,8 +16,10 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    ScheduleRequest,
+    ScheduleResponse,
 )
-from service.solving import eplb, order, place
+from service.solving import eplb, order, place, schedule
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -82,3 +84,21 @@ def post_ordering(
 ) -> OrderingResponse:
     """Micro-batch count and every resource's task order, beside PPPipe and serial."""
     return order(request, settings)
+
+
+@router.post(
+    "/schedule", response_model=ScheduleResponse, responses=_ERRORS, summary="Full schedule"
+)
+def post_schedule(
+    request: Annotated[
+        ScheduleRequest,
+        Body(
+            openapi_examples={
+                "gpu-ndp": {"summary": "Decode token, 4 NDP-DIMMs", "value": placement_example()}
+            }
+        ),
+    ],
+    settings: SettingsDep,
+) -> ScheduleResponse:
+    """Placement of every layer, then the order of every task; checked by the executor."""
+    return schedule(request, settings)

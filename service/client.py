@@ -1,0 +1,98 @@
+"""A small typed client for runtimes that use moesched as a sidecar (httpx, sync).
+
+client = MoeschedClient("http://127.0.0.1:8000")
+spec = SessionCreate(hardware_preset="gpu-ndp-4dimm", model_preset="deepseek-v2-lite")
+session = client.create_session(spec)
+ack = client.observe(session.id, Observation(histogram=hist))
+plan = client.plan(session.id)  # plan.version changes when a re-solve lands
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from service.schemas import (
+    EplbRequest,
+    EplbResponse,
+    Observation,
+    ObservationAck,
+    OrderingRequest,
+    OrderingResponse,
+    PlacementRequest,
+    PlacementResponse,
+    ScheduleRequest,
+    ScheduleResponse,
+    SessionCreate,
+    SessionInfo,
+    SimulateRequest,
+    SimulateResponse,
+)
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class MoeschedError(Exception):
+    """A 4xx/5xx answer; ``status`` and the service's ``error`` message."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {body.get('error', body)}")
+        self.status = status
+        self.body = body
+
+
+class MoeschedClient:
+    """Calls a running moesched service."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> MoeschedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, out: type[R], body: BaseModel | None = None) -> R:
+        content = body.model_dump_json(exclude_none=True) if body is not None else None
+        r = self.http.request(
+            method, path, content=content, headers={"content-type": "application/json"}
+        )
+        if r.status_code >= 400:
+            raise MoeschedError(r.status_code, r.json() if r.content else {})
+        return out.model_validate_json(r.content)
+
+    def simulate(self, request: SimulateRequest) -> SimulateResponse:
+        return self._call("POST", "/v1/simulate", SimulateResponse, request)
+
+    def placement(self, request: PlacementRequest) -> PlacementResponse:
+        return self._call("POST", "/v1/placement", PlacementResponse, request)
+
+    def schedule(self, request: ScheduleRequest) -> ScheduleResponse:
+        return self._call("POST", "/v1/schedule", ScheduleResponse, request)
+
+    def ordering(self, request: OrderingRequest) -> OrderingResponse:
+        return self._call("POST", "/v1/ordering", OrderingResponse, request)
+
+    def eplb(self, request: EplbRequest) -> EplbResponse:
+        return self._call("POST", "/v1/eplb", EplbResponse, request)
+
+    def create_session(self, spec: SessionCreate) -> SessionInfo:
+        return self._call("POST", "/v1/sessions", SessionInfo, spec)
+
+    def observe(self, session_id: str, obs: Observation) -> ObservationAck:
+        return self._call("POST", f"/v1/sessions/{session_id}/observations", ObservationAck, obs)
+
+    def plan(self, session_id: str) -> SessionInfo:
+        return self._call("GET", f"/v1/sessions/{session_id}/plan", SessionInfo)
+
+    def delete_session(self, session_id: str) -> None:
+        r = self.http.delete(f"/v1/sessions/{session_id}")
+        if r.status_code >= 400:
+            raise MoeschedError(r.status_code, r.json() if r.content else {})

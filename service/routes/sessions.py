@@ -1,0 +1,79 @@
+"""Sidecar sessions: register, observe, read the current plan, end."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+
+from service.deps import solve_slot
+from service.errors import ErrorResponse
+from service.examples import session_example
+from service.schemas import Observation, ObservationAck, SessionCreate, SessionInfo
+from service.sessions import SessionManager
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such session."},
+    422: {"model": ErrorResponse, "description": "Invalid request."},
+}
+
+
+def sessions(request: Request) -> SessionManager:
+    manager: SessionManager = request.app.state.sessions
+    return manager
+
+
+Sessions = Annotated[SessionManager, Depends(sessions)]
+
+
+@router.post(
+    "", response_model=SessionInfo, status_code=201, responses=_ERRORS, summary="Start a session",
+    dependencies=[Depends(solve_slot)],
+)  # fmt: skip
+def create_session(
+    spec: Annotated[
+        SessionCreate,
+        Body(
+            openapi_examples={
+                "gpu-ndp": {
+                    "summary": "DeepSeek-V2-Lite on 4 NDP-DIMMs",
+                    "value": session_example(),
+                }
+            }
+        ),
+    ],
+    manager: Sessions,
+) -> SessionInfo:
+    """Register hardware, model and policy; the first plan is solved from the seed counts."""
+    return manager.create(spec)
+
+
+@router.post(
+    "/{session_id}/observations",
+    response_model=ObservationAck,
+    responses=_ERRORS,
+    summary="Observe routing",
+)
+async def observe(session_id: str, obs: Observation, manager: Sessions) -> ObservationAck:
+    """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
+    background when they drift past the policy's threshold.
+
+    Runs on the event loop (no thread hop): the work is one small SQLite commit.
+    """
+    return manager.observe(session_id, obs)
+
+
+@router.get(
+    "/{session_id}/plan", response_model=SessionInfo, responses=_ERRORS, summary="Current plan"
+)
+def current_plan(session_id: str, manager: Sessions) -> SessionInfo:
+    """The current plan with its version (changes atomically when a re-solve lands)."""
+    return manager.info(session_id)
+
+
+@router.delete("/{session_id}", status_code=204, responses=_ERRORS, summary="End a session")
+def end_session(session_id: str, manager: Sessions) -> Response:
+    """Forget the session."""
+    manager.delete(session_id)
+    return Response(status_code=204)

@@ -1,0 +1,257 @@
+"""Sidecar sessions: running counts per (layer, expert), drift detection, background re-solve.
+
+The counts are the dataset-free statistics: each observation decays them and adds the
+latest histogram. Drift is the mean over layers of the total variation distance between the
+normalized running counts and the normalized counts the current plan was solved for. When it
+exceeds the policy's threshold, one background re-solve starts (never two at once for a
+session); its plan must pass the executor before it is swapped in, atomically, with the
+counts it was solved for and version + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwmodel.workload import Workload
+from service.errors import DomainError
+from service.schemas import (
+    Observation,
+    ObservationAck,
+    PlacementOptions,
+    PlacementRequest,
+    PlacementResponse,
+    SessionCreate,
+    SessionInfo,
+)
+from service.settings import Settings
+from service.solving import place
+from service.store import SessionRow, SessionStore
+
+log = logging.getLogger("moesched.sessions")
+
+
+def drift(counts: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over layers of total variation distance between the normalized rows (0 .. 1)."""
+    a = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+    b = reference / np.maximum(reference.sum(axis=1, keepdims=True), 1e-12)
+    return float(0.5 * np.abs(a - b).sum(axis=1).mean())
+
+
+def expected_workload(counts: np.ndarray, batch_tokens: int, top_k: int) -> Workload:
+    """The batch a plan is solved for: ``batch x top_k`` routings per layer spread over the
+    experts in proportion to the counts (largest remainders), at most ``batch`` per expert."""
+    rows = []
+    for row in counts:
+        p = row / row.sum() if row.sum() > 0 else np.full(len(row), 1 / len(row))
+        want = p * batch_tokens * top_k
+        base = np.minimum(np.floor(want), batch_tokens).astype(np.int64)
+        left = batch_tokens * top_k - int(base.sum())
+        for e in np.argsort(-(want - base), kind="stable"):
+            if left <= 0:
+                break
+            if base[e] < batch_tokens:
+                base[e] += 1
+                left -= 1
+        rows.append(tuple(int(v) for v in base))
+    return Workload(
+        layer_ids=tuple(range(len(rows))), tokens_per_expert=tuple(rows), num_tokens=batch_tokens
+    )
+
+
+@dataclass
+class _Live:
+    """What an observation needs, kept in memory (the store stays the source of truth)."""
+
+    spec: SessionCreate
+    top_k: int
+    plan_counts: np.ndarray
+    version: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SessionManager:
+    """Sessions over a store, with one background worker pool for re-solves."""
+
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.solver_workers // 2), thread_name_prefix="resolve"
+        )
+        self._resolving: set[str] = set()
+        self._lock = threading.Lock()
+        self._live: dict[str, _Live] = {}
+        self.resolves = 0
+
+    def _session(self, session_id: str) -> _Live:
+        """The in-memory view of a session, loaded from the store on first use."""
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        row = self._row(session_id)
+        spec = SessionCreate.model_validate_json(row.spec_json)
+        live = _Live(spec, spec.resolved_model().top_k, row.plan_counts, row.version)
+        with self._lock:
+            return self._live.setdefault(session_id, live)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
+        model = spec.resolved_model()
+        return PlacementRequest(
+            hardware=spec.hardware,
+            hardware_preset=spec.hardware_preset,
+            model=spec.model,
+            model_preset=spec.model_preset,
+            workload=expected_workload(counts, spec.policy.plan_batch_tokens, model.top_k),
+            layout=spec.layout,
+            cached_experts=spec.cached_experts,
+            options=PlacementOptions(
+                backend=spec.policy.backend,
+                deadline_s=spec.policy.deadline_s,
+                num_granules=spec.policy.num_granules,
+            ),
+        )
+
+    def create(self, spec: SessionCreate) -> SessionInfo:
+        model = spec.resolved_model()
+        spec.resolved_hardware()
+        shape = (model.num_moe_layers, model.num_routed_experts)
+        if model.num_moe_layers > self.settings.max_layers:
+            raise DomainError(
+                413, "too_large", "body.model.num_moe_layers", "more layers than the limit"
+            )
+        if spec.initial_counts is not None:
+            counts = np.asarray(spec.initial_counts, dtype=np.float64)
+            if counts.shape != shape or not np.isfinite(counts).all() or (counts < 0).any():
+                raise DomainError(
+                    422,
+                    "validation",
+                    "body.initial_counts",
+                    f"need finite counts >= 0 of shape {list(shape)}",
+                )
+        else:
+            counts = np.ones(shape)
+        response = place(self._request(spec, counts), self.settings)
+        row = SessionRow(
+            uuid.uuid4().hex,
+            spec.model_dump_json(),
+            counts,
+            counts.copy(),
+            response.model_dump_json(),
+            1,
+            0,
+        )
+        self.store.create(row)
+        return self._info(row)
+
+    def _row(self, session_id: str) -> SessionRow:
+        row = self.store.get(session_id)
+        if row is None:
+            raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
+        return row
+
+    def _info(self, row: SessionRow) -> SessionInfo:
+        assert row.plan_json is not None
+        with self._lock:
+            resolving = row.id in self._resolving
+        return SessionInfo(
+            id=row.id,
+            version=row.version,
+            num_observations=row.num_observations,
+            drift=drift(row.counts, row.plan_counts),
+            resolving=resolving,
+            plan=PlacementResponse.model_validate_json(row.plan_json),
+        )
+
+    def info(self, session_id: str) -> SessionInfo:
+        return self._info(self._row(session_id))
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            self._live.pop(session_id, None)
+        if not self.store.delete(session_id):
+            raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
+
+    def observe(self, session_id: str, obs: Observation) -> ObservationAck:
+        live = self._session(session_id)
+        hist = self._histogram(obs, live.plan_counts.shape, live.top_k)
+        with live.lock:  # one writer per session: concurrent observations lose no counts
+            got = self.store.add_counts(session_id, hist, live.spec.policy.decay)
+            if got is None:
+                raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
+            counts, nobs = got
+            d = drift(counts, live.plan_counts)
+            version = live.version
+        started = False
+        if d > live.spec.policy.drift_threshold:
+            with self._lock:
+                if session_id not in self._resolving:
+                    self._resolving.add(session_id)
+                    started = True
+            if started:
+                self.pool.submit(self._resolve, session_id, live)
+        return ObservationAck(
+            version=version, num_observations=nobs, drift=d, resolve_started=started
+        )
+
+    def _histogram(self, obs: Observation, shape: tuple[int, ...], top_k: int) -> np.ndarray:
+        if obs.histogram is not None:
+            hist = np.asarray(obs.histogram, dtype=np.float64)
+            if hist.shape != shape:
+                raise DomainError(
+                    422,
+                    "validation",
+                    "body.histogram",
+                    f"shape {list(hist.shape)}, want {list(shape)}",
+                )
+            if (hist < 0).any():
+                raise DomainError(422, "validation", "body.histogram", "counts must be >= 0")
+            return hist
+        assert obs.expert_ids is not None
+        ids = np.asarray(obs.expert_ids)
+        if (
+            ids.ndim != 3
+            or ids.shape[1] != shape[0]
+            or ids.shape[2] > top_k
+            or ids.shape[0] > self.settings.max_tokens_per_observation
+        ):
+            raise DomainError(
+                422, "validation", "body.expert_ids",
+                f"want [num_tokens <= {self.settings.max_tokens_per_observation}, {shape[0]}, "
+                f"<= {top_k}]",
+            )  # fmt: skip
+        if ids.size and (ids.min() < 0 or ids.max() >= shape[1]):
+            raise DomainError(
+                422, "validation", "body.expert_ids", f"ids must lie in [0, {shape[1]})"
+            )
+        hist = np.zeros(shape)
+        for layer in range(shape[0]):
+            hist[layer] = np.bincount(ids[:, layer, :].ravel(), minlength=shape[1])
+        return hist
+
+    def _resolve(self, session_id: str, live: _Live) -> None:
+        try:
+            row = self.store.get(session_id)
+            if row is None:
+                return
+            counts = row.counts
+            response = place(self._request(live.spec, counts), self.settings)
+            if response.report.valid:
+                with live.lock:
+                    version = self.store.swap_plan(session_id, response.model_dump_json(), counts)
+                    if version is not None:
+                        live.plan_counts, live.version = counts, version
+                self.resolves += 1
+        except Exception:  # the old plan stays; the next drift tries again
+            log.exception("re-solve of session %s failed", session_id)
+        finally:
+            with self._lock:
+                self._resolving.discard(session_id)
