@@ -51,6 +51,11 @@ def run(quick: bool = False) -> BenchResult:
         proc, url = _start(Path(tmp) / "bench.db")
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
+                floor = []
+                for _ in range(200):
+                    s = time.perf_counter()
+                    client.get("/healthz")
+                    floor.append(time.perf_counter() - s)
                 spec = session_example() | {"policy": {"backend": "greedy", "drift_threshold": 1.0}}
                 sid = client.post("/v1/sessions", json=spec).json()["id"]
                 lat = []
@@ -111,6 +116,7 @@ def run(quick: bool = False) -> BenchResult:
         "observe_p99_ms": percentile(lat, 99) * 1e3,
         "observe_rps": max(serial_rps, concurrent_rps),
         "schedule_p50_ms": percentile(sched, 50) * 1e3,
+        "healthz_p50_ms": percentile(floor, 50) * 1e3,
         "counts_lost": n + 4 * per - observed,
         "targets": {"observe_p99_ms": 5.0, "observe_rps": 1000},
     }

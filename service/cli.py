@@ -116,6 +116,10 @@ def solve(
     gantt_path: Annotated[
         Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
     ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Send the request to a running service instead.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
 ) -> None:
     """Solve a placement or ordering request; print the account and the executor's report."""
     from service.settings import get_settings

@@ -61,6 +61,11 @@ def session_example() -> dict[str, Any]:
     }
 
 
+def observation_example() -> dict[str, Any]:
+    """One DeepSeek-V2-Lite decode token as a histogram (26 layers x 64 experts)."""
+    return {"histogram": [list(row) for row in decode_workload(26).tokens_per_expert]}
+
+
 def eplb_example() -> dict[str, Any]:
     """The worked example of DeepSeek's EPLB README (2 layers, 12 experts, 16 slots, 8 GPUs)."""
     return {

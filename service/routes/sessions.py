@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.deps import solve_slot
 from service.errors import ErrorResponse
-from service.examples import session_example
+from service.examples import observation_example, session_example
 from service.schemas import Observation, ObservationAck, SessionCreate, SessionInfo
 from service.sessions import SessionManager
 
@@ -55,7 +55,18 @@ def create_session(
     responses=_ERRORS,
     summary="Observe routing",
 )
-async def observe(session_id: str, obs: Observation, manager: Sessions) -> ObservationAck:
+async def observe(
+    session_id: str,
+    obs: Annotated[
+        Observation,
+        Body(
+            openapi_examples={
+                "decode": {"summary": "One decode token", "value": observation_example()}
+            }
+        ),
+    ],
+    manager: Sessions,
+) -> ObservationAck:
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
 from hwmodel.executor import simulate
+from hwmodel.trace_export import chrome_trace, gantt
 from service.deps import SettingsDep
 from service.errors import DomainError, ErrorResponse
 from service.examples import simulate_example
 from service.schemas import SimulateRequest, SimulateResponse
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["simulate"])
 
 
-@router.post(
-    "/simulate",
-    response_model=SimulateResponse,
-    responses={422: {"model": ErrorResponse, "description": "Invalid request."}},
-    summary="Check and simulate a plan",
-)
-def post_simulate(
-    request: Annotated[
-        SimulateRequest,
-        Body(
-            openapi_examples={
-                "gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simulate_example()}
-            }
-        ),
-    ],
-    settings: SettingsDep,
-) -> SimulateResponse:
-    """Run the plan on the executor model; violations are reported, not raised."""
+def _run(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
     hardware, model = request.resolved_hardware(), request.resolved_model()
     if len(request.plan.tasks) > settings.max_tasks:
         raise DomainError(
@@ -49,7 +36,53 @@ def post_simulate(
         if problems:
             field, _, reason = problems[0].partition(": ")
             raise DomainError(422, "validation", f"body.workload.{field}", reason)
-    report = simulate(
-        hardware, model, request.plan, request.workload, request.residency, request.include_timeline
-    )
+    report = simulate(hardware, model, request.plan, request.workload, request.residency, timeline)
     return SimulateResponse(report=report)
+
+
+_EXAMPLES = {"gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simulate_example()}}
+
+
+@router.post(
+    "/simulate/trace",
+    responses={200: {"content": {"application/json": {}}, "description": "Chrome trace events."}},
+    summary="Simulate and return a Chrome trace (Perfetto)",
+)
+def post_simulate_trace(
+    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
+) -> dict[str, Any]:
+    """The simulated timeline as Chrome trace event JSON: open it in ui.perfetto.dev."""
+    return chrome_trace(_run(request, settings, True).report)
+
+
+@router.post(
+    "/simulate/gantt",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "Gantt chart."}},
+    summary="Simulate and return a Gantt chart (PNG)",
+)
+def post_simulate_gantt(
+    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
+) -> Response:
+    """The simulated timeline as a PNG Gantt chart, one row per resource lane."""
+    report = _run(request, settings, True).report
+    with tempfile.NamedTemporaryFile(suffix=".png") as f:
+        gantt(report, f.name)
+        return Response(Path(f.name).read_bytes(), media_type="image/png")
+
+
+@router.post(
+    "/simulate",
+    response_model=SimulateResponse,
+    responses={422: {"model": ErrorResponse, "description": "Invalid request."}},
+    summary="Check and simulate a plan",
+)
+def post_simulate(
+    request: Annotated[
+        SimulateRequest,
+        Body(openapi_examples=_EXAMPLES),
+    ],
+    settings: SettingsDep,
+) -> SimulateResponse:
+    """Run the plan on the executor model; violations are reported, not raised."""
+    return _run(request, settings, request.include_timeline)

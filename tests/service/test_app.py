@@ -188,3 +188,64 @@ def test_ordering_example_and_errors(client: TestClient) -> None:
     assert r.status_code == 422 and "groups" in r.json()["error"]
     r = client.post("/v1/ordering", json=ordering_example() | {"batch_tokens": 0})
     assert r.status_code == 422 and "batch_tokens" in r.json()["error"]
+
+
+def test_sessions_in_process_and_their_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from service.examples import observation_example, session_example
+
+    app = create_app(Settings(db_path=tmp_path / "s.db"))
+    with TestClient(app) as c:
+        created = c.post("/v1/sessions", json=session_example())
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        ack = c.post(f"/v1/sessions/{sid}/observations", json=observation_example())
+        assert ack.status_code == 200 and ack.json()["num_observations"] == 1
+        ids = {"expert_ids": [[[0, 1, 2, 3, 4, 5]] * 26]}
+        assert c.post(f"/v1/sessions/{sid}/observations", json=ids).json()["num_observations"] == 2
+        bad = [
+            ({"histogram": [[1, 2]]}, "histogram"),
+            ({"histogram": [[-1] * 64] * 26}, "histogram"),
+            ({"expert_ids": [[[99] * 6] * 26]}, "expert_ids"),
+            ({}, "histogram"),
+            ({"histogram": observation_example()["histogram"], "expert_ids": [[[0]]]}, "histogram"),
+        ]
+        for body, field in bad:
+            r = c.post(f"/v1/sessions/{sid}/observations", json=body)
+            assert r.status_code == 422 and field in r.json()["error"], (body, r.text)
+        assert (
+            c.post("/v1/sessions/nope/observations", json=observation_example()).status_code == 404
+        )
+        seed = session_example() | {"initial_counts": [[1.0, 2.0]]}
+        r = c.post("/v1/sessions", json=seed)
+        assert r.status_code == 422 and "initial_counts" in r.json()["error"]
+        assert c.delete(f"/v1/sessions/{sid}").status_code == 204
+        assert c.get(f"/v1/sessions/{sid}/plan").status_code == 404
+
+
+def test_trace_and_gantt_endpoints(client: TestClient) -> None:
+    trace = client.post("/v1/simulate/trace", json=simulate_example())
+    assert trace.status_code == 200
+    assert any(e["ph"] == "X" for e in trace.json()["traceEvents"])
+    png = client.post("/v1/simulate/gantt", json=simulate_example())
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:4] == b"\x89PNG"
+
+
+def test_overload_gets_503_with_retry_after() -> None:
+    from service.examples import eplb_example
+
+    app = create_app()
+    assert app.state.solve_slots.acquire(blocking=False)
+    assert app.state.solve_slots.acquire(blocking=False)  # both default slots taken
+    r = TestClient(app).post("/v1/eplb", json=eplb_example())
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error_type"] == "overloaded"
+    assert TestClient(app).get("/healthz").status_code == 200
+
+
+def test_dockerfile_runs_the_service_with_a_health_check() -> None:
+    text = (SPEC_PATH.parent.parent / "Dockerfile").read_text()
+    assert 'CMD ["moesched", "serve"]' in text
+    assert "MOESCHED_HOST=0.0.0.0" in text and "EXPOSE 8000" in text
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert "USER moesched" in text
