@@ -24,6 +24,11 @@ from service.schemas import (
 )
 from solvers.common import BACKENDS
 
+TraceOption = Annotated[Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")]
+GanttOption = Annotated[
+    Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
+]
+
 app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
 
 
@@ -69,12 +74,8 @@ def print_report(report: Report) -> None:
 @app.command()
 def simulate(
     file: Annotated[Path, typer.Argument(help="JSON request: the body of POST /v1/simulate.")],
-    trace: Annotated[
-        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")
-    ] = None,
-    gantt_path: Annotated[
-        Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
-    ] = None,
+    trace: TraceOption = None,
+    gantt_path: GanttOption = None,
 ) -> None:
     """Simulate a plan and print the report; exit 1 when the plan breaks a rule."""
     try:
@@ -110,12 +111,8 @@ def solve(
         str | None, typer.Option(help="Override the backend: auto, cpsat, milp or greedy.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the plan (JSON) here.")] = None,
-    trace: Annotated[
-        Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")
-    ] = None,
-    gantt_path: Annotated[
-        Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
-    ] = None,
+    trace: TraceOption = None,
+    gantt_path: GanttOption = None,
     url: Annotated[
         str | None, typer.Option(help="Send the request to a running service instead.")
     ] = None,

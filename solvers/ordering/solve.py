@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from hwmodel.plan import SolverAccount, SolveStatus
 from hwmodel.spec import Hardware, ModelSpec
 from solvers import timing
-from solvers.common import Backend, gap
+from solvers.common import Backend
+from solvers.common import account as make_account
 from solvers.ordering.graph import AnyTask, TaskGraph, list_schedule
 
 
@@ -74,22 +75,10 @@ def solve_order(
             status = "fallback"
     if bound >= best_cycles and status != "fallback":
         status = "optimal"
-    bound = min(bound, best_cycles)
-    return Ordered(
-        best,
-        best_cycles,
-        SolverAccount(
-            problem="ordering",
-            backend=backend,
-            status=status,
-            objective_cycles=best_cycles,
-            lower_bound_cycles=bound,
-            gap=gap(best_cycles, bound),
-            wall_time_s=time.perf_counter() - started,
-            fallback_reason=reason,
-            predicted_makespan_cycles=best_cycles,
-        ),
+    account = make_account(
+        "ordering", backend, status, best_cycles, bound, time.perf_counter() - started, reason
     )
+    return Ordered(best, best_cycles, account)
 
 
 def _starts(

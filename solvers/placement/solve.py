@@ -16,7 +16,8 @@ from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, SolveStatu
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from solvers import timing
-from solvers.common import Backend, Deadline, gap
+from solvers.common import Backend, Deadline
+from solvers.common import account as make_account
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 
@@ -133,20 +134,9 @@ def solve_layer(
             status = "fallback"
     if bound >= best_cycles and status != "fallback":
         status = "optimal"
+    elapsed = time.perf_counter() - started
     return LayerSolution(
-        inst,
-        best,
-        SolverAccount(
-            problem="placement",
-            backend=backend,
-            status=status,
-            objective_cycles=best_cycles,
-            lower_bound_cycles=min(bound, best_cycles),
-            gap=gap(best_cycles, min(bound, best_cycles)),
-            wall_time_s=time.perf_counter() - started,
-            fallback_reason=reason,
-            predicted_makespan_cycles=best_cycles,
-        ),
+        inst, best, make_account("placement", backend, status, best_cycles, bound, elapsed, reason)
     )
 
 
@@ -214,15 +204,8 @@ def solve_placement(
         for s in layers
         if s.account.fallback_reason
     ]
-    account = SolverAccount(
-        problem="placement",
-        backend=backend,
-        status=worst,
-        objective_cycles=objective,
-        lower_bound_cycles=bound,
-        gap=gap(objective, bound),
-        wall_time_s=deadline.elapsed(),
-        fallback_reason="; ".join(reasons) or None,
-        predicted_makespan_cycles=predicted,
-    )
+    account = make_account(
+        "placement", backend, worst, objective, bound, deadline.elapsed(),
+        "; ".join(reasons) or None, predicted,
+    )  # fmt: skip
     return PlacementSolution(Plan(tasks=tuple(tasks), account=account), layers)

@@ -19,7 +19,13 @@ import pytest
 from hwmodel.plan import ComputeTask
 from service.client import MoeschedClient, MoeschedError
 from service.examples import placement_example, simulate_example
-from service.schemas import Observation, PlacementRequest, SessionCreate, SimulateRequest
+from service.schemas import (
+    Observation,
+    PlacementRequest,
+    ScheduleRequest,
+    SessionCreate,
+    SimulateRequest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +85,10 @@ def test_schedule_and_simulate_over_http(server: Server) -> None:
         placed = client.placement(PlacementRequest.model_validate(placement_example()))
         assert placed.report.valid
         assert placed.report.makespan_cycles == placed.account.predicted_makespan_cycles
+        scheduled = client.schedule(ScheduleRequest.model_validate(placement_example()))
+        assert scheduled.report.valid
+        assert scheduled.report.makespan_cycles == scheduled.account.predicted_makespan_cycles
+        assert scheduled.report.makespan_cycles <= placed.report.makespan_cycles
         sim = client.simulate(SimulateRequest.model_validate(simulate_example()))
         assert sim.report.valid
         with pytest.raises(MoeschedError) as err:
