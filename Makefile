@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit openapi clean
+.PHONY: serve test lint typecheck unit openapi fuzz clean
 
 $(BIN)/moesched: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ typecheck: $(BIN)/moesched
 
 unit: $(BIN)/moesched
 	$(BIN)/pytest
+
+fuzz: $(BIN)/moesched
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py
 
 openapi: $(BIN)/moesched
 	$(BIN)/python -m service.openapi_export

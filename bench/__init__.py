@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import dep, eplb, executor_speed, service, solvers
+from bench import dep, eplb, executor_speed, reliability, service, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
@@ -13,4 +13,5 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "eplb": eplb.run,
     "dep": dep.run,
     "service": service.run,
+    "reliability": reliability.run,
 }

@@ -4,10 +4,6 @@ and /v1/schedule latency. Observations are real decode histograms (ESFT law trac
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -16,30 +12,9 @@ from pathlib import Path
 import httpx
 
 from bench.common import BenchResult, percentile
+from bench.live import Server
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
 from service.examples import placement_example, session_example
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _start(db: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"MOESCHED_DB_PATH": str(db)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
 
 
 def run(quick: bool = False) -> BenchResult:
@@ -48,7 +23,9 @@ def run(quick: bool = False) -> BenchResult:
     n = 300 if quick else 2000
     hists = [trace.histogram(slice(t, t + 1)).tolist() for t in range(1000, 1000 + n)]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = _start(Path(tmp) / "bench.db")
+        server = Server(Path(tmp) / "bench.db")
+        server.start()
+        url = server.url
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
                 floor = []
@@ -96,8 +73,7 @@ def run(quick: bool = False) -> BenchResult:
                     assert client.post("/v1/schedule", json=body).status_code == 200
                     sched.append(time.perf_counter() - s)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            server.stop()
     result.rows.append(
         {
             "hardware": "gpu-ndp-4dimm",

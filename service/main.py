@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={
+            401: {"model": ErrorResponse, "description": "Missing or wrong API key (when set)."},
             413: {"model": ErrorResponse, "description": "Request too large."},
             503: {"model": ErrorResponse, "description": "Overloaded: retry after Retry-After."},
         },

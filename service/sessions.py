@@ -36,6 +36,16 @@ from service.store import SessionRow, SessionStore
 log = logging.getLogger("moesched.sessions")
 
 
+def _array(value: object, field: str, dtype: type) -> np.ndarray:
+    """A nested list as an array; ragged lists are the client's error (422), not ours."""
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, OverflowError) as exc:
+        raise DomainError(
+            422, "validation", field, f"not a rectangular array of numbers: {exc}"
+        ) from None
+
+
 def drift(counts: np.ndarray, reference: np.ndarray) -> float:
     """Mean over layers of total variation distance between the normalized rows (0 .. 1)."""
     a = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
@@ -129,7 +139,7 @@ class SessionManager:
                 413, "too_large", "body.model.num_moe_layers", "more layers than the limit"
             )
         if spec.initial_counts is not None:
-            counts = np.asarray(spec.initial_counts, dtype=np.float64)
+            counts = _array(spec.initial_counts, "body.initial_counts", np.float64)
             if counts.shape != shape or not np.isfinite(counts).all() or (counts < 0).any():
                 raise DomainError(
                     422,
@@ -204,7 +214,7 @@ class SessionManager:
 
     def _histogram(self, obs: Observation, shape: tuple[int, ...], top_k: int) -> np.ndarray:
         if obs.histogram is not None:
-            hist = np.asarray(obs.histogram, dtype=np.float64)
+            hist = _array(obs.histogram, "body.histogram", np.float64)
             if hist.shape != shape:
                 raise DomainError(
                     422,
@@ -216,7 +226,7 @@ class SessionManager:
                 raise DomainError(422, "validation", "body.histogram", "counts must be >= 0")
             return hist
         assert obs.expert_ids is not None
-        ids = np.asarray(obs.expert_ids)
+        ids = _array(obs.expert_ids, "body.expert_ids", np.int64)
         if (
             ids.ndim != 3
             or ids.shape[1] != shape[0]

@@ -45,7 +45,10 @@ _EXAMPLES = {"gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simul
 
 @router.post(
     "/simulate/trace",
-    responses={200: {"content": {"application/json": {}}, "description": "Chrome trace events."}},
+    responses={
+        200: {"content": {"application/json": {}}, "description": "Chrome trace events."},
+        422: {"model": ErrorResponse, "description": "Invalid request."},
+    },
     summary="Simulate and return a Chrome trace (Perfetto)",
 )
 def post_simulate_trace(
@@ -58,7 +61,10 @@ def post_simulate_trace(
 @router.post(
     "/simulate/gantt",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "Gantt chart."}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "Gantt chart."},
+        422: {"model": ErrorResponse, "description": "Invalid request."},
+    },
     summary="Simulate and return a Gantt chart (PNG)",
 )
 def post_simulate_gantt(

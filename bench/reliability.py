@@ -1,0 +1,221 @@
+"""Reliability figures: schema fuzzing, solver properties, overload, and kill -9 restarts.
+
+* fuzz: schemathesis against a live server's own OpenAPI, every operation, valid and invalid
+  inputs; counts 5xx and responses that do not match their documented schema.
+* properties: random placement instances (real ESFT batches, random presets, layouts and GPU
+  caches) on every backend: the plan passes the executor, predicted == simulated, bound <=
+  objective, auto <= greedy, and the same input gives the same plan.
+* overload: more concurrent solves than the server's limit; counts 503s, other 5xx, and
+  health checks that failed meanwhile.
+* kill -9: a client streams observations while the server is killed at a random moment
+  (and once during a background re-solve); after a restart, every acknowledged observation
+  must be there and the plan must be valid.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import BenchResult
+from bench.live import Server, fuzz
+from hwmodel.executor import simulate
+from hwmodel.plan import Plan
+from hwmodel.plan_builder import layout_residency
+from hwmodel.presets import hardware_preset, model_preset
+from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
+from hwmodel.workload import Workload
+from service.examples import observation_example, placement_example, session_example
+from solvers.placement.problem import PlacementProblem
+from solvers.placement.solve import solve_layer
+
+
+def _properties(cases: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    trace = load_esft(traces_dir() / ESFT_FILES["law"])
+    model = model_preset("deepseek-v2-lite")
+    checked, failures = 0, []
+    for _ in range(cases):
+        hw = hardware_preset(
+            str(rng.choice(["gpu-ndp-2dimm", "gpu-ndp-4dimm", "gpu-ndp-6dimm", "orin-agx-ndp4"]))
+        )
+        layer = int(rng.integers(0, 26))
+        start, batch = int(rng.integers(0, 8000)), int(rng.choice([1, 2, 4, 8, 16]))
+        row = tuple(int(v) for v in trace.histogram(slice(start, start + batch))[layer])
+        cached = [int(e) for e in rng.choice(64, size=int(rng.integers(0, 6)), replace=False)]
+        residency = layout_residency(hw, model, str(rng.choice(["round_robin", "striped"])), cached)  # type: ignore[arg-type]
+        problem = PlacementProblem(
+            hw, model, layer, row, batch, residency, int(rng.choice([1, 2, 4]))
+        )
+        wl = Workload(layer_ids=(layer,), tokens_per_expert=(row,), num_tokens=batch)
+        objective: dict[str, int] = {}
+        for backend in ("greedy", "cpsat", "milp", "auto"):
+            checked += 1
+            sol = solve_layer(problem, backend, 1.0)
+            if sol.assignment is None:
+                failures.append(f"{backend}: no plan ({sol.account.fallback_reason})")
+                continue
+            tasks, _ = sol.instance.tasks(sol.assignment)
+            report = simulate(hw, model, Plan(tasks=tuple(tasks)), wl, residency)
+            acc = sol.account
+            if not report.valid:
+                failures.append(f"{backend}: invalid plan {report.violations[0].message}")
+            if report.makespan_cycles != acc.predicted_makespan_cycles:
+                failures.append(
+                    f"{backend}: predicted {acc.predicted_makespan_cycles} != simulated "
+                    f"{report.makespan_cycles}"
+                )
+            if (
+                acc.lower_bound_cycles is None
+                or acc.objective_cycles is None
+                or acc.lower_bound_cycles > acc.objective_cycles
+            ):
+                failures.append(f"{backend}: bound above objective")
+            objective[backend] = acc.objective_cycles or 0
+        if (
+            "auto" in objective
+            and "greedy" in objective
+            and objective["auto"] > objective["greedy"]
+        ):
+            failures.append("auto worse than greedy")
+        again = solve_layer(problem, "greedy", 1.0)
+        if again.account.objective_cycles != objective.get("greedy"):
+            failures.append("greedy not deterministic")
+    return {"cases": checked, "failures": len(failures), "first_failures": failures[:5]}
+
+
+def _overload(db: Path, requests: int) -> dict[str, Any]:
+    server = Server(db, env={"MOESCHED_MAX_CONCURRENT_SOLVES": "2"})
+    server.start()
+    statuses: list[int] = []
+    health_failures = 0
+    stop = threading.Event()
+    body = placement_example() | {"options": {"backend": "cpsat", "deadline_s": 1.0}}
+
+    def solve() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            statuses.append(c.post("/v1/placement", json=body).status_code)
+
+    def watch() -> None:
+        nonlocal health_failures
+        with httpx.Client(base_url=server.url, timeout=5) as c:
+            while not stop.is_set():
+                if c.get("/healthz").status_code != 200:
+                    health_failures += 1
+                time.sleep(0.05)
+
+    try:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=solve) for _ in range(requests)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        watcher.join()
+    finally:
+        server.stop()
+    return {
+        "requests": len(statuses),
+        "ok": statuses.count(200),
+        "rejected_503": statuses.count(503),
+        "other_5xx": sum(1 for s in statuses if s >= 500 and s != 503),
+        "health_failures": health_failures,
+    }
+
+
+def _kill9(db_dir: Path, runs: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    lost = 0
+    invalid_plans = 0
+    details = []
+    for run in range(runs + 1):
+        during_resolve = run == runs  # the last run kills during a background re-solve
+        server = Server(db_dir / f"kill{run}.db")
+        server.start()
+        spec = session_example()
+        if during_resolve:
+            spec = spec | {
+                "policy": {
+                    "backend": "cpsat",
+                    "deadline_s": 5.0,
+                    "drift_threshold": 0.01,
+                    "decay": 0.5,
+                }
+            }
+        acked = 0
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            sid = c.post("/v1/sessions", json=spec).json()["id"]
+            stop_at = time.monotonic() + float(rng.uniform(0.5, 2.0))
+            obs = observation_example()
+            resolve_seen = False
+            while time.monotonic() < stop_at or (during_resolve and not resolve_seen):
+                try:
+                    r = c.post(f"/v1/sessions/{sid}/observations", json=obs)
+                except httpx.HTTPError:
+                    break
+                if r.status_code == 200:
+                    acked = r.json()["num_observations"]
+                    resolve_seen |= r.json()["resolve_started"]
+                if during_resolve and resolve_seen:
+                    break
+        server.stop(signal.SIGKILL)
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            info = c.get(f"/v1/sessions/{sid}/plan").json()
+        server.stop()
+        lost += max(0, acked - info["num_observations"])
+        invalid_plans += 0 if info["plan"]["report"]["valid"] else 1
+        details.append(
+            {
+                "acked": acked,
+                "after_restart": info["num_observations"],
+                "version": info["version"],
+                "during_resolve": during_resolve,
+            }
+        )
+    return {"runs": runs + 1, "lost": lost, "invalid_plans": invalid_plans, "details": details}
+
+
+def run(quick: bool = False) -> BenchResult:
+    result = BenchResult("reliability")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        server = Server(d / "fuzz.db", env={"MOESCHED_MAX_DEADLINE_S": "1"})
+        server.start()
+        try:
+            fz = fuzz(server.url, 5 if quick else 30)
+        finally:
+            server.stop()
+        props = _properties(4 if quick else 40)
+        over = _overload(d / "over.db", 6 if quick else 12)
+        kills = _kill9(d, 2 if quick else 5)
+    result.rows = [
+        {"part": "fuzz", **fz},
+        {"part": "properties", **props},
+        {"part": "overload", **over},
+        {"part": "kill9", **kills},
+    ]
+    result.summary = {
+        "fuzz_cases": fz["cases"],
+        "fuzz_5xx": fz["server_errors"],
+        "fuzz_schema_violations": fz["schema_violations"],
+        "property_cases": props["cases"],
+        "property_failures": props["failures"],
+        "overload_requests": over["requests"],
+        "overload_503": over["rejected_503"],
+        "overload_5xx": over["other_5xx"],
+        "overload_health_failures": over["health_failures"],
+        "kill9_runs": kills["runs"],
+        "kill9_lost_observations": kills["lost"],
+        "kill9_invalid_plans": kills["invalid_plans"],
+    }
+    return result
