@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import dep, eplb, executor_speed, reliability, service, solvers
+from bench import balance, dep, eplb, executor_speed, reliability, service, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
@@ -14,4 +14,5 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "dep": dep.run,
     "service": service.run,
     "reliability": reliability.run,
+    "balance": balance.run,
 }

@@ -192,7 +192,7 @@ def run(quick: bool = False) -> BenchResult:
         server = Server(d / "fuzz.db", env={"MOESCHED_MAX_DEADLINE_S": "1"})
         server.start()
         try:
-            fz = fuzz(server.url, 5 if quick else 30)
+            fz = fuzz(server.url, 5 if quick else 50)
         finally:
             server.stop()
         props = _properties(4 if quick else 40)

@@ -20,6 +20,7 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    RouteRequest,
     SimulateRequest,
 )
 from solvers.common import BACKENDS
@@ -201,6 +202,35 @@ def eplb(
     print(
         f"status {response.status}  balancedness mean {response.balancedness_mean:.4f}  "
         f"min {min(response.balancedness):.4f}  wall {response.wall_time_s:.3f} s"
+    )
+
+
+@app.command()
+def route(
+    placement: Annotated[
+        Path, typer.Option(help="JSON list: the logical expert of each slot (GPU-major).")
+    ],
+    loads: Annotated[Path, typer.Option(help="JSON list: tokens per logical expert.")],
+    num_gpus: Annotated[int, typer.Option(help="GPUs.")],
+    json_path: Annotated[Path, typer.Option("--json", help="Where to write the routing.")],
+) -> None:
+    """Split one batch's tokens among replicas so the busiest GPU is lightest."""
+    from service.solving import route as route_request
+
+    try:
+        request = RouteRequest(
+            physical_to_logical=json.loads(placement.read_text()),
+            num_gpus=num_gpus,
+            loads=json.loads(loads.read_text()),
+        )
+        response = route_request(request)
+    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+    json_path.write_text(response.model_dump_json(indent=1))
+    print(
+        f"max load {response.max_load}  balancedness {response.balancedness:.4f} (even split "
+        f"{response.even_split_balancedness:.4f})"
     )
 
 

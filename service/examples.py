@@ -66,6 +66,15 @@ def observation_example() -> dict[str, Any]:
     return {"histogram": [list(row) for row in decode_workload(26).tokens_per_expert]}
 
 
+def route_example() -> dict[str, Any]:
+    """The FlashLB loads on a hand-made placement (8 GPUs x 2 slots)."""
+    return {
+        "physical_to_logical": [0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 1, 2, 1, 3, 1, 2],
+        "num_gpus": 8,
+        "loads": [600, 560, 120, 120, 20, 10, 10, 10],
+    }
+
+
 def eplb_example() -> dict[str, Any]:
     """The worked example of DeepSeek's EPLB README (2 layers, 12 experts, 16 slots, 8 GPUs)."""
     return {

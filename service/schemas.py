@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -342,3 +342,34 @@ class ScheduleResponse(PlacementResponse):
     """The placement response, plus the ordering step's account when it ran."""
 
     ordering: SolverAccount | None = Field(default=None, description="How the order was found.")
+
+
+class RouteRequest(BaseModel):
+    """One layer's replica placement and one batch's tokens per logical expert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    physical_to_logical: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=1, max_length=65536, description="Logical expert of each slot, GPU-major."
+    )
+    num_gpus: int = Field(ge=1, le=4096, description="GPUs (slots divide evenly over them).")
+    loads: list[Annotated[int, Field(ge=0, le=2**30)]] = Field(
+        min_length=1, max_length=65536, description="Tokens per logical expert."
+    )
+
+    @model_validator(mode="after")
+    def _total(self) -> RouteRequest:
+        # The exact router's flow network uses 32-bit capacities.
+        if sum(self.loads) >= 2**31:
+            raise ValueError("loads: the total must stay below 2**31 tokens")
+        return self
+
+
+class RouteResponse(BaseModel):
+    """Tokens per replica slot, and the balance they give."""
+
+    tokens_per_slot: list[int] = Field(description="Tokens each replica slot receives.")
+    gpu_loads: list[int] = Field(description="Tokens per GPU.")
+    max_load: int = Field(description="Largest GPU load (the optimum over integer splits).")
+    balancedness: float = Field(description="mean / max GPU load after routing.")
+    even_split_balancedness: float = Field(description="The same with replicas splitting evenly.")

@@ -20,12 +20,15 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    RouteRequest,
+    RouteResponse,
     ScheduleRequest,
     ScheduleResponse,
 )
 from service.settings import Settings
 from solvers.common import Backend
 from solvers.eplb.model import EplbProblem
+from solvers.eplb.routing import even_split_loads, route_batch
 from solvers.eplb.solve import solve_eplb
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 from solvers.ordering.solve import solve_order
@@ -237,4 +240,37 @@ def schedule(
         layers=placed.layers,
         report=report,
         ordering=ordered.account,
+    )
+
+
+def route(request: RouteRequest) -> RouteResponse:
+    """Split one batch's tokens among the replicas to minimize the largest GPU load."""
+    p2l = np.asarray(request.physical_to_logical, dtype=np.int64)
+    loads = np.asarray(request.loads, dtype=np.int64)
+    if len(p2l) % request.num_gpus:
+        raise DomainError(
+            422, "validation", "body.physical_to_logical", "length must be a multiple of num_gpus"
+        )
+    if p2l.min() < 0 or p2l.max() >= len(loads):
+        raise DomainError(
+            422, "validation", "body.physical_to_logical", f"ids must lie in [0, {len(loads)})"
+        )
+    if (loads < 0).any():
+        raise DomainError(422, "validation", "body.loads", "tokens must be >= 0")
+    missing = np.setdiff1d(np.flatnonzero(loads > 0), p2l)
+    if len(missing):
+        raise DomainError(
+            422,
+            "validation",
+            "body.loads",
+            f"experts {missing[:5].tolist()} have tokens but no replica",
+        )
+    r = route_batch(p2l, request.num_gpus, loads)
+    even = even_split_loads(p2l, request.num_gpus, loads.astype(float))
+    return RouteResponse(
+        tokens_per_slot=r.tokens_per_slot.tolist(),
+        gpu_loads=r.gpu_loads.tolist(),
+        max_load=r.max_load,
+        balancedness=float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0,
+        even_split_balancedness=float(even.mean() / even.max()) if even.max() > 0 else 1.0,
     )

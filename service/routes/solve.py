@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 
 from service.deps import SettingsDep
 from service.errors import ErrorResponse
-from service.examples import eplb_example, ordering_example, placement_example
+from service.examples import eplb_example, ordering_example, placement_example, route_example
 from service.schemas import (
     EplbRequest,
     EplbResponse,
@@ -16,10 +16,12 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    RouteRequest,
+    RouteResponse,
     ScheduleRequest,
     ScheduleResponse,
 )
-from service.solving import eplb, order, place, schedule
+from service.solving import eplb, order, place, route, schedule
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -102,3 +104,23 @@ def post_schedule(
 ) -> ScheduleResponse:
     """Placement of every layer, then the order of every task; checked by the executor."""
     return schedule(request, settings)
+
+
+@router.post(
+    "/route",
+    response_model=RouteResponse,
+    responses=_ERRORS,
+    summary="Route one batch over replicas",
+)
+def post_route(
+    request: Annotated[
+        RouteRequest,
+        Body(
+            openapi_examples={
+                "flashlb": {"summary": "FlashLB loads, 8 GPUs x 2 slots", "value": route_example()}
+            }
+        ),
+    ],
+) -> RouteResponse:
+    """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest."""
+    return route(request)
