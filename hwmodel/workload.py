@@ -32,10 +32,13 @@ class Workload(Frozen):
         description="Tokens routed to each expert, shape [len(layer_ids), num_routed_experts]."
     )
     num_tokens: int = Field(
-        ge=0, description="Tokens in the batch (each routed to top_k experts per layer)."
+        ge=0, le=65536, description="Tokens in the batch (each routed to top_k experts per layer)."
     )
     context_tokens: int = Field(
-        default=0, ge=0, description="Tokens already in the KV cache (attention cost)."
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="Tokens already in the KV cache (attention cost).",
     )
     gate_weight_sum: tuple[tuple[float, ...], ...] | None = Field(
         default=None,

@@ -349,7 +349,7 @@ class RouteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    physical_to_logical: list[Annotated[int, Field(ge=0)]] = Field(
+    physical_to_logical: list[Annotated[int, Field(ge=0, le=65535)]] = Field(
         min_length=1, max_length=65536, description="Logical expert of each slot, GPU-major."
     )
     num_gpus: int = Field(ge=1, le=4096, description="GPUs (slots divide evenly over them).")

@@ -62,3 +62,19 @@ def test_solve_ordering_writes_gantt_and_trace(tmp_path: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
     events = json.loads(trace.read_text())["traceEvents"]
     assert any(e.get("args", {}).get("micro_batch", 0) > 0 for e in events if e["ph"] == "X")
+
+
+def test_replay_reports_every_policy(tmp_path: Path, traces: Path) -> None:
+    out = tmp_path / "r.json"
+    result = runner.invoke(
+        app,
+        ["replay", "--trace", str(traces / "flame_moe_290m_prefill_2048tok.json"),
+         "--json", str(out), "--policy", "lru", "--policy", "belady", "--policy", "moesched",
+         "--capacity-experts", "16"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stdout
+    data = json.loads(out.read_text())["policies"]
+    assert set(data) == {"lru", "belady", "moesched"}
+    assert data["lru"]["hit_rate"] <= data["belady"]["hit_rate"]
+    assert data["moesched"]["prefetches"] > 0 and data["lru"]["prefetches"] == 0
+    assert all(v["bytes_moved"] > 0 for v in data.values())
