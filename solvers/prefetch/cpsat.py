@@ -1,0 +1,41 @@
+"""CP-SAT prefetch-set selection (0/1 knapsack with memory and link-time constraints)."""
+
+from __future__ import annotations
+
+import math
+
+from ortools.sat.python import cp_model
+
+from solvers.prefetch.select import PrefetchProblem
+
+
+def select_cpsat(
+    problem: PrefetchProblem, hint: list[int], time_limit_s: float
+) -> tuple[list[int], str]:
+    m = cp_model.CpModel()
+    n = len(problem.experts)
+    x = [m.new_bool_var(f"stage_e{problem.experts[i]}") for i in range(n)]
+    # Byte counts are integers in practice: use them exactly. Otherwise round sizes up and the
+    # room down in units of a millionth of the largest size (conservative, so still feasible).
+    if all(float(b).is_integer() for b in problem.size_bytes):
+        size = [int(b) for b in problem.size_bytes]
+        room = math.floor(problem.free_bytes + 1e-9)
+    else:
+        unit = max(problem.size_bytes) / 10**6
+        size = [math.ceil(b / unit) for b in problem.size_bytes]
+        room = math.floor(problem.free_bytes / unit)
+    m.add(sum(size[i] * x[i] for i in range(n)) <= room)
+    m.add(sum(problem.transfer_cycles[i] * x[i] for i in range(n)) <= problem.link_budget_cycles)
+    m.maximize(
+        sum(round(problem.probability[i] * problem.saved_cycles[i] * 1000) * x[i] for i in range(n))
+    )
+    for i in range(n):
+        m.add_hint(x[i], int(i in hint))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
+    solver.parameters.num_search_workers = 2
+    status = solver.solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return hint, "fallback"
+    chosen = [i for i in range(n) if solver.value(x[i])]
+    return chosen, "optimal" if status == cp_model.OPTIMAL else "feasible"
