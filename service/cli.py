@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,7 @@ from hwmodel.executor import simulate as run_simulation
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.trace_export import chrome_trace, gantt
+from service.client import MoeschedError
 from service.errors import DomainError
 from service.schemas import (
     EplbRequest,
@@ -30,6 +33,17 @@ TraceOption = Annotated[Path | None, typer.Option(help="Write a Chrome trace (Pe
 GanttOption = Annotated[
     Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
 ]
+
+
+@contextmanager
+def _exit_2_on_bad_input() -> Iterator[None]:
+    """Input the command cannot use: print why and exit with status 2."""
+    try:
+        yield
+    except (ValidationError, DomainError, OSError, ValueError, KeyError, MoeschedError) as exc:
+        print(f"error: {exc}")
+        raise typer.Exit(2) from None
+
 
 app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
 
@@ -80,12 +94,9 @@ def simulate(
     gantt_path: GanttOption = None,
 ) -> None:
     """Simulate a plan and print the report; exit 1 when the plan breaks a rule."""
-    try:
+    with _exit_2_on_bad_input():
         request = SimulateRequest.model_validate_json(file.read_bytes())
         hardware, model = request.resolved_hardware(), request.resolved_model()
-    except (ValidationError, DomainError, OSError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
     report = run_simulation(
         hardware,
         model,
@@ -127,7 +138,7 @@ def solve(
     if backend is not None and backend not in BACKENDS:
         print(f"error: --backend must be one of {list(BACKENDS)}")
         raise typer.Exit(2)
-    try:
+    with _exit_2_on_bad_input():
         data = json.loads(file.read_bytes())
         request: PlacementRequest | OrderingRequest
         if isinstance(data, dict) and "batch_tokens" in data:
@@ -144,9 +155,6 @@ def solve(
             )
         else:
             response = place(request, get_settings(), timeline)
-    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
     a = response.account
     gap = "n/a" if a.gap is None else f"{a.gap:.2%}"
     print(
@@ -185,7 +193,7 @@ def eplb(
     from service.settings import get_settings
     from service.solving import eplb as solve_eplb_request
 
-    try:
+    with _exit_2_on_bad_input():
         request = EplbRequest(
             weights=json.loads(weights.read_text()),
             num_replicas=num_replicas,
@@ -196,9 +204,6 @@ def eplb(
             deadline_s=deadline_s,
         )
         response = solve_eplb_request(request, get_settings())
-    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
     json_path.write_text(response.model_dump_json(indent=1))
     print(
         f"status {response.status}  balancedness mean {response.balancedness_mean:.4f}  "
@@ -218,16 +223,13 @@ def route(
     """Split one batch's tokens among replicas so the busiest GPU is lightest."""
     from service.solving import route as route_request
 
-    try:
+    with _exit_2_on_bad_input():
         request = RouteRequest(
             physical_to_logical=json.loads(placement.read_text()),
             num_gpus=num_gpus,
             loads=json.loads(loads.read_text()),
         )
         response = route_request(request)
-    except (ValidationError, DomainError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
     json_path.write_text(response.model_dump_json(indent=1))
     print(
         f"max load {response.max_load}  balancedness {response.balancedness:.4f} (even split "
@@ -265,12 +267,9 @@ def replay(
     from solvers.prefetch.cache import POLICIES
     from solvers.prefetch.cache import replay as run_replay
 
-    try:
+    with _exit_2_on_bad_input():
         routing = load_trace(trace)
         spec, hw = model_preset(model), hardware_preset(hardware)
-    except (ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
     policies = policy or list(POLICIES)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
