@@ -149,7 +149,7 @@ class _Memories:
                     return origin
         return origin if pos >= end else None
 
-    def add(self, mem_id: str, s: WeightSlice, cycle: int) -> float:
+    def add(self, mem_id: str, s: WeightSlice) -> float:
         """Reserve a slice's bytes (transfer start); returns the new occupancy."""
         self.used[mem_id] += self._slice_bytes(s)
         self.peak[mem_id] = max(self.peak[mem_id], self.used[mem_id])
@@ -468,7 +468,7 @@ class _Simulation:
         if isinstance(t, TransferTask) and t.payload == "weights":
             assert t.weights is not None
             mem_id = self.devices[t.dst_device_id].memory_id
-            used = self.mem.add(mem_id, t.weights, now)
+            used = self.mem.add(mem_id, t.weights)
             self._check_capacity(mem_id, used, t.id, now)
         elif isinstance(t, EvictTask):
             self.mem.drop(t.memory_id, t.weights)

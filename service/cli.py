@@ -16,7 +16,7 @@ from hwmodel.executor import simulate as run_simulation
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.trace_export import chrome_trace, gantt
-from service.client import MoeschedError
+from service.client import MoeschedClient, MoeschedError
 from service.errors import DomainError
 from service.schemas import (
     EplbRequest,
@@ -149,10 +149,18 @@ def solve(
             opts = request.options.model_copy(update={"backend": backend})
             request = request.model_copy(update={"options": opts})
         timeline = trace is not None or gantt_path is not None
-        if isinstance(request, OrderingRequest):
-            response: PlacementResponse | OrderingResponse = order(
-                request, get_settings(), timeline
-            )
+        response: PlacementResponse | OrderingResponse
+        if url is not None:
+            if timeline:
+                print("note: --trace/--gantt need the timeline; the service returns none here")
+                trace = gantt_path = None
+            with MoeschedClient(url, api_key) as client:
+                if isinstance(request, OrderingRequest):
+                    response = client.ordering(request)
+                else:
+                    response = client.placement(request)
+        elif isinstance(request, OrderingRequest):
+            response = order(request, get_settings(), timeline)
         else:
             response = place(request, get_settings(), timeline)
     a = response.account

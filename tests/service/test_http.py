@@ -43,6 +43,16 @@ def test_schedule_and_simulate_over_http(server: Server) -> None:
         assert scheduled.report.makespan_cycles == scheduled.account.predicted_makespan_cycles
         assert scheduled.report.makespan_cycles <= placed.report.makespan_cycles
         sim = client.simulate(SimulateRequest.model_validate(simulate_example()))
+        # The CLI sends the same request to the running service.
+        from typer.testing import CliRunner
+
+        from service.cli import app
+
+        req = server.db.parent / "place.json"
+        req.write_text(PlacementRequest.model_validate(placement_example()).model_dump_json())
+        cli = CliRunner().invoke(app, ["solve", str(req), "--url", server.url])
+        assert cli.exit_code == 0, cli.stdout
+        assert "valid: True" in cli.stdout
         assert sim.report.valid
         with pytest.raises(MoeschedError) as err:
             client.plan("no-such-session")
