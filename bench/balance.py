@@ -48,7 +48,7 @@ def run(quick: bool = False) -> BenchResult:
             for layer in layers:
                 fit = _batches(trace.histogram, 0, half, 64, layer)
                 eplb, _, _ = rebalance_experts(fit.sum(0)[None], num_slots, 1, 1, 8)
-                ours = place_for_batches(fit, num_slots, 8, deadline_s=1.0 if quick else 6.0)
+                ours = place_for_batches(fit, num_slots, 8, deadline_s=1.0 if quick else 12.0)
                 for size in (16, 64, 256):
                     for b in _batches(trace.histogram, half, trace.num_tokens, size, layer):
                         even = even_split_loads(eplb[0], 8, b.astype(float))

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import require_api_key, solve_slot
+from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
 from service.routes import health, presets, sessions, simulate, solve
@@ -88,10 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = SQLiteStore(boot.db_path)
         app.state.sessions = SessionManager(store, boot)
+        app.state.ep_sessions = EpSessions(store, boot)
         try:
             yield
         finally:
             app.state.sessions.close()
+            app.state.ep_sessions.close()
 
     app = FastAPI(
         title="moesched",
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(simulate.router, dependencies=v1)
     app.include_router(solve.router, dependencies=[*v1, Depends(solve_slot)])
     app.include_router(sessions.router, dependencies=v1)
+    app.include_router(sessions.ep_router, dependencies=v1)
 
     app.add_middleware(LimitAndMeasure, metrics=app.state.metrics)
     return app

@@ -373,3 +373,68 @@ class RouteResponse(BaseModel):
     max_load: int = Field(description="Largest GPU load (the optimum over integer splits).")
     balancedness: float = Field(description="mean / max GPU load after routing.")
     even_split_balancedness: float = Field(description="The same with replicas splitting evenly.")
+
+
+class EpSessionCreate(BaseModel):
+    """An expert-parallel sidecar: route every batch over replicas; re-place when balance drops."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(ge=1, le=256, description="MoE layers.")
+    num_experts: int = Field(ge=1, le=1024, description="Logical experts per layer.")
+    num_gpus: int = Field(ge=1, le=512, description="GPUs.")
+    num_replicas: int = Field(ge=1, le=8192, description="Replica slots (a multiple of num_gpus).")
+    window: int = Field(default=64, ge=4, le=1024, description="Recent batches kept.")
+    rebalance_below: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="Re-place when the window's routed balancedness falls below.",
+    )
+    min_gain: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="A new placement must beat the current one by this much routed balancedness "
+        "over the window, plus move_cost per moved replica, to be adopted.",
+    )
+    move_cost: float = Field(
+        default=0.0005, ge=0, le=1, description="Balancedness a moved replica must pay for."
+    )
+    deadline_s: float = Field(default=2.0, gt=0, le=600, description="Budget of each re-placement.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> EpSessionCreate:
+        if self.num_replicas % self.num_gpus or self.num_replicas < self.num_experts:
+            raise ValueError("num_replicas: a multiple of num_gpus, at least num_experts")
+        return self
+
+
+class EpBatch(BaseModel):
+    """One batch: tokens per logical expert in every layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    histogram: list[list[Annotated[int, Field(ge=0, le=2**24)]]] = Field(
+        description="Tokens per expert, [num_layers, num_experts]."
+    )
+
+
+class EpRouting(BaseModel):
+    """How to route this batch, and the session's state."""
+
+    tokens_per_slot: list[list[int]] = Field(description="Per layer, tokens for each replica slot.")
+    balancedness: list[float] = Field(description="Per layer, mean / max GPU load of this batch.")
+    version: int = Field(description="Placement version used.")
+    window_balancedness: float = Field(description="Routed balancedness over the window.")
+    replace_started: bool = Field(description="Whether this batch started a re-placement.")
+
+
+class EpSessionInfo(BaseModel):
+    """An EP session's placement."""
+
+    id: str = Field(description="Session id.")
+    version: int = Field(description="Placement version (+1 per adopted re-placement).")
+    num_batches: int = Field(description="Batches routed so far.")
+    physical_to_logical: list[list[int]] = Field(description="[num_layers, num_replicas].")
+    moved_replicas_last: int = Field(description="Replicas the last adopted re-placement moved.")

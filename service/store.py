@@ -9,6 +9,7 @@ reader sees the old plan or the new one, never half of one.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ class SQLiteStore:
                 "num_layers INTEGER NOT NULL, num_experts INTEGER NOT NULL, counts BLOB NOT NULL, "
                 "plan_counts BLOB NOT NULL, plan TEXT, version INTEGER NOT NULL, "
                 "num_observations INTEGER NOT NULL)"
+            )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS ep_sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+                "placement TEXT NOT NULL, window BLOB NOT NULL, version INTEGER NOT NULL, "
+                "num_batches INTEGER NOT NULL)"
             )
             con.commit()
             con.execute("SELECT count(*) FROM sessions").fetchone()
@@ -162,3 +168,43 @@ class SQLiteStore:
 
     def count(self) -> int:
         return int(self._con().execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+    # ------------------------------------------------------------ expert-parallel sessions
+
+    def ep_put(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        window: np.ndarray,
+        version: int,
+        num_batches: int,
+    ) -> None:
+        """Insert or replace an EP session: placement ``[L, R]``, window ``[W, L, E]`` (int64)."""
+        with self._write:
+            self._con().execute(
+                "INSERT OR REPLACE INTO ep_sessions VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session_id, spec_json, json.dumps(placement.tolist()),
+                    np.ascontiguousarray(window, dtype=np.int64).tobytes(), version, num_batches,
+                ),
+            )  # fmt: skip
+
+    def ep_get(
+        self, session_id: str, shape: tuple[int, int]
+    ) -> tuple[str, np.ndarray, np.ndarray, int, int] | None:
+        """(spec, placement [L, R], window [W, L, E], version, batches) or None."""
+        r = self._con().execute("SELECT * FROM ep_sessions WHERE id = ?", (session_id,)).fetchone()
+        if r is None:
+            return None
+        _, spec, placement, window, version, nbatches = r
+        win = np.frombuffer(window, dtype=np.int64).reshape(-1, *shape).copy()
+        return spec, np.asarray(json.loads(placement), dtype=np.int64), win, version, nbatches
+
+    def ep_spec(self, session_id: str) -> str | None:
+        r = (
+            self._con()
+            .execute("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))
+            .fetchone()
+        )
+        return None if r is None else str(r[0])

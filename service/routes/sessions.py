@@ -7,9 +7,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request, Response
 
 from service.deps import solve_slot
+from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
 from service.examples import observation_example, session_example
-from service.schemas import Observation, ObservationAck, SessionCreate, SessionInfo
+from service.schemas import (
+    EpBatch,
+    EpRouting,
+    EpSessionCreate,
+    EpSessionInfo,
+    Observation,
+    ObservationAck,
+    SessionCreate,
+    SessionInfo,
+)
 from service.sessions import SessionManager
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -88,3 +98,43 @@ def end_session(session_id: str, manager: Sessions) -> Response:
     """Forget the session."""
     manager.delete(session_id)
     return Response(status_code=204)
+
+
+ep_router = APIRouter(prefix="/v1/ep-sessions", tags=["sessions"])
+
+
+def ep_sessions(request: Request) -> EpSessions:
+    manager: EpSessions = request.app.state.ep_sessions
+    return manager
+
+
+EpManager = Annotated[EpSessions, Depends(ep_sessions)]
+
+
+@ep_router.post(
+    "",
+    response_model=EpSessionInfo,
+    status_code=201,
+    responses=_ERRORS,
+    summary="Start an EP session",
+)
+def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInfo:
+    """Expert parallelism: the session routes every batch over its replicas and re-places them
+    when routed balance over the window of recent batches drops."""
+    return manager.create(spec)
+
+
+@ep_router.post(
+    "/{session_id}/batches", response_model=EpRouting, responses=_ERRORS, summary="Route a batch"
+)
+def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRouting:
+    """Tokens per replica slot for this batch (exact min-max routing), and the window's balance."""
+    return manager.batch(session_id, batch)
+
+
+@ep_router.get(
+    "/{session_id}", response_model=EpSessionInfo, responses=_ERRORS, summary="EP placement"
+)
+def ep_placement(session_id: str, manager: EpManager) -> EpSessionInfo:
+    """The current replica placement and its version."""
+    return manager.info(session_id)
