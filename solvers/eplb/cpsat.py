@@ -17,6 +17,7 @@ from functools import reduce
 import numpy as np
 from ortools.sat.python import cp_model
 
+from solvers.cpsat_run import run as run_cpsat
 from solvers.eplb.model import EplbProblem
 
 
@@ -117,21 +118,16 @@ def solve_layer_cpsat(
         for g in range(P):
             m.add_hint(loads[g], hinted[g])
         m.add_hint(peak, max(hinted))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-    solver.parameters.num_search_workers = max(1, workers)
-    status = solver.solve(m)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return LayerOutcome(
-            None, "infeasible" if status == cp_model.INFEASIBLE else "unknown", None
-        )
+    solver, status = run_cpsat(m, time_limit_s, workers)
+    if status not in ("optimal", "feasible"):
+        return LayerOutcome(None, status, None)
     counts = np.zeros((num_log, P), dtype=np.int64)
     for (e, g, _), var in v.items():
         counts[e, g] += solver.value(var)
     # The bound is on the scaled, rounded loads; shave the rounding so it stays a lower bound.
     slack = num_log * S * 0.5 / scale
     bound = max(0.0, solver.best_objective_bound / scale - slack)
-    return LayerOutcome(counts, "optimal" if status == cp_model.OPTIMAL else "feasible", bound)
+    return LayerOutcome(counts, status, bound)
 
 
 def _node_constraint(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from solvers.cpsat_run import run as run_cpsat
 from solvers.ordering.graph import TaskGraph
 
 
@@ -51,17 +52,12 @@ def solve_order_cpsat(
         for i in range(n):
             m.add_hint(start[i], hint[i])
         m.add_hint(makespan, max(h + d for h, d in zip(hint, graph.duration, strict=True)))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-    solver.parameters.num_search_workers = max(1, workers)
-    status = solver.solve(m)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return OrderOutcome(
-            None, "infeasible" if status == cp_model.INFEASIBLE else "unknown", None
-        )
+    solver, status = run_cpsat(m, time_limit_s, workers)
+    if status not in ("optimal", "feasible"):
+        return OrderOutcome(None, status, None)
     starts = [int(solver.value(s)) for s in start]
     return OrderOutcome(
         starts,
-        "optimal" if status == cp_model.OPTIMAL else "feasible",
+        status,
         int(solver.best_objective_bound),
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from hwmodel.spec import Link
+from solvers.cpsat_run import run as run_cpsat
 from solvers.placement.problem import Assignment, PlacementInstance
 
 
@@ -239,18 +240,13 @@ def solve_cpsat(
     if hint is not None and len(y) > 400 and time_limit_s > 0.5:
         # Only large models need help completing the hint, and only a long solve can afford it.
         _complete_hint(m, min(1.0, time_limit_s / 4))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-    solver.parameters.num_search_workers = max(1, workers)
-    solver.parameters.random_seed = seed
-    status = solver.solve(m)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        name = "infeasible" if status == cp_model.INFEASIBLE else "unknown"
-        return CpsatOutcome(None, name, None, None)
+    solver, status = run_cpsat(m, time_limit_s, workers, seed)
+    if status not in ("optimal", "feasible"):
+        return CpsatOutcome(None, status, None, None)
     loaded = tuple(e for e in loaded_order if solver.value(load[e]))
     return CpsatOutcome(
         inst.assignment_from(lambda e, g, d: bool(solver.value(y[e, g, d])), loaded),
-        "optimal" if status == cp_model.OPTIMAL else "feasible",
+        status,
         int(solver.objective_value),
         int(solver.best_objective_bound),
     )

@@ -6,6 +6,7 @@ import math
 
 from ortools.sat.python import cp_model
 
+from solvers.cpsat_run import run as run_cpsat
 from solvers.prefetch.select import PrefetchProblem
 
 
@@ -31,11 +32,8 @@ def select_cpsat(
     )
     for i in range(n):
         m.add_hint(x[i], int(i in hint))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-    solver.parameters.num_search_workers = 2
-    status = solver.solve(m)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    solver, status = run_cpsat(m, time_limit_s)
+    if status not in ("optimal", "feasible"):
         return hint, "fallback"
     chosen = [i for i in range(n) if solver.value(x[i])]
-    return chosen, "optimal" if status == cp_model.OPTIMAL else "feasible"
+    return chosen, status
