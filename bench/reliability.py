@@ -26,12 +26,9 @@ import numpy as np
 
 from bench.common import BenchResult
 from bench.live import Server, fuzz
-from hwmodel.executor import simulate
-from hwmodel.plan import Plan
 from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
-from hwmodel.workload import Workload
 from service.examples import observation_example, placement_example, session_example
 from solvers.placement.problem import PlacementProblem
 from solvers.placement.solve import solve_layer
@@ -54,7 +51,6 @@ def _properties(cases: int, seed: int = 0) -> dict[str, Any]:
         problem = PlacementProblem(
             hw, model, layer, row, batch, residency, int(rng.choice([1, 2, 4]))
         )
-        wl = Workload(layer_ids=(layer,), tokens_per_expert=(row,), num_tokens=batch)
         objective: dict[str, int] = {}
         for backend in ("greedy", "cpsat", "milp", "auto"):
             checked += 1
@@ -62,8 +58,7 @@ def _properties(cases: int, seed: int = 0) -> dict[str, Any]:
             if sol.assignment is None:
                 failures.append(f"{backend}: no plan ({sol.account.fallback_reason})")
                 continue
-            tasks, _ = sol.instance.tasks(sol.assignment)
-            report = simulate(hw, model, Plan(tasks=tuple(tasks)), wl, residency)
+            report = sol.instance.simulate(sol.assignment)
             acc = sol.account
             if not report.valid:
                 failures.append(f"{backend}: invalid plan {report.violations[0].message}")

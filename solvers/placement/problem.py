@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from hwmodel import costs
-from hwmodel.plan import ComputeTask, Residency, TransferTask, covers
+from hwmodel.executor import simulate
+from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, covers
 from hwmodel.plan_builder import Shard, WeightLoad, layer_tasks
+from hwmodel.report import Report
 from hwmodel.spec import Hardware, Link, ModelSpec
+from hwmodel.workload import Workload
 from solvers import timing
 
 
@@ -298,6 +301,16 @@ class PlacementInstance:
             attention=attention,
             loads=loads,
         )
+
+    def simulate(self, a: Assignment) -> Report:
+        """The executor's report on this layer's tasks under the assignment (coverage,
+        residency and memory checked against the problem's histogram and residency)."""
+        p = self.problem
+        tasks, _ = self.tasks(a)
+        workload = Workload(
+            layer_ids=(p.layer,), tokens_per_expert=(p.tokens_per_expert,), num_tokens=p.num_tokens
+        )
+        return simulate(p.hardware, p.model, Plan(tasks=tuple(tasks)), workload, p.residency)
 
     def predict(self, a: Assignment) -> int:
         """Makespan in cycles of the layer under this assignment (solver-side timing model)."""

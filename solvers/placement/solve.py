@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, SolveStatus, TransferTask
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
@@ -41,13 +40,7 @@ def validate(inst: PlacementInstance, a: Assignment) -> list[str]:
     problems = inst.check(a)
     if problems:
         return problems
-    p = inst.problem
-    tasks, _ = inst.tasks(a)
-    workload = Workload(
-        layer_ids=(p.layer,), tokens_per_expert=(p.tokens_per_expert,), num_tokens=p.num_tokens
-    )
-    report = simulate(p.hardware, p.model, Plan(tasks=tuple(tasks)), workload, p.residency)
-    return [f"{v.code}: {v.message}" for v in report.violations]
+    return [f"{v.code}: {v.message}" for v in inst.simulate(a).violations]
 
 
 def _run_exact(

@@ -9,9 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwmodel.executor import simulate
-from hwmodel.plan import Plan, Residency, WeightSlice
+from hwmodel.plan import Residency, WeightSlice
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
-from hwmodel.workload import Workload
 from solvers.placement.baselines import monde, round_robin
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.placement.solve import solve_layer, solve_placement
@@ -94,14 +93,10 @@ def degree(a: Assignment, e: int) -> int:
 def check_all_backends(p: PlacementProblem) -> tuple[int, Assignment]:
     """Every backend: valid plan, predicted == simulated; exact backends reach the optimum."""
     best, best_a = brute_force(PlacementInstance(p))
-    workload = Workload(
-        layer_ids=(0,), tokens_per_expert=(p.tokens_per_expert,), num_tokens=p.num_tokens
-    )
     for backend in BACKENDS:
         sol = solve_layer(p, backend, deadline_s=5.0)  # type: ignore[arg-type]
         assert sol.assignment is not None
-        tasks, _ = sol.instance.tasks(sol.assignment)
-        report = simulate(p.hardware, p.model, Plan(tasks=tuple(tasks)), workload, p.residency)
+        report = sol.instance.simulate(sol.assignment)
         assert report.valid, (backend, report.violations)
         assert report.makespan_cycles == sol.account.predicted_makespan_cycles, backend
         assert sol.account.lower_bound_cycles is not None
@@ -208,9 +203,6 @@ def instances(draw: st.DrawFn) -> PlacementProblem:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_every_backend_validates_and_predicts_exactly(p: PlacementProblem) -> None:
-    workload = Workload(
-        layer_ids=(0,), tokens_per_expert=(p.tokens_per_expert,), num_tokens=p.num_tokens
-    )
     results = {}
     if PlacementInstance(p).feasible() is not None:
         # Proven infeasible: every backend says so, with no plan.
@@ -221,8 +213,7 @@ def test_every_backend_validates_and_predicts_exactly(p: PlacementProblem) -> No
     for backend in BACKENDS:
         sol = solve_layer(p, backend, deadline_s=2.0)  # type: ignore[arg-type]
         assert sol.assignment is not None
-        tasks, _ = sol.instance.tasks(sol.assignment)
-        report = simulate(p.hardware, p.model, Plan(tasks=tuple(tasks)), workload, p.residency)
+        report = sol.instance.simulate(sol.assignment)
         assert report.valid, (backend, report.violations)
         assert report.makespan_cycles == sol.account.predicted_makespan_cycles
         acc = sol.account
