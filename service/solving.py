@@ -11,6 +11,8 @@ import numpy as np
 from hwmodel.executor import simulate
 from hwmodel.plan import Plan, Residency
 from hwmodel.plan_builder import layout_residency
+from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.workload import Workload
 from service.errors import DomainError
 from service.schemas import (
     EplbRequest,
@@ -20,10 +22,13 @@ from service.schemas import (
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    ProblemRequest,
     RouteRequest,
     RouteResponse,
     ScheduleRequest,
     ScheduleResponse,
+    SimulateRequest,
+    SimulateResponse,
 )
 from service.settings import Settings
 from solvers.common import Backend
@@ -35,17 +40,32 @@ from solvers.ordering.solve import solve_order
 from solvers.placement.solve import PlacementSolution, solve_placement
 
 
-def check_sizes(request: PlacementRequest, settings: Settings) -> None:
-    """Refuse (413) problems larger than the server's limits before any solver runs."""
+def check_problem(
+    request: ProblemRequest,
+    settings: Settings,
+    workload: Workload | None = None,
+    num_tasks: int | None = None,
+) -> tuple[Hardware, ModelSpec]:
+    """Resolve hardware and model, refuse (413) what exceeds the server's limits before any
+    solver or simulation runs, and refuse (422) a workload that does not fit the model."""
     hardware, model = request.resolved_hardware(), request.resolved_model()
-    limits = (
+    limits = [
         ("body.hardware.devices", len(hardware.devices), settings.max_devices),
         ("body.model.num_routed_experts", model.num_routed_experts, settings.max_experts),
-        ("body.workload.layer_ids", len(request.workload.layer_ids), settings.max_layers),
-    )
+    ]
+    if workload is not None:
+        limits.append(("body.workload.layer_ids", len(workload.layer_ids), settings.max_layers))
+    if num_tasks is not None:
+        limits.append(("body.plan.tasks", num_tasks, settings.max_tasks))
     for field, size, limit in limits:
         if size > limit:
             raise DomainError(413, "too_large", field, f"{size} exceeds the limit {limit}")
+    if workload is not None:
+        problems = workload.check_against(model)
+        if problems:
+            field, _, reason = problems[0].partition(": ")
+            raise DomainError(422, "validation", f"body.workload.{field}", reason)
+    return hardware, model
 
 
 def residency_of(request: PlacementRequest) -> Residency:
@@ -68,12 +88,7 @@ def place(
     request: PlacementRequest, settings: Settings, include_timeline: bool = False
 ) -> PlacementResponse:
     """Solve placement, validate the plan with the executor, and report."""
-    check_sizes(request, settings)
-    hardware, model = request.resolved_hardware(), request.resolved_model()
-    problems = request.workload.check_against(model)
-    if problems:
-        field, _, reason = problems[0].partition(": ")
-        raise DomainError(422, "validation", f"body.workload.{field}", reason)
+    hardware, model = check_problem(request, settings, request.workload)
     residency = residency_of(request)
     opts = request.options
     deadline = min(opts.deadline_s, settings.max_deadline_s)
@@ -167,9 +182,10 @@ def order(
     request: OrderingRequest, settings: Settings, include_timeline: bool = False
 ) -> OrderingResponse:
     """Solve the DEP pipeline and validate the plan with the executor."""
+    hardware, model = check_problem(request, settings)
     problem = DepProblem(
-        request.resolved_hardware(),
-        request.resolved_model(),
+        hardware,
+        model,
         request.batch_tokens,
         request.num_layers,
         request.context_tokens,
@@ -178,8 +194,6 @@ def order(
     if problems:
         field, _, reason = problems[0].partition(": ")
         raise DomainError(422, "validation", f"body.{field}", reason)
-    if len(problem.hardware.devices) > settings.max_devices:
-        raise DomainError(413, "too_large", "body.hardware.devices", "more devices than the limit")
     opts = request.options
     sol = solve_dep(
         problem,
@@ -274,3 +288,10 @@ def route(request: RouteRequest) -> RouteResponse:
         balancedness=float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0,
         even_split_balancedness=float(even.mean() / even.max()) if even.max() > 0 else 1.0,
     )
+
+
+def simulate_plan(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
+    """Check a client's plan and simulate it; violations are reported, not raised."""
+    hardware, model = check_problem(request, settings, request.workload, len(request.plan.tasks))
+    report = simulate(hardware, model, request.plan, request.workload, request.residency, timeline)
+    return SimulateResponse(report=report)

@@ -8,36 +8,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
-from hwmodel.executor import simulate
 from hwmodel.trace_export import chrome_trace, gantt
 from service.deps import SettingsDep
-from service.errors import DomainError, ErrorResponse
+from service.errors import ErrorResponse
 from service.examples import simulate_example
 from service.schemas import SimulateRequest, SimulateResponse
-from service.settings import Settings
+from service.solving import simulate_plan
 
 router = APIRouter(prefix="/v1", tags=["simulate"])
-
-
-def _run(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
-    hardware, model = request.resolved_hardware(), request.resolved_model()
-    if len(request.plan.tasks) > settings.max_tasks:
-        raise DomainError(
-            413, "too_large", "body.plan.tasks",
-            f"{len(request.plan.tasks)} tasks exceed the limit {settings.max_tasks}",
-        )  # fmt: skip
-    if len(hardware.devices) > settings.max_devices:
-        raise DomainError(
-            413, "too_large", "body.hardware.devices",
-            f"{len(hardware.devices)} devices exceed the limit {settings.max_devices}",
-        )  # fmt: skip
-    if request.workload is not None:
-        problems = request.workload.check_against(model)
-        if problems:
-            field, _, reason = problems[0].partition(": ")
-            raise DomainError(422, "validation", f"body.workload.{field}", reason)
-    report = simulate(hardware, model, request.plan, request.workload, request.residency, timeline)
-    return SimulateResponse(report=report)
 
 
 _EXAMPLES = {"gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simulate_example()}}
@@ -55,7 +33,7 @@ def post_simulate_trace(
     request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
 ) -> dict[str, Any]:
     """The simulated timeline as Chrome trace event JSON: open it in ui.perfetto.dev."""
-    return chrome_trace(_run(request, settings, True).report)
+    return chrome_trace(simulate_plan(request, settings, True).report)
 
 
 @router.post(
@@ -71,7 +49,7 @@ def post_simulate_gantt(
     request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
 ) -> Response:
     """The simulated timeline as a PNG Gantt chart, one row per resource lane."""
-    report = _run(request, settings, True).report
+    report = simulate_plan(request, settings, True).report
     with tempfile.NamedTemporaryFile(suffix=".png") as f:
         gantt(report, f.name)
         return Response(Path(f.name).read_bytes(), media_type="image/png")
@@ -91,4 +69,4 @@ def post_simulate(
     settings: SettingsDep,
 ) -> SimulateResponse:
     """Run the plan on the executor model; violations are reported, not raised."""
-    return _run(request, settings, request.include_timeline)
+    return simulate_plan(request, settings, request.include_timeline)
