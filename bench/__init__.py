@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import balance, dep, eplb, executor_speed, reliability, service, solvers
+from bench import balance, cache, dep, eplb, executor_speed, ndp, reliability, service, solvers
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
@@ -15,4 +15,6 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "service": service.run,
     "reliability": reliability.run,
     "balance": balance.run,
+    "cache": cache.run,
+    "ndp": ndp.run,
 }

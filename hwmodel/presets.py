@@ -497,6 +497,17 @@ MODEL_PRESETS: dict[str, Callable[[], ModelSpec]] = {
             "experts top-8"
         ),
     ),
+    "flame-moe-290m": _model(
+        name="flame-moe-290m", hidden_size=1024, expert_ffn_size=704, num_routed_experts=64,
+        top_k=6, num_moe_layers=8, num_shared_experts=2, shared_expert_ffn_size=704,
+        attention=_gqa(1024, 16, 16, 64),
+        source=(
+            "FLAME-MoE-290M-1.3B release script (secondary: a public fork of "
+            "CMU-FLAME/MoE-Research, scripts/release/flame-moe-290m): 9 layers (MoE layers "
+            "2-9), H 1024, I 704, 16 heads, 64 experts + 2 shared; top-6 as recorded in the "
+            "trace (traces/README.md 2)"
+        ),
+    ),
     "gpt-oss-20b": _model(
         name="gpt-oss-20b", hidden_size=2880, expert_ffn_size=2880, num_routed_experts=32,
         top_k=4, num_moe_layers=24, bytes_per_weight=4.25 / 8, attention=_gqa(2880, 64, 8, 64),

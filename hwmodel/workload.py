@@ -12,6 +12,7 @@ Glossary:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -163,6 +164,11 @@ class RoutingTrace:
     def top_k(self) -> int:
         """Experts per token per layer."""
         return int(self.expert_ids.shape[2])
+
+    def sequences(self) -> list[tuple[int, int]]:
+        """[start, end) token range of every sequence, in trace order."""
+        cuts = [0, *(int(i) + 1 for i in np.flatnonzero(np.diff(self.seq_ids))), self.num_tokens]
+        return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
     def histogram(self, token_slice: slice | np.ndarray | None = None) -> np.ndarray:
         """Tokens per expert for a batch of tokens, int64 ``[num_layers, num_experts]``."""

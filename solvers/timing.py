@@ -16,6 +16,57 @@ from hwmodel.plan import ComputeTask, EvictTask, TransferTask
 from hwmodel.spec import Hardware, ModelSpec
 
 
+class Timeline:
+    """The forward pass, fed a list at a time: tasks are scheduled in the order added.
+
+    ``times`` holds (start, end) cycles of every task added so far; ``free_at(resource)`` is
+    when a resource's earliest lane frees up.
+    """
+
+    def __init__(
+        self, hardware: Hardware, model: ModelSpec, context_tokens: int = 0, start_cycle: int = 0
+    ) -> None:
+        self.hardware, self.model, self.context_tokens = hardware, model, context_tokens
+        self.start_cycle = start_cycle
+        self.lanes = {lk.id: [start_cycle] * lk.num_lanes for lk in hardware.links}
+        self.last_start: dict[str, int] = {}
+        self.times: dict[str, tuple[int, int]] = {}
+
+    def ready(self, task: ComputeTask | TransferTask | EvictTask) -> int:
+        """When every task ``task`` waits on has ended.
+
+        Raises:
+            ValueError: when it waits on a task not added yet.
+        """
+        ready = self.start_cycle
+        for dep in task.after:
+            if dep not in self.times:
+                raise ValueError(f"task '{task.id}' waits on '{dep}', which comes later")
+            ready = max(ready, self.times[dep][1])
+        return ready
+
+    def free_at(self, resource: str) -> int:
+        return max(min(self.lanes.get(resource, [self.start_cycle])),
+                   self.last_start.get(resource, self.start_cycle))  # fmt: skip
+
+    def add(self, tasks: Sequence[ComputeTask | TransferTask | EvictTask]) -> None:
+        for t in tasks:
+            resource, cycles, _ = costs.task_cycles(
+                self.hardware, self.model, t, self.context_tokens
+            )
+            free = self.lanes.setdefault(resource, [self.start_cycle])
+            lane = min(range(len(free)), key=free.__getitem__)
+            start = max(self.ready(t), free[lane], self.last_start.get(resource, self.start_cycle))
+            free[lane] = start + cycles
+            self.last_start[resource] = start
+            self.times[t.id] = (start, start + cycles)
+
+    @property
+    def end(self) -> int:
+        """End of the last task (the start cycle when there is none)."""
+        return max((end for _, end in self.times.values()), default=self.start_cycle)
+
+
 def forward_pass(
     hardware: Hardware,
     model: ModelSpec,
@@ -28,23 +79,9 @@ def forward_pass(
     Raises:
         ValueError: when a task waits on one that comes later in the list.
     """
-    lanes = {lk.id: [start_cycle] * lk.num_lanes for lk in hardware.links}
-    last_start: dict[str, int] = {}
-    times: dict[str, tuple[int, int]] = {}
-    for t in tasks:
-        resource, cycles, _ = costs.task_cycles(hardware, model, t, context_tokens)
-        ready = start_cycle
-        for dep in t.after:
-            if dep not in times:
-                raise ValueError(f"task '{t.id}' waits on '{dep}', which comes later")
-            ready = max(ready, times[dep][1])
-        free = lanes.setdefault(resource, [start_cycle])
-        lane = min(range(len(free)), key=free.__getitem__)
-        start = max(ready, free[lane], last_start.get(resource, start_cycle))
-        free[lane] = start + cycles
-        last_start[resource] = start
-        times[t.id] = (start, start + cycles)
-    return times
+    line = Timeline(hardware, model, context_tokens, start_cycle)
+    line.add(tasks)
+    return line.times
 
 
 def makespan(

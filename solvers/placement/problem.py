@@ -41,6 +41,8 @@ class PlacementProblem:
         num_granules: requested tensor-parallel granularity (the largest divisor of the FFN
             width not above it is used).
         allow_loads: whether experts may be loaded whole to the home device.
+        home_reserved_bytes: bytes of the home memory held by what this layer cannot use and
+            ``residency`` does not list (for example other layers' cached experts).
     """
 
     hardware: Hardware
@@ -51,6 +53,7 @@ class PlacementProblem:
     residency: Residency
     num_granules: int = 4
     allow_loads: bool = True
+    home_reserved_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,10 @@ class PlacementInstance:
         home_mem = hw.device(self.home).memory_id
         capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
         home_slices = problem.residency.by_memory.get(home_mem, ())
-        self.home_free_bytes = capacity - sum(
-            costs.weight_slice_bytes(model, sl) for sl in home_slices
+        self.home_free_bytes = (
+            capacity
+            - problem.home_reserved_bytes
+            - sum(costs.weight_slice_bytes(model, sl) for sl in home_slices)
         )
         self.expert_bytes = model.expert_bytes()
 

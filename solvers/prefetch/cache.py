@@ -9,11 +9,13 @@ at that moment. Policies:
   least frequently used one.
 * ``belady``: the offline optimum for a demand cache (evict the expert whose next request in
   this layer is farthest away); the upper limit on the hit rate of any demand cache.
-* ``moesched``: dataset-free prediction. Running counts per (layer, expert), decayed every
-  step and seeded from the sequence's own prefill, plus a cross-layer boost from the experts
-  the token chose in the layer before (transitions learned online). Before each layer the
-  cache is refilled with the highest-scored experts (prefetch), so it is not a demand cache
-  and can beat Belady's bound.
+* ``moesched``: dataset-free prediction (``solvers.prefetch.predict``): score-aware eviction
+  (evict the resident expert least likely to be requested, ties by cumulative gate weight),
+  plus prefetch: before each layer, predicted experts are swapped in for residents that are
+  less likely to be asked for. ``prefetch_limit`` bounds the swaps per layer (the executor
+  replay in ``solvers.decode_loop`` bounds them by link time instead), so prefetch traffic is
+  counted separately from demand loads.
+* ``static``: holds what the caller puts in it and admits nothing on a miss (a pinned hot set).
 
 Opt-in substitution (arXiv 2508.18983): a missed expert whose gate weight is below
 ``substitute_below`` is served by the resident expert most similar to it (co-activation
@@ -31,8 +33,9 @@ from typing import Literal
 import numpy as np
 
 from hwmodel.workload import RoutingTrace
+from solvers.prefetch.predict import Predictor
 
-Policy = Literal["none", "lru", "lfu", "belady", "moesched"]
+Policy = Literal["none", "lru", "lfu", "belady", "moesched", "static"]
 POLICIES: tuple[Policy, ...] = ("none", "lru", "lfu", "belady", "moesched")
 
 
@@ -57,37 +60,182 @@ class ReplayStats:
     def substituted_share(self) -> float:
         return self.substituted_gate_mass / self.gate_mass if self.gate_mass else 0.0
 
-
-def _belady_next_use(ids: np.ndarray) -> list[dict[int, list[int]]]:
-    """Per layer: expert -> ascending request positions (step indices) in this layer."""
-    out: list[dict[int, list[int]]] = []
-    for layer in range(ids.shape[1]):
-        uses: dict[int, list[int]] = {}
-        for step in range(ids.shape[0]):
-            for e in ids[step, layer]:
-                uses.setdefault(int(e), []).append(step)
-        out.append(uses)
-    return out
+    def add(self, other: ReplayStats) -> None:
+        """Accumulate another replay's counts into this one."""
+        for name in ("requests", "hits", "loads", "prefetches", "substitutions"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.gate_mass += other.gate_mass
+        self.substituted_gate_mass += other.substituted_gate_mass
+        self.loads_per_step += other.loads_per_step
 
 
-def _next_use(uses: dict[int, list[int]], expert: int, step: int, never: int) -> int:
-    """The first step after ``step`` at which the layer requests ``expert`` (or ``never``)."""
-    steps = uses.get(expert, [])
-    i = bisect.bisect_right(steps, step)
-    return steps[i] if i < len(steps) else never + 1
+class ExpertCaches:
+    """One cache of ``capacity`` experts per layer under an eviction ``policy``.
 
+    Args:
+        future: for ``belady`` only, the requests to come, ``[steps, L, k]`` expert ids.
+    """
 
-def _most_similar(coact: np.ndarray, expert: int, resident: list[int]) -> int | None:
-    """The resident expert whose co-activation profile is closest (cosine) to ``expert``'s,
-    if any has a positive similarity; ``coact [E, E]`` counts experts chosen together."""
-    row = coact[expert]
-    norm = np.linalg.norm(row)
-    if norm == 0:
+    def __init__(
+        self,
+        policy: Policy,
+        capacity: int,
+        num_layers: int,
+        num_experts: int,
+        future: np.ndarray | None = None,
+    ) -> None:
+        self.policy = policy
+        self.capacity = 0 if policy == "none" else capacity
+        self.lines: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(num_layers)]
+        self.freq = np.zeros((num_layers, num_experts))
+        self.uses: list[dict[int, list[int]]] = []
+        if policy == "belady":
+            if future is None:
+                raise ValueError("belady needs the future requests")
+            self.uses = [_positions(future[:, layer, :]) for layer in range(future.shape[1])]
+        self.horizon = 0 if future is None else int(future.shape[0])
+
+    def resident(self, layer: int) -> list[int]:
+        return list(self.lines[layer])
+
+    def holds(self, layer: int, expert: int) -> bool:
+        return expert in self.lines[layer]
+
+    def touch(self, layer: int, expert: int) -> None:
+        """A request served from the cache (recency and frequency)."""
+        self.lines[layer].move_to_end(expert)
+
+    def count(self, layer: int, expert: int) -> None:
+        """A request of this expert, resident or not (LFU's frequency)."""
+        self.freq[layer, expert] += 1
+
+    def victim(
+        self, layer: int, step: int, protect: set[int], score: np.ndarray | None = None
+    ) -> int | None:
+        """Who leaves to make room (None while there is a free line or nobody may leave).
+
+        ``score [E]`` ranks residents for ``moesched`` (lowest leaves; ties: least recent).
+        """
+        line = self.lines[layer]
+        if len(line) < self.capacity:
+            return None
+        cands = [e for e in line if e not in protect]
+        if not cands:
+            return None
+        if self.policy == "lru" or (self.policy == "moesched" and score is None):
+            return cands[0]
+        if self.policy == "lfu":
+            return min(cands, key=lambda x: (self.freq[layer, x], x))
+        if self.policy == "belady":
+            return max(cands, key=lambda x: (self._next_use(layer, x, step), x))
+        if self.policy == "moesched":
+            assert score is not None
+            rank = {e: i for i, e in enumerate(line)}
+            return min(cands, key=lambda x: (score[x], rank[x]))
         return None
-    cand = coact[resident]
-    sims = cand @ row / (np.linalg.norm(cand, axis=1) * norm + 1e-12)
-    best = int(np.argmax(sims))
-    return resident[best] if sims[best] > 0 else None
+
+    def _next_use(self, layer: int, expert: int, step: int) -> int:
+        steps = self.uses[layer].get(expert, [])
+        i = bisect.bisect_right(steps, step)
+        return steps[i] if i < len(steps) else self.horizon + 1
+
+    def admits(self) -> bool:
+        """Whether a demand load enters the cache."""
+        return self.capacity > 0 and self.policy in ("lru", "lfu", "belady", "moesched")
+
+    def insert(self, layer: int, expert: int, victim: int | None) -> bool:
+        """Put ``expert`` in, evicting ``victim``; False (nothing changes) when the layer is
+        full and no victim is given."""
+        line = self.lines[layer]
+        if victim is not None:
+            del line[victim]
+        elif len(line) >= self.capacity:
+            return False
+        line[expert] = None
+        return True
+
+    def pin(self, layer: int, experts: list[int]) -> None:
+        """Set a layer's content (the ``static`` hot set), at most ``capacity`` experts."""
+        self.lines[layer] = OrderedDict((int(e), None) for e in experts[: self.capacity])
+
+    def swaps(
+        self,
+        layer: int,
+        p: np.ndarray,
+        protect: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> list[tuple[int, int | None, float]]:
+        """Prefetch candidates for ``layer``: (expert in, expert out or None, gain in expected
+        requests) pairing the most probable absent experts with free lines first, then with the
+        least probable residents, while the gain is positive. ``p [E]``: request chances."""
+        if self.capacity == 0:
+            return []
+        line = self.lines[layer]
+        absent = [int(e) for e in np.argsort(-p, kind="stable") if int(e) not in line]
+        out_order: list[int | None] = [None] * (self.capacity - len(line))
+        out_order += sorted((e for e in line if e not in protect), key=lambda x: (p[x], x))
+        pairs = []
+        for e_in, e_out in zip(absent, out_order, strict=False):
+            gain = float(p[e_in] - (p[e_out] if e_out is not None else 0.0))
+            if gain <= 0:
+                break
+            pairs.append((e_in, e_out, gain))
+        return pairs
+
+
+def _positions(ids: np.ndarray) -> dict[int, list[int]]:
+    """expert -> ascending steps at which it is requested, from ``ids [steps, k]``."""
+    uses: dict[int, list[int]] = {}
+    for step, row in enumerate(ids):
+        for e in row:
+            uses.setdefault(int(e), []).append(step)
+    return uses
+
+
+def serve(
+    layer: int,
+    want: np.ndarray,
+    gates: np.ndarray,
+    caches: ExpertCaches,
+    predictor: Predictor,
+    stats: ReplayStats,
+    substitute_below: float = 0.0,
+    quality_budget: float = 0.0,
+) -> tuple[list[int], list[int]]:
+    """Serve one token's requests ``want``/``gates [k]`` in one layer from the cache.
+
+    Returns (experts that run, in request order without repeats; the misses among them).
+    A substituted request runs its stand-in instead and is not a miss.
+    """
+    run: list[int] = []
+    misses: list[int] = []
+    for e_raw, g_raw in zip(want, gates, strict=True):
+        e, g = int(e_raw), float(g_raw)
+        stats.requests += 1
+        stats.gate_mass += g
+        caches.count(layer, e)
+        if caches.holds(layer, e):
+            stats.hits += 1
+            caches.touch(layer, e)
+            chosen = e
+        else:
+            stand_in = None
+            if (
+                substitute_below > 0
+                and g < substitute_below
+                and stats.substituted_gate_mass + g <= quality_budget * stats.gate_mass
+            ):
+                stand_in = predictor.most_similar(layer, e, caches.resident(layer))
+            if stand_in is not None:
+                stats.substitutions += 1
+                stats.substituted_gate_mass += g
+                caches.touch(layer, stand_in)
+                chosen = stand_in
+            else:
+                chosen = e
+                misses.append(e)
+        if chosen not in run:
+            run.append(chosen)
+    return run, misses
 
 
 def replay(
@@ -100,8 +248,10 @@ def replay(
     transition_weight: float = 1.0,
     substitute_below: float = 0.0,
     quality_budget: float = 0.0,
+    prefetch_limit: int | None = None,
 ) -> ReplayStats:
-    """Replay decode steps ``token_range`` of a trace through one cache per layer.
+    """Replay decode steps ``token_range`` of a trace through one cache per layer (counts
+    only; ``solvers.decode_loop`` runs the same caches through the executor).
 
     Args:
         capacity: experts each layer's cache holds (0 <= capacity <= num_experts).
@@ -109,84 +259,43 @@ def replay(
             sees the decode steps before they happen.
         substitute_below: gate weight under which a miss may be substituted (0: never).
         quality_budget: largest share of gate mass that may be substituted.
+        prefetch_limit: most experts ``moesched`` stages per layer and step (None: no limit).
     """
     ids = trace.expert_ids[token_range].astype(np.int64)  # [steps, layers, k]
     gates = (
-        trace.gate_weights[token_range] if trace.gate_weights is not None else np.ones(ids.shape)
+        trace.gate_weights[token_range]
+        if trace.gate_weights is not None
+        else np.full(ids.shape, 1.0 / max(trace.top_k, 1))
     )
     steps, layers, _ = ids.shape
-    num_experts = trace.num_experts
     stats = ReplayStats()
-    counts = np.zeros((layers, num_experts))
+    predictor = Predictor(layers, trace.num_experts, trace.top_k, decay, transition_weight)
     if prefill is not None:
-        counts += trace.histogram(prefill)
-    trans = np.zeros((max(layers - 1, 1), num_experts, num_experts))
-    coact = np.zeros((layers, num_experts, num_experts))  # learned online (and from prefill)
-    if prefill is not None:
-        if policy == "moesched" and layers > 1:
-            trans += trace.transitions(prefill)
-        pre = trace.expert_ids[prefill].astype(np.int64)
-        for layer in range(layers):
-            for row in pre[:, layer, :]:
-                coact[layer][np.ix_(row, row)] += 1
-    cached: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(layers)]
-    freq = np.zeros((layers, num_experts))
-    uses = _belady_next_use(ids) if policy == "belady" else []
+        predictor.seed(trace, prefill)
+    caches = ExpertCaches(policy, capacity, layers, trace.num_experts, ids)
     for step in range(steps):
         loads_now = 0
         for layer in range(layers):
-            want = [int(e) for e in ids[step, layer]]
-            cache = cached[layer]
-            if policy == "moesched" and capacity > 0:
-                score = counts[layer].copy()
-                if layer > 0:
-                    score += transition_weight * trans[layer - 1][ids[step, layer - 1]].sum(axis=0)
-                top = np.argsort(-score, kind="stable")[:capacity]
-                staged = sum(1 for e in top if int(e) not in cache)
-                stats.prefetches += staged
-                loads_now += staged
-                cached[layer] = cache = OrderedDict((int(e), None) for e in top)
-            for e, g in zip(want, gates[step, layer], strict=True):
-                stats.requests += 1
-                stats.gate_mass += float(g)
-                freq[layer, e] += 1
-                if e in cache:
-                    stats.hits += 1
-                    cache.move_to_end(e)
-                    continue
-                if (
-                    substitute_below > 0
-                    and g < substitute_below
-                    and cache
-                    and stats.substituted_gate_mass + g <= quality_budget * stats.gate_mass
-                ):
-                    stand_in = _most_similar(coact[layer], e, list(cache))
-                    if stand_in is not None:
-                        stats.substitutions += 1
-                        stats.substituted_gate_mass += float(g)
-                        cache.move_to_end(stand_in)
-                        continue
+            if policy == "moesched":
+                prev = ids[step, layer - 1] if layer > 0 else None
+                p = predictor.probability(layer, prev)
+                for e_in, e_out, _ in caches.swaps(layer, p)[:prefetch_limit]:
+                    caches.insert(layer, e_in, e_out)
+                    stats.prefetches += 1
+                    loads_now += 1
+            else:
+                p = None
+            _, misses = serve(
+                layer, ids[step, layer], gates[step, layer], caches, predictor, stats,
+                substitute_below, quality_budget,
+            )  # fmt: skip
+            for e in misses:
                 stats.loads += 1
                 loads_now += 1
-                if policy in ("none", "moesched") or capacity == 0:
-                    continue
-                if len(cache) >= capacity:
-                    if policy == "lru":
-                        cache.popitem(last=False)
-                    elif policy == "lfu":
-                        victim = min(cache, key=lambda x: (freq[layer, x], x))
-                        del cache[victim]
-                    else:  # belady: evict the one whose next request is farthest away
-                        victim = max(
-                            cache, key=lambda x: (_next_use(uses[layer], x, step, steps), x)
-                        )
-                        del cache[victim]
-                cache[e] = None
-            coact[layer][np.ix_(want, want)] += 1
-        counts *= decay
-        for layer in range(layers):
-            counts[layer, ids[step, layer]] += 1
-            if layer > 0:
-                trans[layer - 1][np.ix_(ids[step, layer - 1], ids[step, layer])] += 1
+                if caches.admits():
+                    protect = {int(x) for x in ids[step, layer]}
+                    caches.insert(layer, e, caches.victim(layer, step, protect, p))
+        predictor.observe(ids[step], gates[step])
+        predictor.refresh(threshold=0.0)
         stats.loads_per_step.append(loads_now)
     return stats

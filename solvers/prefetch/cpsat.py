@@ -27,9 +27,10 @@ def select_cpsat(
         room = math.floor(problem.free_bytes / unit)
     m.add(sum(size[i] * x[i] for i in range(n)) <= room)
     m.add(sum(problem.transfer_cycles[i] * x[i] for i in range(n)) <= problem.link_budget_cycles)
-    m.maximize(
-        sum(round(problem.probability[i] * problem.saved_cycles[i] * 1000) * x[i] for i in range(n))
-    )
+    # Values are scaled so the largest is 10^7: the objective resolves a ten-millionth of it.
+    values = [problem.probability[i] * problem.saved_cycles[i] for i in range(n)]
+    scale = 10**7 / max(max(values), 1e-300)
+    m.maximize(sum(round(values[i] * scale) * x[i] for i in range(n)))
     for i in range(n):
         m.add_hint(x[i], int(i in hint))
     solver, status = run_cpsat(m, time_limit_s)

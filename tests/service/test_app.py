@@ -32,7 +32,7 @@ def test_presets(client: TestClient) -> None:
         h["name"] for h in hw
     }
     models = {m["name"] for m in client.get("/v1/presets/models").json()}
-    assert len(models) == 11 and "qwen3-30b-a3b" in models
+    assert len(models) == 12 and "qwen3-30b-a3b" in models
     one = client.get("/v1/presets/hardware/gpu-ndp-4dimm").json()
     assert len(one["devices"]) == 5 and all(d["source"] for d in one["devices"])
     missing = client.get("/v1/presets/models/gpt-5")

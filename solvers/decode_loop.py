@@ -1,0 +1,517 @@
+"""The end-to-end schedule of a decode run, step by step, through the executor.
+
+For every decode step (one token, batch 1) and every MoE layer:
+
+1. the token's routed experts are served from the GPU expert cache (hit), by a similar resident
+   expert (opt-in substitution), or they miss;
+2. the layer is placed: ``dispatch`` decides where each expert runs (``solver``: greedy
+   placement over the GPU, the NDP units or the CPU, with tensor-parallel splitting and loads;
+   ``monde``: the MoNDE-style baseline; ``expert_parallel``: every expert whole on the unit that
+   holds it; ``demand``: everything on the GPU, misses loaded over the link);
+3. experts loaded to the GPU enter the cache under its policy (an eviction task frees the
+   victim first) or are freed after use;
+4. the next layer's prefetch set is chosen (a knapsack: expected saving, within the link time
+   this layer leaves idle before its partial sums return) and staged on the link in that gap,
+   each staged expert replacing a less likely resident.
+
+The step's tasks are chained into one plan, the solver-side timing predicts its makespan, and
+the executor simulates it (residency at the step's start, memory capacity, coverage of the
+token's experts); both figures are recorded per step. The GPU memory is sized to exactly the
+cache plus ``top_k`` experts in flight, so the executor checks the cache's capacity.
+
+The prediction's plan counts are re-snapshot when routing drifts past ``drift_threshold``
+(0: every step); every re-snapshot is a re-solve of the prefetch plan and is counted.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from hwmodel import costs
+from hwmodel.executor import simulate
+from hwmodel.plan import ComputeTask, EvictTask, Plan, Residency, TransferTask, WeightSlice
+from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.workload import RoutingTrace, Workload
+from solvers import timing
+from solvers.placement.baselines import monde, round_robin
+from solvers.placement.greedy import solve_greedy
+from solvers.placement.memo import PlanMemo
+from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
+from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, serve
+from solvers.prefetch.predict import Predictor
+from solvers.prefetch.select import PrefetchProblem, select
+
+Dispatch = Literal["solver", "monde", "expert_parallel", "demand"]
+AnyTask = ComputeTask | TransferTask | EvictTask
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How a decode run is scheduled.
+
+    Attributes:
+        capacity_experts: GPU cache lines per layer (experts).
+        cache: eviction policy of the GPU cache (``static``: the prefill's hottest experts,
+            pinned; re-pinned on drift).
+        prefetch: stage predicted experts during the previous layer.
+        dispatch: where experts run (see the module docstring).
+        drift_threshold: mean total-variation drift that triggers a re-solve (0: every step).
+    """
+
+    capacity_experts: int
+    cache: Policy = "moesched"
+    prefetch: bool = True
+    dispatch: Dispatch = "solver"
+    substitute_below: float = 0.0
+    quality_budget: float = 0.0
+    drift_threshold: float = 0.05
+    decay: float = 0.98
+    transition_weight: float = 1.0
+    num_granules: int = 4
+
+
+@dataclass
+class StepRecord:
+    """One decode step as the executor ran it (seconds, bytes)."""
+
+    step: int
+    latency_s: float
+    predicted_s: float
+    gpu_util: float
+    ndp_load_cv: float | None
+    bytes_moved: float
+    weight_bytes: float
+    solve_s: float
+    resolved: bool
+    violations: list[str]
+
+
+@dataclass
+class LoopResult:
+    """Every step of a run, the cache counts, and re-solves."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    stats: ReplayStats = field(default_factory=ReplayStats)
+    resolves: int = 0
+    plans_solved: int = 0  # layer placements solved (a new shape)
+    plans_reused: int = 0  # layer placements looked up by shape
+
+    @property
+    def latency_s(self) -> float:
+        return float(sum(s.latency_s for s in self.steps))
+
+    @property
+    def violations(self) -> int:
+        return sum(len(s.violations) for s in self.steps)
+
+    def mean(self, attr: str) -> float:
+        values = [getattr(s, attr) for s in self.steps if getattr(s, attr) is not None]
+        return float(np.mean(values)) if values else 0.0
+
+
+def cache_hardware(
+    hardware: Hardware, model: ModelSpec, capacity_experts: int, in_flight: int
+) -> Hardware:
+    """``hardware`` with the home GPU's memory sized to the expert cache: ``capacity_experts``
+    per layer for every layer, plus ``in_flight`` experts (transient loads).
+
+    Raises:
+        ValueError: when that is more than the GPU memory the preset has.
+    """
+    home_mem = hardware.device(hardware.home_device_id).memory_id
+    need = (capacity_experts * model.num_moe_layers + in_flight) * model.expert_bytes()
+    have = next(m.capacity_bytes for m in hardware.memories if m.id == home_mem)
+    if need > have:
+        raise ValueError(
+            f"capacity_experts: {capacity_experts} experts x {model.num_moe_layers} layers + "
+            f"{in_flight} in flight need {need / 2**30:.2f} GiB; '{home_mem}' has "
+            f"{have / 2**30:.2f} GiB"
+        )
+    memories = tuple(
+        m.model_copy(update={"capacity_bytes": int(need) + 1}) if m.id == home_mem else m
+        for m in hardware.memories
+    )
+    return hardware.model_copy(update={"memories": memories})
+
+
+def max_cache_experts(hardware: Hardware, model: ModelSpec, in_flight: int) -> int:
+    """The most cache lines per layer the home GPU's memory takes with ``in_flight`` more."""
+    home_mem = hardware.device(hardware.home_device_id).memory_id
+    have = next(m.capacity_bytes for m in hardware.memories if m.id == home_mem)
+    lines = int(have // model.expert_bytes()) - in_flight
+    return max(0, min(model.num_routed_experts, lines // model.num_moe_layers))
+
+
+class _Step:
+    """Builds one decode step's plan layer by layer (the loop's working state)."""
+
+    def __init__(self, run: DecodeRun, step: int, context_tokens: int) -> None:
+        self.run = run
+        self.step = step
+        self.tasks: list[AnyTask] = []
+        self.timeline = timing.Timeline(run.hardware, run.model, context_tokens)
+        self.after: list[str] = []
+        self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
+        self.cover: list[tuple[int, ...]] = []
+        self.solve_s = 0.0
+        self.weight_bytes = 0.0
+
+    def emit(self, tasks: list[AnyTask]) -> None:
+        self.tasks.extend(tasks)
+        self.timeline.add(tasks)
+
+
+class DecodeRun:
+    """A decode run of one sequence: prefill seeds the prediction, then step by step."""
+
+    def __init__(
+        self,
+        hardware: Hardware,
+        model: ModelSpec,
+        base: Residency,
+        config: LoopConfig,
+        trace: RoutingTrace,
+        prefill: slice,
+        decode: slice,
+        in_flight: int | None = None,
+    ) -> None:
+        """``in_flight``: experts the GPU memory takes beyond the cache (default top_k; a
+        prefill that loads experts needs up to every expert of a layer)."""
+        if trace.num_layers != model.num_moe_layers or trace.num_experts != (
+            model.num_routed_experts
+        ):
+            raise ValueError(
+                f"trace: {trace.num_layers} layers x {trace.num_experts} experts does not match "
+                f"{model.name} ({model.num_moe_layers} x {model.num_routed_experts})"
+            )
+        self.model = model
+        self.hardware = cache_hardware(
+            hardware, model, config.capacity_experts, in_flight or trace.top_k
+        )
+        self.home = hardware.home_device_id
+        self.home_mem = hardware.device(self.home).memory_id
+        self.base = base
+        self.config = config
+        self.ids = trace.expert_ids[decode].astype(np.int64)  # [steps, L, k]
+        self.gates = (
+            trace.gate_weights[decode].astype(np.float64)
+            if trace.gate_weights is not None
+            else np.full(self.ids.shape, 1.0 / trace.top_k)
+        )
+        self.prefill_tokens = len(range(trace.num_tokens)[prefill])
+        self.predictor = Predictor(
+            trace.num_layers, trace.num_experts, trace.top_k, config.decay, config.transition_weight
+        )
+        self.predictor.seed(trace, prefill)
+        self.caches = ExpertCaches(
+            config.cache, config.capacity_experts, trace.num_layers, trace.num_experts, self.ids
+        )
+        self.result = LoopResult()
+        self.memo = PlanMemo(self._solve)
+        self._warm_start()
+
+    # ------------------------------------------------------------------------ run
+
+    def run(self, validate: bool = True) -> LoopResult:
+        """Every decode step through the executor; returns the records."""
+        for step in range(self.ids.shape[0]):
+            self.result.steps.append(self.run_step(step, validate))
+        self.result.resolves = self.predictor.resolves
+        self.result.plans_solved, self.result.plans_reused = self.memo.solved, self.memo.reused
+        return self.result
+
+    def run_step(self, step: int, validate: bool = True) -> StepRecord:
+        resolved = step > 0 and self.predictor.refresh(self.config.drift_threshold)
+        residency = self._residency()
+        st = _Step(self, step, self.prefill_tokens + step)
+        for layer in range(self.model.num_moe_layers):
+            self._layer(st, layer)
+        self.predictor.observe(self.ids[step], self.gates[step])
+        return self._record(st, residency, 1, validate, resolved)
+
+    def _record(
+        self, st: _Step, residency: Residency, batch: int, validate: bool, resolved: bool
+    ) -> StepRecord:
+        """Simulate a built step (when ``validate``) and record it."""
+        predicted = st.timeline.end
+        report = None
+        if validate:
+            workload = Workload(
+                layer_ids=tuple(range(self.model.num_moe_layers)),
+                tokens_per_expert=tuple(st.cover),
+                num_tokens=batch,
+                context_tokens=st.timeline.context_tokens,
+            )
+            report = simulate(
+                self.hardware, self.model, Plan(tasks=tuple(st.tasks)), workload, residency
+            )
+        clock = self.hardware.clock_hz
+        cycles = report.makespan_cycles if report is not None else predicted
+        gpu = next(
+            (d.utilization for d in report.devices if d.device_id == self.home), 0.0
+        ) if report is not None else 0.0  # fmt: skip
+        ndp = next((i.cv for i in report.imbalance if i.kind == "ndp"), None) if report else None
+        return StepRecord(
+            step=st.step,
+            latency_s=cycles / clock,
+            predicted_s=predicted / clock,
+            gpu_util=gpu,
+            ndp_load_cv=ndp,
+            bytes_moved=report.bytes_moved if report is not None else 0.0,
+            weight_bytes=st.weight_bytes,
+            solve_s=st.solve_s,
+            resolved=resolved,
+            violations=[f"{v.code}: {v.message}" for v in report.violations] if report else [],
+        )
+
+    def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
+        """The prompt as one batch through every layer (``histogram [L, E]`` tokens per expert),
+        placed by ``dispatch`` over the warm cache; loads are freed after use."""
+        batch = int(histogram[0].sum() // self.model.top_k)
+        st = _Step(self, -1, batch)
+        residency = self._residency()
+        for layer in range(self.model.num_moe_layers):
+            tokens = [int(v) for v in histogram[layer]]
+            started = time.perf_counter()
+            inst = self._instance(layer, [], tokens, batch)
+            a = self._assign(inst)
+            st.solve_s += time.perf_counter() - started
+            tasks, after = inst.tasks(a, tuple(st.after), attention=True)
+            frees = [
+                self._evict(
+                    f"L{layer}.free.e{e}", layer, e,
+                    tuple(t.id for t in tasks if isinstance(t, ComputeTask) and t.expert == e),
+                )
+                for e in a.loaded
+            ]  # fmt: skip
+            st.weight_bytes += len(a.loaded) * self.model.expert_bytes()
+            shared = self._shared(layer, f"L{layer}.mb0.attn", batch)
+            st.emit([*tasks[:1], *shared, *tasks[1:], *frees])
+            st.after = [*after, *(t.id for t in shared)]
+            st.cover.append(tuple(tokens))
+        return self._record(st, residency, batch, validate, resolved=False)
+
+    # ------------------------------------------------------------------------ pieces
+
+    def _warm_start(self) -> None:
+        """Every policy starts from the prefill's hottest experts of each layer (loaded while
+        the prompt ran); ``static`` keeps them for the whole run."""
+        for layer in range(self.model.num_moe_layers):
+            hot = np.argsort(-self.predictor.plan_counts[layer], kind="stable")
+            self.caches.pin(layer, [int(e) for e in hot])
+
+    def _residency(self) -> Residency:
+        """The base layout plus every layer's cache lines on the GPU."""
+        by_memory = dict(self.base.by_memory)
+        by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + tuple(
+            _line(layer, e)
+            for layer in range(self.model.num_moe_layers)
+            for e in self.caches.resident(layer)
+        )
+        return Residency(by_memory=by_memory)
+
+    def _instance(
+        self, layer: int, experts: list[int], tokens: list[int] | None = None, batch: int = 1
+    ) -> PlacementInstance:
+        """The placement problem of one layer for a one-token batch over ``experts`` (or a
+        ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU."""
+        if tokens is None:
+            tokens = [0] * self.model.num_routed_experts
+            for e in experts:
+                tokens[e] = 1
+        mine = tuple(_line(layer, e) for e in self.caches.resident(layer))
+        by_memory = dict(self.base.by_memory)
+        by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + mine
+        others = sum(len(self.caches.lines[lay]) for lay in range(self.model.num_moe_layers))
+        problem = PlacementProblem(
+            self.hardware, self.model, layer, tuple(tokens), batch, Residency(by_memory=by_memory),
+            self.config.num_granules,
+            home_reserved_bytes=(others - len(mine)) * self.model.expert_bytes(),
+        )  # fmt: skip
+        return PlacementInstance(problem)
+
+    def _assign(self, inst: PlacementInstance) -> Assignment:
+        """The layer's placement: looked up by shape, or solved (``PlanMemo``)."""
+        return self.memo.assignment(inst)
+
+    def _solve(self, inst: PlacementInstance) -> Assignment:
+        kind = self.config.dispatch
+        if kind == "solver":
+            return solve_greedy(inst)
+        if kind == "monde":
+            return monde(inst)[0]
+        cached = set(inst.whole_holders_home())
+        if kind == "expert_parallel":
+            rr = round_robin(inst)
+            return Assignment(
+                runs={
+                    e: ((self.home, 0, inst.G),) if e in cached else r for e, r in rr.runs.items()
+                }
+            )
+        return Assignment(
+            runs={e: ((self.home, 0, inst.G),) for e in inst.experts if e in cached},
+            loaded=tuple(e for e in inst.experts if e not in cached),
+        )
+
+    def _layer(self, st: _Step, layer: int) -> None:
+        cfg, step = self.config, st.step
+        stats = self.result.stats
+        want, gates = self.ids[step, layer], self.gates[step, layer]
+        run_experts, _ = serve(
+            layer, want, gates, self.caches, self.predictor, stats,
+            cfg.substitute_below, cfg.quality_budget,
+        )  # fmt: skip
+        started = time.perf_counter()
+        inst = self._instance(layer, run_experts)
+        a = self._assign(inst)
+        st.solve_s += time.perf_counter() - started
+        tasks, after = inst.tasks(a, tuple(st.after), attention=True)
+        attn = f"L{layer}.mb0.attn"
+        shared = self._shared(layer, attn)
+        # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
+        p = self.predictor.probability(layer, self.ids[step, layer - 1] if layer else None)
+        # Experts this layer runs, and those still arriving from a prefetch, stay.
+        protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
+        evicts: list[AnyTask] = []
+        wait: dict[str, list[str]] = {}
+        for e in a.loaded:
+            stats.loads += 1
+            st.weight_bytes += self.model.expert_bytes()
+            victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
+            if self.caches.admits() and self.caches.insert(layer, e, victim):
+                if victim is not None:
+                    evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
+                    wait[f"L{layer}.mb0.load.e{e}"] = [evicts[-1].id]
+            else:
+                users = tuple(t.id for t in tasks if isinstance(t, ComputeTask) and t.expert == e)
+                evicts.append(self._evict(f"L{layer}.free.e{e}", layer, e, users))
+        for t in tasks:
+            if isinstance(t, ComputeTask) and t.op == "expert" and t.device_id == self.home:
+                wait.setdefault(t.id, []).extend(st.staged.get((layer, int(t.expert or 0)), []))
+        waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
+        returns = [i for i, t in enumerate(waited) if ".from." in t.id]
+        cut = returns[0] if returns else len(waited)
+        head = waited[:cut]
+        # Attention, then the shared experts (they overlap the routed experts' dispatch), then
+        # the evictions that make room for demand loads, then the rest up to the returns.
+        st.emit([*head[:1], *shared, *[e for e in evicts if ".evict." in e.id], *head[1:]])
+        if cfg.prefetch and layer + 1 < self.model.num_moe_layers:
+            st.emit(self._prefetch(st, layer, waited[cut:], attn))
+        st.emit(waited[cut:])
+        st.emit([e for e in evicts if ".free." in e.id])
+        st.after = [*after, *(t.id for t in shared)]
+        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _shared(self, layer: int, attn: str, batch: int = 1) -> list[AnyTask]:
+        """The layer's shared experts on the GPU (one task), if the model has any."""
+        if self.model.num_shared_experts == 0:
+            return []
+        return [
+            ComputeTask(
+                id=f"L{layer}.mb0.shared", device_id=self.home, op="shared_expert", layer=layer,
+                num_tokens=batch, after=(attn,),
+            )
+        ]  # fmt: skip
+
+    def _evict(self, tid: str, layer: int, expert: int, after: tuple[str, ...]) -> EvictTask:
+        return EvictTask(
+            id=tid, memory_id=self.home_mem, weights=WeightSlice(layer=layer, expert=expert),
+            after=after,
+        )  # fmt: skip
+
+    def _prefetch(self, st: _Step, layer: int, rest: list[AnyTask], attn: str) -> list[AnyTask]:
+        """Stage the next layer's most valuable absent experts in the link's idle gap.
+
+        The gap runs from when the link to the GPU frees up (after this layer's loads) to when
+        this layer's partial sums are ready to return, or, with no returns, to the end of this
+        layer plus the next layer's attention. Each staged expert replaces the least likely
+        resident (an eviction first), so memory use does not grow.
+        """
+        nxt = layer + 1
+        p = self.predictor.probability(nxt, self.ids[st.step, layer])
+        pairs = self.caches.swaps(nxt, p)[: self.model.top_k]
+        if not pairs:
+            return []
+        probe = self._instance(nxt, [e for e, _, _ in pairs])
+        pairs = [pair for pair in pairs if pair[0] in probe.load_parts]
+        if not pairs:
+            return []
+        links = {
+            probe.link(src, self.home).id for e, _, _ in pairs for src, *_ in probe.load_parts[e]
+        }
+        # Staging starts once the layer's attention ended (the router has spoken) and the link
+        # is free.
+        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
+        if rest:
+            ready = min(st.timeline.ready(t) for t in rest if ".from." in t.id)
+        else:
+            attention = costs.task_cycles(
+                self.hardware, self.model,
+                ComputeTask(
+                    id="probe", device_id=self.home, op="attention", layer=nxt, num_tokens=1
+                ),
+                st.timeline.context_tokens,
+            )[1]  # fmt: skip
+            ready = st.timeline.end + attention
+        home_cycles = {e: probe.shard[e][self.home][probe.G] for e, _, _ in pairs}
+        away = {
+            e: min(
+                [probe.load_cycles[e] + home_cycles[e]]
+                + [probe.shard[e][d][probe.G] for d in probe.whole_holders(e) if d != self.home]
+            )
+            for e, _, _ in pairs
+        }
+        problem = PrefetchProblem(
+            experts=tuple(e for e, _, _ in pairs),
+            probability=tuple(g for _, _, g in pairs),
+            size_bytes=tuple(self.model.expert_bytes() for _ in pairs),
+            transfer_cycles=tuple(probe.load_cycles[e] for e, _, _ in pairs),
+            saved_cycles=tuple(max(0, away[e] - home_cycles[e]) for e, _, _ in pairs),
+            free_bytes=len(pairs) * self.model.expert_bytes(),
+            link_budget_cycles=max(0, ready - free),
+        )
+        started = time.perf_counter()
+        choice = select(problem, "greedy")
+        st.solve_s += time.perf_counter() - started
+        out: list[AnyTask] = []
+        for i in choice.chosen:
+            e_in, e_out, _ = pairs[i]
+            after: tuple[str, ...] = (attn,)
+            if e_out is not None:
+                ev = self._evict(f"L{nxt}.pevict.e{e_out}", nxt, e_out, (attn,))
+                out.append(ev)
+                after = (ev.id,)
+            ids = []
+            for src, c0, c1, _ in probe.load_parts[e_in]:
+                tid = f"L{nxt}.prefetch.e{e_in}.{c0}"
+                ids.append(tid)
+                out.append(
+                    TransferTask(
+                        id=tid, link_id=probe.link(src, self.home).id, src_device_id=src,
+                        dst_device_id=self.home, payload="weights", layer=nxt, purpose="prefetch",
+                        weights=WeightSlice(layer=nxt, expert=e_in, ffn_start=c0, ffn_end=c1),
+                        after=after,
+                    )
+                )  # fmt: skip
+            st.staged[(nxt, e_in)] = ids
+            self.caches.insert(nxt, e_in, e_out)
+            self.result.stats.prefetches += 1
+            st.weight_bytes += self.model.expert_bytes()
+        return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _line(layer: int, expert: int) -> WeightSlice:
+    """One cache line: a whole expert of one layer (shared, immutable)."""
+    return WeightSlice(layer=layer, expert=expert)
+
+
+def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:
+    """``task`` also waiting on ``ids``."""
+    extra = tuple(i for i in ids if i not in task.after)
+    return task.model_copy(update={"after": task.after + extra}) if extra else task
