@@ -23,6 +23,7 @@ included), checked against the solver-side prediction; violations are counted.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from typing import Any
 
@@ -63,66 +64,65 @@ def decode_runs(trace_file: str, quick: bool) -> tuple[str, list[tuple[int, int,
     return "deepseek-v2-lite", out
 
 
-def run_config(
-    trace_file: str, model_name: str, runs: list[tuple[int, int, int]], capacity: int,
-    config: dict[str, Any],
-) -> LoopResult:  # fmt: skip
-    """All decode runs of one trace under one configuration, merged."""
+def measure(job: tuple[str, str, tuple[tuple[int, int, int], ...], int, str]) -> dict[str, Any]:
+    """Every decode run of one trace under one configuration, through the executor."""
+    trace_file, model_name, runs, capacity, name = job
     trace = load_trace(traces_dir() / trace_file)
     hw, model = hardware_preset(HARDWARE), model_preset(model_name)
     base = Residency(by_memory={"host_dram": (WeightSlice(),)})
-    merged = LoopResult(stats=ReplayStats())
+    started = time.perf_counter()
+    stats = ReplayStats()
+    steps = []
     for start, mid, end in runs:
-        cfg = LoopConfig(capacity_experts=capacity, **config)
+        cfg = LoopConfig(capacity_experts=capacity, **CONFIGS[name])
         got = DecodeRun(hw, model, base, cfg, trace, slice(start, mid), slice(mid, end)).run()
-        merged.steps += got.steps
-        merged.stats.add(got.stats)
-        merged.resolves += got.resolves
-    return merged
+        steps += got.steps
+        stats.add(got.stats)
+    merged = LoopResult(steps=steps, stats=stats)
+    return {
+        "hit_rate": stats.hit_rate,
+        "demand_loads": stats.loads,
+        "prefetches": stats.prefetches,
+        "substituted_gate_mass": stats.substituted_share,
+        "latency_per_step_ms": merged.mean("latency_s") * 1e3,
+        "latency_p90_ms": float(np.percentile([s.latency_s for s in steps], 90) * 1e3),
+        "weight_mb_per_step": merged.mean("weight_bytes") / 1e6,
+        "gpu_util": merged.mean("gpu_util"),
+        "solve_ms_per_step": merged.mean("solve_s") * 1e3,
+        "prediction_error_s_max": max(abs(s.latency_s - s.predicted_s) for s in steps),
+        "executor_violations": merged.violations,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def run(quick: bool = False) -> BenchResult:
     result = BenchResult("cache")
     traces = [ESFT_FILES["law"]] if quick else [ESFT_FILES["law"], ESFT_FILES["intent"], FLAME_FILE]
     fractions = [0.25] if quick else [0.10, 0.25, 0.50]
+    cases = []
     for trace_file in traces:
-        model_name, runs = decode_runs(trace_file, quick)
+        model_name, decode = decode_runs(trace_file, quick)
         num_experts = model_preset(model_name).num_routed_experts
-        for fraction in fractions:
-            capacity = round(fraction * num_experts)
-            row: dict[str, Any] = {
-                "trace": trace_file, "model": model_name, "hardware": HARDWARE,
-                "capacity_fraction": fraction, "capacity_experts": capacity,
-                "decode_steps": sum(end - mid for _, mid, end in runs),
-                "sequences": len(runs),
-            }  # fmt: skip
-            for name, config in CONFIGS.items():
-                started = time.perf_counter()
-                got = run_config(trace_file, model_name, runs, capacity, config)
-                row[name] = {
-                    "hit_rate": got.stats.hit_rate,
-                    "demand_loads": got.stats.loads,
-                    "prefetches": got.stats.prefetches,
-                    "substituted_gate_mass": got.stats.substituted_share,
-                    "latency_per_step_ms": got.mean("latency_s") * 1e3,
-                    "latency_p90_ms": float(
-                        np.percentile([s.latency_s for s in got.steps], 90) * 1e3
-                    ),
-                    "weight_mb_per_step": got.mean("weight_bytes") / 1e6,
-                    "gpu_util": got.mean("gpu_util"),
-                    "solve_ms_per_step": got.mean("solve_s") * 1e3,
-                    "prediction_error_s_max": max(
-                        abs(s.latency_s - s.predicted_s) for s in got.steps
-                    ),
-                    "executor_violations": got.violations,
-                    "wall_s": time.perf_counter() - started,
-                }
-            base_ms = row["lru"]["latency_per_step_ms"]
-            row["decode_latency_reduction"] = 1 - row["moesched"]["latency_per_step_ms"] / base_ms
-            row["decode_latency_reduction_gpu_only"] = (
-                1 - row["moesched_gpu"]["latency_per_step_ms"] / base_ms
-            )
-            result.rows.append(row)
+        cases += [
+            (trace_file, model_name, tuple(decode), round(f * num_experts), f) for f in fractions
+        ]
+    jobs = [(t, m, r, c, name) for t, m, r, c, _ in cases for name in CONFIGS]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        measured = dict(zip(jobs, pool.map(measure, jobs), strict=True))
+    for trace_file, model_name, runs, capacity, fraction in cases:
+        row: dict[str, Any] = {
+            "trace": trace_file, "model": model_name, "hardware": HARDWARE,
+            "capacity_fraction": fraction, "capacity_experts": capacity,
+            "decode_steps": sum(end - mid for _, mid, end in runs), "sequences": len(runs),
+        }  # fmt: skip
+        for name in CONFIGS:
+            row[name] = measured[(trace_file, model_name, runs, capacity, name)]
+        base_ms = row["lru"]["latency_per_step_ms"]
+        row["decode_latency_reduction"] = 1 - row["moesched"]["latency_per_step_ms"] / base_ms
+        row["decode_latency_reduction_gpu_only"] = (
+            1 - row["moesched_gpu"]["latency_per_step_ms"] / base_ms
+        )
+        result.rows.append(row)
     rows = result.rows
 
     def mean(get: Any) -> float:

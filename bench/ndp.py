@@ -46,7 +46,7 @@ import numpy as np
 
 from bench.common import BenchResult
 from hwmodel.plan import Residency
-from hwmodel.plan_builder import layout_residency
+from hwmodel.plan_builder import layout_residency, stripe_granules
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import (
     COUNTS_FILE,
@@ -123,12 +123,13 @@ def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
         max(1, round(CACHE_SHARE * model.num_routed_experts)),
         max_cache_experts(hw, model, in_flight),
     )
-    base: Residency = layout_residency(hw, model, layout)
+    granules = stripe_granules(model.expert_ffn_size, dimms) if layout == "striped" else 1
+    base: Residency = layout_residency(hw, model, layout, num_granules=granules)
     prompt, decode = slice(0, PROMPT_TOKENS), slice(PROMPT_TOKENS, PROMPT_TOKENS + decode_steps)
     started = time.perf_counter()
     run = DecodeRun(
-        hw, model, base, LoopConfig(capacity_experts=lines, **spec), trace, prompt, decode,
-        in_flight=in_flight,
+        hw, model, base, LoopConfig(capacity_experts=lines, num_granules=granules, **spec),
+        trace, prompt, decode, in_flight=in_flight,
     )  # fmt: skip
     pre = run.prefill(trace.histogram(prompt))
     got = run.run()
@@ -156,6 +157,16 @@ def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
     }
 
 
+def does_not_fit(model_name: str, dimms: int) -> str | None:
+    """Why the model's experts do not fit in the DIMMs' memory, or None when they do."""
+    hw, model = hardware_preset(f"gpu-ndp-{dimms}dimm"), model_preset(model_name)
+    need = model.num_moe_layers * model.num_routed_experts * model.expert_bytes()
+    have = sum(m.capacity_bytes for m in hw.memories if m.id.startswith("dimm"))
+    if need <= have:
+        return None
+    return f"experts need {need / 1e9:.1f} GB; {dimms} DIMMs hold {have / 1e9:.1f} GB"
+
+
 def run(quick: bool = False) -> BenchResult:
     result = BenchResult("ndp")
     decode_steps = 24 if quick else 96
@@ -163,12 +174,19 @@ def run(quick: bool = False) -> BenchResult:
     jobs: list[tuple[str, str, int, str, int]] = []
     for model_name, label, _ in cases(quick):
         for dimms in dimm_list:
+            if does_not_fit(model_name, dimms):
+                continue
             names = MAIN + (ABLATIONS if dimms == 4 else ())
             jobs += [(model_name, label, dimms, name, decode_steps) for name in names]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         outcomes = dict(zip(jobs, pool.map(run_one, jobs), strict=True))
+    skipped = []
     for model_name, label, how in cases(quick):
         for dimms in dimm_list:
+            why = does_not_fit(model_name, dimms)
+            if why:
+                skipped.append({"model": model_name, "trace": label, "dimms": dimms, "why": why})
+                continue
             got = {
                 name: outcomes[(model_name, label, dimms, name, decode_steps)]
                 for name in CONFIGS
@@ -196,6 +214,7 @@ def run(quick: bool = False) -> BenchResult:
     rows = result.rows
     real = [r for r in rows if r["routing"] == "real"]
     result.summary = {
+        "skipped": skipped,
         "speedup_mean": float(np.mean([r["speedup"] for r in rows])),
         "speedup_max": float(max(r["speedup"] for r in rows)),
         "speedup_real_routing_mean": float(np.mean([r["speedup"] for r in real])),

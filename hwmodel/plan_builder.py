@@ -194,19 +194,32 @@ def chain_layers(
 Layout = Literal["round_robin", "striped"]
 
 
+def stripe_granules(ffn_size: int, num_devices: int, least: int = 4, most: int = 16) -> int:
+    """The granule count for striping an FFN of ``ffn_size`` columns over ``num_devices``:
+    a divisor G of ``ffn_size`` (so granules are equal), at most ``most * num_devices``, whose
+    granule-aligned stripes are most even (the largest stripe over the mean, ``ceil(G/n) /
+    (G/n)``); on ties the smallest G of at least ``least`` (finer granules give the placement
+    room to share an expert with the GPU). A 1,408-wide expert: 4 for 2 or 4 DIMMs, 88 for 6."""
+    candidates = [g for g in range(1, most * num_devices + 1) if ffn_size % g == 0]
+    return min(candidates, key=lambda g: (-(-g // num_devices) * num_devices / g, g < least, g))
+
+
 def layout_residency(
     hardware: Hardware,
     model: ModelSpec,
     layout: Layout,
     cached_experts: Sequence[int] = (),
     kind: str = "ndp",
+    num_granules: int | None = None,
 ) -> Residency:
     """Where expert weights live at cycle 0, by a named layout.
 
     * ``round_robin``: every layer's expert e whole in the memory of the (e mod n)-th device
       of ``kind`` (the MoNDE layout: one expert, one NDP unit).
     * ``striped``: device i of ``kind`` holds column slice i of every expert (the layout
-      tensor parallelism wants: each NDP unit reads only its slice).
+      tensor parallelism wants: each NDP unit reads only its slice). With ``num_granules``
+      the slices are cut on that granule grid (so the placement can run them), as evenly as
+      the grid allows.
 
     ``cached_experts`` are also held whole, for every layer, by the home device's memory (an
     expert cache filled ahead of time).
@@ -220,7 +233,8 @@ def layout_residency(
             by_memory[devices[e % len(devices)].memory_id].append(WeightSlice(expert=e))
     else:
         n, width = len(devices), model.expert_ffn_size
-        cuts = [round(i * width / n) for i in range(n + 1)]
+        g = num_granules or n
+        cuts = [round(i * g / n) * width // g for i in range(n + 1)]
         for i, d in enumerate(devices):
             by_memory[d.memory_id].append(WeightSlice(ffn_start=cuts[i], ffn_end=cuts[i + 1]))
     if cached_experts:

@@ -211,6 +211,8 @@ class DecodeRun:
         self.caches = ExpertCaches(
             config.cache, config.capacity_experts, trace.num_layers, trace.num_experts, self.ids
         )
+        ffn = model.expert_ffn_size
+        self.G = max(g for g in range(1, max(1, config.num_granules) + 1) if ffn % g == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
         self._warm_start()
@@ -305,14 +307,21 @@ class DecodeRun:
             hot = np.argsort(-self.predictor.plan_counts[layer], kind="stable")
             self.caches.pin(layer, [int(e) for e in hot])
 
-    def _residency(self) -> Residency:
-        """The base layout plus every layer's cache lines on the GPU."""
+    def _residency(self, layers: range | list[int] | None = None) -> Residency:
+        """The base layout plus the cache lines of ``layers`` (default: all) on the GPU: whole
+        experts, and the granules already staged of lines still being staged."""
+        width = self.model.expert_ffn_size // self.G
+        lines: list[WeightSlice] = []
+        for layer in range(self.model.num_moe_layers) if layers is None else layers:
+            lines += [_line(layer, e) for e in self.caches.resident(layer)]
+            for e, missing in self.caches.partial(layer).items():
+                lines += [
+                    _piece(layer, e, g * width, (g + 1) * width)
+                    for g in range(self.G)
+                    if g not in missing
+                ]
         by_memory = dict(self.base.by_memory)
-        by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + tuple(
-            _line(layer, e)
-            for layer in range(self.model.num_moe_layers)
-            for e in self.caches.resident(layer)
-        )
+        by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + tuple(lines)
         return Residency(by_memory=by_memory)
 
     def _instance(
@@ -324,14 +333,10 @@ class DecodeRun:
             tokens = [0] * self.model.num_routed_experts
             for e in experts:
                 tokens[e] = 1
-        mine = tuple(_line(layer, e) for e in self.caches.resident(layer))
-        by_memory = dict(self.base.by_memory)
-        by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + mine
-        others = sum(len(self.caches.lines[lay]) for lay in range(self.model.num_moe_layers))
+        others = sum(len(lines) for lines in self.caches.lines) - len(self.caches.lines[layer])
         problem = PlacementProblem(
-            self.hardware, self.model, layer, tuple(tokens), batch, Residency(by_memory=by_memory),
-            self.config.num_granules,
-            home_reserved_bytes=(others - len(mine)) * self.model.expert_bytes(),
+            self.hardware, self.model, layer, tuple(tokens), batch, self._residency([layer]),
+            self.config.num_granules, home_reserved_bytes=others * self.model.expert_bytes(),
         )  # fmt: skip
         return PlacementInstance(problem)
 
@@ -381,15 +386,25 @@ class DecodeRun:
         wait: dict[str, list[str]] = {}
         for e in a.loaded:
             stats.loads += 1
-            st.weight_bytes += self.model.expert_bytes()
-            victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
+            st.weight_bytes += sum(
+                self.model.expert_bytes(c1 - c0) for _, c0, c1, _ in inst.load_parts[e]
+            )
+            staging = e in self.caches.lines[layer]  # a line being staged: the load completes it
+            victim = (
+                self.caches.victim(layer, step, protect, p)
+                if self.caches.admits() and not staging
+                else None
+            )
             if self.caches.admits() and self.caches.insert(layer, e, victim):
                 if victim is not None:
                     evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
-                    wait[f"L{layer}.mb0.load.e{e}"] = [evicts[-1].id]
+                    for t in tasks:
+                        if t.id.startswith(f"L{layer}.mb0.load.e{e}."):
+                            wait[t.id] = [evicts[-1].id]
             else:
                 users = tuple(t.id for t in tasks if isinstance(t, ComputeTask) and t.expert == e)
                 evicts.append(self._evict(f"L{layer}.free.e{e}", layer, e, users))
+                self.caches.drop(layer, e)
         for t in tasks:
             if isinstance(t, ComputeTask) and t.op == "expert" and t.device_id == self.home:
                 wait.setdefault(t.id, []).extend(st.staged.get((layer, int(t.expert or 0)), []))
@@ -425,27 +440,45 @@ class DecodeRun:
         )  # fmt: skip
 
     def _prefetch(self, st: _Step, layer: int, rest: list[AnyTask], attn: str) -> list[AnyTask]:
-        """Stage the next layer's most valuable absent experts in the link's idle gap.
+        """Stage granules of the next layer's most valuable absent experts in the link's idle
+        gap (chunked prefetch: an expert too large for one gap arrives over several).
 
-        The gap runs from when the link to the GPU frees up (after this layer's loads) to when
-        this layer's partial sums are ready to return, or, with no returns, to the end of this
-        layer plus the next layer's attention. Each staged expert replaces the least likely
-        resident (an eviction first), so memory use does not grow.
+        The gap runs from when this layer's attention has ended and the link to the GPU is
+        free to when this layer's partial sums are ready to return, or, with no returns, to the
+        end of this layer plus the next layer's attention. Items of the knapsack are granules:
+        the missing ones of lines being staged, and those of the most probable absent experts,
+        each paired with the least probable resident it would replace (evicted before its
+        first granule arrives), so memory use does not grow.
         """
-        nxt = layer + 1
+        nxt, G = layer + 1, self.G
         p = self.predictor.probability(nxt, self.ids[st.step, layer])
-        pairs = self.caches.swaps(nxt, p)[: self.model.top_k]
-        if not pairs:
+        victims: dict[int, int | None] = {}
+        gain: dict[int, float] = {}
+        for e, _missing in self.caches.partial(nxt).items():
+            gain[e] = float(p[e])
+        for e_in, e_out, g in self.caches.swaps(nxt, p)[: self.model.top_k]:
+            gain[e_in], victims[e_in] = g, e_out
+        if not gain:
             return []
-        probe = self._instance(nxt, [e for e, _, _ in pairs])
-        pairs = [pair for pair in pairs if pair[0] in probe.load_parts]
-        if not pairs:
+        probe = self._instance(nxt, sorted(gain))
+        width = self.model.expert_ffn_size // G
+        items: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []  # (e, g, pieces)
+        saved: list[int] = []
+        for e in sorted(gain, key=lambda x: -gain[x]):
+            if e not in probe.load_parts:
+                continue
+            missing = self.caches.partial(nxt).get(e, set(range(G)))
+            home_g = probe.shard[e][self.home][1]
+            for g in sorted(missing):
+                pieces = self._chunk(probe, e, g * width, (g + 1) * width)
+                load = sum(c for *_, c in pieces)
+                away = [probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home]
+                alone = load if self.config.dispatch == "demand" or not away else min(away)
+                items.append((e, g, pieces))
+                saved.append(max(0, min(alone, load + home_g) - home_g))
+        if not items:
             return []
-        links = {
-            probe.link(src, self.home).id for e, _, _ in pairs for src, *_ in probe.load_parts[e]
-        }
-        # Staging starts once the layer's attention ended (the router has spoken) and the link
-        # is free.
+        links = {probe.link(src, self.home).id for _, _, ps in items for src, *_ in ps}
         free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
         if rest:
             ready = min(st.timeline.ready(t) for t in rest if ".from." in t.id)
@@ -458,50 +491,59 @@ class DecodeRun:
                 st.timeline.context_tokens,
             )[1]  # fmt: skip
             ready = st.timeline.end + attention
-        home_cycles = {e: probe.shard[e][self.home][probe.G] for e, _, _ in pairs}
-        away = {
-            e: min(
-                [probe.load_cycles[e] + home_cycles[e]]
-                + [probe.shard[e][d][probe.G] for d in probe.whole_holders(e) if d != self.home]
-            )
-            for e, _, _ in pairs
-        }
         problem = PrefetchProblem(
-            experts=tuple(e for e, _, _ in pairs),
-            probability=tuple(g for _, _, g in pairs),
-            size_bytes=tuple(self.model.expert_bytes() for _ in pairs),
-            transfer_cycles=tuple(probe.load_cycles[e] for e, _, _ in pairs),
-            saved_cycles=tuple(max(0, away[e] - home_cycles[e]) for e, _, _ in pairs),
-            free_bytes=len(pairs) * self.model.expert_bytes(),
+            experts=tuple(e for e, _, _ in items),
+            probability=tuple(gain[e] for e, _, _ in items),
+            size_bytes=tuple(self.model.expert_bytes(width) for _ in items),
+            transfer_cycles=tuple(sum(c for *_, c in ps) for _, _, ps in items),
+            saved_cycles=tuple(saved),
+            free_bytes=len(items) * self.model.expert_bytes(width),
             link_budget_cycles=max(0, ready - free),
         )
         started = time.perf_counter()
         choice = select(problem, "greedy")
         st.solve_s += time.perf_counter() - started
         out: list[AnyTask] = []
+        first: dict[int, tuple[str, ...]] = {}  # what a new line's granules wait on
         for i in choice.chosen:
-            e_in, e_out, _ = pairs[i]
-            after: tuple[str, ...] = (attn,)
-            if e_out is not None:
-                ev = self._evict(f"L{nxt}.pevict.e{e_out}", nxt, e_out, (attn,))
-                out.append(ev)
-                after = (ev.id,)
-            ids = []
-            for src, c0, c1, _ in probe.load_parts[e_in]:
-                tid = f"L{nxt}.prefetch.e{e_in}.{c0}"
-                ids.append(tid)
+            e, g, pieces = items[i]
+            if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
+                victim = victims.get(e)
+                if not self.caches.stage(nxt, e, {g}, G, victim):
+                    continue
+                first[e] = (attn,)
+                if victim is not None:
+                    out.append(self._evict(f"L{nxt}.pevict.e{victim}", nxt, victim, (attn,)))
+                    first[e] = (out[-1].id,)
+            else:
+                self.caches.stage(nxt, e, {g}, G, None)
+            after = first.get(e, (attn,))
+            for src, c0, c1, _ in pieces:
+                tid = f"L{nxt}.prefetch.e{e}.{c0}"
+                st.staged.setdefault((nxt, e), []).append(tid)
                 out.append(
                     TransferTask(
                         id=tid, link_id=probe.link(src, self.home).id, src_device_id=src,
                         dst_device_id=self.home, payload="weights", layer=nxt, purpose="prefetch",
-                        weights=WeightSlice(layer=nxt, expert=e_in, ffn_start=c0, ffn_end=c1),
+                        weights=WeightSlice(layer=nxt, expert=e, ffn_start=c0, ffn_end=c1),
                         after=after,
                     )
                 )  # fmt: skip
-            st.staged[(nxt, e_in)] = ids
-            self.caches.insert(nxt, e_in, e_out)
             self.result.stats.prefetches += 1
-            st.weight_bytes += self.model.expert_bytes()
+            st.weight_bytes += self.model.expert_bytes(width)
+        return out
+
+    def _chunk(
+        self, probe: PlacementInstance, e: int, c0: int, c1: int
+    ) -> list[tuple[str, int, int, int]]:
+        """The load pieces (source, start, end, link cycles) of columns [c0, c1) of expert e."""
+        out = []
+        for src, p0, p1, _ in probe.load_parts[e]:
+            lo, hi = max(p0, c0), min(p1, c1)
+            if lo < hi:
+                link = probe.link(src, self.home)
+                seconds = costs.transfer_s(link, self.model.expert_bytes(hi - lo))
+                out.append((src, lo, hi, costs.to_cycles(seconds, self.hardware.clock_hz)))
         return out
 
 
@@ -509,6 +551,12 @@ class DecodeRun:
 def _line(layer: int, expert: int) -> WeightSlice:
     """One cache line: a whole expert of one layer (shared, immutable)."""
     return WeightSlice(layer=layer, expert=expert)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _piece(layer: int, expert: int, start: int, end: int) -> WeightSlice:
+    """Columns [start, end) of one layer's expert (shared, immutable)."""
+    return WeightSlice(layer=layer, expert=expert, ffn_start=start, ffn_end=end)
 
 
 def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:

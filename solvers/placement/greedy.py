@@ -187,7 +187,30 @@ def _block_holders(inst: PlacementInstance, e: int) -> _Blocks:
             fixed.append(tuple((d, g0, g1) for d, (g0, g1) in zip(owners, blocks, strict=True)))
         elif max(sizes) > 1:
             open_degrees.append(p)
+    natural = _layout_split(inst, sets)
+    if natural is not None and len(natural) > 1 and natural not in fixed:
+        fixed.append(natural)
     return _Blocks(holders, fixed, open_degrees)
+
+
+def _layout_split(
+    inst: PlacementInstance, sets: list[set[str]]
+) -> tuple[tuple[str, int, int], ...] | None:
+    """The split the layout itself suggests: maximal runs of granules held by one device (the
+    first in device order), so stripes of unequal width still run where they live; None when
+    some granule has no holder."""
+    runs: list[tuple[str, int, int]] = []
+    g = 0
+    while g < inst.G:
+        if not sets[g]:
+            return None
+        d = min(sets[g], key=inst.devices.index)
+        end = g
+        while end < inst.G and d in sets[end]:
+            end += 1
+        runs.append((d, g, end))
+        g = end
+    return tuple(runs)
 
 
 Option = tuple[tuple[str, int, int], ...] | None  # granule runs, or None: loaded whole home

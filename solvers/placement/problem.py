@@ -15,6 +15,7 @@ an assignment is predicted by ``solvers.timing`` on exactly those tasks (``predi
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, covers
 from hwmodel.plan_builder import Shard, WeightLoad, layer_tasks
 from hwmodel.report import Report
-from hwmodel.spec import Hardware, Link, ModelSpec
+from hwmodel.spec import Device, Hardware, Link, ModelSpec
 from hwmodel.workload import Workload
 from solvers import timing
 
@@ -118,26 +119,16 @@ class PlacementInstance:
             self.holders[e] = held
         # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G). Devices with the
         # same figures share a row, and so do experts with the same token count.
-        rows: dict[tuple[str, int], list[int]] = {}
-        signature = {
-            d: repr(hw.device(d).model_dump(exclude={"id", "memory_id", "source"}))
+        compute = {
+            d: hw.device(d).model_copy(update={"id": "_", "memory_id": "_", "source": ""})
             for d in self.devices
         }
-
-        def shard_row(d: str, tokens: int) -> list[int]:
-            dev = hw.device(d)
-            key = (signature[d], tokens)
-            if key not in rows:
-                rows[key] = [0] + [
-                    costs.to_cycles(
-                        costs.expert_shard_s(dev, model, tokens, n * self.width), hw.clock_hz
-                    )
-                    for n in range(1, self.G + 1)
-                ]
-            return rows[key]
-
         self.shard: dict[int, dict[str, list[int]]] = {
-            e: {d: shard_row(d, self.tokens[e]) for d in self.devices} for e in self.experts
+            e: {
+                d: _shard_row(compute[d], model, self.tokens[e], self.G, hw.clock_hz)
+                for d in self.devices
+            }
+            for e in self.experts
         }
         # load_parts[e]: (source, first column, end column, link cycles) pieces that bring
         # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
@@ -194,15 +185,18 @@ class PlacementInstance:
         ]
 
     def _load_pieces(self, e: int) -> list[tuple[str, int, int]] | None:
-        """Column pieces (source, start, end) covering expert e from remote holders, or None
-        when the home already holds it all or some column is held by no remote device."""
+        """Column pieces (source, start, end) that complete expert e at home from remote
+        holders (only the columns home lacks), or None when the home already holds it all or
+        some missing column is held by no remote device."""
         ffn = self.problem.model.expert_ffn_size
         cols = self._cols[e]
         if covers(cols[self.home], 0, ffn):
             return None
-        points = sorted({0, ffn, *(c for d in self.remote for piece in cols[d] for c in piece)})
+        points = sorted({0, ffn, *(c for d in self.devices for piece in cols[d] for c in piece)})
         pieces: list[tuple[str, int, int]] = []
         for c0, c1 in itertools.pairwise(points):
+            if covers(cols[self.home], c0, c1):
+                continue
             src = next((d for d in self.remote if covers(cols[d], c0, c1)), None)
             if src is None:
                 return None
@@ -371,6 +365,18 @@ class PlacementInstance:
                 resources |= set(self.holders[e][g])
                 work += min(options.values())
         return int(work // max(len(resources), 1)) + self.reduce[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _shard_row(device: Device, model: ModelSpec, tokens: int, G: int, clock_hz: float) -> list[int]:
+    """Cycles of n = 0..G contiguous granules of one expert for ``tokens`` tokens on a device
+    (shared by every instance: devices with the same figures and experts with the same token
+    count share a row; callers must not modify it)."""
+    width = model.expert_ffn_size // G
+    return [0] + [
+        costs.to_cycles(costs.expert_shard_s(device, model, tokens, n * width), clock_hz)
+        for n in range(1, G + 1)
+    ]
 
 
 def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -46,7 +46,7 @@ class ReplayStats:
     requests: int = 0
     hits: int = 0
     loads: int = 0  # demand loads (misses that moved weights)
-    prefetches: int = 0  # experts staged ahead by the prediction
+    prefetches: int = 0  # staging transfers ahead of use (an expert, or a granule of one)
     substitutions: int = 0
     gate_mass: float = 0.0
     substituted_gate_mass: float = 0.0
@@ -87,6 +87,8 @@ class ExpertCaches:
         self.policy = policy
         self.capacity = 0 if policy == "none" else capacity
         self.lines: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(num_layers)]
+        # Lines still being staged a granule at a time: expert -> granules not yet there.
+        self.missing: list[dict[int, set[int]]] = [{} for _ in range(num_layers)]
         self.freq = np.zeros((num_layers, num_experts))
         self.uses: list[dict[int, list[int]]] = []
         if policy == "belady":
@@ -96,10 +98,15 @@ class ExpertCaches:
         self.horizon = 0 if future is None else int(future.shape[0])
 
     def resident(self, layer: int) -> list[int]:
-        return list(self.lines[layer])
+        """Experts held whole (lines being staged excluded)."""
+        return [e for e in self.lines[layer] if e not in self.missing[layer]]
+
+    def partial(self, layer: int) -> dict[int, set[int]]:
+        """Lines being staged: expert -> granules still missing."""
+        return self.missing[layer]
 
     def holds(self, layer: int, expert: int) -> bool:
-        return expert in self.lines[layer]
+        return expert in self.lines[layer] and expert not in self.missing[layer]
 
     def touch(self, layer: int, expert: int) -> None:
         """A request served from the cache (recency and frequency)."""
@@ -147,16 +154,43 @@ class ExpertCaches:
         """Put ``expert`` in, evicting ``victim``; False (nothing changes) when the layer is
         full and no victim is given."""
         line = self.lines[layer]
+        if expert in line:  # completes a line being staged
+            self.missing[layer].pop(expert, None)
+            line.move_to_end(expert)
+            return True
         if victim is not None:
             del line[victim]
+            self.missing[layer].pop(victim, None)
         elif len(line) >= self.capacity:
             return False
         line[expert] = None
         return True
 
+    def drop(self, layer: int, expert: int) -> None:
+        """Forget a line (its weights were freed)."""
+        self.lines[layer].pop(expert, None)
+        self.missing[layer].pop(expert, None)
+
+    def stage(
+        self, layer: int, expert: int, granules: set[int], num_granules: int, victim: int | None
+    ) -> bool:
+        """Some granules of ``expert`` arrive; a new line (evicting ``victim``) starts with
+        all ``num_granules`` missing. False when there is no room."""
+        if expert not in self.lines[layer]:
+            if not self.insert(layer, expert, victim):
+                return False
+            self.missing[layer][expert] = set(range(num_granules))
+        left = self.missing[layer].get(expert)
+        if left is not None:
+            left -= granules
+            if not left:
+                del self.missing[layer][expert]
+        return True
+
     def pin(self, layer: int, experts: list[int]) -> None:
         """Set a layer's content (the ``static`` hot set), at most ``capacity`` experts."""
         self.lines[layer] = OrderedDict((int(e), None) for e in experts[: self.capacity])
+        self.missing[layer] = {}
 
     def swaps(
         self,
