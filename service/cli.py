@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import numpy as np
 import typer
@@ -249,18 +249,24 @@ def route(
 def replay(
     trace: Annotated[Path, typer.Option(help="A per-token trace (ESFT .jsonl.gz or FLAME .json).")],
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the results.")],
-    model: Annotated[str, typer.Option(help="Model preset (expert bytes).")] = "deepseek-v2-lite",
-    hardware: Annotated[
-        str, typer.Option(help="Hardware preset (link to the GPU).")
-    ] = "offload-a6000-pcie4",
+    model: Annotated[
+        str | None, typer.Option(help="Model preset (default: the preset matching the trace).")
+    ] = None,
+    hardware: Annotated[str, typer.Option(help="Hardware preset.")] = "offload-a6000-pcie4",
     capacity_experts: Annotated[int | None, typer.Option(help="Experts cached per layer.")] = None,
     capacity_fraction: Annotated[
         float, typer.Option(help="Or: share of a layer's experts.")
     ] = 0.25,
-    policy: Annotated[list[str] | None, typer.Option(help="Policies (default: all).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="Cache policies (default: all).")] = None,
+    dispatch: Annotated[
+        str, typer.Option(help="demand (GPU only, misses loaded), solver, monde, expert_parallel.")
+    ] = "demand",
+    prefetch: Annotated[bool, typer.Option(help="Stage predicted experts (moesched).")] = True,
     prefill_fraction: Annotated[
         float, typer.Option(help="Share of each sequence used as prompt.")
     ] = 0.25,
+    sequences: Annotated[int, typer.Option(min=1, help="Sequences to replay.")] = 1,
+    max_steps: Annotated[int, typer.Option(min=1, help="Decode steps per sequence.")] = 64,
     substitute_below: Annotated[
         float, typer.Option(help="Gate weight below which a miss may be substituted (0: off).")
     ] = 0.0,
@@ -268,87 +274,96 @@ def replay(
         float, typer.Option(help="Largest share of gate mass substituted.")
     ] = 0.05,
 ) -> None:
-    """Replay a real decode trace through expert caches: hit rate, loads, bytes, substitutions."""
-    from hwmodel import costs
-    from hwmodel.presets import hardware_preset, model_preset
+    """Replay a real decode trace step by step through prediction, prefetch, cache, placement
+    and the executor: hit rate, bytes moved, substituted gate mass and per-step latency.
+
+    Exits 1 when the executor finds a violation in any step.
+    """
+    from hwmodel.plan_builder import layout_residency
+    from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
     from hwmodel.routing_traces import load_trace
-    from solvers.prefetch.cache import POLICIES
-    from solvers.prefetch.cache import replay as run_replay
+    from solvers.decode_loop import DecodeRun, Dispatch, LoopConfig, LoopResult
+    from solvers.prefetch.cache import POLICIES, Policy, ReplayStats
 
     with _exit_2_on_bad_input():
         routing = load_trace(trace)
+        if model is None:
+            model = next(
+                (
+                    name
+                    for name, make in MODEL_PRESETS.items()
+                    if (m := make()).num_moe_layers == routing.num_layers
+                    and m.num_routed_experts == routing.num_experts
+                ),
+                None,
+            )
+            if model is None:
+                raise ValueError("model: no preset matches the trace; name one with --model")
         spec, hw = model_preset(model), hardware_preset(hardware)
-    policies = policy or list(POLICIES)
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        print(f"error: unknown policies {unknown}; known: {list(POLICIES)}")
-        raise typer.Exit(2)
-    capacity = (
-        capacity_experts
-        if capacity_experts is not None
-        else round(capacity_fraction * routing.num_experts)
-    )
-    link = next((lk for lk in hw.links if hw.home_device_id in lk.dst_device_ids), None)
-    load_s = costs.transfer_s(link, spec.expert_bytes()) if link is not None else 0.0
-    bounds = np.flatnonzero(np.diff(routing.seq_ids)) + 1
-    ranges = [
-        (int(start), int(start) + max(1, int((end - start) * prefill_fraction)), int(end))
-        for start, end in zip(
-            np.concatenate([[0], bounds]),
-            np.concatenate([bounds, [routing.num_tokens]]),
-            strict=True,
+        has_ndp = any(d.kind == "ndp" for d in hw.devices)
+        base = layout_residency(
+            hw, spec, "striped" if has_ndp else "round_robin", kind="ndp" if has_ndp else "cpu"
         )
-    ]
-    keys = (
-        "requests",
-        "hits",
-        "substitutions",
-        "loads",
-        "prefetches",
-        "gate_mass",
-        "substituted_gate_mass",
-    )
-    results = {}
-    for name in policies:
-        totals = dict.fromkeys(keys, 0.0)
-        per_step: list[int] = []
-        for start, mid, end in ranges:
-            if mid >= end:
-                continue
-            st = run_replay(
-                routing, slice(mid, end), capacity, name, prefill=slice(start, mid),  # type: ignore[arg-type]
+        if dispatch not in get_args(Dispatch):
+            raise ValueError(f"dispatch: unknown '{dispatch}'; known: {list(get_args(Dispatch))}")
+        policies = policy or list(POLICIES)
+        unknown = [p for p in policies if p not in (*POLICIES, "static")]
+        if unknown:
+            raise ValueError(f"policy: unknown {unknown}; known: {[*POLICIES, 'static']}")
+        capacity = (
+            capacity_experts
+            if capacity_experts is not None
+            else round(capacity_fraction * routing.num_experts)
+        )
+        runs = []
+        for start, end in routing.sequences()[:sequences]:
+            mid = start + max(1, int((end - start) * prefill_fraction))
+            if mid < end:
+                runs.append((start, mid, min(end, mid + max_steps)))
+        results = {}
+        for name in policies:
+            config = LoopConfig(
+                capacity_experts=capacity, cache=cast(Policy, name),
+                prefetch=prefetch and name == "moesched", dispatch=cast(Dispatch, dispatch),
                 substitute_below=substitute_below, quality_budget=quality_budget,
             )  # fmt: skip
-            for k in keys:
-                totals[k] += getattr(st, k)
-            per_step += st.loads_per_step
-        results[name] = {
-            "hit_rate": (totals["hits"] + totals["substitutions"]) / max(totals["requests"], 1),
-            "demand_loads": int(totals["loads"]),
-            "prefetches": int(totals["prefetches"]),
-            "bytes_moved": (totals["loads"] + totals["prefetches"]) * spec.expert_bytes(),
-            "substitutions": int(totals["substitutions"]),
-            "substituted_gate_mass_share": totals["substituted_gate_mass"]
-            / max(totals["gate_mass"], 1e-12),
-            "steps": len(per_step),
-            "link_s_per_step_mean": float(np.mean(per_step)) * load_s if per_step else 0.0,
-        }
-        r = results[name]
-        print(
-            f"{name:9s} hit rate {r['hit_rate']:.3f}  demand loads {r['demand_loads']:7d}  "
-            f"prefetches {r['prefetches']:7d}  "
-            f"substituted mass {r['substituted_gate_mass_share']:.3f}"
-        )
+            merged = LoopResult(stats=ReplayStats())
+            for start, mid, end in runs:
+                got = DecodeRun(
+                    hw, spec, base, config, routing, slice(start, mid), slice(mid, end)
+                ).run()
+                merged.steps += got.steps
+                merged.stats.add(got.stats)
+            st = merged.stats
+            latency_ms = [s.latency_s * 1e3 for s in merged.steps]
+            results[name] = {
+                "hit_rate": st.hit_rate,
+                "demand_loads": st.loads,
+                "prefetches": st.prefetches,
+                "weight_bytes_moved": float(sum(s.weight_bytes for s in merged.steps)),
+                "bytes_moved": float(sum(s.bytes_moved for s in merged.steps)),
+                "substitutions": st.substitutions,
+                "substituted_gate_mass_share": st.substituted_share,
+                "steps": len(merged.steps),
+                "latency_ms_per_step": latency_ms,
+                "latency_ms_mean": float(np.mean(latency_ms)),
+                "latency_ms_p90": float(np.percentile(latency_ms, 90)),
+                "executor_violations": merged.violations,
+            }
+            r = results[name]
+            print(
+                f"{name:9s} hit rate {r['hit_rate']:.3f}  loads {r['demand_loads']:6d}  "
+                f"prefetches {r['prefetches']:5d}  latency {r['latency_ms_mean']:.3f} ms/step  "
+                f"substituted mass {r['substituted_gate_mass_share']:.3f}  "
+                f"violations {r['executor_violations']}"
+            )
     out = {
-        "trace": str(trace),
-        "model": model,
-        "hardware": hardware,
-        "capacity_experts": capacity,
-        "policies": results,
-        "note": "link time per step = loads x expert transfer time (cost model); "
-        "the step-by-step executor replay is not wired in yet",
-    }
+        "trace": str(trace), "model": model, "hardware": hardware, "dispatch": dispatch,
+        "capacity_experts": capacity, "decode_runs": runs, "policies": results,
+    }  # fmt: skip
     json_path.write_text(json.dumps(out, indent=1))
+    if any(r["executor_violations"] for r in results.values()):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -356,16 +371,35 @@ def bench(
     name: Annotated[str, typer.Argument(help="Benchmark name (see --help of the bench module).")],
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")],
     quick: Annotated[bool, typer.Option(help="A short run (seconds, not minutes).")] = False,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
+    ] = None,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
     from bench import BENCHMARKS
+    from bench.plots import plot as draw
 
     if name not in BENCHMARKS:
         print(f"error: unknown benchmark '{name}'; known: {sorted(BENCHMARKS)}")
         raise typer.Exit(2)
     result = BENCHMARKS[name](quick)
     result.write(json_path)
+    if plot_path is not None:
+        draw(result.to_json(), plot_path)
     print(json.dumps(result.summary, indent=2))
+
+
+@app.command()
+def plot(
+    result: Annotated[Path, typer.Argument(help="A benchmark's JSON result.")],
+    out: Annotated[Path, typer.Option(help="Where to write the PNG.")],
+) -> None:
+    """Draw a benchmark's chart from its JSON result (no re-run)."""
+    from bench.plots import plot as draw
+
+    with _exit_2_on_bad_input():
+        draw(json.loads(result.read_text()), out)
+    print(f"wrote {out}")
 
 
 @app.command()

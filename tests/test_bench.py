@@ -32,3 +32,58 @@ def test_executor_bench_quick_writes_json(tmp_path: Path, traces: Path) -> None:
 def test_unknown_bench_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "nope", "--json", str(tmp_path / "x.json")])
     assert result.exit_code == 2
+
+
+def run_quick(name: str, tmp_path: Path) -> tuple[dict, Path]:
+    import json
+
+    out, png = tmp_path / f"{name}.json", tmp_path / f"{name}.png"
+    result = CliRunner().invoke(
+        app, ["bench", name, "--json", str(out), "--quick", "--plot", str(png)]
+    )
+    assert result.exit_code == 0, result.stdout
+    return json.loads(out.read_text()), png
+
+
+def test_cache_bench_quick(tmp_path: Path, traces: Path) -> None:
+    """Every step of every configuration passed the executor, predictions equal the executor,
+    the score-aware cache is at least LRU and LFU, and the plot is drawn."""
+    data, png = run_quick("cache", tmp_path)
+    s = data["summary"]
+    keys = {"hit_rate_moesched_mean", "hit_rate_lru_mean", "hit_rate_lfu_mean",
+            "hit_rate_belady_mean", "hit_rate_substitution_mean", "substituted_gate_mass_mean",
+            "decode_latency_reduction_mean"}  # fmt: skip
+    assert keys <= set(s)
+    assert s["executor_violations"] == 0 and s["prediction_error_s_max"] == 0
+    assert s["moesched_gpu_at_or_above_lru_lfu_every_row"]
+    assert s["hit_rate_lru_mean"] <= s["hit_rate_belady_mean"]
+    assert s["substituted_gate_mass_mean"] <= 0.05 + 1e-9
+    assert png.stat().st_size > 10_000
+
+
+def test_ndp_bench_quick(tmp_path: Path, traces: Path) -> None:
+    """The reproduction's quick run: no violation in any simulated step, moesched faster than
+    the MoNDE-style baseline and better balanced, sampled routing labelled as such."""
+    data, png = run_quick("ndp", tmp_path)
+    s = data["summary"]
+    assert {"speedup_mean", "speedup_max", "gpu_util_baseline_mean", "gpu_util_mean",
+            "ndp_load_cv_baseline_mean", "ndp_load_cv_mean"} <= set(s)  # fmt: skip
+    assert s["executor_violations"] == 0 and s["prediction_error_s_max"] == 0
+    assert s["speedup_mean"] > 1.0
+    assert s["ndp_load_cv_mean"] < s["ndp_load_cv_baseline_mean"]
+    assert all("sampled" in r["note"] for r in data["rows"] if r["routing"] == "sampled")
+    assert png.stat().st_size > 10_000
+
+
+def test_every_benchmark_has_a_chart_and_committed_results_plot(tmp_path: Path) -> None:
+    import json
+
+    from bench import BENCHMARKS
+    from bench.plots import PLOTS, plot
+
+    assert set(BENCHMARKS) == set(PLOTS)
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for result in sorted(docs.glob("bench_*.json")):
+        png = tmp_path / f"{result.stem}.png"
+        plot(json.loads(result.read_text()), png)
+        assert png.stat().st_size > 10_000, result.name

@@ -1,0 +1,164 @@
+"""One chart per benchmark, drawn from its JSON result (``moesched plot RESULT.json``).
+
+Each function takes the result as written by ``BenchResult.write`` and the path of the PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+Result = dict[str, Any]
+
+
+def _short(trace_file: str) -> str:
+    """A trace file's short name: esft-law, esft-intent, flame."""
+    name = Path(trace_file).name
+    if name.startswith("esft_"):
+        return "esft-" + name.split("_")[3]
+    return name.split("_")[0]
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """Grouped bars: one group per label, one bar per series."""
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_ndp(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    labels = [f"{x['trace']} {x['dimms']} DIMMs" for x in rows]
+    series = {"moesched vs MoNDE": [x["speedup"] for x in rows]}
+    for name in ("no_tp", "no_balance", "no_prefetch", "every_step"):
+        if any(f"speedup_{name}" in x for x in rows):
+            series[name] = [x.get(f"speedup_{name}", np.nan) for x in rows]
+    _bars(ax, labels, series, "end-to-end speedup over MoNDE-style (x)")
+    ax.axhline(2.41, color="grey", ls="--", lw=1)
+    ax.text(0, 2.45, "paper: 2.41x mean", fontsize=8)
+    ax.set_title("GPU-NDP, batch 1, 512 in / 512 out (executor model)")
+
+
+def plot_cache(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    labels = [f"{_short(x['trace'])} {round(100 * x['capacity_fraction'])}%" for x in rows]
+    series = {
+        name: [x[name]["hit_rate"] for x in rows]
+        for name in ("lru", "lfu", "belady", "moesched_gpu", "moesched_sub")
+    }
+    _bars(ax, labels, series, "hit rate")
+    ax.set_title("Expert cache hit rate (offload-a6000-pcie4, real traces)")
+
+
+def plot_dep(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    labels = [f"{x['hardware'][4:]} {x['model']} b{x['batch_tokens']}" for x in rows]
+    _bars(ax, labels, {
+        "vs PPPipe": [x["speedup_vs_pppipe"] for x in rows],
+        "vs serial": [x["speedup_vs_serial"] for x in rows],
+    }, "throughput speedup (x)")  # fmt: skip
+    ax.set_title("Disaggregated expert parallelism")
+
+
+def plot_eplb(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    labels = [f"{x['histograms']} g{x['num_gpus']} r{x['redundant']}" for x in rows]
+    _bars(ax, labels, {
+        "DeepSeek EPLB": [x["eplb_balancedness_mean"] for x in rows],
+        "moesched": [x["moesched_balancedness_mean"] for x in rows],
+    }, "balancedness (mean / max)")  # fmt: skip
+    ax.set_ylim(0.8, 1.0)
+    ax.set_title("EPLB replication and packing on real histograms")
+
+
+def plot_balance(r: Result, ax: Any) -> None:
+    rows = [x for x in r["rows"] if x["batch_tokens"] == 64]
+    labels = [f"{x['trace']} r{x['redundant']}" for x in rows]
+    _bars(ax, labels, {
+        "EPLB static": [x["eplb_static_balancedness"] for x in rows],
+        "EPLB + routing": [x["eplb_routed_balancedness"] for x in rows],
+        "moesched": [x["moesched_routed_balancedness"] for x in rows],
+    }, "per-batch balancedness")  # fmt: skip
+    ax.set_title("Per-batch balance at 64 tokens (held-out batches)")
+
+
+def plot_solvers(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    for backend in ("greedy", "auto", "reference"):
+        ax.scatter(
+            [x[f"{backend}_ms"] for x in rows],
+            [x[f"{backend}_gap"] or 0.0 for x in rows],
+            label=backend, s=14,
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time per layer (ms)")
+    ax.set_ylabel("gap to best bound")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title("Placement solvers on real layers")
+
+
+def plot_executor(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    labels = [f"{x['hardware']} {x['model']}" for x in rows]
+    _bars(ax, labels, {
+        "p50": [x["step_p50_ms"] for x in rows], "p95": [x["step_p95_ms"] for x in rows],
+    }, "ms per simulated step")  # fmt: skip
+    ax.axhline(r["summary"].get("target_step_ms", 50), color="grey", ls="--", lw=1)
+    ax.set_title("Executor speed (one decode step, every layer)")
+
+
+def plot_service(r: Result, ax: Any) -> None:
+    s = r["summary"]
+    names = ["observe p99", "schedule p50", "healthz p50"]
+    ax.bar(names, [s["observe_p99_ms"], s["schedule_p50_ms"], s["healthz_p50_ms"]])
+    ax.axhline(s["targets"]["observe_p99_ms"], color="grey", ls="--", lw=1)
+    ax.set_ylabel("ms")
+    ax.set_title(f"Service latency ({s['observe_rps']:.0f} observations/s, 4 clients)")
+
+
+def plot_reliability(r: Result, ax: Any) -> None:
+    s = r["summary"]
+    parts = ["fuzz", "properties", "overload", "kill -9"]
+    cases = [s["fuzz_cases"], s["property_cases"], s["overload_requests"], s["kill9_runs"]]
+    bad = [
+        s["fuzz_5xx"] + s["fuzz_schema_violations"], s["property_failures"], s["overload_5xx"],
+        s["kill9_lost_observations"],
+    ]  # fmt: skip
+    _bars(ax, parts, {"cases": cases, "failures": bad}, "count")
+    ax.set_yscale("symlog")
+    ax.set_title("Reliability: cases run and failures found")
+
+
+PLOTS: dict[str, Callable[[Result, Any], None]] = {
+    "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
+    "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
+    "service": plot_service, "reliability": plot_reliability,
+}  # fmt: skip
+
+
+def plot(result: Result, path: Path) -> None:
+    """Draw ``result``'s chart into the PNG at ``path``.
+
+    Raises:
+        KeyError: when the benchmark has no chart.
+    """
+    draw = PLOTS[result["benchmark"]]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    draw(result, ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
