@@ -10,12 +10,17 @@ Configurations, all on the same cache size and the same decode steps:
 
 * ``none``, ``lru``, ``lfu``, ``belady``: demand caches; every expert runs on the GPU, misses are
   loaded over PCIe. ``lru`` is the baseline of the latency figures ("no prefetch").
-* ``moesched_gpu``: score-aware eviction plus prefetch under the link-time knapsack, still
-  GPU-only (the contribution of caching and prefetch alone).
+* ``moesched_gpu``: score-aware eviction plus chunked prefetch under the link-time knapsack,
+  still GPU-only (the contribution of caching and prefetch alone); ``moesched_gpu_sub`` adds
+  substitution (gate weight below 0.1, 5% quality budget): the substitution hit rate.
 * ``lru_cpu``: LRU with the placement solver free to run missed experts on the host CPU
   (the contribution of CPU-assisted placement alone).
 * ``moesched``: the whole schedule: placement solver, score-aware cache, prefetch.
-* ``moesched_sub``: ``moesched`` plus substitution (gate weight below 0.1, 5% quality budget).
+* ``moesched_sub``: ``moesched`` plus substitution.
+
+For reference, ``refill`` is the counting replay (no executor) of the prediction allowed to
+refill every layer's cache before it runs, with no link limit: the hit rate prefetch could buy,
+and the weight traffic it would cost relative to LRU in the same replay.
 
 Each step's latency is the executor's makespan of the step's plan (every layer, attention
 included), checked against the solver-side prediction; violations are counted.
@@ -33,8 +38,9 @@ from bench.common import BenchResult
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, traces_dir
+from hwmodel.workload import RoutingTrace
 from solvers.decode_loop import DecodeRun, LoopConfig, LoopResult
-from solvers.prefetch.cache import ReplayStats
+from solvers.prefetch.cache import ReplayStats, replay
 
 HARDWARE = "offload-a6000-pcie4"
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -43,6 +49,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "lfu": {"cache": "lfu", "prefetch": False, "dispatch": "demand"},
     "belady": {"cache": "belady", "prefetch": False, "dispatch": "demand"},
     "moesched_gpu": {"cache": "moesched", "prefetch": True, "dispatch": "demand"},
+    "moesched_gpu_sub": {
+        "cache": "moesched", "prefetch": True, "dispatch": "demand",
+        "substitute_below": 0.1, "quality_budget": 0.05,
+    },
     "lru_cpu": {"cache": "lru", "prefetch": False, "dispatch": "solver"},
     "moesched": {"cache": "moesched", "prefetch": True, "dispatch": "solver"},
     "moesched_sub": {
@@ -64,10 +74,27 @@ def decode_runs(trace_file: str, quick: bool) -> tuple[str, list[tuple[int, int,
     return "deepseek-v2-lite", out
 
 
+def refill(
+    trace: RoutingTrace, runs: tuple[tuple[int, int, int], ...], capacity: int
+) -> dict[str, Any]:
+    """The counting replay of unlimited prefetch (the prediction refills every layer) and of
+    LRU on the same tokens: hit rate, and weight loads relative to LRU's."""
+    ours, lru = ReplayStats(), ReplayStats()
+    for start, mid, end in runs:
+        ours.add(replay(trace, slice(mid, end), capacity, "moesched", prefill=slice(start, mid)))
+        lru.add(replay(trace, slice(mid, end), capacity, "lru", prefill=slice(start, mid)))
+    return {
+        "hit_rate": ours.hit_rate,
+        "traffic_over_lru": (ours.loads + ours.prefetches) / max(lru.loads, 1),
+    }
+
+
 def measure(job: tuple[str, str, tuple[tuple[int, int, int], ...], int, str]) -> dict[str, Any]:
     """Every decode run of one trace under one configuration, through the executor."""
     trace_file, model_name, runs, capacity, name = job
     trace = load_trace(traces_dir() / trace_file)
+    if name == "refill":
+        return refill(trace, runs, capacity)
     hw, model = hardware_preset(HARDWARE), model_preset(model_name)
     base = Residency(by_memory={"host_dram": (WeightSlice(),)})
     started = time.perf_counter()
@@ -106,7 +133,7 @@ def run(quick: bool = False) -> BenchResult:
         cases += [
             (trace_file, model_name, tuple(decode), round(f * num_experts), f) for f in fractions
         ]
-    jobs = [(t, m, r, c, name) for t, m, r, c, _ in cases for name in CONFIGS]
+    jobs = [(t, m, r, c, name) for t, m, r, c, _ in cases for name in [*CONFIGS, "refill"]]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         measured = dict(zip(jobs, pool.map(measure, jobs), strict=True))
     for trace_file, model_name, runs, capacity, fraction in cases:
@@ -115,7 +142,7 @@ def run(quick: bool = False) -> BenchResult:
             "capacity_fraction": fraction, "capacity_experts": capacity,
             "decode_steps": sum(end - mid for _, mid, end in runs), "sequences": len(runs),
         }  # fmt: skip
-        for name in CONFIGS:
+        for name in [*CONFIGS, "refill"]:
             row[name] = measured[(trace_file, model_name, runs, capacity, name)]
         base_ms = row["lru"]["latency_per_step_ms"]
         row["decode_latency_reduction"] = 1 - row["moesched"]["latency_per_step_ms"] / base_ms
@@ -133,8 +160,12 @@ def run(quick: bool = False) -> BenchResult:
         for name in ("none", "lru", "lfu", "belady", "moesched", "moesched_gpu")
     }
     summary |= {
-        "hit_rate_substitution_mean": mean(lambda r: r["moesched_sub"]["hit_rate"]),
-        "substituted_gate_mass_mean": mean(lambda r: r["moesched_sub"]["substituted_gate_mass"]),
+        "hit_rate_substitution_mean": mean(lambda r: r["moesched_gpu_sub"]["hit_rate"]),
+        "substituted_gate_mass_mean": mean(
+            lambda r: r["moesched_gpu_sub"]["substituted_gate_mass"]
+        ),
+        "hit_rate_refill_mean": mean(lambda r: r["refill"]["hit_rate"]),
+        "refill_traffic_over_lru_mean": mean(lambda r: r["refill"]["traffic_over_lru"]),
         "decode_latency_reduction_mean": mean(lambda r: r["decode_latency_reduction"]),
         "decode_latency_reduction_gpu_only_mean": mean(
             lambda r: r["decode_latency_reduction_gpu_only"]
@@ -150,7 +181,7 @@ def run(quick: bool = False) -> BenchResult:
             r["moesched_gpu"]["hit_rate"] / max(r["belady"]["hit_rate"], 1e-12) for r in rows
         ),
         "hit_rate_substitution_at_25pct_min": min(
-            r["moesched_sub"]["hit_rate"] for r in rows if r["capacity_fraction"] == 0.25
+            r["moesched_gpu_sub"]["hit_rate"] for r in rows if r["capacity_fraction"] == 0.25
         ),
         "executor_violations": sum(r[n]["executor_violations"] for r in rows for n in CONFIGS),
         "prediction_error_s_max": max(

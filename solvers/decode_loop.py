@@ -213,6 +213,7 @@ class DecodeRun:
         )
         ffn = model.expert_ffn_size
         self.G = max(g for g in range(1, max(1, config.num_granules) + 1) if ffn % g == 0)
+        self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
         self._warm_start()
@@ -315,11 +316,16 @@ class DecodeRun:
         for layer in range(self.model.num_moe_layers) if layers is None else layers:
             lines += [_line(layer, e) for e in self.caches.resident(layer)]
             for e, missing in self.caches.partial(layer).items():
-                lines += [
-                    _piece(layer, e, g * width, (g + 1) * width)
-                    for g in range(self.G)
-                    if g not in missing
-                ]
+                g = 0
+                while g < self.G:  # runs of granules already there, one slice each
+                    if g in missing:
+                        g += 1
+                        continue
+                    end = g
+                    while end < self.G and end not in missing:
+                        end += 1
+                    lines.append(_piece(layer, e, g * width, end * width))
+                    g = end
         by_memory = dict(self.base.by_memory)
         by_memory[self.home_mem] = by_memory.get(self.home_mem, ()) + tuple(lines)
         return Residency(by_memory=by_memory)
@@ -379,7 +385,10 @@ class DecodeRun:
         attn = f"L{layer}.mb0.attn"
         shared = self._shared(layer, attn)
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
-        p = self.predictor.probability(layer, self.ids[step, layer - 1] if layer else None)
+        # Eviction ranks residents by their live cumulative gate weight (score-aware).
+        p = self.predictor.probability(
+            layer, self.ids[step, layer - 1] if layer else None, live=True
+        )
         # Experts this layer runs, and those still arriving from a prefetch, stay.
         protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
         evicts: list[AnyTask] = []
@@ -441,11 +450,12 @@ class DecodeRun:
 
     def _prefetch(self, st: _Step, layer: int, rest: list[AnyTask], attn: str) -> list[AnyTask]:
         """Stage granules of the next layer's most valuable absent experts in the link's idle
-        gap (chunked prefetch: an expert too large for one gap arrives over several).
+        gap (chunked prefetch: an expert too large for one gap arrives over several chunks;
+        a chunk is ``G / chunks`` granules).
 
         The gap runs from when this layer's attention has ended and the link to the GPU is
         free to when this layer's partial sums are ready to return, or, with no returns, to the
-        end of this layer plus the next layer's attention. Items of the knapsack are granules:
+        end of this layer plus the next layer's attention. Items of the knapsack are chunks:
         the missing ones of lines being staged, and those of the most probable absent experts,
         each paired with the least probable resident it would replace (evicted before its
         first granule arrives), so memory use does not grow.
@@ -461,21 +471,29 @@ class DecodeRun:
         if not gain:
             return []
         probe = self._instance(nxt, sorted(gain))
-        width = self.model.expert_ffn_size // G
-        items: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []  # (e, g, pieces)
+        per = G // self.chunks  # granules per chunk
+        width = self.model.expert_ffn_size // G * per
+        items: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []  # (e, chunk, pieces)
         saved: list[int] = []
         for e in sorted(gain, key=lambda x: -gain[x]):
             if e not in probe.load_parts:
                 continue
             missing = self.caches.partial(nxt).get(e, set(range(G)))
-            home_g = probe.shard[e][self.home][1]
-            for g in sorted(missing):
-                pieces = self._chunk(probe, e, g * width, (g + 1) * width)
-                load = sum(c for *_, c in pieces)
-                away = [probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home]
-                alone = load if self.config.dispatch == "demand" or not away else min(away)
-                items.append((e, g, pieces))
-                saved.append(max(0, min(alone, load + home_g) - home_g))
+            for c in sorted({g // per for g in missing}):
+                pieces = self._chunk(probe, e, c * width, (c + 1) * width)
+                load = sum(cyc for *_, cyc in pieces)
+                home_c = probe.shard[e][self.home][per]
+                away = [
+                    min((probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home),
+                        default=None)
+                    for g in range(c * per, (c + 1) * per)
+                ]  # fmt: skip
+                remote = None if None in away else sum(a for a in away if a is not None)
+                alone = load + home_c
+                if self.config.dispatch != "demand" and remote is not None:
+                    alone = min(alone, remote)
+                items.append((e, c, pieces))
+                saved.append(max(0, alone - home_c))
         if not items:
             return []
         links = {probe.link(src, self.home).id for _, _, ps in items for src, *_ in ps}
@@ -506,17 +524,18 @@ class DecodeRun:
         out: list[AnyTask] = []
         first: dict[int, tuple[str, ...]] = {}  # what a new line's granules wait on
         for i in choice.chosen:
-            e, g, pieces = items[i]
+            e, c, pieces = items[i]
+            granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
                 victim = victims.get(e)
-                if not self.caches.stage(nxt, e, {g}, G, victim):
+                if not self.caches.stage(nxt, e, granules, G, victim):
                     continue
                 first[e] = (attn,)
                 if victim is not None:
                     out.append(self._evict(f"L{nxt}.pevict.e{victim}", nxt, victim, (attn,)))
                     first[e] = (out[-1].id,)
             else:
-                self.caches.stage(nxt, e, {g}, G, None)
+                self.caches.stage(nxt, e, granules, G, None)
             after = first.get(e, (attn,))
             for src, c0, c1, _ in pieces:
                 tid = f"L{nxt}.prefetch.e{e}.{c0}"

@@ -58,6 +58,7 @@ def test_cache_bench_quick(tmp_path: Path, traces: Path) -> None:
     assert s["moesched_gpu_at_or_above_lru_lfu_every_row"]
     assert s["hit_rate_lru_mean"] <= s["hit_rate_belady_mean"]
     assert s["substituted_gate_mass_mean"] <= 0.05 + 1e-9
+    assert s["hit_rate_refill_mean"] >= s["hit_rate_lru_mean"]
     assert png.stat().st_size > 10_000
 
 
@@ -87,3 +88,14 @@ def test_every_benchmark_has_a_chart_and_committed_results_plot(tmp_path: Path) 
         png = tmp_path / f"{result.stem}.png"
         plot(json.loads(result.read_text()), png)
         assert png.stat().st_size > 10_000, result.name
+
+
+def test_committed_reproduction_ran_clean() -> None:
+    """The committed GPU-NDP and cache results: every simulated step passed the executor and
+    the solver-side prediction equalled it."""
+    import json
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name in ("bench_ndp.json", "bench_cache.json"):
+        s = json.loads((docs / name).read_text())["summary"]
+        assert s["executor_violations"] == 0 and s["prediction_error_s_max"] == 0, name

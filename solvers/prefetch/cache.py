@@ -312,11 +312,13 @@ def replay(
         for layer in range(layers):
             if policy == "moesched":
                 prev = ids[step, layer - 1] if layer > 0 else None
-                p = predictor.probability(layer, prev)
-                for e_in, e_out, _ in caches.swaps(layer, p)[:prefetch_limit]:
+                for e_in, e_out, _ in caches.swaps(layer, predictor.probability(layer, prev))[
+                    :prefetch_limit
+                ]:
                     caches.insert(layer, e_in, e_out)
                     stats.prefetches += 1
                     loads_now += 1
+                p = predictor.probability(layer, prev, live=True)  # eviction ranks
             else:
                 p = None
             _, misses = serve(

@@ -88,11 +88,15 @@ class Predictor:
         self.resolves += 1
         return True
 
-    def probability(self, layer: int, prev_ids: np.ndarray | None = None) -> np.ndarray:
+    def probability(
+        self, layer: int, prev_ids: np.ndarray | None = None, live: bool = False
+    ) -> np.ndarray:
         """Estimated chance that each expert of ``layer`` is among the next token's top-k,
-        ``[E]`` in [0, 1]: the plan counts' share times k, mixed with the cross-layer
-        transitions from the experts the token chose in the previous layer (``prev_ids``)."""
-        base = self.plan_counts[layer]
+        ``[E]`` in [0, 1]: the plan counts' share times k (``live``: the current cumulative
+        gate weight's share, the score-aware ranking eviction uses), mixed with the
+        cross-layer transitions from the experts the token chose in the previous layer
+        (``prev_ids``)."""
+        base = (self.mass if live else self.plan_counts)[layer]
         total = base.sum()
         p = base / total * self.k if total > 0 else np.full(self.E, self.k / self.E)
         if prev_ids is not None and layer > 0 and self.transition_weight > 0:

@@ -143,3 +143,17 @@ def test_real_trace_offload(traces: Path) -> None:
     assert ours[1] >= lru[1]
     assert cpu[0] < 0.5 * lru[0]
     assert lru[2] == ours[2] == cpu[2] == 0
+
+
+def test_prefill_by_hand() -> None:
+    """A two-token prompt, GPU-only demand loads, 1 cache line warmed with expert 0.
+    Layer 0 (experts 0 and 1, one token each): expert 0 on the GPU (6,000) while expert 1
+    loads (4,000), then expert 1 (6,000), reduce of two rows (400): 12,400. Layer 1 (expert 0,
+    both tokens): 12,000 + 400. The load is freed after use; 3,000 bytes moved."""
+    trace = trace_of([[[0], [0]], [[1], [0]], [[0], [0]]], 2)
+    cfg = LoopConfig(capacity_experts=1, cache="lru", prefetch=False, dispatch="demand")
+    run = DecodeRun(roomy(tiny_hardware()), tiny_model(), HOST, cfg, trace, slice(0, 2),
+                    slice(2, 3), in_flight=2)  # fmt: skip
+    step = run.prefill(trace.histogram(slice(0, 2)))
+    assert round(step.latency_s * 1e9) == 12_400 + 12_400 == round(step.predicted_s * 1e9)
+    assert step.weight_bytes == 3_000 and step.violations == []
