@@ -151,6 +151,8 @@ def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
         "weight_bytes": pre.weight_bytes + float(sum(s.weight_bytes for s in steps)),
         "hit_rate": got.stats.hit_rate,
         "resolves": got.resolves,
+        "plans_solved": got.plans_solved,
+        "plans_reused": got.plans_reused,
         "prediction_error_s_max": max(abs(s.latency_s - s.predicted_s) for s in [pre, *steps]),
         "executor_violations": sum(len(s.violations) for s in [pre, *steps]),
         "wall_s": time.perf_counter() - started,

@@ -54,10 +54,12 @@ def plot_ndp(r: Result, ax: Any) -> None:
 def plot_cache(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [f"{_short(x['trace'])} {round(100 * x['capacity_fraction'])}%" for x in rows]
-    series = {
-        name: [x[name]["hit_rate"] for x in rows]
-        for name in ("lru", "lfu", "belady", "moesched_gpu", "moesched_sub")
-    }
+    names = {
+        "lru": "LRU", "lfu": "LFU", "belady": "Belady (offline)",
+        "moesched_gpu": "moesched", "moesched_gpu_sub": "moesched + substitution",
+        "refill": "refill, no link limit",
+    }  # fmt: skip
+    series = {label: [x[name]["hit_rate"] for x in rows] for name, label in names.items()}
     _bars(ax, labels, series, "hit rate")
     ax.set_title("Expert cache hit rate (offload-a6000-pcie4, real traces)")
 
