@@ -194,6 +194,12 @@ def chain_layers(
 Layout = Literal["round_robin", "striped"]
 
 
+def effective_granules(ffn_size: int, requested: int) -> int:
+    """The granule count used for a requested one: the largest divisor of ``ffn_size`` not
+    above it (granules are equal column slices)."""
+    return max(g for g in range(1, max(1, requested) + 1) if ffn_size % g == 0)
+
+
 def stripe_granules(ffn_size: int, num_devices: int, least: int = 4, most: int = 16) -> int:
     """The granule count for striping an FFN of ``ffn_size`` columns over ``num_devices``:
     a divisor G of ``ffn_size`` (so granules are equal), at most ``most * num_devices``, whose
@@ -217,9 +223,9 @@ def layout_residency(
     * ``round_robin``: every layer's expert e whole in the memory of the (e mod n)-th device
       of ``kind`` (the MoNDE layout: one expert, one NDP unit).
     * ``striped``: device i of ``kind`` holds column slice i of every expert (the layout
-      tensor parallelism wants: each NDP unit reads only its slice). With ``num_granules``
-      the slices are cut on that granule grid (so the placement can run them), as evenly as
-      the grid allows.
+      tensor parallelism wants: each NDP unit reads only its slice). The slices are cut on the
+      grid of ``num_granules`` granules (default: ``stripe_granules``), as evenly as the grid
+      allows, so a placement solved with the same granule count can run them.
 
     ``cached_experts`` are also held whole, for every layer, by the home device's memory (an
     expert cache filled ahead of time).
@@ -233,7 +239,7 @@ def layout_residency(
             by_memory[devices[e % len(devices)].memory_id].append(WeightSlice(expert=e))
     else:
         n, width = len(devices), model.expert_ffn_size
-        g = num_granules or n
+        g = effective_granules(width, num_granules or stripe_granules(width, n))
         cuts = [round(i * g / n) * width // g for i in range(n + 1)]
         for i, d in enumerate(devices):
             by_memory[d.memory_id].append(WeightSlice(ffn_start=cuts[i], ffn_end=cuts[i + 1]))

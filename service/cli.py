@@ -279,7 +279,7 @@ def replay(
 
     Exits 1 when the executor finds a violation in any step.
     """
-    from hwmodel.plan_builder import layout_residency
+    from hwmodel.plan_builder import layout_residency, stripe_granules
     from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
     from hwmodel.routing_traces import load_trace
     from solvers.decode_loop import DecodeRun, Dispatch, LoopConfig, LoopResult
@@ -300,10 +300,12 @@ def replay(
             if model is None:
                 raise ValueError("model: no preset matches the trace; name one with --model")
         spec, hw = model_preset(model), hardware_preset(hardware)
-        has_ndp = any(d.kind == "ndp" for d in hw.devices)
+        ndps = sum(1 for d in hw.devices if d.kind == "ndp")
+        granules = stripe_granules(spec.expert_ffn_size, ndps) if ndps else 4
         base = layout_residency(
-            hw, spec, "striped" if has_ndp else "round_robin", kind="ndp" if has_ndp else "cpu"
-        )
+            hw, spec, "striped" if ndps else "round_robin", kind="ndp" if ndps else "cpu",
+            num_granules=granules,
+        )  # fmt: skip
         if dispatch not in get_args(Dispatch):
             raise ValueError(f"dispatch: unknown '{dispatch}'; known: {list(get_args(Dispatch))}")
         policies = policy or list(POLICIES)
@@ -326,6 +328,7 @@ def replay(
                 capacity_experts=capacity, cache=cast(Policy, name),
                 prefetch=prefetch and name == "moesched", dispatch=cast(Dispatch, dispatch),
                 substitute_below=substitute_below, quality_budget=quality_budget,
+                num_granules=granules,
             )  # fmt: skip
             merged = LoopResult(stats=ReplayStats())
             for start, mid, end in runs:

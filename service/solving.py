@@ -10,7 +10,7 @@ import numpy as np
 
 from hwmodel.executor import simulate
 from hwmodel.plan import Plan, Residency
-from hwmodel.plan_builder import layout_residency
+from hwmodel.plan_builder import effective_granules, layout_residency, stripe_granules
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.errors import DomainError
@@ -68,6 +68,18 @@ def check_problem(
     return hardware, model
 
 
+def granules_of(request: PlacementRequest) -> int:
+    """The granule count to solve with: the requested one, raised for a striped layout to the
+    grid on which its stripes fall evenly (``stripe_granules``), so every stripe is runnable."""
+    model = request.resolved_model()
+    g = effective_granules(model.expert_ffn_size, request.options.num_granules)
+    if request.residency is None and request.layout == "striped":
+        ndps = sum(1 for d in request.resolved_hardware().devices if d.kind == "ndp")
+        if ndps:
+            g = stripe_granules(model.expert_ffn_size, ndps, least=g)
+    return g
+
+
 def residency_of(request: PlacementRequest) -> Residency:
     """The request's residency, or the one its named layout gives."""
     if request.residency is not None:
@@ -79,6 +91,7 @@ def residency_of(request: PlacementRequest) -> Residency:
             request.resolved_model(),
             request.layout,
             request.cached_experts,
+            num_granules=granules_of(request),
         )
     except ValueError as exc:
         raise DomainError(422, "validation", "body.layout", str(exc)) from None
@@ -102,7 +115,7 @@ def place(
             backend,
             deadline,
             workers=settings.solver_workers,
-            num_granules=opts.num_granules,
+            num_granules=granules_of(request),
             allow_loads=opts.allow_loads,
             attention=opts.attention,
         )

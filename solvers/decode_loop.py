@@ -10,14 +10,16 @@ For every decode step (one token, batch 1) and every MoE layer:
    holds it; ``demand``: everything on the GPU, misses loaded over the link);
 3. experts loaded to the GPU enter the cache under its policy (an eviction task frees the
    victim first) or are freed after use;
-4. the next layer's prefetch set is chosen (a knapsack: expected saving, within the link time
-   this layer leaves idle before its partial sums return) and staged on the link in that gap,
-   each staged expert replacing a less likely resident.
+4. the next layer's prefetch set is chosen (a knapsack of granule chunks: expected saving,
+   within the link time this layer leaves idle before its partial sums return) and staged on
+   the link in that gap; an expert too large for one gap arrives over several, and each new
+   line replaces a less likely resident.
 
 The step's tasks are chained into one plan, the solver-side timing predicts its makespan, and
 the executor simulates it (residency at the step's start, memory capacity, coverage of the
 token's experts); both figures are recorded per step. The GPU memory is sized to exactly the
-cache plus ``top_k`` experts in flight, so the executor checks the cache's capacity.
+cache plus the experts in flight (``top_k`` by default), so the executor checks the cache's
+capacity. ``prefill`` runs the prompt the same way as one batch.
 
 The prediction's plan counts are re-snapshot when routing drifts past ``drift_threshold``
 (0: every step); every re-snapshot is a re-solve of the prefetch plan and is counted.
@@ -35,6 +37,7 @@ import numpy as np
 from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, EvictTask, Plan, Residency, TransferTask, WeightSlice
+from hwmodel.plan_builder import effective_granules
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
@@ -56,8 +59,8 @@ class LoopConfig:
 
     Attributes:
         capacity_experts: GPU cache lines per layer (experts).
-        cache: eviction policy of the GPU cache (``static``: the prefill's hottest experts,
-            pinned; re-pinned on drift).
+        cache: eviction policy of the GPU cache (``static``: the prompt's hottest experts,
+            pinned for the run).
         prefetch: stage predicted experts during the previous layer.
         dispatch: where experts run (see the module docstring).
         drift_threshold: mean total-variation drift that triggers a re-solve (0: every step).
@@ -100,10 +103,6 @@ class LoopResult:
     resolves: int = 0
     plans_solved: int = 0  # layer placements solved (a new shape)
     plans_reused: int = 0  # layer placements looked up by shape
-
-    @property
-    def latency_s(self) -> float:
-        return float(sum(s.latency_s for s in self.steps))
 
     @property
     def violations(self) -> int:
@@ -151,7 +150,6 @@ class _Step:
     """Builds one decode step's plan layer by layer (the loop's working state)."""
 
     def __init__(self, run: DecodeRun, step: int, context_tokens: int) -> None:
-        self.run = run
         self.step = step
         self.tasks: list[AnyTask] = []
         self.timeline = timing.Timeline(run.hardware, run.model, context_tokens)
@@ -211,8 +209,7 @@ class DecodeRun:
         self.caches = ExpertCaches(
             config.cache, config.capacity_experts, trace.num_layers, trace.num_experts, self.ids
         )
-        ffn = model.expert_ffn_size
-        self.G = max(g for g in range(1, max(1, config.num_granules) + 1) if ffn % g == 0)
+        self.G = effective_granules(model.expert_ffn_size, config.num_granules)
         self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
@@ -351,6 +348,7 @@ class DecodeRun:
         return self.memo.assignment(inst)
 
     def _solve(self, inst: PlacementInstance) -> Assignment:
+        """A new shape's placement under the configured ``dispatch``."""
         kind = self.config.dispatch
         if kind == "solver":
             return solve_greedy(inst)

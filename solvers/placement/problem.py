@@ -24,7 +24,7 @@ from functools import cached_property
 from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, covers
-from hwmodel.plan_builder import Shard, WeightLoad, layer_tasks
+from hwmodel.plan_builder import Shard, WeightLoad, effective_granules, layer_tasks
 from hwmodel.report import Report
 from hwmodel.spec import Device, Hardware, Link, ModelSpec
 from hwmodel.workload import Workload
@@ -78,7 +78,7 @@ class PlacementInstance:
         hw, model = problem.hardware, problem.model
         self.home = hw.home_device_id
         ffn = model.expert_ffn_size
-        self.G = max(g for g in range(1, max(1, problem.num_granules) + 1) if ffn % g == 0)
+        self.G = effective_granules(ffn, problem.num_granules)
         self.width = ffn // self.G
         self.experts = [e for e, t in enumerate(problem.tokens_per_expert) if t > 0]
         self.tokens = {e: problem.tokens_per_expert[e] for e in self.experts}

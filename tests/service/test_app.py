@@ -249,3 +249,21 @@ def test_dockerfile_runs_the_service_with_a_health_check() -> None:
     assert "MOESCHED_HOST=0.0.0.0" in text and "EXPOSE 8000" in text
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert "USER moesched" in text
+
+
+def test_striped_layout_over_six_dimms_runs_on_the_dimms(client: TestClient) -> None:
+    """1,408 columns do not split into 6 stripes on the default 4-granule grid: the service
+    solves on the grid the stripes fall on (88 granules), so the NDP units run their stripes
+    instead of every expert being loaded to the GPU."""
+    from service.examples import placement_example
+
+    body = placement_example()
+    body["hardware_preset"] = "gpu-ndp-6dimm"
+    body["cached_experts"] = []
+    r = client.post("/v1/placement", json=body)
+    assert r.status_code == 200, r.text
+    tasks = r.json()["plan"]["tasks"]
+    ndp_shards = [t for t in tasks if t.get("op") == "expert" and t["device_id"].startswith("ndp")]
+    loads = [t for t in tasks if t.get("payload") == "weights"]
+    assert {t["device_id"] for t in ndp_shards} == {f"ndp{i}" for i in range(6)}
+    assert len(loads) < len(ndp_shards)
