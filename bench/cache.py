@@ -39,7 +39,7 @@ from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, traces_dir
 from hwmodel.workload import RoutingTrace
-from solvers.decode_loop import DecodeRun, LoopConfig, LoopResult
+from solvers.decode_loop import LoopConfig, run_sequences
 from solvers.prefetch.cache import ReplayStats, replay
 
 HARDWARE = "offload-a6000-pcie4"
@@ -67,11 +67,7 @@ def decode_runs(trace_file: str, quick: bool) -> tuple[str, list[tuple[int, int,
     if trace_file == FLAME_FILE:
         return "flame-moe-290m", [(0, 512, 512 + (24 if quick else 128))]
     steps, seqs = (16, 1) if quick else (48, 3)
-    out = []
-    for start, end in load_trace(traces_dir() / trace_file).sequences()[:seqs]:
-        mid = start + (end - start) // 4
-        out.append((start, mid, min(end, mid + steps)))
-    return "deepseek-v2-lite", out
+    return "deepseek-v2-lite", load_trace(traces_dir() / trace_file).decode_runs(0.25, steps, seqs)
 
 
 def refill(
@@ -98,14 +94,9 @@ def measure(job: tuple[str, str, tuple[tuple[int, int, int], ...], int, str]) ->
     hw, model = hardware_preset(HARDWARE), model_preset(model_name)
     base = Residency(by_memory={"host_dram": (WeightSlice(),)})
     started = time.perf_counter()
-    stats = ReplayStats()
-    steps = []
-    for start, mid, end in runs:
-        cfg = LoopConfig(capacity_experts=capacity, **CONFIGS[name])
-        got = DecodeRun(hw, model, base, cfg, trace, slice(start, mid), slice(mid, end)).run()
-        steps += got.steps
-        stats.add(got.stats)
-    merged = LoopResult(steps=steps, stats=stats)
+    cfg = LoopConfig(capacity_experts=capacity, **CONFIGS[name])
+    merged = run_sequences(hw, model, base, cfg, trace, runs)
+    stats, steps = merged.stats, merged.steps
     return {
         "hit_rate": stats.hit_rate,
         "demand_loads": stats.loads,

@@ -170,6 +170,19 @@ class RoutingTrace:
         cuts = [0, *(int(i) + 1 for i in np.flatnonzero(np.diff(self.seq_ids))), self.num_tokens]
         return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
+    def decode_runs(
+        self, prefill_fraction: float, max_steps: int, sequences: int | None = None
+    ) -> list[tuple[int, int, int]]:
+        """(prompt start, decode start, decode end) for the first ``sequences`` sequences: the
+        first ``prefill_fraction`` of each (at least one token) is its prompt, then at most
+        ``max_steps`` tokens are decoded; sequences with nothing left to decode are skipped."""
+        runs = []
+        for start, end in self.sequences()[:sequences]:
+            mid = start + max(1, int((end - start) * prefill_fraction))
+            if mid < end:
+                runs.append((start, mid, min(end, mid + max_steps)))
+        return runs
+
     def histogram(self, token_slice: slice | np.ndarray | None = None) -> np.ndarray:
         """Tokens per expert for a batch of tokens, int64 ``[num_layers, num_experts]``."""
         ids = self.expert_ids if token_slice is None else self.expert_ids[token_slice]

@@ -282,8 +282,8 @@ def replay(
     from hwmodel.plan_builder import layout_residency, stripe_granules
     from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
     from hwmodel.routing_traces import load_trace
-    from solvers.decode_loop import DecodeRun, Dispatch, LoopConfig, LoopResult
-    from solvers.prefetch.cache import POLICIES, Policy, ReplayStats
+    from solvers.decode_loop import Dispatch, LoopConfig, run_sequences
+    from solvers.prefetch.cache import POLICIES, Policy
 
     with _exit_2_on_bad_input():
         routing = load_trace(trace)
@@ -317,11 +317,7 @@ def replay(
             if capacity_experts is not None
             else round(capacity_fraction * routing.num_experts)
         )
-        runs = []
-        for start, end in routing.sequences()[:sequences]:
-            mid = start + max(1, int((end - start) * prefill_fraction))
-            if mid < end:
-                runs.append((start, mid, min(end, mid + max_steps)))
+        runs = routing.decode_runs(prefill_fraction, max_steps, sequences)
         results = {}
         for name in policies:
             config = LoopConfig(
@@ -330,13 +326,7 @@ def replay(
                 substitute_below=substitute_below, quality_budget=quality_budget,
                 num_granules=granules,
             )  # fmt: skip
-            merged = LoopResult(stats=ReplayStats())
-            for start, mid, end in runs:
-                got = DecodeRun(
-                    hw, spec, base, config, routing, slice(start, mid), slice(mid, end)
-                ).run()
-                merged.steps += got.steps
-                merged.stats.add(got.stats)
+            merged = run_sequences(hw, spec, base, config, routing, runs)
             st = merged.stats
             latency_ms = [s.latency_s * 1e3 for s in merged.steps]
             results[name] = {

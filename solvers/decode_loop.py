@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -562,6 +563,28 @@ class DecodeRun:
                 seconds = costs.transfer_s(link, self.model.expert_bytes(hi - lo))
                 out.append((src, lo, hi, costs.to_cycles(seconds, self.hardware.clock_hz)))
         return out
+
+
+def run_sequences(
+    hardware: Hardware,
+    model: ModelSpec,
+    base: Residency,
+    config: LoopConfig,
+    trace: RoutingTrace,
+    runs: Sequence[tuple[int, int, int]],
+) -> LoopResult:
+    """Decode each (prompt start, decode start, decode end) run of a trace from a fresh cache
+    and prediction, and merge the records."""
+    merged = LoopResult()
+    for start, mid, end in runs:
+        got = DecodeRun(hardware, model, base, config, trace, slice(start, mid), slice(mid, end))
+        result = got.run()
+        merged.steps += result.steps
+        merged.stats.add(result.stats)
+        merged.resolves += result.resolves
+        merged.plans_solved += result.plans_solved
+        merged.plans_reused += result.plans_reused
+    return merged
 
 
 @functools.lru_cache(maxsize=1 << 16)
