@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from hwmodel.routing_traces import traces_dir
 from hwmodel.spec import Hardware, ModelSpec
 from tests.tiny import tiny_hardware, tiny_model
+
+# Property tests draw the same examples on every machine (CI is reproducible); run with
+# HYPOTHESIS_PROFILE=explore to draw fresh ones.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
