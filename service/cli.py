@@ -367,15 +367,33 @@ def bench(
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
     ] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            "--trace", help="Run on this routing trace file (benchmarks that replay one)."
+        ),
+    ] = None,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
+    import inspect
+
     from bench import BENCHMARKS
     from bench.plots import plot as draw
 
     if name not in BENCHMARKS:
         print(f"error: unknown benchmark '{name}'; known: {sorted(BENCHMARKS)}")
         raise typer.Exit(2)
-    result = BENCHMARKS[name](quick)
+    if trace is not None:
+        if "trace" not in inspect.signature(BENCHMARKS[name]).parameters:
+            print(f"error: --trace: benchmark '{name}' does not replay a trace")
+            raise typer.Exit(2)
+        if not trace.is_file():
+            print(f"error: --trace: no such file '{trace}'")
+            raise typer.Exit(2)
+        with _exit_2_on_bad_input():
+            result = BENCHMARKS[name](quick, trace=trace)  # type: ignore[call-arg]
+    else:
+        result = BENCHMARKS[name](quick)
     result.write(json_path)
     if plot_path is not None:
         draw(result.to_json(), plot_path)
