@@ -71,7 +71,8 @@ from solvers.decode_loop import DecodeRun, LoopConfig, max_cache_lines
 PROMPT_TOKENS = 512
 OUTPUT_TOKENS = 512
 CACHE_SHARE = 0.2
-DECODE_STEPS = 32  # decode tokens simulated per run (the rest extrapolated at their mean)
+ABLATION_TRACE = "esft-law"  # the ablations run on this case (all cases in --quick)
+DECODE_STEPS = 8  # decode tokens simulated per run (the rest extrapolated at their mean)
 DIMMS = (4,)  # DIMM counts of the full run
 CONFIGS: dict[str, dict[str, Any]] = {
     "moesched": {"layout": "striped", "cache": "moesched", "prefetch": True, "dispatch": "solver"},
@@ -244,7 +245,8 @@ def run(quick: bool = False) -> BenchResult:
         for dimms in dimm_list:
             if does_not_fit(model_name, dimms):
                 continue
-            names = MAIN + (ABLATIONS if dimms == 4 else ())
+            ablate = dimms == 4 and (quick or label == ABLATION_TRACE)
+            names = MAIN + (ABLATIONS if ablate else ())
             jobs += [(model_name, label, dimms, name, decode_steps) for name in names]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         outcomes = dict(zip(jobs, pool.map(run_one, jobs), strict=True))
