@@ -327,3 +327,14 @@ def test_dep_problem_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="group_rows"):
         ComputeTask(id="x", device_id="d", op="expert", layer=0, expert=0, num_tokens=3,
                     group_rows=(1, 1))  # fmt: skip
+
+
+def test_lower_bound_of_the_toy_by_hand() -> None:
+    """1 us launch and latency, one layer. m = 1: attention (1 us) + the busiest expert-side
+    resource's work at k = 1 (5 us) = 6 us. m = 2: the expert GPU's two grouped GEMMs (4 us
+    each: 1 us launch, 2 MB weights + 1 MB rows) + its fill (attention 1 us, a one-row A2E
+    1.004 us before; a one-row E2A 1.004 us after) = 11.008 us. The bound is the least: 6 us,
+    below the 13 us plan (k = 2 cannot overlap attention with anything in one layer)."""
+    p = _toy(1e-6, 1e-6)
+    assert lower_bound(_Builder(p), 16) == (6_000, "serial layers")
+    assert lower_bound(_Builder(p), 16)[0] <= solve_dep(p, "greedy").makespan_cycles
