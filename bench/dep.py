@@ -47,7 +47,7 @@ COMM = ("A2E", "E2A")
 def _full_depth_error(problem: DepProblem, shape: Shape, cycles: int) -> float:
     """Relative error of depth / layers scaling against the full-depth forward pass."""
     full = replace(problem, num_layers=problem.model.num_moe_layers)
-    exact = _Builder(full).build(shape).makespan()
+    exact = _Builder(full).makespan(shape)
     scaled = cycles * problem.model.num_moe_layers / problem.num_layers
     return (scaled - exact) / exact
 
