@@ -84,6 +84,7 @@ class DepProblem:
     dedup_per_node: bool = False
     expert_load: tuple[float, ...] | None = None
     expert_gpus_per_node: int = 8
+    expert_load_by_layer: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def attention_gpus(self) -> tuple[str, ...]:
@@ -103,16 +104,24 @@ class DepProblem:
         return self.model.num_routed_experts // len(self.expert_gpus)
 
     def load(self) -> list[float]:
-        """Share of routed rows per logical expert (sums to 1)."""
+        """Share of routed rows per logical expert (sums to 1), the same in every layer."""
         e = self.model.num_routed_experts
         if self.expert_load is None:
             return [1.0 / e] * e
         total = float(sum(self.expert_load))
         return [x / total for x in self.expert_load]
 
-    def hottest_expert_gpu(self) -> int:
+    def layer_loads(self) -> list[list[float]]:
+        """One load per distinct layer of the run: layer l uses entry l % len (one entry
+        unless ``expert_load_by_layer`` is given)."""
+        if self.expert_load_by_layer is None:
+            return [self.load()]
+        return [[x / float(sum(row)) for x in row] for row in self.expert_load_by_layer]
+
+    def hottest_expert_gpu(self, load: Sequence[float] | None = None) -> int:
         """Index of the expert GPU with the most routed rows (it sets the expert stage)."""
-        per, load = self.experts_per_gpu, self.load()
+        per = self.experts_per_gpu
+        load = self.load() if load is None else load
         sums = [sum(load[g * per : (g + 1) * per]) for g in range(len(self.expert_gpus))]
         return max(range(len(sums)), key=lambda g: (sums[g], -g))
 
@@ -167,6 +176,15 @@ class DepProblem:
             return out
         if self.num_layers < 1 or self.num_layers > self.model.num_moe_layers:
             out.append(f"num_layers: must be 1..{self.model.num_moe_layers} (the model's depth)")
+        for row in self.expert_load_by_layer or ():
+            if len(row) != self.model.num_routed_experts or min(row) < 0 or sum(row) <= 0:
+                out.append(
+                    "expert_load_by_layer: every row needs one share >= 0 per routed expert, "
+                    "with a positive sum"
+                )
+                break
+        if self.expert_load_by_layer is not None and self.dedup_per_node:
+            out.append("dedup_per_node: modelled for balanced routing only")
         if self.expert_load is not None:
             if len(self.expert_load) != self.model.num_routed_experts:
                 out.append("expert_load: needs one share per routed expert")
@@ -338,6 +356,9 @@ class DepGraph:
         )  # fmt: skip
 
 
+_Side = tuple[int, str, Link, Link, Link | None, Link | None]
+
+
 class _Builder:
     """Builds DepGraphs of one problem; durations cached by what they depend on."""
 
@@ -345,23 +366,34 @@ class _Builder:
         self.p = problem
         hw, model = problem.hardware, problem.model
         self.attn = problem.attention_gpus[0]
-        self.g = problem.hottest_expert_gpu()
-        self.exp = problem.expert_gpus[self.g]
-        a2e_out = hw.link_between(self.attn, self.exp)
-        e2a_out = hw.link_between(self.exp, self.attn)
-        assert a2e_out is not None and e2a_out is not None
-        self.a2e_out: Link = a2e_out
-        self.e2a_out: Link = e2a_out
-        self.a2e_in = _ingress(hw, self.exp, self.a2e_out.id, problem.attention_gpus)
-        self.e2a_in = _ingress(hw, self.attn, self.e2a_out.id, problem.expert_gpus)
         self.cache: dict[tuple[object, ...], int] = {}
-        self.rows_cache: dict[
-            tuple[int, tuple[tuple[int, int], ...]], list[tuple[int, int, tuple[int, ...], int]]
-        ] = {}
-        self.load = problem.load()
-        per = problem.experts_per_gpu
-        self.first_local = self.g * per
+        self.rows_cache: dict[tuple[object, ...], list[tuple[int, int, tuple[int, ...], int]]] = {}
         self.shared_width = model.num_shared_experts * model.shared_expert_ffn_size
+        self.loads = problem.layer_loads()
+        self.sides = [self._side(hw, load) for load in self.loads]
+        self.use_layer(0)
+
+    def _side(
+        self, hw: Hardware, load: list[float]
+    ) -> tuple[int, str, Link, Link, Link | None, Link | None]:
+        """(hottest expert GPU, its id, A2E egress, E2A egress, A2E ingress, E2A ingress)."""
+        g = self.p.hottest_expert_gpu(load)
+        exp = self.p.expert_gpus[g]
+        a2e_out = hw.link_between(self.attn, exp)
+        e2a_out = hw.link_between(exp, self.attn)
+        assert a2e_out is not None and e2a_out is not None
+        a2e_in = _ingress(hw, exp, a2e_out.id, self.p.attention_gpus)
+        e2a_in = _ingress(hw, self.attn, e2a_out.id, self.p.expert_gpus)
+        return g, exp, a2e_out, e2a_out, a2e_in, e2a_in
+
+    def use_layer(self, layer: int) -> None:
+        """Point the builder at layer ``layer``'s routing: its load and hottest expert GPU."""
+        self.side = layer % len(self.loads)
+        self.load = self.loads[self.side]
+        self.g, self.exp, self.a2e_out, self.e2a_out, self.a2e_in, self.e2a_in = self.sides[
+            self.side
+        ]
+        self.first_local = self.g * self.p.experts_per_gpu
 
     def cycles(self, node: _Node, proto: AnyTask) -> int:
         got = self.cache.get(node.key)
@@ -407,7 +439,7 @@ class _Builder:
     ) -> list[tuple[int, int, tuple[int, ...], int]]:
         """Per chunk of a micro-batch of ``n`` sequences per attention GPU: (attention-port
         rows, expert-port rows, rows of each local expert of the chunk, its first expert)."""
-        key = (n, tuple(chunks))
+        key = (self.side, n, tuple(chunks))
         got = self.rows_cache.get(key)
         if got is None:
             rows = self.expert_rows(n * len(self.p.attention_gpus))
@@ -426,7 +458,7 @@ class _Builder:
         pass runs over layer 0's and layer 1's durations with shifted indices (the tests
         check it equals the full build)."""
         layers = self.p.num_layers
-        if layers <= 2:
+        if layers <= 2 or len(self.loads) > 1:
             return self.build(shape).makespan()
         g = self.build(shape, num_layers=2)
         n0 = sum(1 for n in g.nodes if n.layer == 0)
@@ -481,6 +513,7 @@ class _Builder:
 
         done: dict[int, list[int]] = {}  # micro-batch -> what its next layer waits on
         for layer in range(p.num_layers if num_layers is None else num_layers):
+            self.use_layer(layer)
             pending_shared: list[tuple[int, int]] = []  # (mb, attention node) deferred
             for i, n in enumerate(micro):
                 pre = f"L{layer}.mb{i}"
@@ -502,7 +535,7 @@ class _Builder:
                     x = add(self._xfer(f"{pre}.a2e{j}", "a2e", layer, i, attn_rows, exp_rows,
                                        waits))  # fmt: skip
                     gm = add(_Node(
-                        f"{pre}.gemm{j}", "gemm", layer, i, self.exp, ("gemm", grp), [x],
+                        f"{pre}.gemm{j}", "gemm", layer, i, self.exp, ("gemm", self.exp, grp), [x],
                         sum(grp), rows=grp, expert=first,
                     ))  # fmt: skip
                     finals.append(add(self._xfer(f"{pre}.e2a{j}", "e2a", layer, i, attn_rows,
@@ -637,17 +670,25 @@ def _fill(builder: _Builder, shape: Shape) -> dict[str, tuple[int, int]]:
     for n, d in zip(g.nodes, g.duration, strict=True):
         if n.layer == 0 and n.kind not in kinds:
             kinds[n.kind] = (n.resource, d)
-    one = _one_row_durations(builder)
     attn1 = kinds["attn"][1]
     has_shared = "shared" in kinds
-    out = {
-        builder.attn: (0, 0 if has_shared else one["a2e"] + one["gemm"] + one["e2a"]),
-        builder.exp: (attn1 + one["a2e"], one["e2a"]),
-    }
-    for link in {builder.a2e_out.id, getattr(builder.a2e_in, "id", None)} - {None}:
-        out[str(link)] = (attn1, one["gemm"] + one["e2a"])
-    for link in {builder.e2a_out.id, getattr(builder.e2a_in, "id", None)} - {None}:
-        out[str(link)] = (attn1 + one["a2e"] + one["gemm"], 0)
+    out: dict[str, tuple[int, int]] = {}
+
+    def put(resource: str, head: int, tail: int) -> None:
+        old = out.get(resource)
+        out[resource] = (head, tail) if old is None else (min(old[0], head), min(old[1], tail))
+
+    for side in range(len(builder.loads)):
+        builder.use_layer(side)
+        one = _one_row_durations(builder)
+        put(builder.attn, 0, 0 if has_shared else one["a2e"] + one["gemm"] + one["e2a"])
+        put(builder.exp, attn1 + one["a2e"], one["e2a"])
+        for lk in (builder.a2e_out, builder.a2e_in):
+            if lk is not None:
+                put(lk.id, attn1, one["gemm"] + one["e2a"])
+        for lk in (builder.e2a_out, builder.e2a_in):
+            if lk is not None:
+                put(lk.id, attn1 + one["a2e"] + one["gemm"], 0)
     return out
 
 
@@ -667,7 +708,7 @@ def _one_row_durations(builder: _Builder) -> dict[str, int]:
             graph = DepGraph(p, Shape(1, 1), [node], [])
             cyc.append(builder.cycles(node, graph._task(node)))
         out[kind] = min(cyc)
-    node = _Node("probe", "gemm", 0, 0, builder.exp, ("gemm", (1,)), [], 1, rows=(1,),
+    node = _Node("probe", "gemm", 0, 0, builder.exp, ("gemm", builder.exp, (1,)), [], 1, rows=(1,),
                  expert=builder.first_local)  # fmt: skip
     out["gemm"] = builder.cycles(node, DepGraph(p, Shape(1, 1), [node], [])._task(node))
     return out
