@@ -661,94 +661,76 @@ def search_shapes(
     return log
 
 
-def _fill(builder: _Builder, shape: Shape) -> dict[str, tuple[int, int]]:
-    """(head, tail) in cycles that no plan can avoid around each resource's work: the least
-    that must run before its first task and after its last, from the smallest task of each
-    kind (one sequence, one row, one expert)."""
-    g = builder.build(Shape(1, 1, 1), micro=[1])
-    kinds: dict[str, tuple[str, int]] = {}
+def _one_machine_bounds(builder: _Builder, shape: Shape) -> dict[str, int]:
+    """Per resource R of the shape's task graph: min head + total work + min tail, where head
+    and tail are the longest dependency paths into R's tasks and out of them (resources
+    ignored), with shared-expert tasks counted as zero so that the bound holds for any number
+    of shared pieces. Layers repeat, so heads and tails come from a two-layer graph (the
+    first layer's heads and the last layer's tails are the same in the full run; earlier
+    layers only lengthen tails) and the work is layer 0's plus (L - 1) times layer 1's."""
+    layers = builder.p.num_layers
+    periodic = len(builder.loads) == 1 and layers > 2
+    g = builder.build(shape, num_layers=2 if periodic else None)
+    n = len(g.nodes)
+    dur = [0 if x.kind == "shared" else d for x, d in zip(g.nodes, g.duration, strict=True)]
+    head = [0] * n
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for i, x in enumerate(g.nodes):
+        for q in x.preds:
+            head[i] = max(head[i], head[q] + dur[q])
+            succs[q].append(i)
+    after = [0] * n  # longest path from the task's end to the end of the graph
+    for i in range(n - 1, -1, -1):
+        after[i] = max((dur[s] + after[s] for s in succs[i]), default=0)
+    work: dict[str, int] = {}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, x in enumerate(g.nodes):
+        weight = 1 if not periodic or x.layer == 0 else layers - 1
+        work[x.resource] = work.get(x.resource, 0) + weight * g.duration[i]
+        first[x.resource] = min(first.get(x.resource, head[i]), head[i])
+        last[x.resource] = min(last.get(x.resource, after[i]), after[i])
+    return {r: first[r] + work[r] + last[r] for r in work}
+
+
+def _serial_layers_bound(builder: _Builder) -> int:
+    """m = 1: layer l + 1's attention waits for all of layer l, so each layer takes its
+    attention plus the busiest expert-side resource's work of that layer (at k = 1, the
+    least work), and the attention GPU's total work (shared experts included) bounds too."""
+    g = builder.build(Shape(1, 1, 1))
+    per_layer: dict[tuple[int, str], int] = {}
+    attn = total_attn_gpu = 0
     for n, d in zip(g.nodes, g.duration, strict=True):
-        if n.layer == 0 and n.kind not in kinds:
-            kinds[n.kind] = (n.resource, d)
-    attn1 = kinds["attn"][1]
-    has_shared = "shared" in kinds
-    out: dict[str, tuple[int, int]] = {}
-
-    def put(resource: str, head: int, tail: int) -> None:
-        old = out.get(resource)
-        out[resource] = (head, tail) if old is None else (min(old[0], head), min(old[1], tail))
-
-    for side in range(len(builder.loads)):
-        builder.use_layer(side)
-        one = _one_row_durations(builder)
-        put(builder.attn, 0, 0 if has_shared else one["a2e"] + one["gemm"] + one["e2a"])
-        put(builder.exp, attn1 + one["a2e"], one["e2a"])
-        for lk in (builder.a2e_out, builder.a2e_in):
-            if lk is not None:
-                put(lk.id, attn1, one["gemm"] + one["e2a"])
-        for lk in (builder.e2a_out, builder.e2a_in):
-            if lk is not None:
-                put(lk.id, attn1 + one["a2e"] + one["gemm"], 0)
-    return out
-
-
-def _one_row_durations(builder: _Builder) -> dict[str, int]:
-    """Cycles of the smallest A2E, GEMM and E2A any plan can have (one row, one expert)."""
-    p = builder.p
-    out = {}
-    for kind in ("a2e", "e2a"):
-        links = [x for x in (
-            builder.a2e_out if kind == "a2e" else builder.e2a_out,
-            builder.a2e_in if kind == "a2e" else builder.e2a_in,
-        ) if x is not None]  # fmt: skip
-        cyc = []
-        for lk in links:
-            node = builder._xfer("probe", kind, 0, 0, 1, 1, [])
-            node.resource, node.link, node.key = lk.id, lk.id, (kind, lk.id, 1)
-            graph = DepGraph(p, Shape(1, 1), [node], [])
-            cyc.append(builder.cycles(node, graph._task(node)))
-        out[kind] = min(cyc)
-    node = _Node("probe", "gemm", 0, 0, builder.exp, ("gemm", builder.exp, (1,)), [], 1, rows=(1,),
-                 expert=builder.first_local)  # fmt: skip
-    out["gemm"] = builder.cycles(node, DepGraph(p, Shape(1, 1), [node], [])._task(node))
-    return out
+        if n.resource == builder.attn:
+            total_attn_gpu += d
+        if n.kind == "attn":
+            attn += d
+        elif n.kind != "shared":
+            per_layer[(n.layer, n.resource)] = per_layer.get((n.layer, n.resource), 0) + d
+    side = [
+        max((w for (ly, _), w in per_layer.items() if ly == layer), default=0)
+        for layer in range(builder.p.num_layers)
+    ]
+    return max(attn + sum(side), total_attn_gpu)
 
 
 def lower_bound(builder: _Builder, max_m: int = MAX_MICRO_BATCHES) -> tuple[int, str]:
     """A bound on the makespan of every plan moesched can express (m <= max_m equal
-    micro-batches, any k, p, template and order), and the resource that sets it.
+    micro-batches, k <= E/G chunks, any shared pieces, template and order), and what sets it.
 
-    For m >= 2: the busiest resource's total work at k = 1 and p = 1 (more chunks and pieces
-    only add latencies and launches) plus the fill it cannot avoid (``_fill``). For m = 1 the
-    layers cannot overlap: each takes its attention plus the busiest expert-side resource's
-    work of that layer. The bound is the least over m.
+    For each (m, k) with m >= 2: the largest over resources of the one-machine bound
+    (``_one_machine_bounds``: its work plus the fill it cannot avoid at that granularity:
+    more chunks shorten the fill and add launches and latencies). m = 1:
+    ``_serial_layers_bound``. The bound is the least over all (m, k): no plan beats it.
     """
-    fill = _fill(builder, Shape(1, 1))
-    best: tuple[int, str] | None = None
-    for m in range(1, max_m + 1):
-        g = builder.build(Shape(m, 1, 1))
-        if len({n.mb for n in g.nodes}) < m:
-            break  # fewer sequences than micro-batches: larger m is the same graph
-        work = g.work_by_resource()
-        if m == 1:
-            per_layer: dict[tuple[int, str], int] = {}
-            attn = 0
-            for n, d in zip(g.nodes, g.duration, strict=True):
-                if n.kind == "attn":
-                    attn += d
-                elif n.kind != "shared":
-                    per_layer[(n.layer, n.resource)] = per_layer.get((n.layer, n.resource), 0) + d
-            side = [
-                max((w for (ly, _), w in per_layer.items() if ly == layer), default=0)
-                for layer in range(builder.p.num_layers)
-            ]
-            cand = (max(attn + sum(side), work.get(builder.attn, 0)), "serial layers")
-        else:
-            res = max(work, key=lambda r: (work[r] + sum(fill.get(r, (0, 0))), r))
-            cand = (work[res] + sum(fill.get(res, (0, 0))), res)
-        if best is None or cand[0] < best[0]:
-            best = cand
-    assert best is not None
+    p = builder.p
+    best = (_serial_layers_bound(builder), "serial layers (m=1)")
+    for m in range(2, min(max_m, p.sequences_per_attention_gpu) + 1):
+        for k in range(1, p.experts_per_gpu + 1):
+            bounds = _one_machine_bounds(builder, Shape(m, k, 1))
+            res = max(bounds, key=lambda r: (bounds[r], r))
+            if bounds[res] < best[0]:
+                best = (bounds[res], res)
     return best
 
 

@@ -18,6 +18,7 @@ from solvers.ordering.dep import (
     DepProblem,
     Shape,
     _Builder,
+    _one_machine_bounds,
     baseline,
     lower_bound,
     search_shapes,
@@ -332,10 +333,14 @@ def test_dep_problem_rejects_bad_options() -> None:
 
 def test_lower_bound_of_the_toy_by_hand() -> None:
     """1 us launch and latency, one layer. m = 1: attention (1 us) + the busiest expert-side
-    resource's work at k = 1 (5 us) = 6 us. m = 2: the expert GPU's two grouped GEMMs (4 us
-    each: 1 us launch, 2 MB weights + 1 MB rows) + its fill (attention 1 us, a one-row A2E
-    1.004 us before; a one-row E2A 1.004 us after) = 11.008 us. The bound is the least: 6 us,
-    below the 13 us plan (k = 2 cannot overlap attention with anything in one layer)."""
+    resource's work at k = 1 (5 us) = 6 us. m = 2 (500 sequences each), k = 1: the expert
+    GPU waits for attention (1 us) and a 500-row A2E (3 us), works 2 x 4 us, then a 3 us E2A
+    follows: 15 us; k = 2: 1 + 2 us before, 4 x 2.5 us, 2 us after: 15 us. The bound is the
+    least: 6 us, below the 13 us plan."""
     p = _toy(1e-6, 1e-6)
-    assert lower_bound(_Builder(p), 16) == (6_000, "serial layers")
-    assert lower_bound(_Builder(p), 16)[0] <= solve_dep(p, "greedy").makespan_cycles
+    b = _Builder(p)
+    assert lower_bound(b, 16) == (6_000, "serial layers (m=1)")
+    assert _one_machine_bounds(b, Shape(2, 1))["e"] == 15_000
+    assert _one_machine_bounds(b, Shape(2, 2))["e"] == 15_000
+    assert _one_machine_bounds(b, Shape(2, 2))["a2e"] == 1_000 + 8_000 + 4_500
+    assert lower_bound(b, 16)[0] <= solve_dep(p, "greedy").makespan_cycles
