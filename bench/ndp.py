@@ -65,6 +65,7 @@ from hwmodel.routing_traces import (
     load_trace,
     traces_dir,
 )
+from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace
 from solvers.decode_loop import DecodeRun, LoopConfig, max_cache_lines
 
@@ -171,26 +172,47 @@ def side_by_side(
     )  # fmt: skip
 
 
-def cache_lines(model_name: str, dimms: int) -> int:
-    """GPU cache lines in all: CACHE_SHARE of every layer's experts, or what the GPU memory
+def cache_lines(hw: Hardware, model: ModelSpec, cache_share: float = CACHE_SHARE) -> int:
+    """GPU cache lines in all: ``cache_share`` of every layer's experts, or what the GPU memory
     holds beside a whole layer in flight, at least 1 (allocated across layers globally)."""
-    hw, model = hardware_preset(f"gpu-ndp-{dimms}dimm"), model_preset(model_name)
-    want = max(1, round(CACHE_SHARE * model.num_routed_experts)) * model.num_moe_layers
+    want = max(1, round(cache_share * model.num_routed_experts)) * model.num_moe_layers
     return max(1, min(want, max_cache_lines(hw, model, model.num_routed_experts)))
 
 
 def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
     """One (model, trace, DIMMs, configuration): prefill and decode through the executor."""
     model_name, label, dimms, config_name, decode_steps = args
+    return decode_point(hardware_preset(f"gpu-ndp-{dimms}dimm"), model_name, label, config_name,
+                        decode_steps)  # fmt: skip
+
+
+def decode_point(
+    hw: Hardware,
+    model_name: str,
+    label: str,
+    config_name: str,
+    decode_steps: int,
+    cache_share: float = CACHE_SHARE,
+    prompt_tokens: int = PROMPT_TOKENS,
+) -> dict[str, Any]:
+    """Prefill ``prompt_tokens`` then decode ``decode_steps`` tokens of trace ``label`` on ``hw``
+    under configuration ``config_name`` (a key of ``CONFIGS``), every step through the executor.
+
+    The GPU cache holds ``cache_share`` of all layers' experts (``cache_lines``: fewer when the
+    GPU memory cannot take it with a whole layer in flight), allocated across layers globally.
+    Latencies in seconds, bytes in bytes; ``cpu_s`` is host CPU time, reported beside and never
+    part of a simulated figure.
+    """
     spec = dict(CONFIGS[config_name])
     layout = spec.pop("layout")
-    hw, model = hardware_preset(f"gpu-ndp-{dimms}dimm"), model_preset(model_name)
-    trace = make_trace(label, model_name, PROMPT_TOKENS + decode_steps)
+    model = model_preset(model_name)
+    trace = make_trace(label, model_name, prompt_tokens + decode_steps)
     in_flight = model.num_routed_experts
-    lines = cache_lines(model_name, dimms)
-    granules = stripe_granules(model.expert_ffn_size, dimms) if layout == "striped" else 1
+    lines = cache_lines(hw, model, cache_share)
+    num_ndp = len(hw.devices_of_kind("ndp"))
+    granules = stripe_granules(model.expert_ffn_size, num_ndp) if layout == "striped" else 1
     base: Residency = layout_residency(hw, model, layout, num_granules=granules)
-    prompt, decode = slice(0, PROMPT_TOKENS), slice(PROMPT_TOKENS, PROMPT_TOKENS + decode_steps)
+    prompt, decode = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + decode_steps)
     started = time.process_time()
     run = DecodeRun(
         hw, model, base,
@@ -203,7 +225,8 @@ def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
     decode_s = [s.latency_s for s in steps]
     return {
         "cache_lines": lines,
-        "cache_lines_per_layer": run.caches.caps,
+        "cache_lines_per_layer": float(np.mean(run.caches.caps)),
+        "cache_lines_by_layer": run.caches.caps,
         "bound_per_token_s": float(np.mean([s.bound_s for s in steps])),
         "over_bound": float(np.mean(decode_s))
         / max(float(np.mean([s.bound_s for s in steps])), 1e-15),
