@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.store import StoreBusy, StoreError
+
 
 class FieldError(BaseModel):
     """One problem with one field of the request."""
@@ -63,6 +65,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _json(exc.status_code, body)
 
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+        body = ErrorResponse(error=str(exc), error_type=kind)
+        return _json(503, body, {"Retry-After": "2"})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {
@@ -70,6 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
             404: "not_found",
             405: "method_not_allowed",
             413: "too_large",
+            429: "too_many_sessions",
             503: "overloaded",
         }
         body = ErrorResponse(error=str(exc.detail), error_type=kind.get(exc.status_code, "http"))

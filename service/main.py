@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -9,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import require_api_key, solve_slot
@@ -16,9 +19,11 @@ from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
 from service.routes import health, presets, sessions, simulate, solve
-from service.sessions import SessionManager
+from service.sessions import SessionManager, expire
 from service.settings import Settings, get_settings
-from service.store import SQLiteStore
+from service.store import SQLiteStore, StoreError
+
+log = logging.getLogger("moesched")
 
 DESCRIPTION = """
 Scheduling service for Mixture-of-Experts inference on heterogeneous hardware: a GPU with
@@ -80,6 +85,19 @@ def _max_body_bytes(scope: Scope) -> int:
     return int(getter().max_body_bytes)
 
 
+async def _sweep(app: FastAPI, settings: Settings) -> None:
+    """Expire idle sessions of both kinds every so often, off the event loop."""
+    period_s = min(60.0, max(0.5, settings.session_ttl_s / 4))
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await run_in_threadpool(
+                expire, app.state.store, settings, app.state.sessions, app.state.ep_sessions
+            )
+        except StoreError:
+            log.exception("session expiry failed (will retry)")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The session store opens at startup (a bad database file stops the
     server with a clear message); request handlers read settings through ``get_settings``."""
@@ -87,14 +105,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(boot.db_path)
+        store = SQLiteStore(boot.db_path, boot.db_busy_timeout_s)
+        app.state.store = store
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)
+        app.state.sessions.ep, app.state.ep_sessions.sessions = (
+            app.state.ep_sessions,
+            app.state.sessions,
+        )
+        sweeper = asyncio.create_task(_sweep(app, boot))
         try:
             yield
         finally:
+            sweeper.cancel()
             app.state.sessions.close()
             app.state.ep_sessions.close()
+            store.close()
 
     app = FastAPI(
         title="moesched",

@@ -65,7 +65,7 @@ def create_session(
     responses=_ERRORS,
     summary="Observe routing",
 )
-async def observe(
+def observe(
     session_id: str,
     obs: Annotated[
         Observation,
@@ -80,7 +80,7 @@ async def observe(
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 
-    Runs on the event loop (no thread hop): the work is one small SQLite commit.
+    The count is committed before the answer; counts stop growing at 2**50 (always finite).
     """
     return manager.observe(session_id, obs)
 
@@ -138,3 +138,10 @@ def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRou
 def ep_placement(session_id: str, manager: EpManager) -> EpSessionInfo:
     """The current replica placement and its version."""
     return manager.info(session_id)
+
+
+@ep_router.delete("/{session_id}", status_code=204, responses=_ERRORS, summary="End an EP session")
+def end_ep_session(session_id: str, manager: EpManager) -> Response:
+    """Forget the EP session and its window of batches."""
+    manager.delete(session_id)
+    return Response(status_code=204)
