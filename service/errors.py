@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hwmodel.costs import CycleOverflowError
 from service.store import StoreBusy, StoreError
 
 
@@ -64,6 +65,15 @@ def install_error_handlers(app: FastAPI) -> None:
             detail=[FieldError(field=exc.field, message=exc.message)],
         )
         return _json(exc.status_code, body)
+
+    @app.exception_handler(CycleOverflowError)
+    async def _cycles(_: Request, exc: CycleOverflowError) -> JSONResponse:
+        body = ErrorResponse(
+            error=f"body.hardware: {exc}",
+            error_type="validation",
+            detail=[FieldError(field="body.hardware", message=str(exc))],
+        )
+        return _json(422, body)
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

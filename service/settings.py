@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,7 +61,19 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(
         default=10.0, gt=0, description="A request's headers and body must arrive within this."
     )
+    max_connections: int = Field(
+        default=512, ge=8, description="Open connections at once; more get 503 from uvicorn."
+    )
     keep_alive_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connection close.")
+
+    def warnings(self) -> list[str]:
+        """Risks of this configuration, for the start-up log and ``/info``."""
+        if self.api_key is None and not is_loopback(self.host):
+            return [
+                f"bound to {self.host} (not loopback) without an API key: anyone who can reach "
+                "the port can use every /v1 route; set MOESCHED_API_KEY"
+            ]
+        return []
 
     @field_validator("api_key")
     @classmethod
@@ -68,6 +81,16 @@ class Settings(BaseSettings):
         if key is not None and not key.strip():
             raise ValueError("MOESCHED_API_KEY is set but empty: unset it or give a real key")
         return key
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)
