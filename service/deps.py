@@ -1,17 +1,26 @@
-"""Request dependencies: settings and the API-key check."""
+"""Request dependencies: settings, admission and the API-key check."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader
 
+from service.admission import Admission
 from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def admission(request: Request) -> Admission:
+    """The app's admission (slots and worker processes)."""
+    got: Admission = request.app.state.admission
+    return got
+
+
+AdmissionDep = Annotated[Admission, Depends(admission)]
 
 
 API_KEY = APIKeyHeader(
@@ -39,18 +48,3 @@ def require_api_key(
     """
     if not key_matches(settings.api_key, x_api_key):
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
-
-
-def solve_slot(request: Request) -> Iterator[None]:
-    """Hold one of the server's solve slots for the request; none free: 503 with Retry-After."""
-    slots = request.app.state.solve_slots
-    if not slots.acquire(blocking=False):
-        raise HTTPException(
-            status_code=503,
-            detail="all solve slots are busy; retry shortly",
-            headers={"Retry-After": "1"},
-        )
-    try:
-        yield
-    finally:
-        slots.release()

@@ -32,6 +32,17 @@ from solvers.eplb.batch_placement import place_for_batches, routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
 
+
+def route_layers(
+    placement: np.ndarray, num_gpus: int, hist: np.ndarray
+) -> tuple[list[list[int]], list[float]]:
+    """Route one batch ``hist [L, E]`` over ``placement [L, R]``: tokens per slot per layer
+    and each layer's balancedness (mean / max GPU load)."""
+    routes = [route_batch(placement[layer], num_gpus, hist[layer]) for layer in range(len(hist))]
+    per_layer = [float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0 for r in routes]
+    return [r.tokens_per_slot.tolist() for r in routes], per_layer
+
+
 log = logging.getLogger("moesched.ep_sessions")
 BATCH_BYTES_PER_COUNT = 4  # the window's histograms are int32 (a count is at most 2**24)
 
@@ -82,11 +93,16 @@ class EpSessions:
             )  # fmt: skip
 
     def create(self, spec: EpSessionCreate) -> EpSessionInfo:
-        self.check(spec)
-        make_room(self.store, self.settings, self.sessions, self)
+        """Check, place here and store (the HTTP route places in a worker)."""
+        self.prepare(spec)
         uniform = np.ones((spec.num_layers, spec.num_experts))
         placement, _, _ = rebalance_experts(uniform, spec.num_replicas, 1, 1, spec.num_gpus)
         return self.adopt(spec, placement)
+
+    def prepare(self, spec: EpSessionCreate) -> None:
+        """Check a new session's window bound and make room for it (429 when full)."""
+        self.check(spec)
+        make_room(self.store, self.settings, self.sessions, self)
 
     def adopt(self, spec: EpSessionCreate, placement: np.ndarray) -> EpSessionInfo:
         """Store a new session with its first placement ``[L, R]``."""
@@ -162,6 +178,19 @@ class EpSessions:
             return self._info(sid, ep)
 
     def batch(self, sid: str, batch: EpBatch) -> EpRouting:
+        """Route one batch here and record it (the HTTP route routes in a worker)."""
+        hist, placement, version = self.prepare_batch(sid, batch)
+        ep = self._get(sid)
+        tokens, per_layer = route_layers(placement, ep.spec.num_gpus, hist)
+        return self.record_batch(sid, hist, version, tokens, per_layer)
+
+    def num_gpus(self, sid: str) -> int:
+        """The session's GPU count."""
+        return self._get(sid).spec.num_gpus
+
+    def prepare_batch(self, sid: str, batch: EpBatch) -> tuple[np.ndarray, np.ndarray, int]:
+        """The batch as ``hist [L, E]`` (422 on a wrong shape) and the placement ``[L, R]``
+        and version to route it with."""
         ep = self._get(sid)
         try:
             hist = np.asarray(batch.histogram, dtype=np.int64).reshape(len(batch.histogram), -1)
@@ -173,13 +202,20 @@ class EpSessions:
                 422, "validation", "body.histogram", f"shape {list(hist.shape)}, want {list(want)}"
             )
         with ep.lock:
-            routes = [
-                route_batch(ep.placement[layer], ep.spec.num_gpus, hist[layer])
-                for layer in range(want[0])
-            ]
-            per_layer = [
-                float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0 for r in routes
-            ]
+            return hist, ep.placement, ep.version
+
+    def record_batch(
+        self,
+        sid: str,
+        hist: np.ndarray,
+        version: int,
+        tokens_per_slot: list[list[int]],
+        per_layer: list[float],
+    ) -> EpRouting:
+        """Store a routed batch (before it is acknowledged), add it to the window, and start a
+        re-placement when the window's balance dropped."""
+        ep = self._get(sid)
+        with ep.lock:
             # Stored before it is acknowledged (and before memory changes: a refused write
             # leaves the session as it was).
             if not self.store.ep_append(sid, ep.num_batches + 1, hist, ep.window.maxlen or 1):
@@ -188,7 +224,6 @@ class EpSessions:
             ep.window.append(hist)
             ep.balance.append(float(np.mean(per_layer)))
             ep.num_batches += 1
-            version = ep.version
             window_balance = float(np.mean(ep.balance))
         started = False
         if window_balance < ep.spec.rebalance_below and len(ep.window) >= max(
@@ -201,7 +236,7 @@ class EpSessions:
             if started:
                 self.pool.submit(self._replace, sid, ep)
         return EpRouting(
-            tokens_per_slot=[r.tokens_per_slot.tolist() for r in routes],
+            tokens_per_slot=tokens_per_slot,
             balancedness=per_layer,
             version=version,
             window_balancedness=window_balance,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,6 +36,13 @@ class DomainError(Exception):
         self.error_type = error_type
         self.field = field
         self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses process pools
+        return (type(self), (self.status_code, self.error_type, self.field, self.message))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (its work was stopped)."""
 
 
 def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -74,6 +81,10 @@ def install_error_handlers(app: FastAPI) -> None:
             detail=[FieldError(field="body.hardware", message=str(exc))],
         )
         return _json(422, body)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.deps import key_matches, require_api_key, solve_slot
+from service.admission import Admission
+from service.deps import key_matches, require_api_key
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
@@ -185,10 +185,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.sessions,
         )
         sweeper = asyncio.create_task(_sweep(app, boot))
+        warming = asyncio.create_task(run_in_threadpool(app.state.admission.warm))
         try:
             yield
         finally:
             sweeper.cancel()
+            warming.cancel()
+            app.state.admission.close()
             app.state.sessions.close()
             app.state.ep_sessions.close()
             store.close()
@@ -207,13 +210,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is not None:  # handlers see the settings the app was built with
         app.dependency_overrides[get_settings] = lambda: settings
     app.state.metrics = Metrics()
-    app.state.solve_slots = threading.BoundedSemaphore(boot.max_concurrent_solves)
+    app.state.admission = Admission(boot)
     install_error_handlers(app)
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(presets.router, dependencies=v1)
     app.include_router(simulate.router, dependencies=v1)
-    app.include_router(solve.router, dependencies=[*v1, Depends(solve_slot)])
+    app.include_router(solve.router, dependencies=v1)
     app.include_router(sessions.router, dependencies=v1)
     app.include_router(sessions.ep_router, dependencies=v1)
 

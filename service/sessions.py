@@ -120,7 +120,8 @@ class SessionManager:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
+    def plan_request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
+        """The placement request a plan for these counts ``[L, E]`` is solved from."""
         model = spec.resolved_model()
         return PlacementRequest(
             hardware=spec.hardware,
@@ -138,6 +139,12 @@ class SessionManager:
         )
 
     def create(self, spec: SessionCreate) -> SessionInfo:
+        """Validate, solve the first plan here, store (the HTTP route solves in a worker)."""
+        counts = self.prepare(spec)
+        return self.finish(spec, counts, place(self.plan_request(spec, counts), self.settings))
+
+    def prepare(self, spec: SessionCreate) -> np.ndarray:
+        """Check a new session and make room for it; its seed counts ``[L, E]``."""
         model = spec.resolved_model()
         spec.resolved_hardware()
         shape = (model.num_moe_layers, model.num_routed_experts)
@@ -157,7 +164,12 @@ class SessionManager:
         else:
             counts = np.ones(shape)
         self.make_room()
-        response = place(self._request(spec, counts), self.settings)
+        return counts
+
+    def finish(
+        self, spec: SessionCreate, counts: np.ndarray, response: PlacementResponse
+    ) -> SessionInfo:
+        """Store a new session with its first plan."""
         row = SessionRow(
             uuid.uuid4().hex,
             spec.model_dump_json(),
@@ -272,7 +284,7 @@ class SessionManager:
             if row is None:
                 return
             counts = row.counts
-            response = place(self._request(live.spec, counts), self.settings)
+            response = place(self.plan_request(live.spec, counts), self.settings)
             if response.report.valid:
                 with live.lock:
                     version = self.store.swap_plan(session_id, response.model_dump_json(), counts)

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Deadline of routes whose request has none (capped too)."
     )
     deadline_grace_s: float = Field(
-        default=1.0,
+        default=2.0,
         gt=0,
         description="Past its deadline, a request's worker process is stopped after this long.",
     )
