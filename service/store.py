@@ -15,7 +15,8 @@ one, never half of one.
 Damage is looked for at start-up, and reported as ``StoreError`` naming the file:
 ``PRAGMA quick_check``; an existing but empty (0-byte) main file; a main file whose last run
 did not stop cleanly while its write-ahead log is gone (committed sessions would be lost);
-rows that do not decode. On a clean stop the log is checkpointed into the main file.
+rows that do not decode; a write-ahead log whose current frames fail their checksums
+(SQLite would drop them silently). On a clean stop the log is checkpointed into the main file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import struct
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -144,6 +146,57 @@ class SessionStore(ABC):
         """Flush everything durable (checkpoint) and release the store."""
 
 
+WAL_MAGIC = (0x377F0682, 0x377F0683)  # little- / big-endian checksums
+
+
+def _wal_checksum(data: bytes, s1: int, s2: int, order: str) -> tuple[int, int]:
+    """SQLite's WAL checksum over ``data`` (a multiple of 8 bytes), continued from (s1, s2)."""
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s1 = (s1 + words[i] + s2) & 0xFFFFFFFF
+        s2 = (s2 + words[i + 1] + s1) & 0xFFFFFFFF
+    return s1, s2
+
+
+def wal_damage(wal: bytes) -> str | None:
+    """Why this write-ahead log would lose commits on recovery, or None.
+
+    SQLite replays the frames of the log's current generation (those carrying the header's
+    salts) while their running checksums hold, and silently ignores the rest; stale frames of
+    older generations legitimately follow. Damage is a header that fails its checksum, or a
+    current-generation frame at or after the first one that fails its checksum.
+    """
+    if len(wal) < 32:
+        return None  # no header yet: SQLite ignores it, and nothing was committed to it
+    magic, _, page_size, _, salt1, salt2, c1, c2 = struct.unpack(">8I", wal[:32])
+    if magic not in WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return "bad header"
+    order = ">" if magic & 1 else "<"
+    s1, s2 = _wal_checksum(wal[:24], 0, 0, order)
+    if (s1, s2) != (c1, c2):
+        return "header checksum mismatch"
+    frame = 24 + page_size
+    count = (len(wal) - 32) // frame
+    for i in range(count):
+        off = 32 + i * frame
+        _, _, fs1, fs2, fc1, fc2 = struct.unpack(">6I", wal[off : off + 24])
+        if (fs1, fs2) == (salt1, salt2):
+            s1, s2 = _wal_checksum(wal[off : off + 8], s1, s2, order)
+            s1, s2 = _wal_checksum(wal[off + 24 : off + frame], s1, s2, order)
+            if (s1, s2) == (fc1, fc2):
+                continue
+        # The log's valid part ends here; current-generation frames after it would be lost.
+        later = [
+            j
+            for j in range(i, count)
+            if struct.unpack(">2I", wal[32 + j * frame + 8 : 32 + j * frame + 16]) == (salt1, salt2)
+        ]
+        if later:
+            return f"frame {later[0]} of {count} fails its checksum"
+        return None
+    return None
+
+
 def _blob(a: np.ndarray, dtype: type = np.float64) -> bytes:
     return np.ascontiguousarray(a, dtype=dtype).tobytes()
 
@@ -191,6 +244,14 @@ class SQLiteStore(SessionStore):
                 "Restore it from a backup, or delete it to start a new database."
             )
         wal_present = wal.exists() and wal.stat().st_size > 0
+        if wal_present:
+            damage = wal_damage(wal.read_bytes())
+            if damage is not None:
+                raise StoreError(
+                    f"{wal}: the write-ahead log is damaged ({damage}); opening would drop the "
+                    "commits after the damage. Restore it from a backup, or move it away to "
+                    "start from the main file's last checkpoint."
+                )
         try:
             con = self._con()
             if existed:

@@ -147,6 +147,13 @@ def test_damaged_databases_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="-wal is missing"):
         SQLiteStore(db)
     restore()
+    wal = Path(str(db) + "-wal")
+    log = bytearray(wal.read_bytes())
+    log[len(log) // 2] ^= 0xFF  # one byte of a frame in the middle of the log
+    wal.write_bytes(bytes(log))
+    with pytest.raises(StoreError, match="write-ahead log is damaged"):
+        SQLiteStore(db)
+    restore()
     SQLiteStore(db).close()  # a clean stop moves everything into the main file
     data = db.read_bytes()
     db.write_bytes(data[: len(data) // 2])  # truncated to half
