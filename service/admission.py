@@ -84,10 +84,18 @@ class _Class:
 
 
 def _stop(classes: dict[str, _Class]) -> None:
+    """Stop every worker now: a stopping server must not wait for work nobody will read (nor
+    for a worker still booting on a loaded machine)."""
     for c in classes.values():
         if c.pool is not None:
+            manager = getattr(c.pool, "_pool_manager", None)
+            workers = getattr(getattr(manager, "worker_manager", None), "workers", {})
+            procs = list(workers.values())
             c.pool.stop()
-            c.pool.join(timeout=5)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+            c.pool.join(timeout=2)
             c.pool, c.warm = None, False
 
 

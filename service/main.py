@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -184,13 +185,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ep_sessions,
             app.state.sessions,
         )
+        app.openapi()  # built once now, not on the event loop of the first /openapi.json
         sweeper = asyncio.create_task(_sweep(app, boot))
-        warming = asyncio.create_task(run_in_threadpool(app.state.admission.warm))
+        # Start the worker processes in the background (a daemon thread: a stop never waits
+        # for it); the first request waits for them outside its deadline.
+        threading.Thread(target=app.state.admission.warm, daemon=True).start()
         try:
             yield
         finally:
             sweeper.cancel()
-            warming.cancel()
             app.state.admission.close()
             app.state.sessions.close()
             app.state.ep_sessions.close()

@@ -66,8 +66,19 @@ def info(settings: SettingsDep) -> InfoResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-def metrics(request: Request) -> Response:
-    """Request counts and latencies in the Prometheus text format."""
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Request counts and latencies, sessions and their limits, busy admission slots, in the
+    Prometheus text format."""
+    m = request.app.state.metrics
+    store = getattr(request.app.state, "store", None)
+    if store is not None:
+        sessions, ep_sessions = store.count()
+        m.sessions.labels("sessions").set(sessions)
+        m.sessions.labels("ep_sessions").set(ep_sessions)
+    m.session_ttl.set(settings.session_ttl_s)
+    m.max_sessions.set(settings.max_sessions)
+    for cls in ("solve", "route"):
+        m.slots_busy.labels(cls).set(request.app.state.admission.busy(cls))
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
