@@ -179,18 +179,13 @@ class EpSessions:
 
     def batch(self, sid: str, batch: EpBatch) -> EpRouting:
         """Route one batch here and record it (the HTTP route routes in a worker)."""
-        hist, placement, version = self.prepare_batch(sid, batch)
-        ep = self._get(sid)
-        tokens, per_layer = route_layers(placement, ep.spec.num_gpus, hist)
+        hist, placement, version, num_gpus = self.prepare_batch(sid, batch)
+        tokens, per_layer = route_layers(placement, num_gpus, hist)
         return self.record_batch(sid, hist, version, tokens, per_layer)
 
-    def num_gpus(self, sid: str) -> int:
-        """The session's GPU count."""
-        return self._get(sid).spec.num_gpus
-
-    def prepare_batch(self, sid: str, batch: EpBatch) -> tuple[np.ndarray, np.ndarray, int]:
-        """The batch as ``hist [L, E]`` (422 on a wrong shape) and the placement ``[L, R]``
-        and version to route it with."""
+    def prepare_batch(self, sid: str, batch: EpBatch) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """The batch as ``hist [L, E]`` (422 on a wrong shape), and the placement ``[L, R]``,
+        its version and the GPU count to route it with."""
         ep = self._get(sid)
         try:
             hist = np.asarray(batch.histogram, dtype=np.int64).reshape(len(batch.histogram), -1)
@@ -202,7 +197,7 @@ class EpSessions:
                 422, "validation", "body.histogram", f"shape {list(hist.shape)}, want {list(want)}"
             )
         with ep.lock:
-            return hist, ep.placement, ep.version
+            return hist, ep.placement, ep.version, ep.spec.num_gpus
 
     def record_batch(
         self,

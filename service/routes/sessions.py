@@ -150,8 +150,9 @@ async def route_ep_batch(
 
     Routed in a cheap-routing slot with the server's default deadline; the batch is stored
     before the answer (an acknowledged batch survives a killed server)."""
-    hist, placement, version = await run_in_threadpool(manager.prepare_batch, session_id, batch)
-    num_gpus = manager.num_gpus(session_id)
+    hist, placement, version, num_gpus = await run_in_threadpool(
+        manager.prepare_batch, session_id, batch
+    )
     tokens, per_layer = await admission.run(
         http, "route", None, "body.histogram", jobs.route_layers, placement, num_gpus, hist
     )
