@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # are wide (a bandwidth of 1 B/s and an exaflop device are both accepted) but keep every
 # duration the cost model computes finite and every cycle count inside 64-bit integers.
 MIN_RATE = 1.0  # B/s or FLOP/s
-MAX_BANDWIDTH_BYTES_PER_S = 1e15
-MAX_FLOPS_PER_S = 1e18
+MAX_BANDWIDTH_BYTES_PER_S = 1e18  # tests model "free" memory with 1e18
+MAX_FLOPS_PER_S = 1e21
 MAX_BYTES = 2**60  # memory capacities
 MAX_FIXED_COST_S = 1.0  # launch, latency, tile overhead per task
 MIN_EFFICIENCY = 1e-3
