@@ -19,10 +19,11 @@ from service.deps import key_matches, require_api_key
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
-from service.routes import health, presets, sessions, simulate, solve
+from service.routes import health, presets, sessions, simulate, solve, sweeps
 from service.sessions import SessionManager, expire
 from service.settings import Settings, get_settings
 from service.store import SQLiteStore, StoreError
+from service.sweep_jobs import SweepJobs
 
 log = logging.getLogger("moesched")
 
@@ -185,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ep_sessions,
             app.state.sessions,
         )
+        app.state.sweeps = SweepJobs(boot)
         app.openapi()  # built once now, not on the event loop of the first /openapi.json
         sweeper = asyncio.create_task(_sweep(app, boot))
         # Start the worker processes in the background (a daemon thread: a stop never waits
@@ -194,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            app.state.sweeps.close()
             app.state.admission.close()
             app.state.sessions.close()
             app.state.ep_sessions.close()
@@ -222,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(solve.router, dependencies=v1)
     app.include_router(sessions.router, dependencies=v1)
     app.include_router(sessions.ep_router, dependencies=v1)
+    app.include_router(sweeps.router, dependencies=v1)
 
     app.add_middleware(Guard, metrics=app.state.metrics)
     return app

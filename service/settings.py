@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     )
     keep_alive_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connection close.")
 
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster for sweeps (None: a local Ray instance)."
+    )
+    sweep_dir: Path = Field(default=Path("sweeps"), description="Where sweep jobs write rows.")
+    sweep_workers: int = Field(default=1, ge=1, le=1024, description="CPUs of a local Ray.")
+    max_sweep_points: int = Field(default=256, ge=1, description="Points of one HTTP sweep.")
+    max_sweep_tokens: int = Field(
+        default=20_000, ge=1, description="Prompt + decoded tokens over all points of a sweep."
+    )
+    max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
+
     def warnings(self) -> list[str]:
         """Risks of this configuration, for the start-up log and ``/info``."""
         if self.api_key is None and not is_loopback(self.host):
