@@ -52,6 +52,7 @@ class Server:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop(signal.SIGKILL)  # never leave a half-started server behind
         raise RuntimeError(f"server did not become healthy in {timeout_s} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
