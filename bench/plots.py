@@ -144,10 +144,21 @@ def plot_reliability(r: Result, ax: Any) -> None:
     ax.set_title("Reliability: cases run and failures found")
 
 
+def plot_cli(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    ax.bar([x["command"] for x in rows], [x["wall_s_p50"] for x in rows])
+    ax.axhline(r["summary"]["target_s"], color="grey", ls="--", lw=1)
+    ax.text(len(rows) - 0.5, r["summary"]["target_s"] * 1.02, "target: 1 s", fontsize=8, ha="right")
+    for i, x in enumerate(rows):
+        ax.text(i, x["wall_s_p50"], f"{x['ratio_to_python']:.1f}x python", ha="center", fontsize=8)
+    ax.set_ylabel("start-up wall time, median (s)")
+    ax.set_title("Command-line start-up, as a multiple of a bare `python -c pass`")
+
+
 PLOTS: dict[str, Callable[[Result, Any], None]] = {
     "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
     "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
-    "service": plot_service, "reliability": plot_reliability,
+    "service": plot_service, "reliability": plot_reliability, "cli": plot_cli,
 }  # fmt: skip
 
 
@@ -155,9 +166,14 @@ def plot(result: Result, path: Path) -> None:
     """Draw ``result``'s chart into the PNG at ``path``.
 
     Raises:
-        KeyError: when the benchmark has no chart.
+        ValueError: when ``result`` is not a benchmark result or its benchmark has no chart.
     """
-    draw = PLOTS[result["benchmark"]]
+    name = result.get("benchmark") if isinstance(result, dict) else None
+    if name is None:
+        raise ValueError("benchmark: missing; not a benchmark result (moesched bench NAME --json)")
+    if name not in PLOTS:
+        raise ValueError(f"benchmark: no chart for '{name}'; charts: {sorted(PLOTS)}")
+    draw = PLOTS[name]
     fig, ax = plt.subplots(figsize=(11, 4.8))
     draw(result, ax)
     fig.tight_layout()

@@ -8,6 +8,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.input_errors import DomainError, pydantic_details, summarize
+
+__all__ = ["DomainError", "ErrorResponse", "FieldError", "install_error_handlers"]
+
 
 class FieldError(BaseModel):
     """One problem with one field of the request."""
@@ -24,17 +28,6 @@ class ErrorResponse(BaseModel):
     detail: list[FieldError] = Field(default_factory=list, description="Per-field problems.")
 
 
-class DomainError(Exception):
-    """A request that is well-formed JSON but cannot be served (unknown preset, shape mismatch)."""
-
-    def __init__(self, status_code: int, error_type: str, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.status_code = status_code
-        self.error_type = error_type
-        self.field = field
-        self.message = message
-
-
 def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
@@ -44,20 +37,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            FieldError(
-                field=".".join(str(p) for p in err.get("loc", ())),
-                message=str(err.get("msg", "invalid")),
-            )
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3]) or "invalid request"
+        pairs = pydantic_details(exc.errors())
+        details = [FieldError(field=f, message=m) for f, m in pairs]
+        summary = summarize(pairs)
         return _json(422, ErrorResponse(error=summary, error_type="validation", detail=details))
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         body = ErrorResponse(
-            error=f"{exc.field}: {exc.message}",
+            error=summarize([(exc.field, exc.message)]),
             error_type=exc.error_type,
             detail=[FieldError(field=exc.field, message=exc.message)],
         )

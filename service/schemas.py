@@ -11,7 +11,7 @@ from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, mo
 from hwmodel.report import Report
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
-from service.errors import DomainError
+from service.input_errors import DomainError
 
 
 class ProblemRequest(BaseModel):
@@ -72,6 +72,12 @@ class SimulateRequest(ProblemRequest):
     )
     residency: Residency | None = Field(default=None, description="What memories hold at cycle 0.")
     include_timeline: bool = Field(default=False, description="Return every task's span.")
+    context_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="KV-cache length for attention costs (default: the workload's, else 0).",
+    )
 
 
 class SimulateResponse(BaseModel):
