@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import require_api_key, solve_slot
+from service.docs import install_docs
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local files by install_docs (no CDN)
+        redoc_url=None,
         responses={
             401: {"model": ErrorResponse, "description": "Missing or wrong API key (when set)."},
             413: {"model": ErrorResponse, "description": "Request too large."},
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.solve_slots = threading.BoundedSemaphore(boot.max_concurrent_solves)
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(presets.router, dependencies=v1)
