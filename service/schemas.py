@@ -161,6 +161,123 @@ class PlacementRequest(ProblemRequest):
         return self
 
 
+AnswerStatus = Literal["optimal", "feasible", "fallback", "given"]
+STATUS_MEANING: dict[str, str] = {
+    "optimal": "proven optimal: the objective equals a proven lower bound",
+    "feasible": "a valid plan, not proven optimal: 'gap' says how far from the best bound",
+    "fallback": "the backend asked for gave nothing usable in time; a simpler backend's plan "
+    "(greedy, EPLB's own) was returned instead, for the reason in 'why'",
+    "given": "not solved here: the plan came with the request",
+}
+STATUS_DESCRIPTION = "One status per answer. " + "; ".join(
+    f"{k}: {v}" for k, v in STATUS_MEANING.items()
+)
+
+
+def one_status(account: SolverAccount) -> SolverAccount:
+    """The account with a single status: a proven optimum reads 'optimal' whatever else
+    happened; otherwise any fallback reason makes it 'fallback' (with that reason)."""
+    if account.status in ("optimal", "fallback", "infeasible") or not account.fallback_reason:
+        return account
+    return account.model_copy(update={"status": "fallback"})
+
+
+def status_why(account: SolverAccount) -> str:
+    """Why the answer has its status, in words."""
+    if account.status == "optimal":
+        why = "the plan meets the proven lower bound"
+        if account.fallback_reason:
+            why += f" (the exact backend added nothing: {account.fallback_reason})"
+        return why
+    if account.status == "fallback":
+        return account.fallback_reason or "the exact backend gave no plan"
+    if account.status == "feasible":
+        gap = "unknown" if account.gap is None else f"{account.gap:.2%}"
+        return f"not proven optimal within the deadline; gap to the best bound {gap}"
+    return STATUS_MEANING.get(account.status, account.status)
+
+
+ShardAt = tuple[str, int, int | None]
+
+
+class LayerMap(BaseModel):
+    """Where one layer's experts run."""
+
+    layer: int = Field(description="MoE layer.")
+    experts: dict[int, list[ShardAt]] = Field(
+        description="Logical expert -> [[device id, ffn_start, ffn_end], ...]: each shard's device "
+        "and its FFN column slice [ffn_start, ffn_end) (ffn_end null: the full width)."
+    )
+
+
+def _ffn_start(shard: ShardAt) -> int:
+    return shard[1]
+
+
+def expert_maps(plan: Plan) -> list[LayerMap]:
+    """Per layer, each active expert's shards (device and FFN slice), from the plan's tasks."""
+    by_layer: dict[int, dict[int, list[ShardAt]]] = {}
+    for task in plan.tasks:
+        if task.kind != "compute" or task.op != "expert" or task.expert is None:
+            continue
+        shard = (task.device_id, task.ffn_start, task.ffn_end)
+        shards = by_layer.setdefault(task.layer, {}).setdefault(task.expert, [])
+        if shard not in shards:  # micro-batches repeat the same shard
+            shards.append(shard)
+    return [
+        LayerMap(
+            layer=layer, experts={e: sorted(sh, key=_ffn_start) for e, sh in sorted(ex.items())}
+        )
+        for layer, ex in sorted(by_layer.items())
+    ]
+
+
+class PlanSummary(BaseModel):
+    """The answer first: status, gap, makespan, and where every expert runs."""
+
+    status: AnswerStatus = Field(description=STATUS_DESCRIPTION)
+    why: str = Field(description="Why this status, in words (the fallback's reason, the gap).")
+    gap: float | None = Field(description="(objective - bound) / objective; 0 when optimal.")
+    makespan_cycles: int = Field(description="Simulated makespan (the executor's), in cycles.")
+    makespan_ms: float = Field(description="The same in milliseconds.")
+    valid: bool = Field(description="The executor found no violation (always true here).")
+    layers: list[LayerMap] = Field(description="Per layer: expert -> [[device, ffn slice]].")
+
+
+def plan_summary(account: SolverAccount, report: Report, plan: Plan) -> PlanSummary:
+    """The summary of a solved plan (``account`` already through ``one_status``)."""
+    status = account.status if account.status != "infeasible" else "fallback"
+    return PlanSummary(
+        status=status,
+        why=status_why(account),
+        gap=account.gap,
+        makespan_cycles=report.makespan_cycles,
+        makespan_ms=report.makespan_s * 1e3,
+        valid=report.valid,
+        layers=expert_maps(plan),
+    )
+
+
+class SummarizedPlan(BaseModel):
+    """A solved plan's answer: ``summary`` first (filled from the account, report and plan),
+    then the account, the executor's report and the task graph."""
+
+    summary: PlanSummary | None = Field(
+        default=None, description="The answer first: status, gap, makespan, expert map."
+    )
+    account: SolverAccount = Field(description="Backend, status, objective, bound, gap, time.")
+    report: Report = Field(description="The executor's simulation of the plan (valid).")
+    plan: Plan = Field(description="The task graph: every task, in run order per resource.")
+
+    @model_validator(mode="after")
+    def _summarize(self) -> SummarizedPlan:
+        self.account = one_status(self.account)
+        if self.plan.account != self.account:
+            self.plan = self.plan.model_copy(update={"account": self.account})
+        self.summary = plan_summary(self.account, self.report, self.plan)
+        return self
+
+
 class LayerAccountOut(BaseModel):
     """One layer's solve."""
 
@@ -168,13 +285,10 @@ class LayerAccountOut(BaseModel):
     account: SolverAccount = Field(description="How its placement was found.")
 
 
-class PlacementResponse(BaseModel):
-    """The plan, how it was found, and the executor's report on it."""
+class PlacementResponse(SummarizedPlan):
+    """The summary first; then how the plan was found, the executor's report, the task graph."""
 
-    plan: Plan = Field(description="Tasks of every layer, in run order.")
-    account: SolverAccount = Field(description="Backend, status, objective, bound, gap, time.")
     layers: list[LayerAccountOut] = Field(description="Per-layer accounts.")
-    report: Report = Field(description="The executor's simulation of the plan (valid).")
 
 
 class EplbRequest(BaseModel):
@@ -237,11 +351,10 @@ class OrderingRequest(ProblemRequest):
     options: OrderingOptions = Field(default_factory=OrderingOptions, description="Solving.")
 
 
-class OrderingResponse(BaseModel):
-    """The chosen pipeline, the baselines at their best, and the executor's report."""
+class OrderingResponse(SummarizedPlan):
+    """The summary first; then the chosen pipeline, the baselines at their best, and the
+    executor's report."""
 
-    plan: Plan = Field(description="Tasks in run order (per resource, with micro-batch ids).")
-    account: SolverAccount = Field(description="How the order was found.")
     micro_batches: int = Field(description="Chosen micro-batch count r.")
     why: str = Field(description="Why this r (against r + 1).")
     makespan_cycles: int = Field(description="moesched's run time.")
@@ -252,7 +365,6 @@ class OrderingResponse(BaseModel):
         description="moesched's run time per r tried."
     )
     throughput_tokens_per_s: float = Field(description="batch_tokens / simulated run time.")
-    report: Report = Field(description="The executor's simulation of the plan (valid).")
 
 
 class SessionPolicy(BaseModel):
