@@ -54,6 +54,7 @@ BENCHMARK_HELP = {
     "ndp": "the GPU-NDP reproduction",
     "cli": "command-line start-up vs python -c pass",
 }
+BENCHMARKS_WITHOUT_TRACES = frozenset({"dep", "cli"})
 
 
 def say(text: str) -> None:
@@ -336,14 +337,7 @@ def solve(
                     response = order(request, get_settings(), timeline)
                 else:
                     response = place(request, get_settings(), timeline)
-    a = response.account
-    gap = "n/a" if a.gap is None else f"{a.gap:.2%}"
-    say(
-        f"status {a.status}  backend {a.backend}  objective {a.objective_cycles} cycles  "
-        f"bound {a.lower_bound_cycles}  gap {gap}  wall {a.wall_time_s:.3f} s"
-    )
-    if a.fallback_reason:
-        say(f"fallback: {a.fallback_reason}")
+    print_summary(response)
     if isinstance(response, OrderingResponse):
         say(
             f"micro-batches {response.micro_batches} ({response.why}); serial "
@@ -354,6 +348,24 @@ def solve(
     if out is not None:
         out.write_text(json.dumps(simulate_body(data, request, response), indent=1))
     write_pictures(response.report, trace, gantt_path)
+
+
+def print_summary(response: Any) -> None:
+    """The answer first: status and why, gap, makespan, then where every expert runs."""
+    s, a = response.summary, response.account
+    gap = "n/a" if s.gap is None else f"{s.gap:.2%}"
+    say(f"status {s.status}: {s.why}")
+    say(
+        f"gap {gap}  makespan {s.makespan_ms:.4f} ms ({s.makespan_cycles} cycles)  "
+        f"backend {a.backend}  bound {a.lower_bound_cycles}  wall {a.wall_time_s:.3f} s"
+    )
+    for layer in s.layers:
+        experts = "; ".join(
+            f"e{e} -> "
+            + " ".join(d if end is None else f"{d}[{start}:{end}]" for d, start, end in shards)
+            for e, shards in layer.experts.items()
+        )
+        say(f"layer {layer.layer}: {experts}")
 
 
 def simulate_body(data: dict[str, Any], request: Any, response: Any) -> dict[str, Any]:
@@ -601,9 +613,25 @@ def bench(
     if name not in BENCHMARKS:
         note(f"error: unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
         raise typer.Exit(EXIT_BAD_INPUT)
+    from hwmodel.routing_traces import traces_dir
+
+    traces = traces_dir()
+    missing_traces = (
+        f"error: bench {name} reads the real routing traces, which are not at {traces}; set "
+        "MOESCHED_TRACES_DIR to their folder (in Docker: -v PATH/shared/traces:/traces:ro)"
+    )
+    if name not in BENCHMARKS_WITHOUT_TRACES and not traces.is_dir():
+        note(missing_traces)
+        raise typer.Exit(EXIT_BAD_INPUT)
     label = f"bench {name}" + (" --quick" if quick else "")
-    with working(quiet, label) as reporter, reporting(reporter):
-        result = BENCHMARKS[name](quick)
+    try:
+        with working(quiet, label) as reporter, reporting(reporter):
+            result = BENCHMARKS[name](quick)
+    except FileNotFoundError as exc:
+        if exc.filename is None or not Path(exc.filename).is_relative_to(traces):
+            raise
+        note(f"{missing_traces} ({Path(exc.filename).name} is missing)")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     result.write(json_path)
     if plot_path is not None:
         from bench.plots import plot as draw

@@ -37,6 +37,9 @@ def install_docs(app: FastAPI) -> None:
     if missing:
         raise RuntimeError(f"docs assets missing from {static}: {missing}")
     app.mount(STATIC_URL, StaticFiles(directory=static), name="docs-static")
+    # plotly's script for the ?format=html timelines (service.pictures.PLOTLY_JS_URL)
+    plotly_dir = Path(str(files("plotly") / "package_data"))
+    app.mount("/static/plotly", StaticFiles(directory=plotly_dir), name="plotly-static")
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 

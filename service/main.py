@@ -28,7 +28,10 @@ host memory over PCIe. Every plan is checked by a cycle-level executor model of 
 which also predicts its latency, utilization and traffic.
 
 Start with `GET /v1/presets/hardware` and `GET /v1/presets/models`; every POST has a working
-example built from presets ("Try it out").
+example built from presets ("Try it out"). Every answer leads with a `summary` (status, gap,
+makespan, where each expert runs). Pictures: add `?format=png`, `svg`, `perfetto` or `html` to
+`/v1/schedule`, `/v1/placement` or `/v1/ordering`; [an interactive timeline of the example
+schedule](/v1/schedule/example).
 """
 
 

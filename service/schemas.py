@@ -193,7 +193,7 @@ def status_why(account: SolverAccount) -> str:
         return account.fallback_reason or "the exact backend gave no plan"
     if account.status == "feasible":
         gap = "unknown" if account.gap is None else f"{account.gap:.2%}"
-        return f"not proven optimal within the deadline; gap to the best bound {gap}"
+        return f"a valid plan, not proven optimal: gap {gap} to the best lower bound"
     return STATUS_MEANING.get(account.status, account.status)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request, Response
 
 from service.deps import SettingsDep
 from service.errors import ErrorResponse
 from service.examples import eplb_example, ordering_example, placement_example, route_example
+from service.pictures import PICTURE_RESPONSES, FormatQuery, picture
 from service.schemas import (
     EplbRequest,
     EplbResponse,
@@ -30,8 +31,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _count(http: Request, problem: str, response: Any) -> None:
+    """Record a solve in the app's metrics (problem, backend, the answer's one status)."""
+    a = response.account
+    http.app.state.metrics.record_account(problem, a)
+
+
 @router.post(
-    "/placement", response_model=PlacementResponse, responses=_ERRORS, summary="Place expert shards"
+    "/placement",
+    response_model=PlacementResponse,
+    responses=_ERRORS | PICTURE_RESPONSES,
+    summary="Place expert shards",
 )
 def post_placement(
     request: Annotated[
@@ -43,9 +53,20 @@ def post_placement(
         ),
     ],
     settings: SettingsDep,
-) -> PlacementResponse:
-    """Which devices compute which slices of which experts, per layer; validated by the executor."""
-    return place(request, settings)
+    http: Request,
+    format: FormatQuery = "json",
+) -> PlacementResponse | Response:
+    """Which devices compute which slices of which experts, per layer; validated by the executor.
+
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON.
+    """
+    response = place(request, settings, format != "json")
+    _count(http, "placement", response)
+    if format == "json":
+        return response
+    return picture(
+        response, format, "placement", request.resolved_hardware(), request.resolved_model()
+    )
 
 
 @router.post(
@@ -62,15 +83,20 @@ def post_eplb(
         ),
     ],
     settings: SettingsDep,
+    http: Request,
 ) -> EplbResponse:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
-    return eplb(request, settings)
+    response = eplb(request, settings)
+    http.app.state.metrics.record_solve(
+        "eplb", response.backend, response.status, response.fallback_reason, response.wall_time_s
+    )
+    return response
 
 
 @router.post(
     "/ordering",
     response_model=OrderingResponse,
-    responses=_ERRORS,
+    responses=_ERRORS | PICTURE_RESPONSES,
     summary="Micro-batch pipeline (DEP)",
 )
 def post_ordering(
@@ -83,13 +109,27 @@ def post_ordering(
         ),
     ],
     settings: SettingsDep,
-) -> OrderingResponse:
-    """Micro-batch count and every resource's task order, beside PPPipe and serial."""
-    return order(request, settings)
+    http: Request,
+    format: FormatQuery = "json",
+) -> OrderingResponse | Response:
+    """Micro-batch count and every resource's task order, beside PPPipe and serial.
+
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON.
+    """
+    response = order(request, settings, format != "json")
+    _count(http, "ordering", response)
+    if format == "json":
+        return response
+    return picture(
+        response, format, "ordering", request.resolved_hardware(), request.resolved_model()
+    )
 
 
 @router.post(
-    "/schedule", response_model=ScheduleResponse, responses=_ERRORS, summary="Full schedule"
+    "/schedule",
+    response_model=ScheduleResponse,
+    responses=_ERRORS | PICTURE_RESPONSES,
+    summary="Full schedule",
 )
 def post_schedule(
     request: Annotated[
@@ -101,9 +141,21 @@ def post_schedule(
         ),
     ],
     settings: SettingsDep,
-) -> ScheduleResponse:
-    """Placement of every layer, then the order of every task; checked by the executor."""
-    return schedule(request, settings)
+    http: Request,
+    format: FormatQuery = "json",
+) -> ScheduleResponse | Response:
+    """Placement of every layer, then the order of every task; checked by the executor.
+
+    `?format=png|svg|perfetto|html` answers with the schedule's timeline instead of the JSON:
+    a Gantt chart, a Perfetto trace (open it in ui.perfetto.dev) or an interactive page.
+    """
+    response = schedule(request, settings, format != "json")
+    _count(http, "schedule", response)
+    if format == "json":
+        return response
+    return picture(
+        response, format, "schedule", request.resolved_hardware(), request.resolved_model()
+    )
 
 
 @router.post(
@@ -124,3 +176,19 @@ def post_route(
 ) -> RouteResponse:
     """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest."""
     return route(request)
+
+
+@router.get(
+    "/schedule/example",
+    response_model=ScheduleResponse,
+    responses=PICTURE_RESPONSES,
+    summary="The example schedule, e.g. as an interactive timeline",
+)
+def get_schedule_example(
+    settings: SettingsDep, http: Request, format: FormatQuery = "html"
+) -> ScheduleResponse | Response:
+    """The POST /v1/schedule example (a decode token on 4 NDP-DIMMs, greedy), answered in
+    ``format``: open [/v1/schedule/example](/v1/schedule/example) for its timeline."""
+    body = placement_example() | {"options": {"backend": "greedy"}}
+    request = ScheduleRequest.model_validate(body)
+    return post_schedule(request, settings, http, format)

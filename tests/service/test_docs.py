@@ -55,9 +55,11 @@ def browser() -> str | None:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "sessions.db")
-    srv.start()
-    yield srv
-    srv.stop()
+    try:
+        srv.start(timeout_s=120)  # a loaded CI machine starts it slowly
+        yield srv
+    finally:
+        srv.stop()  # also when it never became healthy
 
 
 @pytest.mark.skipif(browser() is None, reason="no chromium installed (.ci/run installs it)")

@@ -1,0 +1,67 @@
+"""Answers as pictures: `?format=png|svg|perfetto|html` on the solve routes.
+
+png/svg: a Gantt chart with its legend in words; perfetto: the Perfetto trace (process and
+thread names, dependency arrows, link and memory counter tracks); html: an interactive plotly
+timeline whose script is served from this server (no CDN).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Response
+from fastapi.responses import HTMLResponse
+
+from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.trace_export import chrome_trace, gantt_bytes, timeline_html
+
+PictureFormat = Literal["json", "png", "svg", "perfetto", "html"]
+PLOTLY_JS_URL = "/static/plotly/plotly.min.js"
+
+FormatQuery = Annotated[
+    PictureFormat,
+    Query(
+        description="json (default): the answer. png or svg: a Gantt chart of the simulated "
+        "timeline, one row per device or link, bars coloured by task kind, legend in words. "
+        "perfetto: a Perfetto trace (open it at ui.perfetto.dev or in Perfetto's trace "
+        "processor). html: an interactive timeline page (zoom, hover for each task)."
+    ),
+]
+
+PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer (JSON), or with ?format= its timeline as a picture.",
+        "content": {
+            "image/png": {},
+            "image/svg+xml": {},
+            "text/html": {},
+            "application/vnd.moesched.perfetto+json": {},
+        },
+    }
+}
+
+
+def picture(
+    response: Any, fmt: PictureFormat, what: str, hardware: Hardware, model: ModelSpec
+) -> Response:
+    """The picture of a solved ``response`` (simulated with its timeline)."""
+    report = response.report
+    s = response.summary
+    title = (
+        f"moesched {what}: {s.status}, makespan {s.makespan_ms:.3f} ms"
+        if s is not None
+        else f"moesched {what}"
+    )
+    if fmt == "png":
+        return Response(gantt_bytes(report, "png", title), media_type="image/png")
+    if fmt == "svg":
+        return Response(gantt_bytes(report, "svg", title), media_type="image/svg+xml")
+    if fmt == "html":
+        return HTMLResponse(timeline_html(report, PLOTLY_JS_URL, title))
+    trace = chrome_trace(report, response.plan, hardware, model)
+    return Response(
+        json.dumps(trace),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="moesched-{what}.perfetto.json"'},
+    )
