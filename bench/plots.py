@@ -42,9 +42,15 @@ def plot_ndp(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [f"{x['trace']} {x['dimms']} DIMMs" for x in rows]
     series = {"moesched vs MoNDE": [x["speedup"] for x in rows]}
-    for name in ("no_tp", "no_balance", "no_prefetch", "every_step"):
+    ablations = {
+        "no_tp": "without tensor parallelism",
+        "no_balance": "expert-parallel only (no balancing)",
+        "no_prefetch": "without prefetch",
+        "every_step": "re-solving every step",
+    }
+    for name, words in ablations.items():
         if any(f"speedup_{name}" in x for x in rows):
-            series[name] = [x.get(f"speedup_{name}", np.nan) for x in rows]
+            series[words] = [x.get(f"speedup_{name}", np.nan) for x in rows]
     _bars(ax, labels, series, "end-to-end speedup over MoNDE-style (x)")
     ax.axhline(2.41, color="grey", ls="--", lw=1)
     ax.text(len(labels) - 0.5, 2.45, "paper: 2.41x mean over MoNDE", fontsize=8, ha="right")
@@ -53,9 +59,12 @@ def plot_ndp(r: Result, ax: Any) -> None:
 
 def plot_cache(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{_short(x['trace'])} {round(100 * x['capacity_fraction'])}%" for x in rows]
+    labels = [
+        f"{_short(x['trace'])}, cache {round(100 * x['capacity_fraction'])}% of experts"
+        for x in rows
+    ]
     names = {
-        "lru": "LRU", "lfu": "LFU", "belady": "Belady (offline)",
+        "lru": "LRU", "lfu": "LFU", "belady": "Belady (offline optimum)",
         "moesched_gpu": "moesched", "moesched_gpu_sub": "moesched + substitution",
         "refill": "refill, no link limit",
     }  # fmt: skip
@@ -66,7 +75,7 @@ def plot_cache(r: Result, ax: Any) -> None:
 
 def plot_dep(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{x['hardware'][4:]} {x['model']} b{x['batch_tokens']}" for x in rows]
+    labels = [f"{x['hardware'][4:].upper()} {x['model']}, {x['batch_tokens']} tokens" for x in rows]
     _bars(ax, labels, {
         "vs PPPipe": [x["speedup_vs_pppipe"] for x in rows],
         "vs serial": [x["speedup_vs_serial"] for x in rows],
@@ -76,7 +85,9 @@ def plot_dep(r: Result, ax: Any) -> None:
 
 def plot_eplb(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{x['histograms']} g{x['num_gpus']} r{x['redundant']}" for x in rows]
+    labels = [
+        f"{x['histograms']}, {x['num_gpus']} GPUs, {x['redundant']} redundant slots" for x in rows
+    ]
     _bars(ax, labels, {
         "DeepSeek EPLB": [x["eplb_balancedness_mean"] for x in rows],
         "moesched": [x["moesched_balancedness_mean"] for x in rows],
@@ -87,7 +98,7 @@ def plot_eplb(r: Result, ax: Any) -> None:
 
 def plot_balance(r: Result, ax: Any) -> None:
     rows = [x for x in r["rows"] if x["batch_tokens"] == 64]
-    labels = [f"{x['trace']} r{x['redundant']}" for x in rows]
+    labels = [f"{x['trace']}, {x['redundant']} redundant slots" for x in rows]
     _bars(ax, labels, {
         "EPLB static": [x["eplb_static_balancedness"] for x in rows],
         "EPLB + routing": [x["eplb_routed_balancedness"] for x in rows],
@@ -98,11 +109,13 @@ def plot_balance(r: Result, ax: Any) -> None:
 
 def plot_solvers(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    for backend in ("greedy", "auto", "reference"):
+    words = {"greedy": "greedy", "auto": "auto (greedy, then CP-SAT)",
+             "reference": "reference (CP-SAT, long deadline)"}  # fmt: skip
+    for backend, label in words.items():
         ax.scatter(
             [x[f"{backend}_ms"] for x in rows],
             [x[f"{backend}_gap"] or 0.0 for x in rows],
-            label=backend, s=14,
+            label=label, s=14,
         )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("wall time per layer (ms)")
@@ -116,7 +129,8 @@ def plot_executor(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [f"{x['hardware']} {x['model']}" for x in rows]
     _bars(ax, labels, {
-        "p50": [x["step_p50_ms"] for x in rows], "p95": [x["step_p95_ms"] for x in rows],
+        "median": [x["step_p50_ms"] for x in rows],
+        "95th percentile": [x["step_p95_ms"] for x in rows],
     }, "ms per simulated step")  # fmt: skip
     ax.axhline(r["summary"].get("target_step_ms", 50), color="grey", ls="--", lw=1)
     ax.set_title("Executor speed (one decode step, every layer)")
@@ -124,7 +138,7 @@ def plot_executor(r: Result, ax: Any) -> None:
 
 def plot_service(r: Result, ax: Any) -> None:
     s = r["summary"]
-    names = ["observe p99", "schedule p50", "healthz p50"]
+    names = ["observation, 99th percentile", "schedule, median", "health check, median"]
     ax.bar(names, [s["observe_p99_ms"], s["schedule_p50_ms"], s["healthz_p50_ms"]])
     ax.axhline(s["targets"]["observe_p99_ms"], color="grey", ls="--", lw=1)
     ax.set_ylabel("ms")
@@ -133,7 +147,7 @@ def plot_service(r: Result, ax: Any) -> None:
 
 def plot_reliability(r: Result, ax: Any) -> None:
     s = r["summary"]
-    parts = ["fuzz", "properties", "overload", "kill -9"]
+    parts = ["schema fuzzing", "random solves (properties)", "overload (503s)", "kill -9 restarts"]
     cases = [s["fuzz_cases"], s["property_cases"], s["overload_requests"], s["kill9_runs"]]
     bad = [
         s["fuzz_5xx"] + s["fuzz_schema_violations"], s["property_failures"], s["overload_5xx"],

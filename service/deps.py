@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from service.errors import Overloaded
 from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -27,11 +28,7 @@ def solve_slot(request: Request) -> Iterator[None]:
     """Hold one of the server's solve slots for the request; none free: 503 with Retry-After."""
     slots = request.app.state.solve_slots
     if not slots.acquire(blocking=False):
-        raise HTTPException(
-            status_code=503,
-            detail="all solve slots are busy; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+        raise Overloaded("solve_slots", "all solve slots are busy; retry shortly")
     try:
         yield
     finally:

@@ -32,6 +32,14 @@ def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = Non
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
+class Overloaded(StarletteHTTPException):
+    """503 with Retry-After; ``cause`` labels it in the metrics (e.g. 'solve_slots')."""
+
+    def __init__(self, cause: str, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(503, detail, headers={"Retry-After": str(retry_after_s)})
+        self.cause = cause
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map validation, domain and HTTP errors to ``ErrorResponse``."""
 
@@ -52,7 +60,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status_code, body)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 503:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.overloaded.labels(getattr(exc, "cause", "other")).inc()
         kind = {
             401: "unauthorized",
             404: "not_found",

@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = SQLiteStore(boot.db_path)
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)
+        app.state.metrics.watch_sessions(store.count, lambda: app.state.sessions.resolves)
         try:
             yield
         finally:

@@ -156,5 +156,11 @@ class Metrics:
         )
 
     def watch_sessions(self, sessions_open: Callable[[], int], resolves: Callable[[], int]) -> None:
-        """Report the session managers' figures at every scrape."""
-        self.registry.register(_SessionGauges(sessions_open, resolves))
+        """Report the session managers' figures at every scrape (a restarted app's lifespan
+        points the same collector at its new managers)."""
+        gauges = getattr(self, "_session_gauges", None)
+        if gauges is None:
+            self._session_gauges = _SessionGauges(sessions_open, resolves)
+            self.registry.register(self._session_gauges)
+        else:
+            gauges.sessions_open, gauges.resolves = sessions_open, resolves

@@ -309,9 +309,36 @@ class EplbRequest(BaseModel):
     deadline_s: float = Field(default=5.0, gt=0, le=600, description="Wall-clock budget.")
 
 
-class EplbResponse(BaseModel):
-    """Maps in EPLB's shapes plus loads and balancedness."""
+class EplbLayerMap(BaseModel):
+    """Where one layer's logical experts have replicas."""
 
+    layer: int = Field(description="MoE layer.")
+    experts: dict[int, list[int]] = Field(
+        description="Logical expert -> the GPU of each of its replicas (a GPU twice: two slots)."
+    )
+
+
+class EplbSummary(BaseModel):
+    """The answer first: status, gap to the proven bound, balance, and each expert's GPUs."""
+
+    status: AnswerStatus = Field(description=STATUS_DESCRIPTION)
+    why: str = Field(description="Why this status, in words.")
+    gap: float = Field(description="Largest over layers of (max_load - bound) / max_load.")
+    balancedness_mean: float = Field(description="Mean over layers of mean / max GPU load.")
+    layers: list[EplbLayerMap] = Field(description="Per layer: expert -> [GPU of each replica].")
+
+
+def eplb_gap(max_load: list[float], bound: list[float]) -> float:
+    """Largest relative gap between a layer's busiest GPU and its proven lower bound."""
+    return max(((m - b) / m if m > 0 else 0.0) for m, b in zip(max_load, bound, strict=True))
+
+
+class EplbResponse(BaseModel):
+    """The summary first; then maps in EPLB's shapes plus loads and balancedness."""
+
+    summary: EplbSummary | None = Field(
+        default=None, description="The answer first: status, gap, balance, expert -> GPUs."
+    )
     physical_to_logical: list[list[int]] = Field(description="[num_layers, num_replicas].")
     logical_to_physical: list[list[list[int]]] = Field(
         description="[num_layers, num_logical_experts, max_replicas], -1 padded."
@@ -323,9 +350,39 @@ class EplbResponse(BaseModel):
     max_load: list[float] = Field(description="Per layer: the largest GPU load.")
     max_load_bound: list[float] = Field(description="Per layer: a proven lower bound on it.")
     backend: str = Field(description="Backend asked for.")
-    status: str = Field(description="optimal, feasible or fallback.")
+    status: str = Field(description="The same as summary.status: " + STATUS_DESCRIPTION)
     wall_time_s: float = Field(description="Solve wall time.")
     fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")
+
+    @model_validator(mode="after")
+    def _summarize(self) -> EplbResponse:
+        gap = eplb_gap(self.max_load, self.max_load_bound) if self.max_load else 0.0
+        if gap <= 1e-9:  # every layer at its proven bound: optimal, whichever backend got there
+            self.status = "optimal"
+            why = "every layer's busiest GPU meets its proven lower bound"
+            if self.fallback_reason:
+                why += f" (the exact backend added nothing: {self.fallback_reason})"
+        elif self.status == "fallback" or self.fallback_reason:
+            self.status = "fallback"
+            why = self.fallback_reason or "the exact backend gave no placement"
+        else:
+            why = f"not proven optimal: gap {gap:.2%} to the proven bound"
+        per_gpu = len(self.physical_to_logical[0]) // max(1, len(self.gpu_loads[0] or [0]))
+        layers = []
+        for layer, row in enumerate(self.physical_to_logical):
+            experts: dict[int, list[int]] = {}
+            for slot, expert in enumerate(row):
+                experts.setdefault(expert, []).append(slot // max(per_gpu, 1))
+            layers.append(EplbLayerMap(layer=layer, experts=dict(sorted(experts.items()))))
+        status = self.status if self.status in STATUS_MEANING else "feasible"
+        self.summary = EplbSummary(
+            status=status,
+            why=why,
+            gap=gap,
+            balancedness_mean=self.balancedness_mean,
+            layers=layers,
+        )
+        return self
 
 
 class OrderingOptions(BaseModel):

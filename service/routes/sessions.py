@@ -9,7 +9,12 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from service.deps import solve_slot
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
-from service.examples import observation_example, session_example
+from service.examples import (
+    ep_batch_example,
+    ep_session_example,
+    observation_example,
+    session_example,
+)
 from service.schemas import (
     EpBatch,
     EpRouting,
@@ -76,13 +81,20 @@ async def observe(
         ),
     ],
     manager: Sessions,
+    http: Request,
 ) -> ObservationAck:
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 
     Runs on the event loop (no thread hop): the work is one small SQLite commit.
     """
-    return manager.observe(session_id, obs)
+    ack = manager.observe(session_id, obs)
+    metrics = http.app.state.metrics
+    metrics.observations.inc()
+    metrics.drift.observe(ack.drift)
+    if ack.resolve_started:
+        metrics.resolves_started.labels("sidecar_resolve").inc()
+    return ack
 
 
 @router.get(
@@ -118,7 +130,20 @@ EpManager = Annotated[EpSessions, Depends(ep_sessions)]
     responses=_ERRORS,
     summary="Start an EP session",
 )
-def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInfo:
+def create_ep_session(
+    spec: Annotated[
+        EpSessionCreate,
+        Body(
+            openapi_examples={
+                "8-gpus": {
+                    "summary": "8 experts on 8 GPUs, 16 slots",
+                    "value": ep_session_example(),
+                }
+            }
+        ),
+    ],
+    manager: EpManager,
+) -> EpSessionInfo:
     """Expert parallelism: the session routes every batch over its replicas and re-places them
     when routed balance over the window of recent batches drops."""
     return manager.create(spec)
@@ -127,9 +152,27 @@ def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInf
 @ep_router.post(
     "/{session_id}/batches", response_model=EpRouting, responses=_ERRORS, summary="Route a batch"
 )
-def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRouting:
+def route_ep_batch(
+    session_id: str,
+    batch: Annotated[
+        EpBatch,
+        Body(
+            openapi_examples={
+                "flashlb": {"summary": "One batch (FlashLB loads)", "value": ep_batch_example()}
+            }
+        ),
+    ],
+    manager: EpManager,
+    http: Request,
+) -> EpRouting:
     """Tokens per replica slot for this batch (exact min-max routing), and the window's balance."""
-    return manager.batch(session_id, batch)
+    routing = manager.batch(session_id, batch)
+    metrics = http.app.state.metrics
+    metrics.ep_batches.inc()
+    metrics.ep_balancedness.observe(routing.window_balancedness)
+    if routing.replace_started:
+        metrics.resolves_started.labels("ep_replace").inc()
+    return routing
 
 
 @ep_router.get(
