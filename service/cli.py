@@ -583,6 +583,12 @@ def replay(
                 f"substituted mass {r['substituted_gate_mass_share']:.3f}  "
                 f"violations {r['executor_violations']}"
             )
+    idle = all(r["demand_loads"] == 0 and r["prefetches"] == 0 for r in results.values())
+    if len(results) > 1 and idle:
+        say(
+            f"note: no policy loaded an expert (dispatch {dispatch} runs every miss where its "
+            "weights live), so no cache changed after warm-up and the policies coincide"
+        )
     out = {
         "trace": str(trace), "model": model, "hardware": hardware, "dispatch": dispatch,
         "capacity_experts": capacity, "decode_runs": runs, "policies": results,

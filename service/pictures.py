@@ -17,6 +17,7 @@ from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.trace_export import chrome_trace, gantt_bytes, timeline_html
 
 PictureFormat = Literal["json", "png", "svg", "perfetto", "html"]
+PERFETTO_MEDIA_TYPE = "application/vnd.moesched.perfetto+json"  # Chrome trace event JSON
 PLOTLY_JS_URL = "/static/plotly/plotly.min.js"
 
 FormatQuery = Annotated[
@@ -36,7 +37,7 @@ PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
             "image/png": {},
             "image/svg+xml": {},
             "text/html": {},
-            "application/vnd.moesched.perfetto+json": {},
+            PERFETTO_MEDIA_TYPE: {},
         },
     }
 }
@@ -62,6 +63,6 @@ def picture(
     trace = chrome_trace(report, response.plan, hardware, model)
     return Response(
         json.dumps(trace),
-        media_type="application/json",
+        media_type=PERFETTO_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="moesched-{what}.perfetto.json"'},
     )

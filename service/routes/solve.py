@@ -181,7 +181,7 @@ def post_route(
 @router.get(
     "/schedule/example",
     response_model=ScheduleResponse,
-    responses=PICTURE_RESPONSES,
+    responses=_ERRORS | PICTURE_RESPONSES,
     summary="The example schedule, e.g. as an interactive timeline",
 )
 def get_schedule_example(
