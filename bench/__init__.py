@@ -22,6 +22,7 @@ BENCHMARK_MODULES: dict[str, str] = {
     "balance": "bench.balance",
     "cache": "bench.cache",
     "ndp": "bench.ndp",
+    "sweep": "bench.sweep_speed",
     "cli": "bench.cli_startup",
 }
 

@@ -52,6 +52,7 @@ BENCHMARK_HELP = {
     "balance": "per-batch routing balance",
     "cache": "expert-cache hit rates on real traces",
     "ndp": "the GPU-NDP reproduction",
+    "sweep": "a design-space sweep on Ray, 1 vs 2 workers",
     "cli": "command-line start-up vs python -c pass",
 }
 BENCHMARKS_WITHOUT_TRACES = frozenset({"dep", "cli"})
@@ -658,6 +659,53 @@ def plot(
 
         draw(data, out)
     say(f"wrote {out}")
+
+
+@app.command()
+def sweep(
+    spec_path: Annotated[Path, typer.Argument(help="A sweep spec (YAML or JSON).")],
+    out: Annotated[Path, typer.Option(help="The CSV of rows; finished points are reused.")],
+    address: Annotated[
+        str | None,
+        typer.Option(help="A Ray cluster to join (ray start --head prints it); default: local."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray instance (default: all).")
+    ] = None,
+    plot_dir: Annotated[
+        Path | None, typer.Option("--plot-dir", help="Draw the Pareto and sensitivity charts.")
+    ] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Run a design-space sweep on Ray, one point a task, rows streamed to a CSV file.
+
+    Exit 1 when a point failed or broke an executor check, 2 on a bad spec."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from bench.sweep import load_spec, plot_sweep, run_sweep
+
+    with bad_input(spec_path):
+        spec = load_spec(spec_path)
+    bar_display = Progress(
+        "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=quiet or not sys.stderr.isatty(),
+    )  # fmt: skip
+    with bar_display:
+        bar = bar_display.add_task(f"sweep {spec.name}", total=None)
+        got = run_sweep(
+            spec, out, address=address, num_cpus=workers,
+            on_row=lambda done, total: bar_display.update(bar, completed=done, total=total),
+        )  # fmt: skip
+    say(
+        f"{got.total} points: {got.reused} reused, {got.computed} computed, {got.failed} failed "
+        f"in {got.wall_s:.1f} s; rows in {out}"
+    )
+    if plot_dir is not None:
+        for path in plot_sweep(spec, got.rows, plot_dir):
+            say(f"wrote {path}")
+    if any(r["status"] != "ok" for r in got.rows):
+        raise typer.Exit(EXIT_VIOLATIONS)
 
 
 @app.command()
