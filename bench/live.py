@@ -36,7 +36,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 120) -> None:  # a loaded 2-core machine starts it slowly
         env = os.environ | {"MOESCHED_DB_PATH": str(self.db)} | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],

@@ -6,7 +6,7 @@ Air-gapped GPU-NDP boxes and H20 clusters get working docs; nothing is fetched a
 
 from __future__ import annotations
 
-from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,9 +22,17 @@ STATIC_URL = "/static/docs"
 ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 
+def _package_dir(name: str) -> Path:
+    """An installed package's directory, found without importing (executing) the package."""
+    spec = find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {name} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def assets_dir() -> Path:
     """The installed directory holding ``ASSETS``."""
-    return Path(str(files("fastapi_offline") / "static"))
+    return _package_dir("fastapi_offline") / "static"
 
 
 def install_docs(app: FastAPI) -> None:
@@ -38,7 +46,7 @@ def install_docs(app: FastAPI) -> None:
         raise RuntimeError(f"docs assets missing from {static}: {missing}")
     app.mount(STATIC_URL, StaticFiles(directory=static), name="docs-static")
     # plotly's script for the ?format=html timelines (service.pictures.PLOTLY_JS_URL)
-    plotly_dir = Path(str(files("plotly") / "package_data"))
+    plotly_dir = _package_dir("plotly") / "package_data"
     app.mount("/static/plotly", StaticFiles(directory=plotly_dir), name="plotly-static")
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
