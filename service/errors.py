@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hwmodel.costs import CycleOverflowError
 from service.input_errors import DomainError, pydantic_details, summarize
+from service.store import StoreBusy, StoreError
 
 __all__ = ["DomainError", "ErrorResponse", "FieldError", "install_error_handlers"]
 
@@ -28,8 +32,21 @@ class ErrorResponse(BaseModel):
     detail: list[FieldError] = Field(default_factory=list, description="Per-field problems.")
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (its work was stopped)."""
+
+
 def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def overload_cause(exc: StarletteHTTPException) -> str:
+    """A 503's cause for the metrics: its ``cause``, or the slot class its text names."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return str(cause)
+    m = re.match(r"all \d+ (\w+) slots", str(exc.detail))
+    return f"{m.group(1)}_slots" if m else "other"
 
 
 class Overloaded(StarletteHTTPException):
@@ -59,17 +76,37 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _json(exc.status_code, body)
 
+    @app.exception_handler(CycleOverflowError)
+    async def _cycles(_: Request, exc: CycleOverflowError) -> JSONResponse:
+        body = ErrorResponse(
+            error=f"body.hardware: {exc}",
+            error_type="validation",
+            detail=[FieldError(field="body.hardware", message=str(exc))],
+        )
+        return _json(422, body)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+        body = ErrorResponse(error=str(exc), error_type=kind)
+        return _json(503, body, {"Retry-After": "2"})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 503:
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:
-                metrics.overloaded.labels(getattr(exc, "cause", "other")).inc()
+                metrics.overloaded.labels(overload_cause(exc)).inc()
         kind = {
             401: "unauthorized",
             404: "not_found",
             405: "method_not_allowed",
             413: "too_large",
+            429: "too_many_sessions",
             503: "overloaded",
         }
         body = ErrorResponse(error=str(exc.detail), error_type=kind.get(exc.status_code, "http"))

@@ -25,6 +25,9 @@ class DomainError(Exception):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses process pools
+        return (type(self), (self.status_code, self.error_type, self.field, self.message))
+
 
 class MoeschedError(Exception):
     """A 4xx/5xx answer from a running service: ``status`` and the service's ``error`` text."""

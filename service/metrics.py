@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -93,6 +94,24 @@ class Metrics:
             ),
             registry=r,
         )
+        self.sessions = Gauge(
+            "moesched_sessions", "Sessions stored, by kind.", ["kind"], registry=self.registry
+        )
+        self.session_ttl = Gauge(
+            "moesched_session_ttl_seconds",
+            "Sessions unused this long are deleted (MOESCHED_SESSION_TTL_S).",
+            registry=self.registry,
+        )
+        self.max_sessions = Gauge(
+            "moesched_max_sessions",
+            "Sessions of both kinds allowed at once (MOESCHED_MAX_SESSIONS).",
+            registry=self.registry,
+        )
+        self.slots_busy = Gauge(
+            "moesched_slots_busy", "Admission slots in use, by class.", ["cls"],
+            registry=self.registry,
+        )  # fmt: skip
+
         self.solves = Counter(
             "moesched_solves_total",
             "Solves by problem (placement, ordering, schedule, eplb), backend and status.",

@@ -11,7 +11,6 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Query, Response
-from fastapi.responses import HTMLResponse
 
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.trace_export import chrome_trace, gantt_bytes, timeline_html
@@ -43,10 +42,11 @@ PICTURE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def picture(
-    response: Any, fmt: PictureFormat, what: str, hardware: Hardware, model: ModelSpec
-) -> Response:
-    """The picture of a solved ``response`` (simulated with its timeline)."""
+def render(
+    response: Any, fmt: str, what: str, hardware: Hardware, model: ModelSpec
+) -> tuple[bytes, str, str]:
+    """(body, media type, file name) of the picture of a solved ``response`` (simulated with
+    its timeline)."""
     report = response.report
     s = response.summary
     title = (
@@ -55,14 +55,22 @@ def picture(
         else f"moesched {what}"
     )
     if fmt == "png":
-        return Response(gantt_bytes(report, "png", title), media_type="image/png")
+        return gantt_bytes(report, "png", title), "image/png", f"moesched-{what}.png"
     if fmt == "svg":
-        return Response(gantt_bytes(report, "svg", title), media_type="image/svg+xml")
+        return gantt_bytes(report, "svg", title), "image/svg+xml", f"moesched-{what}.svg"
     if fmt == "html":
-        return HTMLResponse(timeline_html(report, PLOTLY_JS_URL, title))
+        page = timeline_html(report, PLOTLY_JS_URL, title)
+        return page.encode(), "text/html; charset=utf-8", f"moesched-{what}.html"
     trace = chrome_trace(report, response.plan, hardware, model)
-    return Response(
-        json.dumps(trace),
-        media_type=PERFETTO_MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="moesched-{what}.perfetto.json"'},
+    return json.dumps(trace).encode(), PERFETTO_MEDIA_TYPE, f"moesched-{what}.perfetto.json"
+
+
+def as_response(rendered: tuple[bytes, str, str]) -> Response:
+    """The HTTP answer for ``render``'s output (HTML inline, the others as named files)."""
+    body, media, name = rendered
+    headers = (
+        {}
+        if media.startswith("text/html")
+        else {"Content-Disposition": f'inline; filename="{name}"'}
     )
+    return Response(body, media_type=media, headers=headers)

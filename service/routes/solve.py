@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 
-from service.deps import SettingsDep
+from service import jobs
+from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import eplb_example, ordering_example, placement_example, route_example
-from service.pictures import PICTURE_RESPONSES, FormatQuery, picture
+from service.pictures import PICTURE_RESPONSES, FormatQuery, as_response
 from service.schemas import (
     EplbRequest,
     EplbResponse,
@@ -22,19 +23,15 @@ from service.schemas import (
     ScheduleRequest,
     ScheduleResponse,
 )
-from service.solving import eplb, order, place, route, schedule
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Problem larger than the server's limits."},
-    422: {"model": ErrorResponse, "description": "Invalid or infeasible request."},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid or infeasible request, or not answered within its deadline.",
+    },
 }
-
-
-def _count(http: Request, problem: str, response: Any) -> None:
-    """Record a solve in the app's metrics (problem, backend, the answer's one status)."""
-    a = response.account
-    http.app.state.metrics.record_account(problem, a)
 
 
 @router.post(
@@ -43,7 +40,8 @@ def _count(http: Request, problem: str, response: Any) -> None:
     responses=_ERRORS | PICTURE_RESPONSES,
     summary="Place expert shards",
 )
-def post_placement(
+async def post_placement(
+    http: Request,
     request: Annotated[
         PlacementRequest,
         Body(
@@ -53,20 +51,23 @@ def post_placement(
         ),
     ],
     settings: SettingsDep,
-    http: Request,
+    admission: AdmissionDep,
     format: FormatQuery = "json",
 ) -> PlacementResponse | Response:
     """Which devices compute which slices of which experts, per layer; validated by the executor.
 
-    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON.
-    """
-    response = place(request, settings, format != "json")
-    _count(http, "placement", response)
-    if format == "json":
-        return response
-    return picture(
-        response, format, "placement", request.resolved_hardware(), request.resolved_model()
-    )
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "placement", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.place, request, settings,
+    )  # fmt: skip
+    http.app.state.metrics.record_account("placement", response.account)
+    return response
 
 
 @router.post(
@@ -75,7 +76,8 @@ def post_placement(
     responses=_ERRORS,
     summary="EPLB-compatible replica placement",
 )
-def post_eplb(
+async def post_eplb(
+    http: Request,
     request: Annotated[
         EplbRequest,
         Body(
@@ -83,10 +85,12 @@ def post_eplb(
         ),
     ],
     settings: SettingsDep,
-    http: Request,
+    admission: AdmissionDep,
 ) -> EplbResponse:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
-    response = eplb(request, settings)
+    response = await admission.run(
+        http, "solve", request.deadline_s, "body.deadline_s", jobs.eplb, request, settings
+    )
     http.app.state.metrics.record_solve(
         "eplb", response.backend, response.status, response.fallback_reason, response.wall_time_s
     )
@@ -99,7 +103,8 @@ def post_eplb(
     responses=_ERRORS | PICTURE_RESPONSES,
     summary="Micro-batch pipeline (DEP)",
 )
-def post_ordering(
+async def post_ordering(
+    http: Request,
     request: Annotated[
         OrderingRequest,
         Body(
@@ -109,20 +114,23 @@ def post_ordering(
         ),
     ],
     settings: SettingsDep,
-    http: Request,
+    admission: AdmissionDep,
     format: FormatQuery = "json",
 ) -> OrderingResponse | Response:
     """Micro-batch count and every resource's task order, beside PPPipe and serial.
 
-    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON.
-    """
-    response = order(request, settings, format != "json")
-    _count(http, "ordering", response)
-    if format == "json":
-        return response
-    return picture(
-        response, format, "ordering", request.resolved_hardware(), request.resolved_model()
-    )
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "ordering", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.order, request, settings,
+    )  # fmt: skip
+    http.app.state.metrics.record_account("ordering", response.account)
+    return response
 
 
 @router.post(
@@ -131,7 +139,8 @@ def post_ordering(
     responses=_ERRORS | PICTURE_RESPONSES,
     summary="Full schedule",
 )
-def post_schedule(
+async def post_schedule(
+    http: Request,
     request: Annotated[
         ScheduleRequest,
         Body(
@@ -141,21 +150,24 @@ def post_schedule(
         ),
     ],
     settings: SettingsDep,
-    http: Request,
+    admission: AdmissionDep,
     format: FormatQuery = "json",
 ) -> ScheduleResponse | Response:
     """Placement of every layer, then the order of every task; checked by the executor.
 
     `?format=png|svg|perfetto|html` answers with the schedule's timeline instead of the JSON:
-    a Gantt chart, a Perfetto trace (open it in ui.perfetto.dev) or an interactive page.
-    """
-    response = schedule(request, settings, format != "json")
-    _count(http, "schedule", response)
-    if format == "json":
-        return response
-    return picture(
-        response, format, "schedule", request.resolved_hardware(), request.resolved_model()
-    )
+    a Gantt chart, a Perfetto trace (open it in ui.perfetto.dev) or an interactive page."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "schedule", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.schedule, request, settings,
+    )  # fmt: skip
+    http.app.state.metrics.record_account("schedule", response.account)
+    return response
 
 
 @router.post(
@@ -164,7 +176,8 @@ def post_schedule(
     responses=_ERRORS,
     summary="Route one batch over replicas",
 )
-def post_route(
+async def post_route(
+    http: Request,
     request: Annotated[
         RouteRequest,
         Body(
@@ -173,9 +186,12 @@ def post_route(
             }
         ),
     ],
+    admission: AdmissionDep,
 ) -> RouteResponse:
-    """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest."""
-    return route(request)
+    """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest.
+
+    A cheap-routing slot (not a solve slot), with the server's default deadline."""
+    return await admission.run(http, "route", None, "body.loads", jobs.route, request)
 
 
 @router.get(
@@ -184,11 +200,11 @@ def post_route(
     responses=_ERRORS | PICTURE_RESPONSES,
     summary="The example schedule, e.g. as an interactive timeline",
 )
-def get_schedule_example(
-    settings: SettingsDep, http: Request, format: FormatQuery = "html"
+async def get_schedule_example(
+    http: Request, settings: SettingsDep, admission: AdmissionDep, format: FormatQuery = "html"
 ) -> ScheduleResponse | Response:
     """The POST /v1/schedule example (a decode token on 4 NDP-DIMMs, greedy), answered in
     ``format``: open [/v1/schedule/example](/v1/schedule/example) for its timeline."""
     body = placement_example() | {"options": {"backend": "greedy"}}
     request = ScheduleRequest.model_validate(body)
-    return post_schedule(request, settings, http, format)
+    return await post_schedule(http, request, settings, admission, format)

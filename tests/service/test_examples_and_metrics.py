@@ -6,7 +6,6 @@ open, 503s by cause, and the process's own figures."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +80,18 @@ def test_metrics_count_solves_sessions_and_balance(
 
 def test_503s_are_counted_by_cause(answered: tuple[TestClient, dict[str, Any]]) -> None:
     client, _ = answered
-    slots = client.app.state.solve_slots  # type: ignore[attr-defined]
-    held = []
-    while slots.acquire(blocking=False):  # take every slot
-        held.append(1)
+    route_slots = client.app.state.admission.classes["route"]  # type: ignore[attr-defined]
+    held = 0
+    while route_slots.take():  # take every routing slot
+        held += 1
     try:
         r = client.post("/v1/route", json={"physical_to_logical": [0], "num_gpus": 1, "loads": [1]})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
     finally:
-        for _ in held:
-            slots.release()
+        for _ in range(held):
+            route_slots.give()
     text = client.get("/metrics").text
-    assert samples(text, "moesched_overloaded_total") == {'{cause="solve_slots"}': 1.0}
-    assert isinstance(slots, type(threading.BoundedSemaphore()))
+    assert samples(text, "moesched_overloaded_total") == {'{cause="route_slots"}': 1.0}
 
 
 @pytest.mark.parametrize(
