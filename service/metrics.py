@@ -51,7 +51,9 @@ class _SessionGauges(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
-            "moesched_sessions_open", "Sidecar sessions in the store.", value=self.sessions_open()
+            "moesched_sessions_open",
+            "Sessions in the store (sidecar and EP).",
+            value=self.sessions_open(),
         )
         yield CounterMetricFamily(
             "moesched_session_resolves", "Re-solves that finished.", value=self.resolves()

@@ -73,7 +73,7 @@ def test_metrics_count_solves_sessions_and_balance(
     assert samples(text, "moesched_session_drift_count") == {"": 1.0}
     assert samples(text, "moesched_ep_batches_total") == {"": 1.0}
     assert samples(text, "moesched_ep_window_balancedness_count") == {"": 1.0}
-    assert samples(text, "moesched_sessions_open") == {"": 1.0}
+    assert samples(text, "moesched_sessions_open") == {"": 2.0}  # one sidecar, one EP
     assert "moesched_session_resolves_total" in text
     assert samples(text, "process_cpu_seconds_total")[""] > 0
 
