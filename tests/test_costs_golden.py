@@ -11,7 +11,7 @@ import pytest
 
 from hwmodel import costs
 from hwmodel.plan import ComputeTask, EvictTask, TransferTask, WeightSlice
-from hwmodel.spec import AttentionSpec, Link, ModelSpec
+from hwmodel.spec import AttentionSpec, Device, Link, ModelSpec
 from tests.tiny import tiny_device, tiny_hardware
 
 # H = 100, I = 20, gated, 2 bytes per weight, 0.5 per activation: a w-column slice has
@@ -26,8 +26,15 @@ GPU = tiny_device(
     "g", "gpu", peak_flops_per_s=2e9, compute_efficiency=0.5, mem_bandwidth_bytes_per_s=4e9,
     memory_efficiency=0.25, launch_s=1e-6,
 )  # fmt: skip
-# NDP unit: 1 GFLOP/s, 1 GB/s, 1,000-byte SRAM (500-byte tiles), 100 ns per tile, 2 us launch.
+# NDP unit: 1 GFLOP/s, 1 GB/s, 1,000-byte SRAM (500-byte tiles), 100 ns per tile, 2 us launch;
+# the same effective figures again as 4 GFLOP/s at 25% and 2 GB/s at 50%.
 NDP = tiny_device("n", sram_bytes=1000, tile_overhead_s=1e-7, launch_s=2e-6)
+NDP_DERATED = NDP.model_copy(
+    update={
+        "peak_flops_per_s": 4e9, "compute_efficiency": 0.25, "mem_bandwidth_bytes_per_s": 2e9,
+        "memory_efficiency": 0.5,
+    }
+)  # fmt: skip
 
 
 def test_to_cycles_rounds_up_but_not_float_noise() -> None:
@@ -64,10 +71,17 @@ def test_roofline_takes_the_slower_side_plus_the_launch() -> None:
         (120, 1200, 2000 + 1520),
         # one partial tile: load 400 + compute 600
         (600, 300, 2000 + 1000),
+        # one byte: load 101 + compute 600
+        (600, 1, 2000 + 701),
+        # 3 full tiles + 1 byte: 600 + 2 x 1,000 + max(101, 1,000) + 2
+        (3002, 1501, 2000 + 3602),
     ],
 )
-def test_ndp_tile_pipeline(flops: float, weight_bytes: float, want_ns: float) -> None:
-    assert costs.tile_pipeline_s(NDP, flops, weight_bytes) == pytest.approx(want_ns * 1e-9)
+@pytest.mark.parametrize("device", [NDP, NDP_DERATED], ids=["ndp", "ndp-derated"])
+def test_ndp_tile_pipeline(
+    device: Device, flops: float, weight_bytes: float, want_ns: float
+) -> None:
+    assert costs.tile_pipeline_s(device, flops, weight_bytes) == pytest.approx(want_ns * 1e-9)
 
 
 def test_expert_shard_uses_tiles_on_ndp_and_the_roofline_elsewhere() -> None:
@@ -90,12 +104,14 @@ def test_shared_experts() -> None:
     assert costs.shared_expert_s(GPU, none, 4) == 0.0
 
 
+ATTENTION = AttentionSpec(
+    kind="gqa", num_heads=2, num_kv_heads=1, head_dim=8, kv_cache_bytes_per_token_per_layer=64,
+    params_per_layer=1000,
+)  # fmt: skip
+
+
 def test_attention() -> None:
-    att = AttentionSpec(
-        kind="gqa", num_heads=2, num_kv_heads=1, head_dim=8,
-        kv_cache_bytes_per_token_per_layer=64, params_per_layer=1000,
-    )  # fmt: skip
-    model = MODEL.model_copy(update={"attention": att})
+    model = MODEL.model_copy(update={"attention": ATTENTION})
     # 3 new tokens over a context of 5 (ctx 8): FLOPs 2 x 1,000 x 3 + 4 x 3 x 8 x 2 x 8 =
     # 7,536; bytes 1,000 x 2 + 8 x 64 + 2 x 150 = 2,812: compute-bound, 7,536 ns + 1 us.
     assert costs.attention_s(GPU, model, 3, 5) == pytest.approx(8.536e-6)
@@ -126,6 +142,7 @@ def test_weight_slice_bytes() -> None:
     assert costs.weight_slice_bytes(MODEL, WeightSlice(expert=2)) == 3 * expert
     assert costs.weight_slice_bytes(MODEL, WeightSlice(layer=0, expert=1, ffn_start=5)) == 9000
     assert costs.weight_slice_bytes(MODEL, WeightSlice(layer=0, expert=1, ffn_end=4)) == 2400
+    assert costs.weight_slice_bytes(MODEL, WeightSlice(layer=0, expert=1, ffn_start=20)) == 0
 
 
 def test_task_cycles_of_every_kind() -> None:
@@ -152,5 +169,11 @@ def test_task_cycles_of_every_kind() -> None:
         layer=0, num_tokens=6,
     )  # fmt: skip
     assert costs.task_cycles(hw, MODEL, rows) == ("bus", 1300, 300.0)
+    # Attention of 3 tokens on 'a' (no launch): the context defaults to 0 (ctx 3): 2 x 1,000 x 3
+    # + 4 x 3 x 3 x 2 x 8 = 6,576 FLOPs vs 2,000 + 192 + 300 bytes; with 5 more: 7,536.
+    att = ComputeTask(id="q", device_id="a", op="attention", layer=0, num_tokens=3)
+    with_att = MODEL.model_copy(update={"attention": ATTENTION})
+    assert costs.task_cycles(hw, with_att, att) == ("a", 6576, 0.0)
+    assert costs.task_cycles(hw, with_att, att, 5) == ("a", 7536, 0.0)
     evict = EvictTask(id="e", memory_id="a_mem", weights=WeightSlice(layer=0, expert=1))
     assert costs.task_cycles(hw, MODEL, evict) == ("a_mem", 0, 0.0)
