@@ -23,12 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_SUITE = [
+    "tests/test_costs_golden.py",
     "tests/test_quality_golden.py",
     "tests/test_honest_bounds.py",
     "tests/test_executor_violations.py",
     "tests/test_executor_timeline.py",
-    "tests/test_executor_properties.py",
-    "tests/solvers",
+    "tests/solvers/test_placement.py",
+    "tests/solvers/test_eplb.py",
+    "tests/solvers/test_prefetch_select.py",
+    "tests/solvers/test_decode_loop.py",
 ]
 # The slowest real-trace tests stay out of the fast suite (make test still runs them).
 DESELECT = "not real_trace and not real_histograms"

@@ -41,6 +41,9 @@ def test_to_cycles_rounds_up_but_not_float_noise() -> None:
     assert costs.to_cycles(2e-9, 1e9) == 2
     assert costs.to_cycles(2.5e-9, 1e9) == 3
     assert costs.to_cycles(3.0000000000004e-9, 1e9) == 3
+    # Rounded to exactly 1e-6 cycle first: 4e-7 above a whole cycle is noise, 4e-6 is not.
+    assert costs.to_cycles(2.0000004e-9, 1e9) == 2
+    assert costs.to_cycles(2.000004e-9, 1e9) == 3
     assert costs.to_cycles(1.5e-6, 2e9) == 3000
     assert costs.to_cycles(0.0, 1e9) == 0
 
