@@ -14,6 +14,7 @@ import numpy as np
 from bench.common import BenchResult
 from hwmodel.executor import simulate
 from hwmodel.presets import hardware_preset, model_preset
+from solvers.common import Budget
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 
 
@@ -31,7 +32,7 @@ def run(quick: bool = False) -> BenchResult:
                 problem = DepProblem(
                     hardware_preset(hw_name), model_preset(model_name), batch, 2, 2048
                 )
-                sol = solve_dep(problem, "auto", deadline_s=1.0 if quick else 3.0)
+                sol = solve_dep(problem, "auto", budget=Budget.work(1.0 if quick else 3.0))
                 report = simulate(
                     problem.hardware, problem.model, sol.plan, residency=problem.residency(),
                     context_tokens=problem.context_tokens,

@@ -21,15 +21,17 @@ Policies, each scored on the executor:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
-from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask, WeightSlice
+from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, WeightSlice
 from hwmodel.spec import Hardware, ModelSpec
-from solvers import timing
-from solvers.common import Backend, Deadline
-from solvers.ordering.graph import AnyTask
-from solvers.ordering.solve import solve_order
+from solvers import portfolio, timing
+from solvers.common import Backend, Budget, budget_of
+from solvers.common import account as make_account
+from solvers.ordering.graph import AnyTask, TaskGraph
+from solvers.ordering.solve import ordering_portfolio
 
 Policy = Literal["serial", "pppipe", "free"]
 
@@ -166,70 +168,132 @@ def _predict(problem: DepProblem, tasks: list[AnyTask]) -> int:
     return timing.makespan(problem.hardware, problem.model, tasks, problem.context_tokens)
 
 
+@dataclass(frozen=True)
+class DepCandidate:
+    """A micro-batch count and the run order of its tasks (``policy``: whose order it is)."""
+
+    r: int
+    tasks: list[AnyTask]
+    policy: str
+
+
+class _DepSearch:
+    """The micro-batch search as one portfolio problem.
+
+    Greedy: every r's list schedule and every m's PPPipe order (the baseline is itself a
+    candidate, so moesched never returns worse than it); the best wins. Exact: the ordering's
+    exact backend on the two most promising r, each hinted with its greedy order and given an
+    equal part of the budget. The bound is the smallest over r of each r's bound (its graph's,
+    raised by the exact backend's where it ran): no r can do better than that.
+    """
+
+    def __init__(self, problem: DepProblem, max_r: int) -> None:
+        self.problem = problem
+        self.graphs = {
+            r: TaskGraph.of(
+                problem.hardware, problem.model, dep_tasks(problem, r, "free"),
+                problem.context_tokens,
+            )
+            for r in range(1, max_r + 1)
+        }  # fmt: skip
+        self.orders = {
+            r: ordering_portfolio(problem.hardware, problem.model, g, problem.context_tokens)
+            for r, g in self.graphs.items()
+        }
+        self.bound_r = {r: o.bound for r, o in self.orders.items()}
+        self.by_r: dict[int, int] = {}
+        self.greedy_r: dict[int, list[AnyTask]] = {}
+        self.pppipe = {
+            m: _predict(problem, dep_tasks(problem, m, "pppipe")) for m in range(1, max_r + 1)
+        }
+
+    def greedy(self) -> DepCandidate:
+        for r, order in self.orders.items():
+            self.greedy_r[r] = order.greedy()
+            self.by_r[r] = _predict(self.problem, self.greedy_r[r])
+        r = min(self.by_r, key=lambda r: (self.by_r[r], r))
+        m = min(self.pppipe, key=lambda m: (self.pppipe[m], m))
+        if self.pppipe[m] < self.by_r[r]:
+            return DepCandidate(m, dep_tasks(self.problem, m, "pppipe"), "pppipe")
+        return DepCandidate(r, self.greedy_r[r], "free")
+
+    def exact(self, name: str) -> portfolio.Exact[DepCandidate]:
+        def solve(hint: DepCandidate, budget: Budget) -> portfolio.Outcome[DepCandidate]:
+            finalists = sorted(self.by_r, key=lambda r: (self.by_r[r], r))[:2]
+            best: DepCandidate | None = None
+            notes = []
+            for k, r in enumerate(finalists):
+                part = budget.part(len(finalists), len(finalists) - k)
+                out = self.orders[r].exact[name](self.greedy_r[r], part)
+                if out.bound is not None:
+                    self.bound_r[r] = max(self.bound_r[r], out.bound)
+                if out.note:
+                    notes.append(f"r={r}: {out.note}")
+                if out.solution is not None and not self.orders[r].check(out.solution):
+                    cycles = _predict(self.problem, out.solution)
+                    self.by_r[r] = min(self.by_r[r], cycles)
+                    if best is None or cycles < _predict(self.problem, best.tasks):
+                        best = DepCandidate(r, out.solution, "free")
+            return portfolio.Outcome(
+                best, "feasible" if best else "unknown", self.bound(), "; ".join(notes) or None
+            )
+
+        return solve
+
+    def bound(self) -> float:
+        return min(self.bound_r.values())
+
+    def check(self, c: DepCandidate) -> list[str]:
+        return self.orders[c.r].check(c.tasks)
+
+
 def solve_dep(
     problem: DepProblem,
     backend: Backend = "auto",
     deadline_s: float = 5.0,
     max_r: int = 16,
     workers: int = 2,
+    budget: Budget | None = None,
 ) -> DepSolution:
-    """Best micro-batch count and order; baselines computed alongside, each at its best."""
-    deadline = Deadline(deadline_s)
+    """Best micro-batch count and order through the portfolio under ``budget`` (default:
+    ``deadline_s`` seconds of wall clock); baselines computed alongside, each at its best."""
+    budget = budget_of(deadline_s, workers, budget)
+    started = time.perf_counter()
     serial = _predict(problem, dep_tasks(problem, 1, "serial"))
-    pppipe = {m: _predict(problem, dep_tasks(problem, m, "pppipe")) for m in range(1, max_r + 1)}
-    best_m = min(pppipe, key=lambda m: (pppipe[m], m))
-    # Greedy order for every r, then the exact backend on the two most promising.
-    greedy = {}
-    for r in range(1, max_r + 1):
-        greedy[r] = solve_order(
-            problem.hardware,
-            problem.model,
-            dep_tasks(problem, r, "free"),
-            "greedy",
-            context_tokens=problem.context_tokens,
-        )
-    by_r = {r: o.makespan_cycles for r, o in greedy.items()}
-    chosen = {r: o for r, o in greedy.items()}
-    if backend != "greedy":
-        finalists = sorted(by_r, key=lambda r: (by_r[r], r))[:2]
-        for k, r in enumerate(finalists):
-            share = deadline.left() / (len(finalists) - k)
-            out = solve_order(
-                problem.hardware, problem.model, dep_tasks(problem, r, "free"), backend, share,
-                problem.context_tokens, workers,
-            )  # fmt: skip
-            if out.makespan_cycles <= by_r[r]:
-                chosen[r], by_r[r] = out, out.makespan_cycles
-    r_best = min(by_r, key=lambda r: (by_r[r], r))
-    # The PPPipe order is itself a candidate order: never return worse than the baseline.
-    if pppipe[best_m] < by_r[r_best]:
-        tasks = dep_tasks(problem, best_m, "pppipe")
-        account = SolverAccount(
-            problem="ordering",
-            backend=backend,
-            status="feasible",
-            objective_cycles=pppipe[best_m],
-            predicted_makespan_cycles=pppipe[best_m],
-        )
-        ordered_tasks, cycles, r_best = tasks, pppipe[best_m], best_m
-    else:
-        ordered_tasks, cycles, account = chosen[r_best].tasks, by_r[r_best], chosen[r_best].account
-    fixed = by_r.get(r_best + 1)
+    search = _DepSearch(problem, max_r)
+    res = portfolio.run(
+        portfolio.Portfolio(
+            name="dep",
+            greedy=search.greedy,
+            objective=lambda c: _predict(problem, c.tasks),
+            check=search.check,
+            bound=search.bound(),
+            exact={"cpsat": search.exact("cpsat"), "milp": search.exact("milp")},
+        ),
+        backend,
+        budget,
+    )
+    best_m = min(search.pppipe, key=lambda m: (search.pppipe[m], m))
+    r_best, cycles = res.solution.r, int(res.objective)
+    fixed = search.by_r.get(r_best + 1)
     why = (
         f"r={r_best}: {cycles} cycles; r={r_best + 1} gives {fixed} (per-micro-batch fixed costs "
         f"outweigh more overlap)"
         if fixed is not None
         else f"r={r_best}: {cycles} cycles (the largest tried)"
     )
-    account = account.model_copy(update={"wall_time_s": deadline.elapsed()})
+    account = make_account(
+        "ordering", backend, res.status, cycles, int(res.bound), time.perf_counter() - started,
+        res.fallback_reason,
+    )  # fmt: skip
     return DepSolution(
-        plan=Plan(tasks=tuple(ordered_tasks), account=account),
+        plan=Plan(tasks=tuple(res.solution.tasks), account=account),
         micro_batches=r_best,
         makespan_cycles=cycles,
         serial_cycles=serial,
-        pppipe_cycles=pppipe[best_m],
+        pppipe_cycles=search.pppipe[best_m],
         pppipe_micro_batches=best_m,
-        by_r=by_r,
+        by_r=search.by_r,
         why=why,
     )
 

@@ -14,6 +14,7 @@ from hwmodel.plan import ComputeTask, Plan, TransferTask
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.spec import Hardware, Link, Memory
 from solvers import timing
+from solvers.common import Budget
 from solvers.ordering.dep import DepProblem, dep_tasks, solve_dep
 from solvers.ordering.solve import solve_order
 from tests.tiny import tiny_device, tiny_model
@@ -66,7 +67,9 @@ def test_johnson_rule_order_is_optimal_and_every_exact_backend_finds_it() -> Non
     )
     assert brute == 24 * 200
     for backend in BACKENDS:
-        out = solve_order(hw, model, flow_shop_tasks([0, 1, 2, 3, 4]), backend, deadline_s=5.0)  # type: ignore[arg-type]
+        out = solve_order(
+            hw, model, flow_shop_tasks([0, 1, 2, 3, 4]), backend, budget=Budget.work(5.0)
+        )  # type: ignore[arg-type]
         report = simulate(hw, model, Plan(tasks=tuple(out.tasks)))
         assert report.valid, report.violations
         assert report.makespan_cycles == out.makespan_cycles
@@ -91,7 +94,7 @@ def test_more_micro_batches_lose_to_their_fixed_costs() -> None:
 def test_more_micro_batches_win_when_work_dominates() -> None:
     """8,192 tokens: compute and transfers dwarf the fixed costs, so pipelining pays."""
     p = DepProblem(hardware_preset("dep-h20"), model_preset("deepseek-v2"), 8192, 2, 2048)
-    sol = solve_dep(p, "auto", deadline_s=3.0)
+    sol = solve_dep(p, "auto", budget=Budget.work(3.0))
     assert sol.micro_batches > 1
     assert sol.makespan_cycles <= sol.pppipe_cycles < sol.serial_cycles
     report = simulate(
@@ -158,7 +161,7 @@ def test_every_backend_orders_validly_and_predicts_exactly(
     hw, model = tiny_hardware(num_lanes=2), tiny_model()
     results = {}
     for backend in BACKENDS:
-        out = solve_order(hw, model, tasks, backend, deadline_s=2.0)  # type: ignore[arg-type]
+        out = solve_order(hw, model, tasks, backend, budget=Budget.work(2.0))  # type: ignore[arg-type]
         report = simulate(hw, model, Plan(tasks=tuple(out.tasks)))
         assert report.valid, (backend, report.violations)
         assert report.makespan_cycles == out.makespan_cycles, backend
