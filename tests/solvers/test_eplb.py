@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hwmodel.routing_traces import COUNTS_FILE, ESFT_FILES, load_esft, load_expert_counts
+from solvers.common import Budget
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.model import EplbProblem, EplbSolution, balancedness, gpu_loads
 from solvers.eplb.solve import solve_eplb
@@ -39,7 +40,7 @@ def test_readme_example_phy2log_is_exact() -> None:
 def test_readme_example_global_and_optimum() -> None:
     greedy = solve_eplb(EplbProblem(README_W, 16, 1, 1, 8), "greedy")
     assert (greedy.max_load / greedy.gpu_loads.mean(-1)).round(3).tolist() == [1.073, 1.190]
-    best = solve_eplb(EplbProblem(README_W, 16, 1, 1, 8), "auto", deadline_s=20)
+    best = solve_eplb(EplbProblem(README_W, 16, 1, 1, 8), "auto", budget=Budget.work(1.0))
     # The brute-force optimum of peers.md 2.4: max 136 (1.053) and 172 (1.190).
     assert best.max_load.tolist() == [136.0, 172.0]
     check_maps(best, README_W, 16, 8)
@@ -63,7 +64,7 @@ def test_flashlb_vector_reaches_the_brute_force_optimum() -> None:
     assert optimum == pytest.approx(590 / 3)  # 196.67, as peers.md 2.5 says
     greedy = solve_eplb(EplbProblem(FLASHLB_W, 16, 1, 1, 8), "greedy")
     assert greedy.max_load[0] == 232
-    auto = solve_eplb(EplbProblem(FLASHLB_W, 16, 1, 1, 8), "auto", deadline_s=20)
+    auto = solve_eplb(EplbProblem(FLASHLB_W, 16, 1, 1, 8), "auto", budget=Budget.work(1.0))
     assert auto.max_load[0] == pytest.approx(optimum)
     assert auto.status == "optimal"
     assert auto.max_load_bound[0] <= optimum + 1e-9
@@ -88,7 +89,7 @@ def check_maps(sol: EplbSolution, w: np.ndarray, num_replicas: int, num_gpus: in
 
 
 def test_hierarchical_mode_keeps_groups_on_nodes() -> None:
-    sol = solve_eplb(EplbProblem(README_W, 16, 4, 2, 8), "auto", deadline_s=10)
+    sol = solve_eplb(EplbProblem(README_W, 16, 4, 2, 8), "auto", budget=Budget.work(1.0))
     greedy = solve_eplb(EplbProblem(README_W, 16, 4, 2, 8), "greedy")
     assert (sol.max_load <= greedy.max_load + 1e-9).all()
     for layer in range(2):
@@ -116,7 +117,7 @@ def test_eplb_mode_never_below_the_eplb_algorithm_on_real_histograms(traces: Pat
         for num_gpus, extra in ((8, 8),):
             problem = EplbProblem(hist, num_log + extra, 1, 1, num_gpus)
             greedy = solve_eplb(problem, "greedy")
-            auto = solve_eplb(problem, "auto", deadline_s=3.0)
+            auto = solve_eplb(problem, "auto", budget=Budget.work(1.0))
             assert (auto.balancedness >= greedy.balancedness - 1e-12).all(), name
             check_maps(auto, hist, num_log + extra, num_gpus)
             if num_log <= 8:  # Mixtral: small enough to prove

@@ -14,6 +14,7 @@ from hwmodel.plan import ComputeTask, Plan, TransferTask
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
 from solvers import timing
+from solvers.common import Budget
 from solvers.ordering.dep import DepProblem
 from solvers.ordering.solve import solve_order
 from tests.tiny import tiny_device, tiny_model
@@ -66,7 +67,9 @@ def test_johnson_rule_order_is_optimal_and_every_exact_backend_finds_it() -> Non
     )
     assert brute == 24 * 200
     for backend in BACKENDS:
-        out = solve_order(hw, model, flow_shop_tasks([0, 1, 2, 3, 4]), backend, deadline_s=5.0)  # type: ignore[arg-type]
+        out = solve_order(
+            hw, model, flow_shop_tasks([0, 1, 2, 3, 4]), backend, budget=Budget.work(5.0)
+        )  # type: ignore[arg-type]
         report = simulate(hw, model, Plan(tasks=tuple(out.tasks)))
         assert report.valid, report.violations
         assert report.makespan_cycles == out.makespan_cycles
@@ -120,7 +123,7 @@ def test_every_backend_orders_validly_and_predicts_exactly(
     hw, model = tiny_hardware(num_lanes=2), tiny_model()
     results = {}
     for backend in BACKENDS:
-        out = solve_order(hw, model, tasks, backend, deadline_s=2.0)  # type: ignore[arg-type]
+        out = solve_order(hw, model, tasks, backend, budget=Budget.work(2.0))  # type: ignore[arg-type]
         report = simulate(hw, model, Plan(tasks=tuple(out.tasks)))
         assert report.valid, (backend, report.violations)
         assert report.makespan_cycles == out.makespan_cycles, backend
