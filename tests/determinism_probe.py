@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from hwmodel.plan_builder import layout_residency
-from hwmodel.presets import gpu_ndp, model_preset
+from hwmodel.presets import gpu_ndp, hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
+from solvers.common import Budget
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.solve import solve_eplb
 from solvers.ordering.dep import DepProblem, solve_dep
@@ -33,7 +34,7 @@ def _placement() -> dict[str, Any]:
     p = PlacementProblem(hw, model, 3, tuple(int(v) for v in hist), 16, residency, 4)
     out: dict[str, Any] = {}
     for backend in ("greedy", "cpsat"):
-        sol = solve_layer(p, backend, deadline_s=60.0, workers=1)  # type: ignore[arg-type]
+        sol = solve_layer(p, backend, budget=Budget.work(30.0, workers=1))  # type: ignore[arg-type]
         assert sol.assignment is not None
         report = sol.instance.simulate(sol.assignment)
         out[backend] = {
@@ -52,20 +53,15 @@ def _eplb() -> dict[str, Any]:
     w = np.array([[6, 6, 3, 3, 3, 3, 2, 2], [600, 560, 120, 120, 20, 10, 10, 10]])
     out = {}
     for backend in ("greedy", "auto"):
-        sol = solve_eplb(EplbProblem(w, 16, 1, 1, 8), backend, deadline_s=60.0, workers=1)  # type: ignore[arg-type]
+        problem = EplbProblem(w, 16, 1, 1, 8)
+        sol = solve_eplb(problem, backend, budget=Budget.work(10.0, workers=2))  # type: ignore[arg-type]
         out[backend] = {"phy2log": sol.phy2log.tolist(), "max_load": sol.max_load.tolist()}
     return out
 
 
 def _dep() -> dict[str, Any]:
-    p = DepProblem(
-        __import__("hwmodel.presets", fromlist=["hardware_preset"]).hardware_preset("dep-h20"),
-        model_preset("deepseek-v2"),
-        1024,
-        2,
-        1024,
-    )
-    sol = solve_dep(p, "greedy", max_r=6)
+    p = DepProblem(hardware_preset("dep-h20"), model_preset("deepseek-v2"), 1024, 2, 1024)
+    sol = solve_dep(p, "auto", max_r=6, budget=Budget.work(3.0, workers=2))
     return {
         "r": sol.micro_batches,
         "makespan": sol.makespan_cycles,
@@ -86,7 +82,8 @@ def _prefetch() -> dict[str, Any]:
         free_bytes=20.0,
         link_budget_cycles=18,
     )
-    return {b: select(p, b, deadline_s=30.0).chosen for b in ("greedy", "cpsat", "milp")}
+    budget = Budget.work(5.0, workers=1)
+    return {b: select(p, b, budget=budget).chosen for b in ("greedy", "cpsat", "milp")}
 
 
 def main() -> None:

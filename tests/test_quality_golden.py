@@ -18,6 +18,7 @@ from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import gpu_ndp, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
+from solvers.common import Budget
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.solve import solve_eplb
@@ -76,7 +77,7 @@ def test_greedy_placement_on_real_esft_layers(
     assert inst.simulate(greedy).makespan_cycles == want_greedy
     assert want_greedy <= want_opt * GREEDY_TOLERANCE[layout]
     assert inst.lower_bound() <= want_opt
-    sol = solve_layer(p, "cpsat", deadline_s=60.0, workers=1)
+    sol = solve_layer(p, "cpsat", budget=Budget.work(30.0, workers=1))
     assert sol.account.status == "optimal"
     assert sol.account.objective_cycles == want_opt
     assert sol.account.lower_bound_cycles == want_opt
@@ -129,7 +130,8 @@ def test_dep_overlapping_the_shared_expert_with_the_dispatch_wins(backend: str) 
     (1,000..8,200): 14,000. r = 2: the attention GPU alone is busy 2 x (1,000 + 7,000) =
     16,000. Serial (shared before dispatch): 1,000 + 13,000 + 3,000 + 1,200 + 3,000 = 21,200.
     Without the overlap the best would be r = 2 at 20,600."""
-    sol = solve_dep(DepProblem(dep_hardware(1e8), DEP_MODEL, 2, 1, 0), backend)  # type: ignore[arg-type]
+    problem = DepProblem(dep_hardware(1e8), DEP_MODEL, 2, 1, 0)
+    sol = solve_dep(problem, backend, budget=Budget.work(5.0, workers=1))  # type: ignore[arg-type]
     assert (sol.micro_batches, sol.makespan_cycles) == (1, 14_000)
     assert sol.serial_cycles == 21_200
     assert sol.by_r[1] == 14_000 and sol.by_r[2] == 16_000
@@ -145,11 +147,11 @@ def test_dep_pipelining_two_micro_batches_wins_on_a_slow_link(backend: str) -> N
     12,000..23,000, expert 23,000..23,600, combine 23,600..34,600 (the combine link is the
     bottleneck after the first dispatch), the shared experts hidden on the attention GPU:
     34,600. Serial: 1,000 + 13,000 + 21,000 + 1,200 + 21,000 = 57,200."""
-    sol = solve_dep(DepProblem(dep_hardware(1e7), DEP_MODEL, 2, 1, 0), backend)  # type: ignore[arg-type]
+    problem = DepProblem(dep_hardware(1e7), DEP_MODEL, 2, 1, 0)
+    sol = solve_dep(problem, backend, budget=Budget.work(5.0, workers=1))  # type: ignore[arg-type]
     assert (sol.micro_batches, sol.makespan_cycles) == (2, 34_600)
     assert sol.by_r[1] == 44_200
     assert sol.serial_cycles == 57_200
-    problem = DepProblem(dep_hardware(1e7), DEP_MODEL, 2, 1, 0)
     report = simulate(problem.hardware, DEP_MODEL, sol.plan, None, problem.residency())
     assert report.valid and report.makespan_cycles == 34_600
 
@@ -230,7 +232,7 @@ KNAPSACK = PrefetchProblem(
      ("auto", [1, 2], 100.0)],
 )  # fmt: skip
 def test_prefetch_set_is_the_knapsack_answer(backend: str, chosen: list[int], value: float) -> None:
-    got = select(KNAPSACK, backend, deadline_s=10.0)
+    got = select(KNAPSACK, backend, budget=Budget.work(5.0, workers=1))
     assert got.chosen == chosen
     assert got.value == value
 
