@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAST_SUITE = [
     "tests/test_costs_golden.py",
+    "tests/test_executor_records.py",
     "tests/test_quality_golden.py",
     "tests/test_honest_bounds.py",
     "tests/test_executor_violations.py",
-    "tests/test_executor_timeline.py",
     "tests/solvers/test_placement.py",
     "tests/solvers/test_eplb.py",
     "tests/solvers/test_prefetch_select.py",
@@ -258,11 +259,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--exclude-tests", nargs="*", default=[])
+    parser.add_argument("--suite", default=None, help="pytest arguments to run instead")
     args = parser.parse_args()
     plants = [p for p in PLANTS if args.only is None or p.id in args.only]
     rows = []
     for plant in plants:
-        row = replay(plant, [t for t in FAST_SUITE if t not in args.exclude_tests])
+        suite = (
+            shlex.split(args.suite)
+            if args.suite
+            else [t for t in FAST_SUITE if t not in args.exclude_tests]
+        )
+        row = replay(plant, suite) | {"suite": suite}
         print(f"{plant.id:34s} {row['result']:11s} {row['failed_test'] or ''}", flush=True)
         rows.append(row)
     live = [r for r in rows if r["result"] != "stale"]
