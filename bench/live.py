@@ -59,7 +59,7 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=60)
         self.proc = None
 
 
@@ -67,7 +67,7 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
     """Fuzz every operation of the live schema, valid and invalid inputs (schemathesis).
 
     Returns counts: cases, server_errors (5xx), schema_violations (responses that do not
-    match their documented schema), and the first failures.
+    match their documented schema), the slowest response's wall time, and the first failures.
     """
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -78,6 +78,7 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     counts: dict[str, Any] = {"cases": 0, "server_errors": 0, "schema_violations": 0}
     failures: list[str] = []
+    slowest = [0.0]
 
     def runner(operation: Any, mode: Any) -> Any:
         label = operation.label
@@ -91,7 +92,9 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
         )
         def run(case: Any) -> None:
             counts["cases"] += 1
+            started = time.perf_counter()
             response = case.call(timeout=60)
+            slowest[0] = max(slowest[0], time.perf_counter() - started)
             if response.status_code >= 500:
                 counts["server_errors"] += 1
                 failures.append(f"{label}: {response.status_code} {response.text[:200]}")
@@ -110,5 +113,6 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
                 runner(operation, mode)()
             except Unsatisfiable:  # no invalid input exists (e.g. GET /healthz has none)
                 continue
+    counts["slowest_response_s"] = slowest[0]
     counts["first_failures"] = failures[:5]
     return counts
