@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchResult
+from bench.common import BenchResult, tracked
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, traces_dir
@@ -164,7 +164,8 @@ def run(quick: bool = False, trace: Path | None = None) -> BenchResult:
     lat_jobs = [(p, c, name, seqs, steps) for p, c, lat in cases if lat for name in LATENCY_CONFIGS]
     with multiprocessing.get_context("fork").Pool(2) as pool:
         lat_async = pool.map_async(latency_job, lat_jobs)
-        hits = dict(zip(hit_jobs, pool.map(hit_job, hit_jobs), strict=True))
+        done = tracked(pool.imap(hit_job, hit_jobs), "cache: hit-rate replays", len(hit_jobs))
+        hits = dict(zip(hit_jobs, done, strict=True))
         lats = dict(zip(lat_jobs, lat_async.get(), strict=True))
     for path, capacity, with_latency in cases:
         tr = load_trace(path)
