@@ -191,11 +191,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)
-        app.state.sweeps = SweepJobs(boot)
         app.state.sessions.ep, app.state.ep_sessions.sessions = (
             app.state.ep_sessions,
             app.state.sessions,
         )
+        app.state.sweeps = SweepJobs(boot)
         app.openapi()  # built once now, not on the event loop of the first /openapi.json
         sweeper = asyncio.create_task(_sweep(app, boot))
         # Start the worker processes in the background (a daemon thread: a stop never waits

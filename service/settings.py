@@ -36,16 +36,6 @@ class Settings(BaseSettings):
     )
     max_deadline_s: float = Field(default=30.0, gt=0, description="Cap on any solve's deadline.")
     solver_workers: int = Field(default=2, ge=1, le=64, description="CP-SAT search workers.")
-    ray_address: str | None = Field(
-        default=None, description="Ray cluster for sweeps (None: a local Ray instance)."
-    )
-    sweep_dir: Path = Field(default=Path("sweeps"), description="Where sweep jobs write rows.")
-    sweep_workers: int = Field(default=1, ge=1, le=1024, description="CPUs of a local Ray.")
-    max_sweep_points: int = Field(default=256, ge=1, description="Points of one HTTP sweep.")
-    max_sweep_tokens: int = Field(
-        default=20_000, ge=1, description="Prompt + decoded tokens over all points of a sweep."
-    )
-    max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
     max_concurrent_routes: int = Field(
         default=2, ge=1, description="Cheap routing calls (route, EP batches) at once; more: 503."
     )
@@ -81,6 +71,17 @@ class Settings(BaseSettings):
         default=512, ge=8, description="Open connections at once; more get 503 from uvicorn."
     )
     keep_alive_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connection close.")
+
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster for sweeps (None: a local Ray instance)."
+    )
+    sweep_dir: Path = Field(default=Path("sweeps"), description="Where sweep jobs write rows.")
+    sweep_workers: int = Field(default=1, ge=1, le=1024, description="CPUs of a local Ray.")
+    max_sweep_points: int = Field(default=256, ge=1, description="Points of one HTTP sweep.")
+    max_sweep_tokens: int = Field(
+        default=20_000, ge=1, description="Prompt + decoded tokens over all points of a sweep."
+    )
+    max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
 
     def warnings(self) -> list[str]:
         """Risks of this configuration, for the start-up log and ``/info``."""
