@@ -36,7 +36,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 180) -> None:
+        """Start it and wait until /healthz answers (a generous wait: on a loaded 2-core
+        machine importing the service alone can take tens of seconds)."""
         env = os.environ | {"MOESCHED_DB_PATH": str(self.db)} | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
@@ -48,10 +50,11 @@ class Server:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"server exited: {err[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop(signal.SIGKILL)  # never leave a half-started server behind
         raise RuntimeError(f"server did not become healthy in {timeout_s} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
