@@ -18,21 +18,22 @@ import time
 import numpy as np
 
 from solvers.eplb.deepseek import rebalance_experts
-from solvers.eplb.routing import route_batch
+from solvers.eplb.routing import Router
 
 
 def routed_max_load(phy2log: np.ndarray, num_gpus: int, batches: np.ndarray) -> float:
     """Mean over batches of the routed largest GPU load."""
-    return float(np.mean([route_batch(phy2log, num_gpus, b).max_load for b in batches]))
+    batches = np.asarray(batches)
+    loads = Router(phy2log, num_gpus, batches.shape[1]).route_batches(batches)
+    return float(loads.max(axis=1).mean())
 
 
 def routed_balancedness(phy2log: np.ndarray, num_gpus: int, batches: np.ndarray) -> float:
     """Mean over batches of mean / max GPU load after routing."""
-    out = []
-    for b in batches:
-        r = route_batch(phy2log, num_gpus, b)
-        out.append(r.gpu_loads.mean() / r.max_load if r.max_load else 1.0)
-    return float(np.mean(out))
+    batches = np.asarray(batches)
+    loads = Router(phy2log, num_gpus, batches.shape[1]).route_batches(batches)
+    peak = loads.max(axis=1)
+    return float(np.mean(np.where(peak > 0, loads.mean(axis=1) / np.maximum(peak, 1), 1.0)))
 
 
 def place_for_batches(

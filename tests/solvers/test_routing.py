@@ -1,5 +1,6 @@
-"""Per-batch routing over replicas: hand-computed optima, properties against an LP solved in
-the test, and per-batch placement on the real traces."""
+"""Per-batch routing over replicas: hand-computed optima, the exact max-flow reference against
+an LP solved in the test, the fast router against the max-flow on 600 cases, and per-batch
+placement on the real traces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from solvers.eplb.routing import even_split_loads, route_batch
+from solvers.eplb.routing import Router, even_split_loads, route_batch, route_batch_maxflow
 
 
 def test_hand_computed_two_gpus() -> None:
@@ -24,7 +25,21 @@ def test_hand_computed_two_gpus() -> None:
 
 def test_no_replicas_means_no_choice() -> None:
     r = route_batch(np.array([0, 1, 2, 3]), 2, np.array([5, 1, 2, 2]))
-    assert r.gpu_loads.tolist() == [6, 4] and r.num_flows == 0
+    assert r.gpu_loads.tolist() == [6, 4] and r.num_steps == 0
+
+
+def test_hand_computed_chain_needs_an_augmenting_path() -> None:
+    """GPU 0 holds expert 0 (6 tokens, single) and a replica of expert 1 (6); expert 1's other
+    replica shares GPU 1 with a replica of expert 2 (7), whose other one is on GPU 2.
+    Water-filling (heaviest first) gives expert 2 4 + 3 on GPUs 1, 2, then expert 1 2 + 4 on
+    GPUs 0, 1: loads 8, 8, 3. The optimum is ceil(19 / 3) = 7, reached only by moving tokens
+    along GPU 1 -> 2 (1 token of expert 2), then GPU 0 -> 1 -> 2 (1 of expert 1, 1 of
+    expert 2): loads 7, 7, 5."""
+    p2l = np.array([0, 1, 1, 2, 2, 3])  # GPU 0: 0, 1; GPU 1: 1, 2; GPU 2: 2, 3 (3 idle)
+    r = Router(p2l, 3, 4).route(np.array([6, 6, 7, 0]))
+    assert r.gpu_loads.tolist() == [7, 7, 5] and r.max_load == 7
+    assert r.tokens_per_slot.tolist() == [6, 1, 5, 2, 5, 0]
+    assert r.num_steps == 2
 
 
 def lp_optimum(p2l: np.ndarray, num_gpus: int, loads: np.ndarray) -> float:
@@ -71,11 +86,12 @@ def instances(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray]:
     return p2l, num_gpus, loads
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(instances())
-def test_routing_properties(case: tuple[np.ndarray, int, np.ndarray]) -> None:
+def test_maxflow_reference_properties(case: tuple[np.ndarray, int, np.ndarray]) -> None:
+    """The exact reference: conserves tokens, within one token of the LP optimum."""
     p2l, num_gpus, loads = case
-    r = route_batch(p2l, num_gpus, loads)
+    r = route_batch_maxflow(p2l, num_gpus, loads)
     # Token conservation, and replicas only receive their own expert's tokens.
     got = np.bincount(p2l, weights=r.tokens_per_slot, minlength=len(loads))
     assert got.tolist() == loads.tolist()
@@ -88,6 +104,65 @@ def test_routing_properties(case: tuple[np.ndarray, int, np.ndarray]) -> None:
         r.max_load
         <= np.ceil(even_split_loads(p2l, num_gpus, loads.astype(float)).max() - 1e-9) + 1e-9
     )
+
+
+@st.composite
+def large_instances(draw: st.DrawFn) -> tuple[np.ndarray, int, np.ndarray]:
+    """Up to 12 GPUs and 8 slots each; hypothesis draws the shape, the load style and a seed
+    from which numpy draws the slots (every expert at least once) and the loads (drawing
+    hundreds of values one by one through hypothesis would dominate the test's time)."""
+    num_gpus = draw(st.integers(2, 12))
+    per = draw(st.integers(1, 8))
+    num_log = draw(st.integers(1, num_gpus * per))
+    style = draw(st.sampled_from(["flat", "spiky", "sparse"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    extra = rng.integers(0, num_log, num_gpus * per - num_log)
+    p2l = rng.permutation(np.concatenate([np.arange(num_log), extra]))
+    if style == "flat":
+        loads = rng.integers(0, 300, num_log)
+    elif style == "spiky":
+        loads = rng.integers(0, 40, num_log) * rng.choice([1, 60], num_log, p=[0.8, 0.2])
+    else:
+        loads = rng.integers(0, 3, num_log) * rng.integers(0, 2, num_log)
+    return p2l, num_gpus, loads
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(instances(), large_instances()))
+def test_fast_router_matches_maxflow(case: tuple[np.ndarray, int, np.ndarray]) -> None:
+    """The fast router reaches the max-flow optimum (the issue asks for within one token; the
+    router proves optimality, so equality is required), conserves every expert's tokens, and
+    its three entry points agree."""
+    p2l, num_gpus, loads = case
+    fast = route_batch(p2l, num_gpus, loads)
+    exact = route_batch_maxflow(p2l, num_gpus, loads)
+    assert fast.max_load == exact.max_load
+    assert np.bincount(p2l, weights=fast.tokens_per_slot, minlength=len(loads)).tolist() == (
+        loads.tolist()
+    )
+    assert (fast.tokens_per_slot >= 0).all()
+    assert fast.tokens_per_slot.reshape(num_gpus, -1).sum(axis=1).tolist() == (
+        fast.gpu_loads.tolist()
+    )
+    router = Router(np.stack([p2l, p2l]), num_gpus, len(loads))
+    both = router.route_layers(np.stack([loads, loads]))
+    assert both.max_load.tolist() == [exact.max_load] * 2
+    assert both.tokens_per_slot[1].tolist() == fast.tokens_per_slot.tolist()
+    many = Router(p2l, num_gpus, len(loads)).route_batches(np.stack([loads, loads]))
+    assert many.tolist() == [fast.gpu_loads.tolist()] * 2
+
+
+def test_router_rejects_bad_loads() -> None:
+    router = Router(np.array([0, 1, 0, 2]), 2, 4)  # expert 3 has no replica
+    with pytest.raises(ValueError, match="no replica"):
+        router.route(np.array([1, 1, 1, 5]))
+    with pytest.raises(ValueError, match=">= 0"):
+        router.route(np.array([1, -1, 1, 0]))
+    with pytest.raises(ValueError, match="experts"):
+        router.route(np.array([1, 1, 1]))
+    with pytest.raises(ValueError, match="multiple"):
+        Router(np.array([0, 1, 2]), 2)
+    assert router.route(np.array([4, 1, 1, 0])).gpu_loads.tolist() == [3, 3]
 
 
 def test_batch_placement_beats_eplb_routing_on_held_out_batches() -> None:
