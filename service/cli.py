@@ -367,15 +367,32 @@ def bench(
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
     ] = None,
+    traces: Annotated[
+        list[Path] | None,
+        typer.Option("--trace", help="Run on this per-token trace instead (repeatable)."),
+    ] = None,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
+    import inspect
+
     from bench import BENCHMARKS
     from bench.plots import plot as draw
 
     if name not in BENCHMARKS:
         print(f"error: unknown benchmark '{name}'; known: {sorted(BENCHMARKS)}")
         raise typer.Exit(2)
-    result = BENCHMARKS[name](quick)
+    if traces:
+        if "traces" not in inspect.signature(BENCHMARKS[name]).parameters:
+            print(f"error: --trace: benchmark '{name}' runs on its own traces only")
+            raise typer.Exit(2)
+        for path in traces:
+            if not path.is_file():
+                print(f"error: --trace: {path} is not a file")
+                raise typer.Exit(2)
+        with _exit_2_on_bad_input():
+            result = BENCHMARKS[name](quick, traces=traces)  # type: ignore[call-arg]
+    else:
+        result = BENCHMARKS[name](quick)
     result.write(json_path)
     if plot_path is not None:
         draw(result.to_json(), plot_path)

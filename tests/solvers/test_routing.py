@@ -4,6 +4,8 @@ placement on the real traces."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -165,21 +167,80 @@ def test_router_rejects_bad_loads() -> None:
     assert router.route(np.array([4, 1, 1, 0])).gpu_loads.tolist() == [3, 3]
 
 
-def test_batch_placement_beats_eplb_routing_on_held_out_batches() -> None:
-    """ESFT intent, one layer: fitted on the first half's batches of 64 tokens, scored on the
-    second half's. Routed balancedness over EPLB's placement vs over the fitted placement."""
+def _intent_layer(layer: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ESFT intent: the first half's token histogram and batches, the second half's batches."""
     from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
-    from solvers.eplb.batch_placement import place_for_batches, routed_balancedness
-    from solvers.eplb.deepseek import rebalance_experts
 
     t = load_esft(traces_dir() / ESFT_FILES["intent"])
-    half, layer, b = t.num_tokens // 2, 9, 64
-    fit = np.stack([t.histogram(slice(s, s + b))[layer] for s in range(0, half - b, b)])
-    test = np.stack([t.histogram(slice(s, s + b))[layer] for s in range(half, t.num_tokens - b, b)])
-    eplb, _, _ = rebalance_experts(fit.sum(0)[None], 72, 1, 1, 8)
-    ours = place_for_batches(fit, 72, 8, deadline_s=3.0)
-    assert sorted(set(ours.tolist())) == list(range(64))  # every expert keeps a replica
-    assert routed_balancedness(ours, 8, test) > routed_balancedness(eplb[0], 8, test)
+    half = t.num_tokens // 2
+    first = t.histogram(slice(0, half))[layer]
+    fit = np.stack([t.histogram(slice(s, s + size))[layer] for s in range(0, half - size, size)])
+    test = np.stack(
+        [t.histogram(slice(s, s + size))[layer] for s in range(half, t.num_tokens - size, size)]
+    )
+    return first, fit, test
+
+
+def test_batch_placement_beats_eplb_routing_on_held_out_batches() -> None:
+    """ESFT intent, layer 9, +8 slots: fitted on the first half's batches of 64 tokens (60
+    moves), scored on the second half's: above EPLB's placement with the same router, and the
+    account is consistent (validated figures recomputed on the last fold)."""
+    from solvers.eplb.batch_placement import fit_placement, routed_balancedness
+
+    first, fit, test = _intent_layer(9, 64)
+    res = fit_placement(fit, 72, 8, max_moves=60, mean_load=first)
+    assert res.fallback is None and res.moves_adopted > 0
+    assert sorted(set(res.phy2log.tolist())) == list(range(64))  # every expert keeps a replica
+    assert routed_balancedness(res.phy2log, 8, test) > routed_balancedness(
+        res.eplb_phy2log, 8, test
+    )
+    assert res.validated_balancedness > res.validated_eplb_balancedness
+    held = fit[-res.num_validation_batches :]
+    assert res.validated_balancedness == pytest.approx(routed_balancedness(res.phy2log, 8, held))
+    assert res.size_mix == {"512 tokens": 1.0}  # 64 tokens x top-6 = 384 routed: class 512
+
+
+def test_batch_placement_falls_back_to_eplb_and_says_why() -> None:
+    """A window too short to hold out a fold, and a window where every batch is the same flat
+    load (no move can gain on the held-out fold): EPLB's placement, with the reason."""
+    from solvers.eplb.batch_placement import eplb_placement, fit_placement
+
+    short = fit_placement(np.full((4, 8), 3), 12, 4)
+    assert short.fallback is not None and "too short" in short.fallback
+    flat = np.tile(np.array([5, 5, 5, 5, 5, 5, 5, 5]), (12, 1))
+    res = fit_placement(flat, 12, 4, max_moves=40)
+    assert res.fallback is not None and res.moves_adopted == 0
+    assert res.phy2log.tolist() == eplb_placement(flat, 12, 4).tolist()
+
+
+def test_batch_placement_is_deterministic_across_processes() -> None:
+    """The search runs on a move budget, never a clock: two interpreters with different hash
+    seeds (one of them beside a busy thread) return the same placement and account."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, numpy as np\n"
+        "from tests.solvers.test_routing import _intent_layer\n"
+        "from solvers.eplb.batch_placement import fit_placement\n"
+        "import sys\n"
+        "if sys.argv[1] == 'busy':\n"
+        "    burn = lambda: sum(i * i for i in range(10**9))\n"
+        "    threading.Thread(target=burn, daemon=True).start()\n"
+        "first, fit, _ = _intent_layer(16, 64)\n"
+        "r = fit_placement(fit, 72, 8, max_moves=30, mean_load=first)\n"
+        "print(r.phy2log.tolist(), r.moves_adopted, r.validated_balancedness, r.fallback)\n"
+    )
+    outs = []
+    for seed, mode in (("0", "idle"), ("4242", "busy")):
+        env = os.environ | {"PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        outs.append(run.stdout)
+    assert outs[0] == outs[1]
 
 
 @pytest.mark.parametrize("bad", [{"num_gpus": 3}, {"loads": [1] * 12 + [5]}])
@@ -191,3 +252,23 @@ def test_route_endpoint_errors(bad: dict[str, object]) -> None:
 
     r = TestClient(create_app()).post("/v1/route", json=route_example() | bad)
     assert r.status_code == 422
+
+
+def test_bench_trace_option_names_bad_input(tmp_path: Path) -> None:
+    """`bench NAME --trace PATH`: a missing file, or a benchmark that runs on its own traces
+    only, exit 2 with the reason (the balance run itself is a benchmark, not a test)."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    out = str(tmp_path / "r.json")
+    missing = CliRunner().invoke(
+        app, ["bench", "balance", "--json", out, "--trace", str(tmp_path / "none.json")]
+    )
+    assert missing.exit_code == 2 and "not a file" in missing.stdout
+    trace = tmp_path / "t.json"
+    trace.write_text("{}")
+    own = CliRunner().invoke(app, ["bench", "eplb", "--json", out, "--trace", str(trace)])
+    assert own.exit_code == 2 and "own traces" in own.stdout
+    bad = CliRunner().invoke(app, ["bench", "balance", "--json", out, "--trace", str(trace)])
+    assert bad.exit_code == 2 and "error" in bad.stdout
