@@ -16,11 +16,16 @@ The fit, all on deterministic budgets (a number of candidate moves and a seed; n
    between GPUs. No expert gets two replicas on one GPU through a move. A candidate is
    adopted only when (a) its fit gain exceeds ``reg_per_replica`` times the growth of its
    distance to the mean-load placement (replicas on other GPUs than EPLB's: the
-   regularizer), (b) it loses on no fit fold, and (c) its gain on the held-out fold is
-   positive.
+   regularizer) plus ``z_score`` standard errors of the per-batch gains, (b) it loses on no
+   fit fold, and (c) its gain on the held-out fold is positive and above ``held_margin``
+   times the same regularizer (plus ``z_score`` standard errors).
 4. Validation: the result's held-out balancedness is compared with EPLB's on the same held-out
-   batches; when it is not above, EPLB is returned and ``fallback`` says why. A window too
-   short to hold out (fewer than ``2 * num_folds`` batches) returns EPLB the same way.
+   batches; unless it is above by ``final_z`` standard errors of the paired per-batch gains,
+   EPLB is returned and ``fallback`` says why. A window too short to hold out (fewer than
+   ``2 * num_folds`` batches) returns EPLB the same way.
+
+The defaults were chosen inside the first half of the shared traces only (fit on its first
+quarter, score on its second), never on the half ``bench balance`` scores.
 
 Shapes: ``window [num_batches, num_logical]`` tokens; result ``phy2log [num_replicas]``.
 """
@@ -142,6 +147,9 @@ def fit_placement(
         weights: ``[num_batches]`` weight of each batch (default 1 each: the window's own mix).
         mean_load: ``[num_logical]`` token histogram for the mean-load (EPLB) placement
             (default: the window's sum; pass the raw histogram when batches overlap).
+        held_margin: the regularizer's margin on the held-out fold, in units of the fit's.
+        z_score: standard errors of the per-batch gains a move must also clear (fit, held).
+        final_z: standard errors by which the result must beat EPLB on the held-out fold.
     """
     window = np.asarray(window, dtype=np.int64)
     num_batches, num_log = window.shape
