@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit openapi fuzz clean
+.PHONY: serve test lint typecheck unit openapi fuzz mutants planted clean
 
 $(BIN)/moesched: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ unit: $(BIN)/moesched
 
 fuzz: $(BIN)/moesched
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py
+
+# Mutation testing and planted bugs (slow, not in CI): docs/mutants.json, docs/planted_bugs.json.
+# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch).
+mutants: $(BIN)/moesched
+	$(BIN)/python -m pip install --quiet -e '.[mutants]'
+	nice -n 15 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS))
+
+planted: $(BIN)/moesched
+	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json
 
 openapi: $(BIN)/moesched
 	$(BIN)/python -m service.openapi_export
