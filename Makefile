@@ -1,15 +1,16 @@
 # Two entry points: `make serve` (the service with embedded defaults) and `make test`.
-# Each creates .venv from pyproject.toml when it is missing or older than pyproject.toml.
+# Each creates .venv from pyproject.toml (versions pinned by constraints.txt) when it is missing
+# or older than either file.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: serve test lint typecheck unit openapi fuzz mutants planted clean
 
-$(BIN)/moesched: pyproject.toml
+$(BIN)/moesched: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(BIN)/moesched
 
 serve: $(BIN)/moesched

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bench.common import BenchResult, percentile
+from bench.common import BenchResult, percentile, tracked
 from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import gpu_ndp, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
@@ -70,7 +70,7 @@ def run(quick: bool = False) -> BenchResult:
     """
     result = BenchResult("solvers")
     reference_s = 2.0 if quick else 8.0
-    for name, problem in _instances(quick):
+    for name, problem in tracked(list(_instances(quick)), "solvers: instances"):
         runs = {}
         for label, backend, work in (
             ("greedy", "greedy", 0.0),

@@ -291,5 +291,8 @@ def route(request: RouteRequest) -> RouteResponse:
 def simulate_plan(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
     """Check a client's plan and simulate it; violations are reported, not raised."""
     hardware, model = check_problem(request, settings, request.workload, len(request.plan.tasks))
-    report = simulate(hardware, model, request.plan, request.workload, request.residency, timeline)
+    report = simulate(
+        hardware, model, request.plan, request.workload, request.residency, timeline,
+        request.context_tokens,
+    )  # fmt: skip
     return SimulateResponse(report=report)

@@ -265,10 +265,10 @@ def test_bench_trace_option_names_bad_input(tmp_path: Path) -> None:
     missing = CliRunner().invoke(
         app, ["bench", "balance", "--json", out, "--trace", str(tmp_path / "none.json")]
     )
-    assert missing.exit_code == 2 and "not a file" in missing.stdout
+    assert missing.exit_code == 2 and "not a file" in missing.output
     trace = tmp_path / "t.json"
     trace.write_text("{}")
     own = CliRunner().invoke(app, ["bench", "eplb", "--json", out, "--trace", str(trace)])
-    assert own.exit_code == 2 and "own traces" in own.stdout
+    assert own.exit_code == 2 and "own traces" in own.output
     bad = CliRunner().invoke(app, ["bench", "balance", "--json", out, "--trace", str(trace)])
-    assert bad.exit_code == 2 and "error" in bad.stdout
+    assert bad.exit_code == 2 and "error" in bad.output
