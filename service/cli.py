@@ -611,13 +611,11 @@ def bench(
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
     ] = None,
-    trace: Annotated[
-        Path | None,
-        typer.Option(
-            "--trace", help="Run on this routing trace file (benchmarks that replay one)."
-        ),
-    ] = None,
     quiet: QuietOption = False,
+    trace_paths: Annotated[
+        list[Path] | None,
+        typer.Option("--trace", help="Run on this per-token trace instead (repeatable)."),
+    ] = None,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
     import inspect
@@ -638,17 +636,20 @@ def bench(
     if name not in BENCHMARKS_WITHOUT_TRACES and not traces.is_dir():
         note(missing_traces)
         raise typer.Exit(EXIT_BAD_INPUT)
+    if trace_paths:
+        if "traces" not in inspect.signature(BENCHMARKS[name]).parameters:
+            note(f"error: --trace: benchmark '{name}' runs on its own traces only")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        for path in trace_paths:
+            if not path.is_file():
+                note(f"error: --trace: {path} is not a file")
+                raise typer.Exit(EXIT_BAD_INPUT)
     label = f"bench {name}" + (" --quick" if quick else "")
     try:
         with working(quiet, label) as reporter, reporting(reporter):
-            if trace is not None:
-                if "trace" not in inspect.signature(BENCHMARKS[name]).parameters:
-                    note(f"error: --trace: benchmark '{name}' does not replay a trace")
-                    raise typer.Exit(EXIT_BAD_INPUT)
-                if not trace.is_file():
-                    note(f"error: --trace: no such file '{trace}'")
-                    raise typer.Exit(EXIT_BAD_INPUT)
-                result = BENCHMARKS[name](quick, trace=trace)  # type: ignore[call-arg]
+            if trace_paths:
+                with bad_input(trace_paths[0]):
+                    result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
             else:
                 result = BENCHMARKS[name](quick)
     except FileNotFoundError as exc:
