@@ -340,7 +340,8 @@ def rebalance_window(
         adopted = moves > 0
         if max_moved_replicas is not None:
             order = sorted(
-                np.flatnonzero(adopted), key=lambda la: (-gain[la] / max(moves[la], 1), la)
+                np.flatnonzero(adopted).tolist(),
+                key=lambda la: (-float(gain[la]) / max(int(moves[la]), 1), la),
             )
             budget = int(max_moved_replicas)
             adopted[:] = False
