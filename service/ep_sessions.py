@@ -4,9 +4,12 @@ of recent batch histograms, and re-place when routed balance over the window dro
 Each batch is routed exactly (``solvers.eplb.routing``) with the current placement; its
 balancedness joins the window's running record. When the window's mean falls below
 ``rebalance_below``, one background re-placement fits a placement per layer to the window
-(``place_for_batches``), and adopts it only when its routed balancedness over the window beats
-the current one by ``min_gain`` plus ``move_cost`` per replica it moves; the swap is atomic
-(the placement and its version change together). The placement is persisted on every swap,
+(``rebalance_window``: the window fit, never worse than EPLB on the window, its slots aligned
+with the current ones so only replicas that must move count), and adopts it *per layer* when
+that layer's routed balancedness over the window gains at least ``min_gain`` plus
+``move_cost`` per replica the layer moves (gain and cost in one unit, per layer). The decision
+and its reason are kept as ``last_replace``; the swap is atomic (the placement and its version
+change together). The placement is persisted on every swap,
 the window every ``PERSIST_EVERY`` batches (it is large; losing a few recent batches only
 delays a re-placement).
 """
@@ -23,12 +26,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import DomainError
-from service.schemas import EpBatch, EpRouting, EpSessionCreate, EpSessionInfo
+from service.schemas import (
+    EpBatch,
+    EpReplaceDecision,
+    EpRouting,
+    EpSessionCreate,
+    EpSessionInfo,
+)
 from service.settings import Settings
 from service.store import SQLiteStore
-from solvers.eplb.batch_placement import place_for_batches, routed_balancedness
+from solvers.eplb.batch_placement import routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
+from solvers.eplb.runtime import moved_replicas, rebalance_window
 
 log = logging.getLogger("moesched.ep_sessions")
 PERSIST_EVERY = 16
@@ -43,6 +53,7 @@ class _Ep:
     version: int
     num_batches: int
     moved_last: int = 0
+    last_replace: EpReplaceDecision | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -119,6 +130,7 @@ class EpSessions:
             num_batches=ep.num_batches,
             physical_to_logical=ep.placement.tolist(),
             moved_replicas_last=ep.moved_last,
+            last_replace=ep.last_replace,
         )
 
     def info(self, sid: str) -> EpSessionInfo:
@@ -176,32 +188,17 @@ class EpSessions:
             with ep.lock:
                 window = np.stack(list(ep.window))
                 old = ep.placement.copy()
+                at_batch = ep.num_batches
             spec = ep.spec
             share = min(spec.deadline_s, self.settings.max_deadline_s) / spec.num_layers
-            new = np.stack(
-                [
-                    place_for_batches(window[:, layer], spec.num_replicas, spec.num_gpus, share)
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            before = np.mean(
-                [
-                    routed_balancedness(old[layer], spec.num_gpus, window[:, layer])
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            after = np.mean(
-                [
-                    routed_balancedness(new[layer], spec.num_gpus, window[:, layer])
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            moved = int((new != old).sum())
-            if after - before >= spec.min_gain + spec.move_cost * moved:
-                balance = [self._balance(new, spec.num_gpus, b) for b in window]
-                # Publish and persist together: a reader never sees a placement not yet stored.
-                with ep.lock:
-                    ep.placement, ep.version, ep.moved_last = new, ep.version + 1, moved
+            decision, new = decide_replacement(window, old, spec, share, at_batch)
+            # Publish and persist together: a reader never sees a placement not yet stored.
+            with ep.lock:
+                ep.last_replace = decision
+                if decision.adopted:
+                    balance = [self._balance(new, spec.num_gpus, b) for b in window]
+                    ep.placement, ep.version = new, ep.version + 1
+                    ep.moved_last = decision.moved
                     ep.balance = deque(balance, maxlen=spec.window)
                     self._save(sid, ep)
         except Exception:  # the old placement stays; the next drop tries again
@@ -209,3 +206,58 @@ class EpSessions:
         finally:
             with self._lock:
                 self._replacing.discard(sid)
+
+
+def decide_replacement(
+    window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, search_s: float, at_batch: int
+) -> tuple[EpReplaceDecision, np.ndarray]:
+    """Per layer: fit to the window, align with the current slots, and adopt the layer when its
+    routed balancedness over the window gains at least ``min_gain + move_cost * moved``.
+
+    Args:
+        window: ``[W, L, E]`` the recent batch histograms; ``old``: ``[L, R]`` current slots.
+    Returns:
+        the decision and the placement ``[L, R]`` (the old one where a layer is not adopted).
+    """
+    fit = rebalance_window(
+        window,
+        old,
+        spec.num_gpus,
+        spec.num_replicas,
+        move_cost=spec.move_cost,
+        search_s_per_layer=search_s,
+        sample=len(window),
+    )
+    assert fit.balancedness_current is not None
+    before = fit.balancedness_current
+    moves = (fit.phy2log != old).sum(axis=1)
+    gain = fit.balancedness - before
+    need = spec.min_gain + spec.move_cost * moves
+    adopt = (moves > 0) & (gain >= need)
+    new = np.where(adopt[:, None], fit.phy2log, old)
+    moved = moved_replicas(old, new)
+    if adopt.any():
+        why = (
+            f"{int(adopt.sum())} of {len(adopt)} layers gain >= min_gain {spec.min_gain} + "
+            f"move_cost {spec.move_cost} x moved; window balancedness "
+            f"{before.mean():.4f} -> {np.where(adopt, fit.balancedness, before).mean():.4f}"
+        )
+    elif (moves > 0).any():
+        best = int(np.argmax(gain - need))
+        why = (
+            f"no layer pays for its moves: best is layer {best}, gain {gain[best]:.4f} < "
+            f"{need[best]:.4f} (min_gain {spec.min_gain} + {int(moves[best])} moved x "
+            f"{spec.move_cost})"
+        )
+    else:
+        why = "the current placement is already the best found on this window"
+    decision = EpReplaceDecision(
+        at_batch=at_batch,
+        adopted=bool(adopt.any()),
+        gain=float(np.where(adopt, gain, 0.0).mean()),
+        moved=moved,
+        moved_unaligned=fit.moved_replicas_unaligned,
+        layers_adopted=np.flatnonzero(adopt).tolist(),
+        why=why,
+    )
+    return decision, new

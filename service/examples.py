@@ -110,3 +110,46 @@ def simulate_example() -> dict[str, Any]:
         "residency": round_robin_residency(hw, model).model_dump(mode="json", exclude_none=True),
         "plan": plan.model_dump(mode="json", exclude_none=True),
     }
+
+
+def eplb_window_example() -> dict[str, Any]:
+    """A window of 4 batches (2 layers, 8 experts) and the placement running now (8 GPUs x 2
+    slots); the answer is SGLang's --init-expert-location file, aligned with the current slots."""
+    batches = [
+        [[60, 56, 12, 12, 2, 1, 1, 1], [5, 5, 40, 40, 10, 10, 3, 3]],
+        [[50, 70, 10, 10, 5, 2, 2, 1], [4, 6, 42, 38, 12, 8, 2, 4]],
+        [[70, 40, 20, 10, 2, 3, 2, 1], [6, 4, 30, 50, 9, 11, 4, 2]],
+        [[65, 55, 14, 8, 3, 1, 2, 2], [5, 5, 44, 36, 10, 10, 3, 3]],
+    ]
+    current = [[0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 1, 2, 1, 3, 1, 2]] * 2
+    return {
+        "window": batches,
+        "current_physical_to_logical": current,
+        "num_gpus": 8,
+        "format": "sglang",
+    }
+
+
+def ep_session_example() -> dict[str, Any]:
+    """An EP sidecar for DeepSeek-V2-Lite (26 MoE layers, 64 experts) on 8 GPUs with 72 slots,
+    default policy."""
+    model = model_preset("deepseek-v2-lite")
+    return {
+        "num_layers": model.num_moe_layers,
+        "num_experts": model.num_routed_experts,
+        "num_gpus": 8,
+        "num_replicas": 72,
+    }
+
+
+def ep_batch_example() -> dict[str, Any]:
+    """One batch of 64 DeepSeek-V2-Lite tokens (a fixed pattern, 6 experts per token)."""
+    model = model_preset("deepseek-v2-lite")
+    rows = []
+    for layer in range(model.num_moe_layers):
+        row = [0] * model.num_routed_experts
+        for token in range(64):
+            for k in range(model.top_k):
+                row[(3 * layer + 11 * token + 7 * k * k) % model.num_routed_experts] += 1
+        rows.append(row)
+    return {"histogram": rows}

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from service.deps import solve_slot
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
-from service.examples import observation_example, session_example
+from service.examples import (
+    ep_batch_example,
+    ep_session_example,
+    observation_example,
+    session_example,
+)
 from service.schemas import (
     EpBatch,
     EpRouting,
@@ -118,7 +123,20 @@ EpManager = Annotated[EpSessions, Depends(ep_sessions)]
     responses=_ERRORS,
     summary="Start an EP session",
 )
-def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInfo:
+def create_ep_session(
+    spec: Annotated[
+        EpSessionCreate,
+        Body(
+            openapi_examples={
+                "deepseek-v2-lite": {
+                    "summary": "DeepSeek-V2-Lite, 8 GPUs, 72 slots, default policy",
+                    "value": ep_session_example(),
+                }
+            }
+        ),
+    ],
+    manager: EpManager,
+) -> EpSessionInfo:
     """Expert parallelism: the session routes every batch over its replicas and re-places them
     when routed balance over the window of recent batches drops."""
     return manager.create(spec)
@@ -127,7 +145,18 @@ def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInf
 @ep_router.post(
     "/{session_id}/batches", response_model=EpRouting, responses=_ERRORS, summary="Route a batch"
 )
-def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRouting:
+def route_ep_batch(
+    session_id: str,
+    batch: Annotated[
+        EpBatch,
+        Body(
+            openapi_examples={
+                "batch-64": {"summary": "64 DeepSeek-V2-Lite tokens", "value": ep_batch_example()}
+            }
+        ),
+    ],
+    manager: EpManager,
+) -> EpRouting:
     """Tokens per replica slot for this batch (exact min-max routing), and the window's balance."""
     return manager.batch(session_id, batch)
 

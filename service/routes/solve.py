@@ -7,8 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from service.deps import SettingsDep
+from service.eplb import eplb
 from service.errors import ErrorResponse
-from service.examples import eplb_example, ordering_example, placement_example, route_example
+from service.examples import (
+    eplb_example,
+    eplb_window_example,
+    ordering_example,
+    placement_example,
+    route_example,
+)
 from service.schemas import (
     EplbRequest,
     EplbResponse,
@@ -21,7 +28,7 @@ from service.schemas import (
     ScheduleRequest,
     ScheduleResponse,
 )
-from service.solving import eplb, order, place, route, schedule
+from service.solving import order, place, route, schedule
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -58,7 +65,13 @@ def post_eplb(
     request: Annotated[
         EplbRequest,
         Body(
-            openapi_examples={"readme": {"summary": "EPLB README example", "value": eplb_example()}}
+            openapi_examples={
+                "readme": {"summary": "EPLB README example", "value": eplb_example()},
+                "window": {
+                    "summary": "A window of batches and the current map -> SGLang's file",
+                    "value": eplb_window_example(),
+                },
+            }
         ),
     ],
     settings: SettingsDep,

@@ -158,6 +158,11 @@ def min_move_placement(
         there = np.flatnonzero(gpu_of != g)
         delta = per_rep[slots[here]][:, None] - per_rep[slots[there]][None, :]  # [S, R - S]
         after = np.maximum(load[g] - delta, load[gpu_of[there]][None, :] + delta)
+        # No swap may put a second replica of an expert on one GPU (it cannot help routing).
+        on_gpu = np.zeros((num_log, num_gpus), dtype=bool)
+        on_gpu[slots, gpu_of] = True
+        clash = on_gpu[slots[there], g][None, :] | on_gpu[slots[here][:, None], gpu_of[there]]
+        after = np.where(clash, np.inf, after)
         a, b = np.unravel_index(np.argmin(after), after.shape)
         if after[a, b] >= load[g] - 1e-12:
             break  # no swap lowers the busiest GPU
