@@ -276,8 +276,15 @@ def _array(value: Any, where: str, name: str, ndims: tuple[int, ...], expected: 
     return arr
 
 
+MAX_EXPERT_ID = 32767  # traces keep expert ids as int16
+
+
 def _check_map(p2l: np.ndarray, where: str, num_layers: int | None) -> np.ndarray:
     p2l = p2l.astype(np.int64)
+    if p2l.size and p2l.max() > MAX_EXPERT_ID:
+        raise RuntimeFormatError(
+            f"{where}: physical_to_logical_map names experts > {MAX_EXPERT_ID}"
+        )
     if num_layers is not None and p2l.shape[0] != num_layers:
         raise RuntimeFormatError(
             f"{where}: physical_to_logical_map has {p2l.shape[0]} layers, the loads {num_layers}"
@@ -526,8 +533,8 @@ def read_routing_log(path: str | Path, num_experts: int | None = None) -> Routin
         content = content[key]
     ids = _array(content, where, "topk_ids", (4,), "[positions, layers, sequences, top_k]")
     ids = ids.astype(np.int64)
-    if (ids < 0).any():
-        raise RuntimeFormatError(f"{where}: topk_ids has negative expert ids")
+    if (ids < 0).any() or ids.max() > MAX_EXPERT_ID:
+        raise RuntimeFormatError(f"{where}: topk_ids must be in [0, {MAX_EXPERT_ID}]")
     positions, layers, seqs, k = ids.shape
     num_e = int(num_experts or ids.max() + 1)
     # token order: step-major (position p of sequence 0, 1, ...), the engine's order.
@@ -592,7 +599,9 @@ def _read_route_lines(path: Path, where: str, num_experts: int | None) -> Routin
             passes.append({})
         passes[-1][layer] = toks
     layers = sorted({layer for p in passes for layer in p})
-    top_k = int(meta.get("top_k") or max(len(t[1]) for _, toks in blocks for t in toks))
+    seen_k = max(len(t[1]) for _, toks in blocks for t in toks)
+    meta_k = meta.get("top_k")
+    top_k = meta_k if isinstance(meta_k, int) and meta_k > 0 else seen_k
     kept, warm = [], 0
     for i, p in enumerate(passes):
         sizes = {len(toks) for toks in p.values()}
@@ -632,8 +641,9 @@ def _read_route_lines(path: Path, where: str, num_experts: int | None) -> Routin
                     seq_ids[at + t] = req_of.setdefault(req, len(req_of))
         step_ids[at : at + n] = s
         at += n
-    num_e = int(num_experts or meta.get("num_experts") or ids_arr.max() + 1)
-    if (ids_arr < 0).any() or (ids_arr >= num_e).any():
+    meta_e = meta.get("num_experts")
+    num_e = int(num_experts or (meta_e if isinstance(meta_e, int) else 0) or ids_arr.max() + 1)
+    if (ids_arr < 0).any() or (ids_arr >= num_e).any() or num_e > MAX_EXPERT_ID + 1:
         raise RuntimeFormatError(f"{where}: topk_ids outside [0, {num_e})")
     notes = [f"{len(kept)} forward passes"]
     if warm:

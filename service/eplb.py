@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from service.settings import Settings
 from solvers.eplb.model import EplbProblem, balancedness, gpu_loads, trivial_bound
 from solvers.eplb.runtime import align_slots, maps_from_phy2log, moved_replicas, rebalance_window
 from solvers.eplb.solve import solve_eplb
+
+MAX_LOGICAL = 4096  # logical experts a request may name (the settings cap them further)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ def read_dump(request: EplbRequest) -> LoadWindow:
         raw = base64.b64decode(dump.content_base64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _bad("body.dump.content_base64", f"not base64: {exc}") from exc
-    name = Path(dump.filename).name or "dump"
+    # Only the name's safe characters are kept: the suffix picks the reader, nothing else.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(dump.filename).name).lstrip(".") or "dump"
     with tempfile.TemporaryDirectory(prefix="moesched-dump-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(raw)
@@ -74,12 +78,13 @@ def read_dump(request: EplbRequest) -> LoadWindow:
 def resolve(request: EplbRequest) -> EplbInput:
     """One window of logical loads and the current placement, from whichever input was given."""
     notes: list[str] = []
-    current = (
-        np.asarray(request.current_physical_to_logical, dtype=np.int64)
-        if request.current_physical_to_logical
-        else None
-    )
-    if current is not None and (current.ndim != 2 or (current < 0).any()):
+    current = None
+    if request.current_physical_to_logical:
+        try:
+            current = np.asarray(request.current_physical_to_logical, dtype=np.int64)
+        except ValueError as exc:
+            raise _bad("body.current_physical_to_logical", "rows must have equal length") from exc
+    if current is not None and (current.ndim != 2 or current.size == 0 or (current < 0).any()):
         raise _bad(
             "body.current_physical_to_logical", "want [num_layers, num_replicas] of ids >= 0"
         )
@@ -107,6 +112,8 @@ def resolve(request: EplbRequest) -> EplbInput:
         if current is None and loaded.physical_to_logical is not None:
             current = loaded.physical_to_logical
             notes.append("current placement: the map recorded in the dump")
+    if window.shape[2] > MAX_LOGICAL or (request.num_logical_experts or 0) > MAX_LOGICAL:
+        raise DomainError(413, "too_large", "body.num_logical_experts", "too many experts")
     if request.num_logical_experts and window.shape[2] < request.num_logical_experts:
         pad = request.num_logical_experts - window.shape[2]
         window = np.concatenate([window, np.zeros((*window.shape[:2], pad))], axis=2)

@@ -307,15 +307,23 @@ def rebalance_window(
     for layer in range(num_layers):
         b_layer = batches[:, layer]
 
-        def score(p2l: np.ndarray, b: np.ndarray = b_layer) -> float:
-            return float(routed_balancedness_per_batch(p2l, num_gpus, b).mean())
+        seen: dict[bytes, float] = {}
+
+        def score(p2l: np.ndarray, b: np.ndarray = b_layer, seen: dict = seen) -> float:
+            # Routed balance depends only on each GPU's set of experts: score each set once.
+            rows = np.sort(p2l.reshape(num_gpus, -1), axis=1)
+            key = rows[np.lexsort(rows.T[::-1])].tobytes()
+            if key not in seen:
+                seen[key] = float(routed_balancedness_per_batch(p2l, num_gpus, b).mean())
+            return seen[key]
 
         fit = place_for_batches(
             np.rint(window[:, layer]).astype(np.int64),
             num_phy,
             num_gpus,
             deadline_s=search_s_per_layer,
-            sample=min(len(idx), 8) if search_s_per_layer <= 0 else len(idx),
+            # without a search, it only picks between its starts; the candidates are scored below
+            sample=2 if search_s_per_layer <= 0 else len(idx),
             seed=seed,
         )
         s_fit, s_eplb = score(fit), score(eplb[layer])
