@@ -15,6 +15,7 @@ Seconds are turned into integer cycles of the reference clock once per task, rou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from hwmodel.plan import ComputeTask, Task, TransferTask, WeightSlice
 from hwmodel.spec import Device, Hardware, Link, ModelSpec
@@ -96,31 +97,73 @@ def expert_shard_s(device: Device, model: ModelSpec, num_tokens: int, ffn_width:
     return roofline_s(device, flops, expert_bytes_read(model, num_tokens, ffn_width))
 
 
-def shared_expert_s(device: Device, model: ModelSpec, num_tokens: int) -> float:
-    """Seconds for all shared experts of a layer on ``num_tokens`` tokens."""
-    width = model.num_shared_experts * model.shared_expert_ffn_size
-    if width == 0:
+def shared_expert_s(
+    device: Device, model: ModelSpec, num_tokens: int, ffn_width: int | None = None
+) -> float:
+    """Seconds for the shared experts of a layer on ``num_tokens`` tokens: all of them, or a
+    column slice ``ffn_width`` wide of their concatenated FFN width (a piece of a split shared
+    expert reads only its slice of the weights)."""
+    total = model.num_shared_experts * model.shared_expert_ffn_size
+    width = total if ffn_width is None else min(ffn_width, total)
+    if width <= 0:
         return 0.0
     flops = expert_flops(model, num_tokens, width)
     return roofline_s(device, flops, expert_bytes_read(model, num_tokens, width))
 
 
-def attention_s(device: Device, model: ModelSpec, num_tokens: int, context_tokens: int) -> float:
-    """Seconds for one layer's attention on ``num_tokens`` new tokens over a KV cache.
+def attention_s(
+    device: Device,
+    model: ModelSpec,
+    num_tokens: int,
+    context_tokens: int,
+    num_sequences: int = 1,
+) -> float:
+    """Seconds for one layer's attention on ``num_tokens`` new tokens of ``num_sequences``
+    sequences, each over its own KV cache of ``context_tokens`` tokens.
 
-    FLOPs: projections ``2 * params * tokens`` plus scores and values
-    ``4 * tokens * context * heads * head_dim``; bytes: the weights plus the KV cache read.
+    With t = num_tokens / num_sequences new tokens per sequence (a prefill chunk: one sequence,
+    t = num_tokens; a decode micro-batch: num_tokens sequences, t = 1), P attention parameters
+    of w bytes, kv cache bytes per token and layer, h heads of dimension d:
+
+        FLOPs: 2 * P * num_tokens + 4 * num_tokens * (C + t) * h * d
+        bytes: P * w + num_sequences * (C + t) * kv + 2 * num_tokens * hidden * act_bytes
+
+    so a decode micro-batch of n sequences reads n * (C + 1) * kv bytes of cache, and splitting
+    it in two adds one read of the weights and a launch, never less work.
     A model without an attention spec costs the launch only.
     """
     att = model.attention
     if att is None:
         return device.launch_s
-    ctx = context_tokens + num_tokens
+    per_seq = num_tokens // max(num_sequences, 1)
+    ctx = context_tokens + per_seq
     flops = 2.0 * att.params_per_layer * num_tokens
     flops += 4.0 * num_tokens * ctx * att.num_heads * att.head_dim
     bytes_moved = att.params_per_layer * model.bytes_per_weight
-    bytes_moved += ctx * att.kv_cache_bytes_per_token_per_layer
+    bytes_moved += num_sequences * ctx * att.kv_cache_bytes_per_token_per_layer
     bytes_moved += 2 * model.activation_bytes(num_tokens)
+    return roofline_s(device, flops, bytes_moved)
+
+
+def kv_cache_bytes(model: ModelSpec, num_sequences: int, context_tokens: int) -> float:
+    """KV cache of ``num_sequences`` decode sequences at ``context_tokens`` (+1 being written)
+    over every MoE layer of the model: n * (C + 1) * kv * layers bytes (a model's few dense
+    layers are not in ``ModelSpec`` and are left out: DeepSeek-V2's 1 of 60, under 2%)."""
+    att = model.attention
+    if att is None:
+        return 0.0
+    per_layer = num_sequences * (context_tokens + 1) * att.kv_cache_bytes_per_token_per_layer
+    return float(per_layer * model.num_moe_layers)
+
+
+def grouped_expert_s(device: Device, model: ModelSpec, rows: Sequence[int]) -> float:
+    """Seconds for one grouped GEMM over full-width experts with ``rows[e]`` rows each: one
+    launch; the weights of every expert with rows read once (an expert with none is skipped);
+    FLOPs and bytes summed into one roofline."""
+    num_tokens = int(sum(rows))
+    active = sum(1 for r in rows if r > 0)
+    flops = expert_flops(model, num_tokens, model.expert_ffn_size)
+    bytes_moved = active * model.expert_bytes() + 2 * model.activation_bytes(num_tokens)
     return roofline_s(device, flops, bytes_moved)
 
 
@@ -136,10 +179,19 @@ def transfer_s(link: Link, num_bytes: float) -> float:
     return link.latency_s + num_bytes / link.bandwidth_bytes_per_s
 
 
-def transfer_bytes(model: ModelSpec, payload: str, num_tokens: int, ffn_width: int) -> float:
-    """Bytes a transfer moves: hidden rows for activations/partial sums, a slice for weights."""
+def transfer_bytes(
+    model: ModelSpec,
+    payload: str,
+    num_tokens: int,
+    ffn_width: int,
+    element_bytes: float | None = None,
+) -> float:
+    """Bytes a transfer moves: hidden rows for activations/partial sums (at ``element_bytes``
+    per element when given, else the model's activation dtype), a slice for weights."""
     if payload == "weights":
         return model.expert_bytes(ffn_width)
+    if element_bytes is not None:
+        return num_tokens * model.hidden_size * element_bytes
     return model.activation_bytes(num_tokens)
 
 
@@ -161,13 +213,18 @@ def task_cycles(
     clock = hardware.clock_hz
     if isinstance(task, ComputeTask):
         device = hardware.device(task.device_id)
-        if task.op == "expert":
+        if task.op == "expert" and task.group_rows:
+            secs = grouped_expert_s(device, model, task.group_rows)
+        elif task.op == "expert":
             width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
             secs = expert_shard_s(device, model, task.num_tokens, width)
         elif task.op == "shared_expert":
-            secs = shared_expert_s(device, model, task.num_tokens)
+            total = model.num_shared_experts * model.shared_expert_ffn_size
+            secs = shared_expert_s(
+                device, model, task.num_tokens, (task.ffn_end or total) - task.ffn_start
+            )
         elif task.op == "attention":
-            secs = attention_s(device, model, task.num_tokens, context_tokens)
+            secs = attention_s(device, model, task.num_tokens, context_tokens, task.num_sequences)
         else:
             secs = reduce_s(device, model, task.num_tokens, task.num_partials)
         return task.device_id, to_cycles(secs, clock), 0.0
@@ -176,6 +233,6 @@ def task_cycles(
         width = 0
         if task.weights is not None:
             width = (task.weights.ffn_end or model.expert_ffn_size) - task.weights.ffn_start
-        num_bytes = transfer_bytes(model, task.payload, task.num_tokens, width)
+        num_bytes = transfer_bytes(model, task.payload, task.num_tokens, width, task.element_bytes)
         return task.link_id, to_cycles(transfer_s(link, num_bytes), clock), num_bytes
     return task.memory_id, 0, 0.0

@@ -89,6 +89,16 @@ class _Held:
     origin: str  # "initial", "prefetch", "demand" or "data"
 
 
+def _expert_pieces(model: ModelSpec, t: ComputeTask) -> list[tuple[int, int, int]]:
+    """(expert, first column, end column) of each expert a compute task of op expert covers:
+    one slice, or every expert of a grouped GEMM at full width (rows > 0 or not)."""
+    assert t.expert is not None
+    if t.group_rows:
+        return [(t.expert + e, 0, model.expert_ffn_size) for e in range(len(t.group_rows))]
+    end = model.expert_ffn_size if t.ffn_end is None else t.ffn_end
+    return [(t.expert, t.ffn_start, end)]
+
+
 class _Memories:
     """Residency and occupancy of every memory over time."""
 
@@ -109,6 +119,12 @@ class _Memories:
             for s in slices:
                 self.wildcards[mem_id].append(s)
                 self.used[mem_id] += self._slice_bytes(s)
+            self.peak[mem_id] = self.used[mem_id]
+        for mem_id, reserved in residency.reserved_bytes.items():
+            if mem_id not in self.capacity:
+                self.bad_memories.append(mem_id)
+                continue
+            self.used[mem_id] += reserved
             self.peak[mem_id] = self.used[mem_id]
 
     def _slice_bytes(self, s: WeightSlice) -> float:
@@ -253,9 +269,18 @@ class _Simulation:
             if t.device_id not in self.devices:
                 self._flag("unknown_device", f"unknown device '{t.device_id}'", t.id, t.device_id)
                 return False
-            return t.op != "expert" or self._slice_ok(
-                t.id, t.layer, t.expert, t.ffn_start, t.ffn_end
-            )
+            if t.op == "shared_expert" and self.model.num_shared_experts:
+                total = self.model.num_shared_experts * self.model.shared_expert_ffn_size
+                if (t.ffn_end or total) > total or (t.ffn_end is None and t.ffn_start >= total):
+                    self._flag("invalid_slice", f"slice beyond shared width {total}", t.id)
+                    return False
+            if t.op != "expert":
+                return True
+            if t.group_rows and t.expert is not None:
+                last = t.expert + len(t.group_rows) - 1
+                if not self._slice_ok(t.id, t.layer, last, t.ffn_start, t.ffn_end):
+                    return False
+            return self._slice_ok(t.id, t.layer, t.expert, t.ffn_start, t.ffn_end)
         if isinstance(t, TransferTask):
             link = self.links.get(t.link_id)
             if link is None:
@@ -474,23 +499,26 @@ class _Simulation:
             self.mem.drop(t.memory_id, t.weights)
         elif isinstance(t, ComputeTask) and t.op == "expert" and t.num_tokens > 0:
             assert t.expert is not None
-            device = self.devices[t.device_id]
-            end = self.model.expert_ffn_size if t.ffn_end is None else t.ffn_end
-            origin = self.mem.covered(device.memory_id, t.layer, t.expert, t.ffn_start, end)
-            if origin is None:
-                self._flag(
-                    "weights_not_resident",
-                    f"layer {t.layer} expert {t.expert} cols [{t.ffn_start}, {end}) not in "
-                    f"'{device.memory_id}'",
-                    t.id,
-                    t.device_id,
-                    now,
-                )
-            elif device.kind == "gpu":
-                if origin == "demand":
-                    self.cache_misses += 1
-                else:
-                    self.cache_hits += 1
+            for expert, start, end in _expert_pieces(self.model, t):
+                self._check_resident(t, expert, start, end, now)
+
+    def _check_resident(self, t: ComputeTask, expert: int, start: int, end: int, now: int) -> None:
+        device = self.devices[t.device_id]
+        origin = self.mem.covered(device.memory_id, t.layer, expert, start, end)
+        if origin is None:
+            self._flag(
+                "weights_not_resident",
+                f"layer {t.layer} expert {expert} cols [{start}, {end}) not in "
+                f"'{device.memory_id}'",
+                t.id,
+                t.device_id,
+                now,
+            )
+        elif device.kind == "gpu":
+            if origin == "demand":
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
 
     def _on_end(self, run: _Run) -> None:
         t = run.task
@@ -530,8 +558,12 @@ class _Simulation:
             t = run.task
             if isinstance(t, ComputeTask) and t.op == "expert" and t.num_tokens > 0:
                 assert t.expert is not None
-                end = self.model.expert_ffn_size if t.ffn_end is None else t.ffn_end
-                shards[(t.layer, t.expert)].append((t.ffn_start, end, t.num_tokens))
+                rows = t.group_rows or (t.num_tokens,)
+                for (expert, start, end), n in zip(
+                    _expert_pieces(self.model, t), rows, strict=True
+                ):
+                    if n > 0:
+                        shards[(t.layer, expert)].append((start, end, n))
         width = self.model.expert_ffn_size
         for key in sorted(set(expected) | set(shards)):
             want = expected.get(key, 0)

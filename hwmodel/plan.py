@@ -81,18 +81,46 @@ class ComputeTask(TaskBase):
     layer: int = Field(ge=0, description="MoE layer index.")
     num_tokens: int = Field(ge=0, description="Tokens (rows) processed.")
     expert: int | None = Field(default=None, ge=0, description="Logical expert (op expert).")
-    ffn_start: int = Field(default=0, ge=0, description="First FFN column (op expert).")
+    ffn_start: int = Field(
+        default=0,
+        ge=0,
+        description="First FFN column (op expert; op shared_expert: of the shared experts' "
+        "concatenated width).",
+    )
     ffn_end: int | None = Field(
         default=None, gt=0, description="One past the last FFN column; null: full width."
     )
     num_partials: int = Field(
         default=1, ge=1, description="Partial sums added per token (op reduce)."
     )
+    num_sequences: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Sequences the attention task serves (op attention): 1 is a prefill chunk of "
+            "num_tokens new tokens over one KV cache; num_tokens sequences is a decode "
+            "micro-batch, one new token per sequence, each reading its own KV cache."
+        ),
+    )
+    group_rows: tuple[int, ...] = Field(
+        default=(),
+        description=(
+            "Grouped GEMM (op expert): rows of each of the consecutive experts expert, "
+            "expert + 1, ... computed by this one launch; their sum is num_tokens. Empty: "
+            "the single expert 'expert'."
+        ),
+    )
 
     @model_validator(mode="after")
     def _op_fields(self) -> ComputeTask:
         if self.op == "expert" and self.expert is None:
             raise ValueError("expert: required when op is 'expert'")
+        if self.group_rows and sum(self.group_rows) != self.num_tokens:
+            raise ValueError("group_rows: must sum to num_tokens")
+        if any(r < 0 for r in self.group_rows):
+            raise ValueError("group_rows: rows cannot be negative")
+        if self.num_sequences > 1 and self.num_tokens % self.num_sequences:
+            raise ValueError("num_sequences: must divide num_tokens")
         if self.ffn_end is not None and self.ffn_end <= self.ffn_start:
             raise ValueError("ffn_end: must exceed ffn_start")
         return self
@@ -112,6 +140,14 @@ class TransferTask(TaskBase):
     purpose: TransferPurpose = Field(
         default="data",
         description="data (activations), prefetch (staged ahead) or demand (loaded on a miss).",
+    )
+    element_bytes: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Bytes per moved element of activation rows (FP8 dispatch with per-128 scales: "
+            "1 + 4/128); null: the model's bytes_per_activation."
+        ),
     )
 
     @model_validator(mode="after")
@@ -140,6 +176,13 @@ class Residency(Frozen):
 
     by_memory: dict[str, tuple[WeightSlice, ...]] = Field(
         default_factory=dict, description="Memory id -> weight slices held at cycle 0."
+    )
+    reserved_bytes: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description=(
+            "Memory id -> bytes held for the whole run besides expert slices (KV cache, "
+            "attention and shared-expert weights); counted against the memory's capacity."
+        ),
     )
 
     def holds(

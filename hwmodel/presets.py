@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hwmodel.spec import AttentionSpec, Device, Hardware, Link, Memory, ModelSpec
+from pydantic import Field
+
+from hwmodel.spec import AttentionSpec, Device, Frozen, Hardware, Link, Memory, ModelSpec
 
 GB = 10**9
 GIB = 2**30
@@ -176,77 +178,139 @@ def orin_agx_ndp4() -> Hardware:
 # ---------------------------------------------------------------------------- DEP clusters
 
 
-def _dep(
-    name: str,
-    gpu: str,
-    peak_flops_per_s: float,
-    hbm_bytes_per_s: float,
-    hbm_bytes: int,
-    nvlink_bytes_per_s: float,
-    source: str,
-    num_attention_gpus: int = 8,
-    num_expert_gpus: int = 8,
+class DepCluster(Frozen):
+    """A DEP cluster class: one GPU type, its NIC and its intra-node link, with sources.
+
+    ``dep_hardware`` builds a Hardware of it for any attention:expert split.
+    """
+
+    name: str
+    gpu: str
+    peak_flops_per_s: float
+    hbm_bytes_per_s: float
+    hbm_bytes: int
+    intra_node_bytes_per_s: float
+    intra_node_latency_s: float
+    nic_bytes_per_s: float = Field(description="Payload bytes/s per direction per GPU.")
+    nic_latency_s: float
+    gpus_per_node: int = 8
+    num_gpus: int = Field(description="GPU budget of the cluster (attention + expert).")
+    num_attention_gpus: int = Field(description="Default split: attention GPUs.")
+    source: str
+    nic_source: str
+    intra_source: str
+
+
+_RDMA400 = (
+    "400 Gb/s RDMA NIC per GPU (CX7): 45 GB/s payload per direction (DeepEP internode "
+    "43-58 GB/s, S-N3); 15 us per message (NCCL alpha, hardware.md 1.4)"
+)
+
+
+def _a6000_nic(gbit: int) -> str:
+    payload = {100: "11.7 GB/s (ib_write_bw, S-N1)", 200: "23 GB/s (ib_read_bw, S-N2)"}[gbit]
+    return (
+        f"one {gbit} Gb/s NIC per 8-GPU node, {payload} measured per direction, shared evenly "
+        "by the node's 8 GPUs under all-to-all traffic [choice: one NIC per node, as in "
+        "FinDEP's A6000 cluster class (peers.md 1.3: PCIe within a node, 100/200 Gb/s between "
+        "nodes)]; 20 us per message (NCCL alpha at 200G, hardware.md 1.4)"
+    )
+
+
+DEP_CLUSTERS: dict[str, DepCluster] = {
+    "dep-h20": DepCluster(
+        name="dep-h20", gpu="H20", peak_flops_per_s=148e12, hbm_bytes_per_s=4000 * GB,
+        hbm_bytes=96 * GB, intra_node_bytes_per_s=380 * GB, intra_node_latency_s=5e-6,
+        nic_bytes_per_s=45 * GB, nic_latency_s=15e-6, num_gpus=16, num_attention_gpus=8,
+        source="H20 96GB: 148 TFLOPS BF16 dense, 4000 GB/s, 96 GB (S-G6, S-G9)",
+        nic_source=_RDMA400,
+        intra_source="NVLink 900 bidir, ~380 GB/s measured per direction on H100-class (S-P5)",
+    ),
+    "dep-h800": DepCluster(
+        name="dep-h800", gpu="H800", peak_flops_per_s=989e12, hbm_bytes_per_s=3352 * GB,
+        hbm_bytes=80 * GB, intra_node_bytes_per_s=155 * GB, intra_node_latency_s=5e-6,
+        nic_bytes_per_s=45 * GB, nic_latency_s=15e-6, num_gpus=16, num_attention_gpus=8,
+        source="H800 80GB: 989 TFLOPS BF16 dense, 3352 GB/s (S-G6)",
+        nic_source=_RDMA400,
+        intra_source="NVLink ~153-158 GB/s measured (DeepEP intranode, S-N3)",
+    ),
+    **{
+        f"dep-a6000-{gbit}g": DepCluster(
+            name=f"dep-a6000-{gbit}g", gpu="RTX A6000", peak_flops_per_s=154.8e12,
+            hbm_bytes_per_s=768 * GB, hbm_bytes=48 * GB, intra_node_bytes_per_s=25 * GB,
+            intra_node_latency_s=10e-6, nic_bytes_per_s=(11.7 if gbit == 100 else 23) * GB / 8,
+            nic_latency_s=20e-6, num_gpus=32, num_attention_gpus=16,
+            source=(
+                "RTX A6000: 48 GB GDDR6 ECC, 768 GB/s, 154.8 TFLOPS dense FP16/BF16 tensor "
+                "(servethehome.com RTX A6000 spec table; llmperf.net citing Microway's Ampere "
+                "comparison); 4 nodes x 8 GPUs = 32 (FinDEP's 32-GPU system, peers.md 1.3)"
+            ),
+            nic_source=_a6000_nic(gbit),
+            intra_source=(
+                "PCIe Gen4 x16 inside a node, ~25 GB/s measured peak (S-P1); 10 us per "
+                "transfer (hardware.md 1.3 simulator default)"
+            ),
+        )
+        for gbit in (100, 200)
+    },
+}  # fmt: skip
+
+
+def dep_hardware(
+    cluster: str, num_attention_gpus: int | None = None, num_expert_gpus: int | None = None
 ) -> Hardware:
-    attn = [f"attn{i}" for i in range(num_attention_gpus)]
-    experts = [f"exp{i}" for i in range(num_expert_gpus)]
+    """A DEP cluster split into attention and expert GPUs (default: the cluster's split).
+
+    Every GPU has its NIC share as two ports: egress (``a2e{i}`` from attention GPU i to the
+    expert group, ``e2a{j}`` from expert GPU j to the attention group) and ingress
+    (``a2e_in{j}`` into expert GPU j, ``e2a_in{i}`` into attention GPU i), so a split with more
+    attention than expert GPUs loads the expert ports more. One intra-node link per group.
+    """
+    spec = DEP_CLUSTERS[cluster]
+    a = spec.num_attention_gpus if num_attention_gpus is None else num_attention_gpus
+    e = spec.num_gpus - a if num_expert_gpus is None else num_expert_gpus
+    if a < 1 or e < 1:
+        raise ValueError("num_attention_gpus: both groups need at least one GPU")
+    attn = [f"attn{i}" for i in range(a)]
+    experts = [f"exp{i}" for i in range(e)]
     devices = [
         Device(
-            id=d,
-            kind="gpu",
-            memory_id=f"{d}_hbm",
-            peak_flops_per_s=peak_flops_per_s,
-            mem_bandwidth_bytes_per_s=hbm_bytes_per_s,
-            launch_s=5e-6,
-            source=source,
+            id=d, kind="gpu", memory_id=f"{d}_hbm", peak_flops_per_s=spec.peak_flops_per_s,
+            mem_bandwidth_bytes_per_s=spec.hbm_bytes_per_s, launch_s=5e-6,
+            source=spec.source + "; 5 us per kernel launch (S-K1)",
         )
         for d in attn + experts
-    ]
+    ]  # fmt: skip
     memories = [
-        Memory(id=f"{d}_hbm", capacity_bytes=hbm_bytes, source=source) for d in attn + experts
+        Memory(id=f"{d}_hbm", capacity_bytes=spec.hbm_bytes, source=spec.source)
+        for d in attn + experts
     ]
-    rdma = (
-        "400 Gb/s RDMA NIC per GPU (CX7): 45 GB/s payload per direction (DeepEP internode "
-        "43-58 GB/s, S-N3); 15 us per message (NCCL alpha, hardware.md 1.4)"
-    )
-    nvl = f"NVLink inside a node, {nvlink_bytes_per_s / GB:.0f} GB/s per direction per GPU; 5 us"
-    links = [
-        Link(
-            id=f"a2e{i}",
-            src_device_ids=(a,),
-            dst_device_ids=tuple(experts),
-            bandwidth_bytes_per_s=45 * GB,
-            latency_s=15e-6,
-            source=rdma,
-        )
-        for i, a in enumerate(attn)
-    ] + [
-        Link(
-            id=f"e2a{i}",
-            src_device_ids=(e,),
-            dst_device_ids=tuple(attn),
-            bandwidth_bytes_per_s=45 * GB,
-            latency_s=15e-6,
-            source=rdma,
-        )
-        for i, e in enumerate(experts)
-    ]
+
+    def nic(lid: str, src: list[str], dst: list[str]) -> Link:
+        return Link(
+            id=lid, src_device_ids=tuple(src), dst_device_ids=tuple(dst),
+            bandwidth_bytes_per_s=spec.nic_bytes_per_s, latency_s=spec.nic_latency_s,
+            source=spec.nic_source,
+        )  # fmt: skip
+
+    links = [nic(f"a2e{i}", [d], experts) for i, d in enumerate(attn)]
+    links += [nic(f"e2a{j}", [d], attn) for j, d in enumerate(experts)]
+    links += [nic(f"a2e_in{j}", attn, [d]) for j, d in enumerate(experts)]
+    links += [nic(f"e2a_in{i}", experts, [d]) for i, d in enumerate(attn)]
     for group, members in (("attn", attn), ("exp", experts)):
         links.append(
             Link(
-                id=f"nvlink_{group}",
-                src_device_ids=tuple(members),
-                dst_device_ids=tuple(members),
-                bandwidth_bytes_per_s=nvlink_bytes_per_s,
-                latency_s=5e-6,
-                num_lanes=len(members),
-                source=nvl,
+                id=f"intra_{group}", src_device_ids=tuple(members),
+                dst_device_ids=tuple(members), bandwidth_bytes_per_s=spec.intra_node_bytes_per_s,
+                latency_s=spec.intra_node_latency_s, num_lanes=len(members),
+                source=spec.intra_source,
             )
-        )
+        )  # fmt: skip
     return Hardware(
-        name=name,
+        name=cluster,
         description=(
-            f"Disaggregated expert parallelism: {num_attention_gpus} {gpu} attention GPUs (one "
-            f"node) + {num_expert_gpus} {gpu} expert GPUs (another node), 400 Gb/s RDMA between"
+            f"Disaggregated expert parallelism: {a} {spec.gpu} attention GPUs + {e} {spec.gpu} "
+            f"expert GPUs, {spec.nic_bytes_per_s / GB:.2f} GB/s NIC share per GPU and direction"
         ),
         devices=tuple(devices),
         memories=tuple(memories),
@@ -257,31 +321,23 @@ def _dep(
 
 
 def dep_h20() -> Hardware:
-    """DEP on H20 nodes (FinDEP's cluster class)."""
-    return _dep(
-        "dep-h20",
-        "H20",
-        148e12,
-        4000 * GB,
-        96 * GB,
-        380 * GB,
-        "H20 96GB: 148 TFLOPS BF16 dense, 4000 GB/s, 96 GB (S-G6, S-G9); NVLink 900 bidir, "
-        "~380 GB/s measured per direction on H100-class (S-P5)",
-    )
+    """DEP on H20 nodes (FinDEP's cluster class): 8 attention + 8 expert GPUs."""
+    return dep_hardware("dep-h20")
 
 
 def dep_h800() -> Hardware:
-    """DEP on H800 nodes (DeepSeek's cluster class)."""
-    return _dep(
-        "dep-h800",
-        "H800",
-        989e12,
-        3352 * GB,
-        80 * GB,
-        155 * GB,
-        "H800 80GB: 989 TFLOPS BF16 dense, 3352 GB/s (S-G6); NVLink ~153-158 GB/s measured "
-        "(DeepEP intranode, S-N3)",
-    )
+    """DEP on H800 nodes (DeepSeek's cluster class): 8 attention + 8 expert GPUs."""
+    return dep_hardware("dep-h800")
+
+
+def dep_a6000_100g() -> Hardware:
+    """DEP on 4 nodes of 8 RTX A6000 (FinDEP's A6000 class), 100 Gb/s NIC: 16 + 16 GPUs."""
+    return dep_hardware("dep-a6000-100g")
+
+
+def dep_a6000_200g() -> Hardware:
+    """As ``dep-a6000-100g`` with a 200 Gb/s NIC per node."""
+    return dep_hardware("dep-a6000-200g")
 
 
 # ---------------------------------------------------------------------------- offloading
@@ -398,6 +454,8 @@ HARDWARE_PRESETS: dict[str, Callable[[], Hardware]] = {
     "orin-agx-ndp4": orin_agx_ndp4,
     "dep-h20": dep_h20,
     "dep-h800": dep_h800,
+    "dep-a6000-100g": dep_a6000_100g,
+    "dep-a6000-200g": dep_a6000_200g,
     "offload-a6000-pcie4": offload_a6000,
     "offload-rtx4090-pcie4": offload_rtx4090,
 }

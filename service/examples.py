@@ -39,11 +39,12 @@ def placement_example() -> dict[str, Any]:
 
 
 def ordering_example() -> dict[str, Any]:
-    """DeepSeek-V2 on 8 + 8 H20 GPUs, a decode step of 8,192 tokens."""
+    """DeepSeek-V2 on 8 + 8 H20 GPUs, a decode step of 3,072 sequences (384 per attention
+    GPU: their KV cache at 2,048 tokens fits, 8,192 would not)."""
     return {
         "hardware_preset": "dep-h20",
         "model_preset": "deepseek-v2",
-        "batch_tokens": 8192,
+        "batch_tokens": 3072,
         "num_layers": 2,
         "context_tokens": 2048,
         "options": {"backend": "auto", "deadline_s": 2.0, "max_micro_batches": 16},

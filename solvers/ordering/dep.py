@@ -1,58 +1,160 @@
-"""Disaggregated expert parallelism (FinDEP, arXiv 2512.21487; MegaScale-Infer): one run of MoE
-layers split into r micro-batches on an attention group (attention + shared experts) and an
-expert group (routed experts), with dispatch (A2E) and combine (E2A) over the network.
+"""Disaggregated expert parallelism (FinDEP, arXiv 2512.21487; MegaScale-Infer, arXiv
+2504.02263): a run of MoE decode layers on an attention group (attention + shared experts, the
+KV cache) and an expert group (routed experts), with dispatch (A2E) and combine (E2A) over the
+network, split at two granularities.
 
-The groups are symmetric (data-parallel attention GPUs, experts spread evenly over expert
-GPUs, balanced routing), so one attention GPU, one expert GPU and their NICs stand for the
-whole cluster: per micro-batch the attention GPU handles ``batch / num_attention_gpus / r``
-tokens, sends their ``top_k`` copies over its A2E NIC, and the expert GPU computes its
-``E / num_expert_gpus`` experts on its share of the rows and returns them over its E2A NIC.
+Glossary:
+    m: micro-batches on the attention side. Micro-batch i holds ``n_i`` of an attention GPU's
+        decode sequences; its attention reads their KV caches, its shared experts run on its
+        rows, and layer l + 1's attention of i waits for layer l's combine and shared experts
+        of i. Every micro-batch re-reads the attention, shared and routed weights.
+    k: chunks per micro-batch on the expert side, by local-expert subset: chunk j of an expert
+        GPU's E/G local experts is A2E_j (the rows routed to subset j) -> one grouped GEMM_j
+        (one launch over subset j) -> E2A_j; each waits only on its own chunk. Chunks cost a
+        message latency each way and a launch, never extra weight reads.
+    p: pieces of the shared experts (column slices of their FFN width), free to fill gaps of
+        the attention GPU.
+    template: the attention GPU's order: ``after`` (shared pieces of i right after attention
+        of i) or ``deferred`` (after the attention of i + 1, so A2E of i + 1 leaves sooner).
 
-Per micro-batch i of layer l: attention -> [shared experts] and A2E dispatch -> expert shards
--> E2A combine; layer l + 1's attention of i waits for l's combine and shared experts of i.
+The groups are symmetric (data-parallel attention GPUs, experts spread evenly over the expert
+GPUs), so one attention GPU, the hottest expert GPU and their NIC ports stand for the cluster.
+A2E moves the attention GPU's rows out of its egress port and the expert GPU's rows into its
+ingress port at the same time; the busier port sets the transfer's duration, so the task runs
+on that port (likewise for E2A). A split with more attention than expert GPUs loads the expert
+ports more.
 
-Policies, each scored on the executor:
-* ``serial``: one micro-batch, nothing overlaps (shared experts before the dispatch).
-* ``pppipe``: MegaScale-Infer's ping-pong: m micro-batches; the attention GPU runs attention
-  and shared experts of each micro-batch back to back, in micro-batch order; m is searched.
-* moesched: r is searched and the order of every task on every resource is solved
-  (``solvers.ordering``), so shared experts fill the attention GPU's idle time.
+Policies, each scored on the same executor model:
+* ``serial``: one micro-batch, one chunk, nothing overlaps (shared experts before dispatch).
+* ``pppipe-paper``: MegaScale-Infer as published: m in {3, 4}, one chunk, shared experts
+  serial before A2E (MegaScale-Infer has no shared-expert handling).
+* ``pppipe-tuned``: ping-pong at its best m in 1..16, shared experts overlapping A2E.
+* ``moesched``: (m, k, p, template) searched by a local search on the forward pass, the best
+  candidates reordered by greedy list scheduling and CP-SAT.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask, WeightSlice
-from hwmodel.spec import Hardware, ModelSpec
-from solvers import timing
+from hwmodel import costs
+from hwmodel.plan import ComputeTask, Plan, Residency, SolveStatus, TransferTask, WeightSlice
+from hwmodel.spec import Hardware, Link, ModelSpec
 from solvers.common import Backend, Deadline
-from solvers.ordering.graph import AnyTask
-from solvers.ordering.solve import solve_order
+from solvers.common import account as make_account
+from solvers.ordering.graph import AnyTask, TaskGraph, list_schedule
 
-Policy = Literal["serial", "pppipe", "free"]
+Policy = Literal["serial", "pppipe-paper", "pppipe-tuned", "moesched"]
+Template = Literal["after", "deferred"]
+POLICIES: tuple[Policy, ...] = ("serial", "pppipe-paper", "pppipe-tuned", "moesched")
+
+RUNTIME_RESERVE_FRACTION = 0.10
+"""Share of every GPU's memory kept for activations, workspace and the CUDA context: vLLM's
+default ``gpu_memory_utilization`` of 0.9 [src: vLLM engine arguments]."""
+
+FP8_ELEMENT_BYTES = 1.0 + 4.0 / 128
+"""FP8 dispatch: one byte per element plus a float32 scale per 128 channels (DeepEP's FP8
+dispatch / BF16 combine, hardware.md S-N3; DeepSeek-V3's 1x128 activation tiles)."""
+
+MAX_MICRO_BATCHES = 16
+MAX_SHARED_PIECES = 4
 
 
 @dataclass(frozen=True)
 class DepProblem:
-    """A run of ``num_layers`` MoE layers for one decode step of ``batch_tokens`` tokens."""
+    """One decode step of ``batch_tokens`` sequences (one new token each) over a run of
+    ``num_layers`` MoE layers at ``context_tokens`` of KV cache per sequence.
+
+    Options: ``fp8_dispatch`` (A2E in FP8 with scales, E2A in BF16), ``dedup_per_node``
+    (a token crosses the network once per expert node and chunk it is routed to, DeepEP's
+    node-level forwarding), ``expert_load`` (share of routed rows per logical expert, e.g. a
+    trace's histogram; None: balanced), ``expert_gpus_per_node`` (for the dedup).
+    """
 
     hardware: Hardware
     model: ModelSpec
     batch_tokens: int
-    num_layers: int = 2
-    context_tokens: int = 1024
+    num_layers: int = 16
+    context_tokens: int = 2048
+    fp8_dispatch: bool = False
+    dedup_per_node: bool = False
+    expert_load: tuple[float, ...] | None = None
+    expert_gpus_per_node: int = 8
+
+    @property
+    def attention_gpus(self) -> tuple[str, ...]:
+        return self.hardware.groups["attention"]
+
+    @property
+    def expert_gpus(self) -> tuple[str, ...]:
+        return self.hardware.groups["experts"]
+
+    @property
+    def sequences_per_attention_gpu(self) -> int:
+        """The largest share of the batch on one attention GPU (it sets the pace)."""
+        return -(-self.batch_tokens // len(self.attention_gpus))
+
+    @property
+    def experts_per_gpu(self) -> int:
+        return self.model.num_routed_experts // len(self.expert_gpus)
+
+    def load(self) -> list[float]:
+        """Share of routed rows per logical expert (sums to 1)."""
+        e = self.model.num_routed_experts
+        if self.expert_load is None:
+            return [1.0 / e] * e
+        total = float(sum(self.expert_load))
+        return [x / total for x in self.expert_load]
+
+    def hottest_expert_gpu(self) -> int:
+        """Index of the expert GPU with the most routed rows (it sets the expert stage)."""
+        per, load = self.experts_per_gpu, self.load()
+        sums = [sum(load[g * per : (g + 1) * per]) for g in range(len(self.expert_gpus))]
+        return max(range(len(sums)), key=lambda g: (sums[g], -g))
+
+    def attention_memory_bytes(self) -> dict[str, float]:
+        """What one attention GPU holds, by part (bytes): weights of every layer, KV cache,
+        runtime reserve."""
+        m, att = self.model, self.model.attention
+        cap = self.hardware.memory_of(self.attention_gpus[0]).capacity_bytes
+        shared = m.num_shared_experts * m.num_matrices * m.hidden_size * m.shared_expert_ffn_size
+        return {
+            "attention_weights": (att.params_per_layer if att else 0)
+            * m.bytes_per_weight
+            * m.num_moe_layers,
+            "shared_expert_weights": shared * m.bytes_per_weight * m.num_moe_layers,
+            "kv_cache": costs.kv_cache_bytes(
+                m, self.sequences_per_attention_gpu, self.context_tokens
+            ),
+            "runtime_reserve": RUNTIME_RESERVE_FRACTION * cap,
+        }
+
+    def expert_memory_bytes(self) -> float:
+        """Routed-expert weights one expert GPU holds (every MoE layer)."""
+        return self.experts_per_gpu * self.model.expert_bytes() * self.model.num_moe_layers
+
+    def max_sequences_per_attention_gpu(self) -> int:
+        """The most decode sequences one attention GPU's KV cache holds at this context."""
+        parts = self.attention_memory_bytes()
+        cap = self.hardware.memory_of(self.attention_gpus[0]).capacity_bytes
+        free = cap - parts["attention_weights"] - parts["shared_expert_weights"]
+        free -= parts["runtime_reserve"]
+        per_seq = costs.kv_cache_bytes(self.model, 1, self.context_tokens)
+        return max(0, int(free // per_seq)) if per_seq > 0 else 10**9
 
     def check(self) -> list[str]:
-        """Messages (field: reason) for every way the problem cannot be built."""
+        """Messages (field: reason) for every way the problem cannot be built or run."""
         out = []
         for group in ("attention", "experts"):
             if group not in self.hardware.groups:
                 out.append(f"hardware.groups: needs an '{group}' group (a DEP preset has both)")
         if out:
             return out
-        attn, exp = self.hardware.groups["attention"], self.hardware.groups["experts"]
+        attn, exp = self.attention_gpus, self.expert_gpus
         if (
             self.hardware.link_between(attn[0], exp[0]) is None
             or self.hardware.link_between(exp[0], attn[0]) is None
@@ -62,19 +164,52 @@ class DepProblem:
             out.append(f"batch_tokens: fewer than one token per attention GPU ({len(attn)})")
         if self.model.num_routed_experts % len(exp):
             out.append("model.num_routed_experts: must divide evenly over the expert GPUs")
+            return out
+        if self.num_layers < 1 or self.num_layers > self.model.num_moe_layers:
+            out.append(f"num_layers: must be 1..{self.model.num_moe_layers} (the model's depth)")
+        if self.expert_load is not None:
+            if len(self.expert_load) != self.model.num_routed_experts:
+                out.append("expert_load: needs one share per routed expert")
+            elif min(self.expert_load) < 0 or sum(self.expert_load) <= 0:
+                out.append("expert_load: shares must be >= 0 with a positive sum")
+            elif self.dedup_per_node:
+                out.append("dedup_per_node: modelled for balanced routing only")
+        cap = self.hardware.memory_of(attn[0]).capacity_bytes
+        used = sum(self.attention_memory_bytes().values())
+        if used > cap:
+            fit = self.max_sequences_per_attention_gpu()
+            out.append(
+                f"batch_tokens: {self.sequences_per_attention_gpu} sequences per attention GPU "
+                f"need {used / 1e9:.1f} GB (KV cache at {self.context_tokens} tokens, weights, "
+                f"reserve) > {cap / 1e9:.1f} GB; at most {fit} fit"
+            )
+        exp_cap = self.hardware.memory_of(exp[0]).capacity_bytes
+        exp_used = self.expert_memory_bytes() + RUNTIME_RESERVE_FRACTION * exp_cap
+        if exp_used > exp_cap:
+            out.append(
+                f"hardware.groups: {self.experts_per_gpu} experts x {self.model.num_moe_layers} "
+                f"layers per expert GPU need {exp_used / 1e9:.1f} GB > {exp_cap / 1e9:.1f} GB"
+            )
         return out
 
     def residency(self) -> Residency:
-        """Every expert GPU holds its own experts (expert g * E/P .. ) for every layer."""
-        exp_gpus = self.hardware.groups["experts"]
-        per = self.model.num_routed_experts // len(exp_gpus)
+        """Expert GPU g holds experts g * E/G .. for every layer; every GPU reserves its
+        non-expert bytes (attention GPUs: weights, KV cache, reserve; expert GPUs: reserve)."""
+        hw = self.hardware
+        per = self.experts_per_gpu
+        reserved = {
+            hw.device(d).memory_id: float(sum(self.attention_memory_bytes().values()))
+            for d in self.attention_gpus
+        }
+        for d in self.expert_gpus:
+            cap = hw.memory_of(d).capacity_bytes
+            reserved[hw.device(d).memory_id] = RUNTIME_RESERVE_FRACTION * cap
         return Residency(
             by_memory={
-                self.hardware.device(d).memory_id: tuple(
-                    WeightSlice(expert=g * per + e) for e in range(per)
-                )
-                for g, d in enumerate(exp_gpus)
-            }
+                hw.device(d).memory_id: tuple(WeightSlice(expert=g * per + e) for e in range(per))
+                for g, d in enumerate(self.expert_gpus)
+            },
+            reserved_bytes=reserved,
         )
 
 
@@ -84,68 +219,474 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def dep_tasks(problem: DepProblem, r: int, policy: Policy) -> list[AnyTask]:
-    """The task list of the run of layers with r micro-batches, in the policy's order."""
-    hw, model = problem.hardware, problem.model
-    attn_gpus, exp_gpus = hw.groups["attention"], hw.groups["experts"]
-    attn, exp = attn_gpus[0], exp_gpus[0]
-    a2e, e2a = hw.link_between(attn, exp), hw.link_between(exp, attn)
-    assert a2e is not None and e2a is not None
-    per_gpu = _split(problem.batch_tokens, len(attn_gpus))[0]
-    micro = [t for t in _split(per_gpu, min(r, per_gpu)) if t > 0]
-    experts_here = range(model.num_routed_experts // len(exp_gpus))
-    tasks: list[AnyTask] = []
-    done: dict[int, list[str]] = {}  # micro-batch -> tasks the next layer's attention waits on
-    for layer in range(problem.num_layers):
-        for i, tokens in enumerate(micro):
-            p = f"L{layer}.mb{i}"
-            # Rows of this micro-batch over the whole group, spread evenly over all experts.
-            rows = _split(tokens * len(attn_gpus) * model.top_k, model.num_routed_experts)
-            tasks.append(
-                ComputeTask(
-                    id=f"{p}.attn", device_id=attn, op="attention", layer=layer,
-                    num_tokens=tokens, micro_batch=i, after=tuple(done.get(i, ())),
-                )
+def _apportion(total: int, shares: Sequence[float]) -> list[int]:
+    """``total`` into integers proportional to ``shares`` (largest remainder, ties to the
+    lower index), summing to ``total``."""
+    raw = [total * s for s in shares]
+    out = [math.floor(x) for x in raw]
+    left = total - sum(out)
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - out[i]), i))
+    for i in order[:left]:
+        out[i] += 1
+    return out
+
+
+def _hit_probability(num_experts: int, subset: int, top_k: int) -> float:
+    """P(a token's top_k distinct experts, drawn uniformly, include one of ``subset``)."""
+    if subset <= 0:
+        return 0.0
+    if num_experts - subset < top_k:
+        return 1.0
+    return 1.0 - math.comb(num_experts - subset, top_k) / math.comb(num_experts, top_k)
+
+
+# ---------------------------------------------------------------------------- the task graph
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A point of the search space: m micro-batches, k expert chunks, p shared pieces, the
+    attention GPU's template, and whether A2E waits for the shared experts (serial)."""
+
+    m: int
+    k: int
+    p: int = 1
+    template: Template = "after"
+    shared_before_a2e: bool = False
+
+    def label(self) -> str:
+        tail = ", shared before A2E" if self.shared_before_a2e else ""
+        return f"m={self.m}, k={self.k}, p={self.p}, {self.template}{tail}"
+
+
+@dataclass(slots=True)
+class _Node:
+    """A task before it becomes a plan task: what it is, where, and what it waits on."""
+
+    id: str
+    kind: str  # attn | shared | a2e | gemm | e2a
+    layer: int
+    mb: int
+    resource: str
+    key: tuple[object, ...]  # everything its duration depends on
+    preds: list[int]
+    tokens: int
+    rows: tuple[int, ...] = ()
+    expert: int = 0
+    ffn: tuple[int, int] = (0, 0)
+    link: str = ""
+    src: str = ""
+    dst: str = ""
+
+
+@dataclass
+class DepGraph:
+    """Tasks in emission order (a data-flow order and every resource's queue order) with
+    their durations in cycles."""
+
+    problem: DepProblem
+    shape: Shape
+    nodes: list[_Node]
+    duration: list[int]
+
+    def makespan(self) -> int:
+        """The forward pass: each task starts when its inputs have ended and its resource
+        has finished the task emitted before it."""
+        end = [0] * len(self.nodes)
+        free: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            start = max(free.get(n.resource, 0), max((end[p] for p in n.preds), default=0))
+            end[i] = start + self.duration[i]
+            free[n.resource] = end[i]
+        return max(end, default=0)
+
+    def work_by_resource(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n, d in zip(self.nodes, self.duration, strict=True):
+            out[n.resource] = out.get(n.resource, 0) + d
+        return out
+
+    def tasks(self) -> list[AnyTask]:
+        """The plan tasks, in emission order."""
+        return [self._task(n) for n in self.nodes]
+
+    def _task(self, n: _Node) -> AnyTask:
+        after = tuple(self.nodes[p].id for p in n.preds)
+        p = self.problem
+        if n.kind == "attn":
+            return ComputeTask(
+                id=n.id, device_id=n.resource, op="attention", layer=n.layer,
+                num_tokens=n.tokens, num_sequences=max(n.tokens, 1), micro_batch=n.mb,
+                after=after,
             )  # fmt: skip
-            waits = [f"{p}.attn"]
-            if model.num_shared_experts:
-                tasks.append(
-                    ComputeTask(
-                        id=f"{p}.shared", device_id=attn, op="shared_expert", layer=layer,
-                        num_tokens=tokens, micro_batch=i, after=(f"{p}.attn",),
-                    )
-                )  # fmt: skip
-                if policy == "serial":
-                    waits = [f"{p}.shared"]
-            tasks.append(
-                TransferTask(
-                    id=f"{p}.a2e", link_id=a2e.id, src_device_id=attn, dst_device_id=exp,
-                    payload="activations", layer=layer, num_tokens=tokens * model.top_k,
-                    micro_batch=i, after=tuple(waits),
-                )
+        if n.kind == "shared":
+            return ComputeTask(
+                id=n.id, device_id=n.resource, op="shared_expert", layer=n.layer,
+                num_tokens=n.tokens, ffn_start=n.ffn[0], ffn_end=n.ffn[1], micro_batch=n.mb,
+                after=after,
             )  # fmt: skip
-            shard_ids = []
-            for e in experts_here:
-                if rows[e] == 0:
-                    continue
-                sid = f"{p}.e{e}"
-                shard_ids.append(sid)
-                tasks.append(
-                    ComputeTask(
-                        id=sid, device_id=exp, op="expert", layer=layer, expert=e,
-                        num_tokens=rows[e], micro_batch=i, after=(f"{p}.a2e",),
-                    )
-                )  # fmt: skip
-            tasks.append(
-                TransferTask(
-                    id=f"{p}.e2a", link_id=e2a.id, src_device_id=exp, dst_device_id=attn,
-                    payload="activations", layer=layer,
-                    num_tokens=sum(rows[e] for e in experts_here), micro_batch=i,
-                    after=tuple(shard_ids),
-                )
+        if n.kind == "gemm":
+            return ComputeTask(
+                id=n.id, device_id=n.resource, op="expert", layer=n.layer, expert=n.expert,
+                num_tokens=sum(n.rows), group_rows=n.rows, micro_batch=n.mb, after=after,
             )  # fmt: skip
-            done[i] = [f"{p}.e2a"] + ([f"{p}.shared"] if model.num_shared_experts else [])
-    return tasks
+        fp8 = p.fp8_dispatch and n.kind == "a2e"
+        return TransferTask(
+            id=n.id, link_id=n.link, src_device_id=n.src, dst_device_id=n.dst,
+            payload="activations", layer=n.layer, num_tokens=n.tokens, micro_batch=n.mb,
+            element_bytes=FP8_ELEMENT_BYTES if fp8 else None, after=after,
+        )  # fmt: skip
+
+
+class _Builder:
+    """Builds DepGraphs of one problem; durations cached by what they depend on."""
+
+    def __init__(self, problem: DepProblem) -> None:
+        self.p = problem
+        hw, model = problem.hardware, problem.model
+        self.attn = problem.attention_gpus[0]
+        self.g = problem.hottest_expert_gpu()
+        self.exp = problem.expert_gpus[self.g]
+        a2e_out = hw.link_between(self.attn, self.exp)
+        e2a_out = hw.link_between(self.exp, self.attn)
+        assert a2e_out is not None and e2a_out is not None
+        self.a2e_out: Link = a2e_out
+        self.e2a_out: Link = e2a_out
+        self.a2e_in = _ingress(hw, self.exp, self.a2e_out.id, problem.attention_gpus)
+        self.e2a_in = _ingress(hw, self.attn, self.e2a_out.id, problem.expert_gpus)
+        self.cache: dict[tuple[object, ...], int] = {}
+        self.rows_cache: dict[
+            tuple[int, tuple[tuple[int, int], ...]], list[tuple[int, int, tuple[int, ...], int]]
+        ] = {}
+        self.load = problem.load()
+        per = problem.experts_per_gpu
+        self.first_local = self.g * per
+        self.shared_width = model.num_shared_experts * model.shared_expert_ffn_size
+
+    def cycles(self, node: _Node, proto: AnyTask) -> int:
+        got = self.cache.get(node.key)
+        if got is None:
+            _, got, _ = costs.task_cycles(
+                self.p.hardware, self.p.model, proto, self.p.context_tokens
+            )
+            self.cache[node.key] = got
+        return got
+
+    def chunks(self, k: int) -> list[tuple[int, int]]:
+        """Local-expert subsets [start, end) of the k chunks (empty ones dropped)."""
+        sizes = [s for s in _split(self.p.experts_per_gpu, k) if s > 0]
+        starts = list(itertools.accumulate([0, *sizes]))
+        return list(itertools.pairwise(starts))
+
+    def expert_rows(self, group_tokens: int) -> list[int]:
+        """Rows of every logical expert for ``group_tokens`` tokens of the whole group."""
+        return _apportion(group_tokens * self.p.model.top_k, self.load)
+
+    def port_rows(self, n: int, chunk: tuple[int, int], rows: list[int]) -> tuple[int, int]:
+        """(attention-port rows, expert-port rows) of chunk ``chunk`` of a micro-batch of
+        ``n`` sequences per attention GPU."""
+        p, model = self.p, self.p.model
+        lo, hi = chunk
+        per, num_gpus = p.experts_per_gpu, len(p.expert_gpus)
+        mine = rows[self.first_local + lo : self.first_local + hi]
+        exp_rows = int(sum(mine))
+        if p.dedup_per_node:
+            e = model.num_routed_experts
+            gpn = max(1, min(p.expert_gpus_per_node, num_gpus))
+            nodes = -(-num_gpus // gpn)
+            hit = _hit_probability(e, (hi - lo) * gpn, model.top_k)
+            attn_rows = math.ceil(n * nodes * hit)
+            group = n * len(p.attention_gpus)
+            exp_rows = math.ceil(group * hit / gpn)
+            return attn_rows, exp_rows
+        share = sum(sum(self.load[g * per + lo : g * per + hi]) for g in range(num_gpus))
+        return round(n * model.top_k * share), exp_rows
+
+    def chunk_rows(
+        self, n: int, chunks: list[tuple[int, int]]
+    ) -> list[tuple[int, int, tuple[int, ...], int]]:
+        """Per chunk of a micro-batch of ``n`` sequences per attention GPU: (attention-port
+        rows, expert-port rows, rows of each local expert of the chunk, its first expert)."""
+        key = (n, tuple(chunks))
+        got = self.rows_cache.get(key)
+        if got is None:
+            rows = self.expert_rows(n * len(self.p.attention_gpus))
+            got = []
+            for chunk in chunks:
+                attn_rows, exp_rows = self.port_rows(n, chunk, rows)
+                lo, hi = chunk
+                grp = tuple(rows[self.first_local + lo : self.first_local + hi])
+                got.append((attn_rows, exp_rows, grp, self.first_local + lo))
+            self.rows_cache[key] = got
+        return got
+
+    def build(self, shape: Shape, micro: Sequence[int] | None = None) -> DepGraph:
+        p = self.p
+        n_per = p.sequences_per_attention_gpu
+        if micro is None:
+            micro = [t for t in _split(n_per, min(shape.m, n_per)) if t > 0]
+        chunks = self.chunks(shape.k)
+        pieces = (
+            [(a, b) for a, b in itertools.pairwise(
+                list(itertools.accumulate([0, *_split(self.shared_width, shape.p)])))
+             if b > a]
+            if self.shared_width
+            else []
+        )  # fmt: skip
+        nodes: list[_Node] = []
+        duration: list[int] = []
+        graph = DepGraph(p, shape, nodes, duration)
+
+        def add(node: _Node) -> int:
+            nodes.append(node)
+            got = self.cache.get(node.key)
+            duration.append(got if got is not None else self.cycles(node, graph._task(node)))
+            return len(nodes) - 1
+
+        done: dict[int, list[int]] = {}  # micro-batch -> what its next layer waits on
+        for layer in range(p.num_layers):
+            pending_shared: list[tuple[int, int]] = []  # (mb, attention node) deferred
+            for i, n in enumerate(micro):
+                pre = f"L{layer}.mb{i}"
+                a = add(_Node(
+                    f"{pre}.attn", "attn", layer, i, self.attn, ("attn", n), done.get(i, []), n,
+                ))  # fmt: skip
+                shared_ids: list[int] = []
+                if shape.template == "deferred" and not shape.shared_before_a2e:
+                    for mb, att in pending_shared:
+                        done[mb] += self._shared(add, layer, mb, micro[mb], att, pieces)
+                    pending_shared = [(i, a)]
+                else:
+                    shared_ids = self._shared(add, layer, i, n, a, pieces)
+                waits = shared_ids if shape.shared_before_a2e and shared_ids else [a]
+                finals = list(shared_ids)
+                for j, (attn_rows, exp_rows, grp, first) in enumerate(self.chunk_rows(n, chunks)):
+                    if attn_rows + exp_rows == 0:
+                        continue
+                    x = add(self._xfer(f"{pre}.a2e{j}", "a2e", layer, i, attn_rows, exp_rows,
+                                       waits))  # fmt: skip
+                    gm = add(_Node(
+                        f"{pre}.gemm{j}", "gemm", layer, i, self.exp, ("gemm", grp), [x],
+                        sum(grp), rows=grp, expert=first,
+                    ))  # fmt: skip
+                    finals.append(add(self._xfer(f"{pre}.e2a{j}", "e2a", layer, i, attn_rows,
+                                                 exp_rows, [gm])))  # fmt: skip
+                done[i] = finals
+            for mb, att in pending_shared:
+                done[mb] += self._shared(add, layer, mb, micro[mb], att, pieces)
+        return graph
+
+    def _shared(
+        self, add: object, layer: int, mb: int, n: int, attn: int, pieces: list[tuple[int, int]]
+    ) -> list[int]:
+        assert callable(add)
+        return [
+            add(_Node(
+                f"L{layer}.mb{mb}.shared{q}", "shared", layer, mb, self.attn,
+                ("shared", n, lo, hi), [attn], n, ffn=(lo, hi),
+            ))
+            for q, (lo, hi) in enumerate(pieces)
+        ]  # fmt: skip
+
+    def _xfer(
+        self, tid: str, kind: str, layer: int, mb: int, attn_rows: int, exp_rows: int,
+        preds: list[int],
+    ) -> _Node:  # fmt: skip
+        """A2E/E2A on the busier of its two ports, moving that port's rows."""
+        if kind == "a2e":
+            out, inn, src, dst = self.a2e_out, self.a2e_in, self.attn, self.exp
+            on_out = attn_rows >= exp_rows or inn is None
+            link, tokens = (out.id, attn_rows) if on_out else (inn.id, exp_rows)  # type: ignore[union-attr]
+        else:
+            out, inn, src, dst = self.e2a_out, self.e2a_in, self.exp, self.attn
+            on_out = exp_rows >= attn_rows or inn is None
+            link, tokens = (out.id, exp_rows) if on_out else (inn.id, attn_rows)  # type: ignore[union-attr]
+        return _Node(
+            tid, kind, layer, mb, link, (kind, link, tokens), preds, tokens, link=link,
+            src=src, dst=dst,
+        )  # fmt: skip
+
+
+def _ingress(hw: Hardware, dst: str, egress_id: str, sources: Sequence[str]) -> Link | None:
+    """The receiving port of ``dst`` from its peer group: a link other than the egress that
+    ends at ``dst`` alone (None when the hardware models no separate ingress)."""
+    for lk in hw.links:
+        if lk.id != egress_id and lk.dst_device_ids == (dst,) and sources[0] in lk.src_device_ids:
+            return lk
+    return None
+
+
+# ---------------------------------------------------------------------------- search and bound
+
+
+def policy_shapes(
+    problem: DepProblem, policy: Policy, max_m: int = MAX_MICRO_BATCHES
+) -> list[Shape]:
+    """The shapes a baseline policy may take (moesched's are searched, not listed)."""
+    if policy == "serial":
+        return [Shape(1, 1, 1, "after", shared_before_a2e=True)]
+    if policy == "pppipe-paper":
+        return [Shape(m, 1, 1, "after", shared_before_a2e=True) for m in (3, 4)]
+    if policy == "pppipe-tuned":
+        return [Shape(m, 1, 1, "after") for m in range(1, max_m + 1)]
+    raise ValueError(f"policy: '{policy}' is searched, not listed")
+
+
+@dataclass
+class SearchLog:
+    """Every shape the search evaluated, with its forward-pass makespan in cycles."""
+
+    cycles: dict[Shape, int] = field(default_factory=dict)
+
+    def best(self, count: int = 1) -> list[Shape]:
+        return sorted(self.cycles, key=lambda s: (self.cycles[s], s.m, s.k, s.p, s.template))[
+            :count
+        ]
+
+
+def _neighbours(s: Shape, max_m: int, max_k: int, max_p: int) -> Iterable[Shape]:
+    for m in (s.m - 1, s.m + 1):
+        if 1 <= m <= max_m:
+            yield Shape(m, s.k, s.p, s.template)
+    for k in {s.k - 1, s.k + 1, s.k * 2, s.k // 2}:
+        if 1 <= k <= max_k and k != s.k:
+            yield Shape(s.m, k, s.p, s.template)
+    for q in (s.p - 1, s.p + 1):
+        if 1 <= q <= max_p:
+            yield Shape(s.m, s.k, q, s.template)
+    if max_p > 1 or s.template == "deferred":
+        yield Shape(s.m, s.k, s.p, "deferred" if s.template == "after" else "after")
+
+
+def search_shapes(
+    builder: _Builder, max_m: int = MAX_MICRO_BATCHES, seeds: Sequence[Shape] = ()
+) -> SearchLog:
+    """Local search over (m, k, p, template) on the forward pass: from each seed, move to the
+    best neighbour (m +- 1; k +- 1, x2, /2; p +- 1; the other template) while it improves.
+    FinDEP's linear alpha + beta * x costs make the surface near-unimodal in m and k, so a few
+    seeds reach the optimum of the grid at a fraction of its size (the tests compare)."""
+    p = builder.p
+    max_k = p.experts_per_gpu
+    max_p = MAX_SHARED_PIECES if p.model.num_shared_experts else 1
+    log = SearchLog()
+
+    def score(s: Shape) -> int:
+        got = log.cycles.get(s)
+        if got is None:
+            got = builder.build(s).makespan()
+            log.cycles[s] = got
+        return got
+
+    starts = list(seeds) or [
+        Shape(2, 1),
+        Shape(2, max(1, max_k // 2)),
+        Shape(min(4, max_m), min(4, max_k)),
+    ]
+    for seed in starts:
+        here = seed
+        while True:
+            best = min(_neighbours(here, max_m, max_k, max_p), key=lambda s: (score(s), s.m, s.k))
+            if score(best) >= score(here):
+                break
+            here = best
+    return log
+
+
+def _fill(builder: _Builder, shape: Shape) -> dict[str, tuple[int, int]]:
+    """(head, tail) in cycles that no plan can avoid around each resource's work: the least
+    that must run before its first task and after its last, from the smallest task of each
+    kind (one sequence, one row, one expert)."""
+    g = builder.build(Shape(1, 1, 1), micro=[1])
+    kinds: dict[str, tuple[str, int]] = {}
+    for n, d in zip(g.nodes, g.duration, strict=True):
+        if n.layer == 0 and n.kind not in kinds:
+            kinds[n.kind] = (n.resource, d)
+    one = _one_row_durations(builder)
+    attn1 = kinds["attn"][1]
+    has_shared = "shared" in kinds
+    out = {
+        builder.attn: (0, 0 if has_shared else one["a2e"] + one["gemm"] + one["e2a"]),
+        builder.exp: (attn1 + one["a2e"], one["e2a"]),
+    }
+    for link in {builder.a2e_out.id, getattr(builder.a2e_in, "id", None)} - {None}:
+        out[str(link)] = (attn1, one["gemm"] + one["e2a"])
+    for link in {builder.e2a_out.id, getattr(builder.e2a_in, "id", None)} - {None}:
+        out[str(link)] = (attn1 + one["a2e"] + one["gemm"], 0)
+    return out
+
+
+def _one_row_durations(builder: _Builder) -> dict[str, int]:
+    """Cycles of the smallest A2E, GEMM and E2A any plan can have (one row, one expert)."""
+    p = builder.p
+    out = {}
+    for kind in ("a2e", "e2a"):
+        links = [x for x in (
+            builder.a2e_out if kind == "a2e" else builder.e2a_out,
+            builder.a2e_in if kind == "a2e" else builder.e2a_in,
+        ) if x is not None]  # fmt: skip
+        cyc = []
+        for lk in links:
+            node = builder._xfer("probe", kind, 0, 0, 1, 1, [])
+            node.resource, node.link, node.key = lk.id, lk.id, (kind, lk.id, 1)
+            graph = DepGraph(p, Shape(1, 1), [node], [])
+            cyc.append(builder.cycles(node, graph._task(node)))
+        out[kind] = min(cyc)
+    node = _Node("probe", "gemm", 0, 0, builder.exp, ("gemm", (1,)), [], 1, rows=(1,),
+                 expert=builder.first_local)  # fmt: skip
+    out["gemm"] = builder.cycles(node, DepGraph(p, Shape(1, 1), [node], [])._task(node))
+    return out
+
+
+def lower_bound(builder: _Builder, max_m: int = MAX_MICRO_BATCHES) -> tuple[int, str]:
+    """A bound on the makespan of every plan moesched can express (m <= max_m equal
+    micro-batches, any k, p, template and order), and the resource that sets it.
+
+    For m >= 2: the busiest resource's total work at k = 1 and p = 1 (more chunks and pieces
+    only add latencies and launches) plus the fill it cannot avoid (``_fill``). For m = 1 the
+    layers cannot overlap: each takes its attention plus the busiest expert-side resource's
+    work of that layer. The bound is the least over m.
+    """
+    fill = _fill(builder, Shape(1, 1))
+    best: tuple[int, str] | None = None
+    for m in range(1, max_m + 1):
+        g = builder.build(Shape(m, 1, 1))
+        if len({n.mb for n in g.nodes}) < m:
+            break  # fewer sequences than micro-batches: larger m is the same graph
+        work = g.work_by_resource()
+        if m == 1:
+            per_layer: dict[tuple[int, str], int] = {}
+            attn = 0
+            for n, d in zip(g.nodes, g.duration, strict=True):
+                if n.kind == "attn":
+                    attn += d
+                elif n.kind != "shared":
+                    per_layer[(n.layer, n.resource)] = per_layer.get((n.layer, n.resource), 0) + d
+            side = [
+                max((w for (ly, _), w in per_layer.items() if ly == layer), default=0)
+                for layer in range(builder.p.num_layers)
+            ]
+            cand = (max(attn + sum(side), work.get(builder.attn, 0)), "serial layers")
+        else:
+            res = max(work, key=lambda r: (work[r] + sum(fill.get(r, (0, 0))), r))
+            cand = (work[res] + sum(fill.get(res, (0, 0))), res)
+        if best is None or cand[0] < best[0]:
+            best = cand
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------- solving
+
+
+@dataclass
+class PolicyResult:
+    """A policy's best plan on this problem: its shape, tasks in run order and makespan."""
+
+    policy: Policy
+    shape: Shape
+    tasks: list[AnyTask]
+    makespan_cycles: int
+    how: str  # "template" (the forward pass of the emission order), "list", "cpsat"
 
 
 @dataclass
@@ -153,16 +694,63 @@ class DepSolution:
     """The chosen plan and what every policy reached, on the same executor model."""
 
     plan: Plan
-    micro_batches: int
+    shape: Shape
     makespan_cycles: int
     serial_cycles: int
-    pppipe_cycles: int
+    pppipe_cycles: int  # pppipe-tuned
     pppipe_micro_batches: int
-    by_r: dict[int, int]  # moesched's makespan per micro-batch count tried
+    pppipe_paper_cycles: int
+    pppipe_paper_micro_batches: int
+    lower_bound_cycles: int
+    bound_resource: str
+    bounding_resource: str  # the busiest resource of the chosen plan
+    by_r: dict[int, int]  # moesched's best makespan per micro-batch count evaluated
+    evaluations: int  # shapes the local search evaluated
     why: str
+    baselines: dict[str, PolicyResult] = field(default_factory=dict)
+
+    @property
+    def micro_batches(self) -> int:
+        return self.shape.m
+
+    @property
+    def chunks(self) -> int:
+        return self.shape.k
 
 
-def _predict(problem: DepProblem, tasks: list[AnyTask]) -> int:
+def baseline(problem: DepProblem, policy: Policy, builder: _Builder | None = None) -> PolicyResult:
+    """A baseline at its best shape, in its own emission order (no solver)."""
+    builder = builder or _Builder(problem)
+    graphs = [builder.build(s) for s in policy_shapes(problem, policy)]
+    best = min(graphs, key=lambda g: (g.makespan(), g.shape.m))
+    return PolicyResult(policy, best.shape, best.tasks(), best.makespan(), "template")
+
+
+def resource_role(problem: DepProblem, resource: str) -> str:
+    """What a resource id is, in words: attention GPU, expert GPU or which NIC port."""
+    if resource in problem.attention_gpus:
+        return "attention GPU"
+    if resource in problem.expert_gpus:
+        return "expert GPU"
+    if resource.startswith("a2e_in"):
+        return "A2E NIC (expert ingress)"
+    if resource.startswith("a2e"):
+        return "A2E NIC (attention egress)"
+    if resource.startswith("e2a_in"):
+        return "E2A NIC (attention ingress)"
+    if resource.startswith("e2a"):
+        return "E2A NIC (expert egress)"
+    return resource
+
+
+def _list_order(problem: DepProblem, tasks: list[AnyTask]) -> list[AnyTask]:
+    graph = TaskGraph.of(problem.hardware, problem.model, tasks, problem.context_tokens)
+    return graph.emit(list_schedule(graph))
+
+
+def _predict(problem: DepProblem, tasks: Sequence[AnyTask]) -> int:
+    from solvers import timing
+
     return timing.makespan(problem.hardware, problem.model, tasks, problem.context_tokens)
 
 
@@ -170,68 +758,106 @@ def solve_dep(
     problem: DepProblem,
     backend: Backend = "auto",
     deadline_s: float = 5.0,
-    max_r: int = 16,
+    max_r: int = MAX_MICRO_BATCHES,
     workers: int = 2,
+    finalists: int = 2,
 ) -> DepSolution:
-    """Best micro-batch count and order; baselines computed alongside, each at its best."""
+    """moesched's plan: (m, k, p, template) by local search on the forward pass, the best
+    ``finalists`` reordered by greedy list scheduling (and the exact backend unless greedy),
+    the baselines' own plans as candidates too, so the answer is never worse than either."""
     deadline = Deadline(deadline_s)
-    serial = _predict(problem, dep_tasks(problem, 1, "serial"))
-    pppipe = {m: _predict(problem, dep_tasks(problem, m, "pppipe")) for m in range(1, max_r + 1)}
-    best_m = min(pppipe, key=lambda m: (pppipe[m], m))
-    # Greedy order for every r, then the exact backend on the two most promising.
-    greedy = {}
-    for r in range(1, max_r + 1):
-        greedy[r] = solve_order(
-            problem.hardware,
-            problem.model,
-            dep_tasks(problem, r, "free"),
-            "greedy",
-            context_tokens=problem.context_tokens,
-        )
-    by_r = {r: o.makespan_cycles for r, o in greedy.items()}
-    chosen = {r: o for r, o in greedy.items()}
+    builder = _Builder(problem)
+    base: dict[str, PolicyResult] = {
+        pol: baseline(problem, pol, builder) for pol in POLICIES if pol != "moesched"
+    }
+    seeds = [
+        Shape(2, 1), Shape(2, max(1, problem.experts_per_gpu // 2)),
+        Shape(min(4, max_r), min(4, problem.experts_per_gpu)),
+        Shape(min(base["pppipe-tuned"].shape.m, max_r), 1),
+    ]  # fmt: skip
+    log = search_shapes(builder, max_r, seeds)
+    cands: list[PolicyResult] = []
+    for shape in log.best(finalists):
+        g = builder.build(shape)
+        tasks = g.tasks()
+        cands.append(PolicyResult("moesched", shape, tasks, log.cycles[shape], "template"))
+        ordered = _list_order(problem, tasks)
+        cands.append(PolicyResult("moesched", shape, ordered, _predict(problem, ordered), "list"))
+    cands.extend(base[p] for p in ("pppipe-tuned", "pppipe-paper"))
+    best = min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))
+    reason = None
     if backend != "greedy":
-        finalists = sorted(by_r, key=lambda r: (by_r[r], r))[:2]
-        for k, r in enumerate(finalists):
-            share = deadline.left() / (len(finalists) - k)
-            out = solve_order(
-                problem.hardware, problem.model, dep_tasks(problem, r, "free"), backend, share,
-                problem.context_tokens, workers,
-            )  # fmt: skip
-            if out.makespan_cycles <= by_r[r]:
-                chosen[r], by_r[r] = out, out.makespan_cycles
-    r_best = min(by_r, key=lambda r: (by_r[r], r))
-    # The PPPipe order is itself a candidate order: never return worse than the baseline.
-    if pppipe[best_m] < by_r[r_best]:
-        tasks = dep_tasks(problem, best_m, "pppipe")
-        account = SolverAccount(
-            problem="ordering",
-            backend=backend,
-            status="feasible",
-            objective_cycles=pppipe[best_m],
-            predicted_makespan_cycles=pppipe[best_m],
-        )
-        ordered_tasks, cycles, r_best = tasks, pppipe[best_m], best_m
-    else:
-        ordered_tasks, cycles, account = chosen[r_best].tasks, by_r[r_best], chosen[r_best].account
-    fixed = by_r.get(r_best + 1)
-    why = (
-        f"r={r_best}: {cycles} cycles; r={r_best + 1} gives {fixed} (per-micro-batch fixed costs "
-        f"outweigh more overlap)"
-        if fixed is not None
-        else f"r={r_best}: {cycles} cycles (the largest tried)"
+        exact = _exact_order(problem, best, backend, deadline, workers)
+        if isinstance(exact, str):
+            reason = exact
+        elif exact.makespan_cycles < best.makespan_cycles:
+            best = exact
+    bound, bound_res = lower_bound(builder, max_r)
+    if bound > best.makespan_cycles:  # a bound above a real plan is a bug, never a result
+        raise AssertionError(f"DEP lower bound {bound} > makespan {best.makespan_cycles}")
+    status: SolveStatus = "optimal" if bound >= best.makespan_cycles else "feasible"
+    if reason is not None and backend not in ("auto", "greedy"):
+        status = "fallback"
+    account = make_account(
+        "ordering", backend, status, best.makespan_cycles, bound, deadline.elapsed(), reason
     )
-    account = account.model_copy(update={"wall_time_s": deadline.elapsed()})
+    by_r: dict[int, int] = {}
+    for s, c in log.cycles.items():
+        by_r[s.m] = min(by_r.get(s.m, c), c)
+    work = builder.build(best.shape).work_by_resource()
+    busiest = max(work, key=lambda r: (work[r], r))
     return DepSolution(
-        plan=Plan(tasks=tuple(ordered_tasks), account=account),
-        micro_batches=r_best,
-        makespan_cycles=cycles,
-        serial_cycles=serial,
-        pppipe_cycles=pppipe[best_m],
-        pppipe_micro_batches=best_m,
+        plan=Plan(tasks=tuple(best.tasks), account=account),
+        shape=best.shape,
+        makespan_cycles=best.makespan_cycles,
+        serial_cycles=base["serial"].makespan_cycles,
+        pppipe_cycles=base["pppipe-tuned"].makespan_cycles,
+        pppipe_micro_batches=base["pppipe-tuned"].shape.m,
+        pppipe_paper_cycles=base["pppipe-paper"].makespan_cycles,
+        pppipe_paper_micro_batches=base["pppipe-paper"].shape.m,
+        lower_bound_cycles=bound,
+        bound_resource=resource_role(problem, bound_res) if bound_res in work else bound_res,
+        bounding_resource=resource_role(problem, busiest),
         by_r=by_r,
-        why=why,
+        evaluations=len(log.cycles),
+        why=_why(best, log, work, problem),
+        baselines=base,
     )
+
+
+def _why(best: PolicyResult, log: SearchLog, work: dict[str, int], problem: DepProblem) -> str:
+    s = best.shape
+    more_k = log.cycles.get(Shape(s.m, s.k * 2, s.p, s.template))
+    more_m = log.cycles.get(Shape(s.m + 1, s.k, s.p, s.template))
+    busiest = max(work, key=lambda r: (work[r], r))
+    parts = [
+        f"{best.policy} {s.label()} ({best.how}): {best.makespan_cycles} cycles; busiest "
+        f"{resource_role(problem, busiest)} ({work[busiest]} cycles of work)"
+    ]
+    if more_k is not None:
+        parts.append(f"k={s.k * 2} gives {more_k} (per-chunk latency and launch)")
+    if more_m is not None:
+        parts.append(f"m={s.m + 1} gives {more_m} (every micro-batch re-reads the weights)")
+    return "; ".join(parts)
+
+
+def _exact_order(
+    problem: DepProblem, best: PolicyResult, backend: str, deadline: Deadline, workers: int
+) -> PolicyResult | str:
+    """The exact backend on the best candidate's graph, hinted with its order; a string says
+    why it gave nothing better."""
+    from solvers.ordering.solve import solve_order
+
+    name = "cpsat" if backend == "auto" else backend
+    if name == "milp" and len(best.tasks) > 200:
+        return f"milp: {len(best.tasks)} tasks exceed the disjunctive model's size (200)"
+    out = solve_order(
+        problem.hardware, problem.model, best.tasks, name, max(0.05, deadline.left()),  # type: ignore[arg-type]
+        problem.context_tokens, workers,
+    )  # fmt: skip
+    if out.makespan_cycles >= best.makespan_cycles:
+        return f"{name}: nothing better than the {best.how} order ({out.account.status})"
+    return PolicyResult(best.policy, best.shape, out.tasks, out.makespan_cycles, name)
 
 
 def run_time_s(problem: DepProblem, cycles: int) -> float:
@@ -239,5 +865,17 @@ def run_time_s(problem: DepProblem, cycles: int) -> float:
 
 
 def throughput_tokens_per_s(problem: DepProblem, cycles: int) -> float:
-    """Decode tokens per second of the whole cluster for this run of layers."""
+    """Decode tokens per second of the whole cluster, the run's layers taken as the step."""
     return problem.batch_tokens / run_time_s(problem, cycles)
+
+
+def step_time_s(problem: DepProblem, cycles: int) -> float:
+    """Time per output token over the model's full depth, extrapolated from the run of
+    ``num_layers`` layers (its fill and drain counted once per run: a slight over-estimate)."""
+    return run_time_s(problem, cycles) * problem.model.num_moe_layers / problem.num_layers
+
+
+def tokens_per_s_per_gpu(problem: DepProblem, cycles: int) -> float:
+    """Decode tokens per second per GPU of the cluster at the full-depth step time."""
+    gpus = len(problem.attention_gpus) + len(problem.expert_gpus)
+    return problem.batch_tokens / step_time_s(problem, cycles) / gpus

@@ -182,7 +182,7 @@ def test_ordering_example_and_errors(client: TestClient) -> None:
     assert out["report"]["valid"] is True
     assert out["makespan_cycles"] == out["report"]["makespan_cycles"]
     assert out["makespan_cycles"] <= out["pppipe_cycles"] <= out["serial_cycles"]
-    assert out["micro_batches"] >= 1 and "r=" in out["why"]
+    assert out["micro_batches"] >= 1 and "m=" in out["why"]
     not_dep = ordering_example() | {"hardware_preset": "gpu-ndp-4dimm"}
     r = client.post("/v1/ordering", json=not_dep)
     assert r.status_code == 422 and "groups" in r.json()["error"]

@@ -1,5 +1,5 @@
-"""Ordering: Johnson's rule (optimum by brute force in the test), micro-batches losing to their
-fixed costs on a real preset, and properties of every backend on random task graphs."""
+"""Ordering: Johnson's rule (optimum by brute force in the test) and properties of every
+backend on random task graphs (the DEP pipeline's own tests are in test_dep.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hwmodel.plan import ComputeTask, Plan, TransferTask
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.spec import Hardware, Link, Memory
 from solvers import timing
-from solvers.ordering.dep import DepProblem, dep_tasks, solve_dep
+from solvers.ordering.dep import DepProblem
 from solvers.ordering.solve import solve_order
 from tests.tiny import tiny_device, tiny_model
 
@@ -76,44 +76,6 @@ def test_johnson_rule_order_is_optimal_and_every_exact_backend_finds_it() -> Non
         assert (
             out.account.lower_bound_cycles is not None and out.account.lower_bound_cycles <= brute
         )
-
-
-def test_more_micro_batches_lose_to_their_fixed_costs() -> None:
-    """DeepSeek-V2 on H800, 1,024 tokens: every micro-batch re-reads the attention and expert
-    weights, so one micro-batch beats two (and the serial order is then almost as good)."""
-    p = DepProblem(hardware_preset("dep-h800"), model_preset("deepseek-v2"), 1024, 2, 2048)
-    sol = solve_dep(p, "greedy")
-    assert sol.micro_batches == 1
-    assert sol.by_r[1] < sol.by_r[2] < sol.by_r[4]
-    assert "fixed costs" in sol.why
-
-
-def test_more_micro_batches_win_when_work_dominates() -> None:
-    """8,192 tokens: compute and transfers dwarf the fixed costs, so pipelining pays."""
-    p = DepProblem(hardware_preset("dep-h20"), model_preset("deepseek-v2"), 8192, 2, 2048)
-    sol = solve_dep(p, "auto", deadline_s=3.0)
-    assert sol.micro_batches > 1
-    assert sol.makespan_cycles <= sol.pppipe_cycles < sol.serial_cycles
-    report = simulate(
-        p.hardware, p.model, sol.plan, residency=p.residency(), context_tokens=p.context_tokens
-    )
-    assert report.valid, report.violations[:3]
-    assert report.makespan_cycles == sol.makespan_cycles
-
-
-def test_pppipe_and_serial_are_valid_plans_on_the_executor() -> None:
-    p = DepProblem(hardware_preset("dep-h20"), model_preset("deepseek-v2"), 2048, 2, 1024)
-    for policy, r in (("serial", 1), ("pppipe", 3)):
-        tasks = dep_tasks(p, r, policy)  # type: ignore[arg-type]
-        report = simulate(
-            p.hardware,
-            p.model,
-            Plan(tasks=tuple(tasks)),
-            residency=p.residency(),
-            context_tokens=1024,
-        )
-        assert report.valid, (policy, report.violations[:3])
-        assert report.makespan_cycles == timing.makespan(p.hardware, p.model, tasks, 1024)
 
 
 @st.composite
