@@ -80,11 +80,9 @@ def route_batch(phy2log: np.ndarray, num_gpus: int, loads: np.ndarray) -> Routin
             if short == 0:
                 break
             t += -(-short // num_gpus)
-        # One fancy-index read of the pair edges (element-wise sparse reads are slow).
-        pair_i = np.asarray([i for i, _ in pairs])
-        pair_g = np.asarray([g for _, g in pairs])
-        sent = np.asarray(result.flow.tocsr()[1 + pair_i, k + 1 + pair_g]).ravel()
-        per_pair[flexible[pair_i], pair_g] = np.maximum(0, sent)
+        flow = result.flow
+        for i, g in pairs:
+            per_pair[flexible[i], g] = max(0, int(flow[1 + i, k + 1 + g]))
     # Each (expert, GPU) share splits evenly over that GPU's replicas of the expert; the
     # first replicas (in slot order) take the remainder.
     count = holds[phy2log, gpu_of]
