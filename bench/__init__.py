@@ -15,6 +15,7 @@ from bench import (
     runtimes,
     service,
     solvers,
+    sweep_speed,
 )
 from bench.common import BenchResult
 
@@ -29,4 +30,5 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "cache": cache.run,
     "ndp": ndp.run,
     "runtimes": runtimes.run,
+    "sweep": sweep_speed.run,
 }

@@ -28,6 +28,7 @@ from bench.common import BenchResult
 from hwmodel.executor import simulate
 from hwmodel.plan import Plan
 from hwmodel.presets import dep_hardware, model_preset
+from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
 from solvers.ordering.dep import (
     DepProblem,
     Shape,
@@ -47,14 +48,32 @@ COMM = ("A2E", "E2A")
 def _full_depth_error(problem: DepProblem, shape: Shape, cycles: int) -> float:
     """Relative error of depth / layers scaling against the full-depth forward pass."""
     full = replace(problem, num_layers=problem.model.num_moe_layers)
-    exact = _Builder(full).build(shape).makespan()
+    exact = _Builder(full).makespan(shape)
     scaled = cycles * problem.model.num_moe_layers / problem.num_layers
     return (scaled - exact) / exact
 
 
-def _row(cluster: str, model_name: str, context: int, quick: bool) -> dict[str, Any] | None:
+def trace_loads(path: str | None = None) -> tuple[tuple[tuple[float, ...], ...], str]:
+    """Per-layer expert loads of the ESFT-intent trace (DeepSeek-V2-Lite class, 64 experts),
+    from its second half of tokens, and the file's name: the real, imbalanced routing the
+    hottest expert GPU of each layer works through."""
+    trace = load_esft(path or traces_dir() / ESFT_FILES["intent"])
+    half = trace.num_tokens // 2
+    hist = trace.histogram(slice(half, None))
+    loads = tuple(tuple(float(v) + 1e-9 for v in row) for row in hist)
+    return loads, f"{ESFT_FILES['intent']} tokens {half}..{trace.num_tokens}"
+
+
+def _row(
+    cluster: str,
+    model_name: str,
+    context: int,
+    quick: bool,
+    loads: tuple[tuple[float, ...], ...] | None = None,
+    trace_name: str = "none: balanced routing",
+) -> dict[str, Any] | None:
     model = model_preset(model_name)
-    template = DepProblem(dep_hardware(cluster), model, 1, 16, context)
+    template = DepProblem(dep_hardware(cluster), model, 1, 16, context, expert_load_by_layer=loads)
     deploy: dict[str, Deployment] = {}
     for policy in ("serial", "pppipe-paper", "pppipe-tuned", "moesched"):
         d = choose_deployment(cluster, model, policy, template, batch_steps=4 if quick else 8)
@@ -109,7 +128,7 @@ def _row(cluster: str, model_name: str, context: int, quick: bool) -> dict[str, 
         "model": model_name,
         "context_tokens": context,
         "num_layers": problem.num_layers,
-        "trace": "none: balanced routing",
+        "trace": trace_name,
         "split": ours.split,
         "batch_tokens": ours.batch_tokens,
         "kv_fits": not problem.check() and all(b["kv_fits"] for b in base_rows.values()),
@@ -163,6 +182,14 @@ def run(quick: bool = False) -> BenchResult:
                     f"x{row['speedup_vs_pppipe_tuned']:.3f} tuned, {row['bounding_resource']}, "
                     f"gap {row['gap_to_lower_bound']:.3f}\n"
                 )
+                result.rows.append(row)
+    # Real, imbalanced routing: DeepSeek-V2-Lite with the ESFT trace's per-layer loads, beside
+    # the same model with balanced routing.
+    loads, name = trace_loads()
+    for cluster in ("dep-a6000-200g", "dep-h800"):
+        for label, ld in (("none: balanced routing", None), (name, loads)):
+            row = _row(cluster, "deepseek-v2-lite", 2048, quick, ld, label)
+            if row is not None:
                 result.rows.append(row)
     rows = result.rows
     target = [

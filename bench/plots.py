@@ -66,12 +66,19 @@ def plot_cache(r: Result, ax: Any) -> None:
 
 def plot_dep(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{x['hardware'][4:]} {x['model']} b{x['batch_tokens']}" for x in rows]
+    labels = [
+        f"{x['hardware'][4:]} {x['model'].replace('qwen3-', 'q')} C{x['context_tokens'] // 1024}k"
+        for x in rows
+    ]
     _bars(ax, labels, {
-        "vs PPPipe": [x["speedup_vs_pppipe"] for x in rows],
-        "vs serial": [x["speedup_vs_serial"] for x in rows],
-    }, "throughput speedup (x)")  # fmt: skip
-    ax.set_title("Disaggregated expert parallelism")
+        "vs pppipe-paper (own deployments)": [x["speedup_vs_pppipe_paper"] for x in rows],
+        "vs pppipe-paper (its deployment)": [
+            x["speedup_vs_pppipe_paper_same_deployment"] for x in rows
+        ],
+        "vs pppipe-tuned (own deployments)": [x["speedup_vs_pppipe_tuned"] for x in rows],
+    }, "tokens/s per GPU, ratio (x)")  # fmt: skip
+    ax.axhline(1.61, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_title("DEP: moesched vs PPPipe (dashed: FinDEP's reported 1.61x)")
 
 
 def plot_eplb(r: Result, ax: Any) -> None:
@@ -154,10 +161,22 @@ def plot_reliability(r: Result, ax: Any) -> None:
     ax.set_title("Reliability: cases run and failures found")
 
 
+def plot_sweep(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    ax.bar([f"{row['workers']} worker(s)" for row in rows], [row["wall_s"] for row in rows])
+    ax.set_ylabel("wall seconds for the sweep")
+    s = r["summary"]
+    ax.set_title(
+        f"A {s['points']}-point sweep on Ray: {s['speedup_2_over_1_workers']:.2f}x on 2 workers "
+        f"(target {s['target_speedup']}x)"
+    )
+
+
 PLOTS: dict[str, Callable[[Result, Any], None]] = {
     "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
     "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
     "service": plot_service, "reliability": plot_reliability, "runtimes": plot_runtimes,
+    "sweep": plot_sweep,
 }  # fmt: skip
 
 

@@ -84,6 +84,7 @@ class DepProblem:
     dedup_per_node: bool = False
     expert_load: tuple[float, ...] | None = None
     expert_gpus_per_node: int = 8
+    expert_load_by_layer: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def attention_gpus(self) -> tuple[str, ...]:
@@ -103,16 +104,24 @@ class DepProblem:
         return self.model.num_routed_experts // len(self.expert_gpus)
 
     def load(self) -> list[float]:
-        """Share of routed rows per logical expert (sums to 1)."""
+        """Share of routed rows per logical expert (sums to 1), the same in every layer."""
         e = self.model.num_routed_experts
         if self.expert_load is None:
             return [1.0 / e] * e
         total = float(sum(self.expert_load))
         return [x / total for x in self.expert_load]
 
-    def hottest_expert_gpu(self) -> int:
+    def layer_loads(self) -> list[list[float]]:
+        """One load per distinct layer of the run: layer l uses entry l % len (one entry
+        unless ``expert_load_by_layer`` is given)."""
+        if self.expert_load_by_layer is None:
+            return [self.load()]
+        return [[x / float(sum(row)) for x in row] for row in self.expert_load_by_layer]
+
+    def hottest_expert_gpu(self, load: Sequence[float] | None = None) -> int:
         """Index of the expert GPU with the most routed rows (it sets the expert stage)."""
-        per, load = self.experts_per_gpu, self.load()
+        per = self.experts_per_gpu
+        load = self.load() if load is None else load
         sums = [sum(load[g * per : (g + 1) * per]) for g in range(len(self.expert_gpus))]
         return max(range(len(sums)), key=lambda g: (sums[g], -g))
 
@@ -167,6 +176,15 @@ class DepProblem:
             return out
         if self.num_layers < 1 or self.num_layers > self.model.num_moe_layers:
             out.append(f"num_layers: must be 1..{self.model.num_moe_layers} (the model's depth)")
+        for row in self.expert_load_by_layer or ():
+            if len(row) != self.model.num_routed_experts or min(row) < 0 or sum(row) <= 0:
+                out.append(
+                    "expert_load_by_layer: every row needs one share >= 0 per routed expert, "
+                    "with a positive sum"
+                )
+                break
+        if self.expert_load_by_layer is not None and self.dedup_per_node:
+            out.append("dedup_per_node: modelled for balanced routing only")
         if self.expert_load is not None:
             if len(self.expert_load) != self.model.num_routed_experts:
                 out.append("expert_load: needs one share per routed expert")
@@ -338,6 +356,9 @@ class DepGraph:
         )  # fmt: skip
 
 
+_Side = tuple[int, str, Link, Link, Link | None, Link | None]
+
+
 class _Builder:
     """Builds DepGraphs of one problem; durations cached by what they depend on."""
 
@@ -345,23 +366,34 @@ class _Builder:
         self.p = problem
         hw, model = problem.hardware, problem.model
         self.attn = problem.attention_gpus[0]
-        self.g = problem.hottest_expert_gpu()
-        self.exp = problem.expert_gpus[self.g]
-        a2e_out = hw.link_between(self.attn, self.exp)
-        e2a_out = hw.link_between(self.exp, self.attn)
-        assert a2e_out is not None and e2a_out is not None
-        self.a2e_out: Link = a2e_out
-        self.e2a_out: Link = e2a_out
-        self.a2e_in = _ingress(hw, self.exp, self.a2e_out.id, problem.attention_gpus)
-        self.e2a_in = _ingress(hw, self.attn, self.e2a_out.id, problem.expert_gpus)
         self.cache: dict[tuple[object, ...], int] = {}
-        self.rows_cache: dict[
-            tuple[int, tuple[tuple[int, int], ...]], list[tuple[int, int, tuple[int, ...], int]]
-        ] = {}
-        self.load = problem.load()
-        per = problem.experts_per_gpu
-        self.first_local = self.g * per
+        self.rows_cache: dict[tuple[object, ...], list[tuple[int, int, tuple[int, ...], int]]] = {}
         self.shared_width = model.num_shared_experts * model.shared_expert_ffn_size
+        self.loads = problem.layer_loads()
+        self.sides = [self._side(hw, load) for load in self.loads]
+        self.use_layer(0)
+
+    def _side(
+        self, hw: Hardware, load: list[float]
+    ) -> tuple[int, str, Link, Link, Link | None, Link | None]:
+        """(hottest expert GPU, its id, A2E egress, E2A egress, A2E ingress, E2A ingress)."""
+        g = self.p.hottest_expert_gpu(load)
+        exp = self.p.expert_gpus[g]
+        a2e_out = hw.link_between(self.attn, exp)
+        e2a_out = hw.link_between(exp, self.attn)
+        assert a2e_out is not None and e2a_out is not None
+        a2e_in = _ingress(hw, exp, a2e_out.id, self.p.attention_gpus)
+        e2a_in = _ingress(hw, self.attn, e2a_out.id, self.p.expert_gpus)
+        return g, exp, a2e_out, e2a_out, a2e_in, e2a_in
+
+    def use_layer(self, layer: int) -> None:
+        """Point the builder at layer ``layer``'s routing: its load and hottest expert GPU."""
+        self.side = layer % len(self.loads)
+        self.load = self.loads[self.side]
+        self.g, self.exp, self.a2e_out, self.e2a_out, self.a2e_in, self.e2a_in = self.sides[
+            self.side
+        ]
+        self.first_local = self.g * self.p.experts_per_gpu
 
     def cycles(self, node: _Node, proto: AnyTask) -> int:
         got = self.cache.get(node.key)
@@ -407,7 +439,7 @@ class _Builder:
     ) -> list[tuple[int, int, tuple[int, ...], int]]:
         """Per chunk of a micro-batch of ``n`` sequences per attention GPU: (attention-port
         rows, expert-port rows, rows of each local expert of the chunk, its first expert)."""
-        key = (n, tuple(chunks))
+        key = (self.side, n, tuple(chunks))
         got = self.rows_cache.get(key)
         if got is None:
             rows = self.expert_rows(n * len(self.p.attention_gpus))
@@ -420,7 +452,43 @@ class _Builder:
             self.rows_cache[key] = got
         return got
 
-    def build(self, shape: Shape, micro: Sequence[int] | None = None) -> DepGraph:
+    def makespan(self, shape: Shape) -> int:
+        """``build(shape).makespan()`` without building every layer: layers 1.. repeat layer
+        1's tasks, each waiting on the same positions of the layer before, so the forward
+        pass runs over layer 0's and layer 1's durations with shifted indices (the tests
+        check it equals the full build)."""
+        layers = self.p.num_layers
+        if layers <= 2 or len(self.loads) > 1:
+            return self.build(shape).makespan()
+        g = self.build(shape, num_layers=2)
+        n0 = sum(1 for n in g.nodes if n.layer == 0)
+        n1 = len(g.nodes) - n0
+        if n0 != n1:
+            return self.build(shape).makespan()
+        res_id: dict[str, int] = {}
+        res = [res_id.setdefault(n.resource, len(res_id)) for n in g.nodes]
+        dur, preds = g.duration, [n.preds for n in g.nodes]
+        free = [0] * len(res_id)
+        end = [0] * (n0 * layers)
+        last = 0
+        for i in range(n0 * layers):
+            t = i if i < n0 else n0 + (i - n0) % n1
+            shift = i - t
+            start = free[res[t]]
+            for q in preds[t]:
+                e = end[q + shift]
+                if e > start:
+                    start = e
+            e = start + dur[t]
+            end[i] = e
+            free[res[t]] = e
+            if e > last:
+                last = e
+        return last
+
+    def build(
+        self, shape: Shape, micro: Sequence[int] | None = None, num_layers: int | None = None
+    ) -> DepGraph:
         p = self.p
         n_per = p.sequences_per_attention_gpu
         if micro is None:
@@ -444,7 +512,8 @@ class _Builder:
             return len(nodes) - 1
 
         done: dict[int, list[int]] = {}  # micro-batch -> what its next layer waits on
-        for layer in range(p.num_layers):
+        for layer in range(p.num_layers if num_layers is None else num_layers):
+            self.use_layer(layer)
             pending_shared: list[tuple[int, int]] = []  # (mb, attention node) deferred
             for i, n in enumerate(micro):
                 pre = f"L{layer}.mb{i}"
@@ -466,7 +535,7 @@ class _Builder:
                     x = add(self._xfer(f"{pre}.a2e{j}", "a2e", layer, i, attn_rows, exp_rows,
                                        waits))  # fmt: skip
                     gm = add(_Node(
-                        f"{pre}.gemm{j}", "gemm", layer, i, self.exp, ("gemm", grp), [x],
+                        f"{pre}.gemm{j}", "gemm", layer, i, self.exp, ("gemm", self.exp, grp), [x],
                         sum(grp), rows=grp, expert=first,
                     ))  # fmt: skip
                     finals.append(add(self._xfer(f"{pre}.e2a{j}", "e2a", layer, i, attn_rows,
@@ -573,7 +642,7 @@ def search_shapes(
     def score(s: Shape) -> int:
         got = log.cycles.get(s)
         if got is None:
-            got = builder.build(s).makespan()
+            got = builder.makespan(s)
             log.cycles[s] = got
         return got
 
@@ -592,86 +661,76 @@ def search_shapes(
     return log
 
 
-def _fill(builder: _Builder, shape: Shape) -> dict[str, tuple[int, int]]:
-    """(head, tail) in cycles that no plan can avoid around each resource's work: the least
-    that must run before its first task and after its last, from the smallest task of each
-    kind (one sequence, one row, one expert)."""
-    g = builder.build(Shape(1, 1, 1), micro=[1])
-    kinds: dict[str, tuple[str, int]] = {}
+def _one_machine_bounds(builder: _Builder, shape: Shape) -> dict[str, int]:
+    """Per resource R of the shape's task graph: min head + total work + min tail, where head
+    and tail are the longest dependency paths into R's tasks and out of them (resources
+    ignored), with shared-expert tasks counted as zero so that the bound holds for any number
+    of shared pieces. Layers repeat, so heads and tails come from a two-layer graph (the
+    first layer's heads and the last layer's tails are the same in the full run; earlier
+    layers only lengthen tails) and the work is layer 0's plus (L - 1) times layer 1's."""
+    layers = builder.p.num_layers
+    periodic = len(builder.loads) == 1 and layers > 2
+    g = builder.build(shape, num_layers=2 if periodic else None)
+    n = len(g.nodes)
+    dur = [0 if x.kind == "shared" else d for x, d in zip(g.nodes, g.duration, strict=True)]
+    head = [0] * n
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for i, x in enumerate(g.nodes):
+        for q in x.preds:
+            head[i] = max(head[i], head[q] + dur[q])
+            succs[q].append(i)
+    after = [0] * n  # longest path from the task's end to the end of the graph
+    for i in range(n - 1, -1, -1):
+        after[i] = max((dur[s] + after[s] for s in succs[i]), default=0)
+    work: dict[str, int] = {}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, x in enumerate(g.nodes):
+        weight = 1 if not periodic or x.layer == 0 else layers - 1
+        work[x.resource] = work.get(x.resource, 0) + weight * g.duration[i]
+        first[x.resource] = min(first.get(x.resource, head[i]), head[i])
+        last[x.resource] = min(last.get(x.resource, after[i]), after[i])
+    return {r: first[r] + work[r] + last[r] for r in work}
+
+
+def _serial_layers_bound(builder: _Builder) -> int:
+    """m = 1: layer l + 1's attention waits for all of layer l, so each layer takes its
+    attention plus the busiest expert-side resource's work of that layer (at k = 1, the
+    least work), and the attention GPU's total work (shared experts included) bounds too."""
+    g = builder.build(Shape(1, 1, 1))
+    per_layer: dict[tuple[int, str], int] = {}
+    attn = total_attn_gpu = 0
     for n, d in zip(g.nodes, g.duration, strict=True):
-        if n.layer == 0 and n.kind not in kinds:
-            kinds[n.kind] = (n.resource, d)
-    one = _one_row_durations(builder)
-    attn1 = kinds["attn"][1]
-    has_shared = "shared" in kinds
-    out = {
-        builder.attn: (0, 0 if has_shared else one["a2e"] + one["gemm"] + one["e2a"]),
-        builder.exp: (attn1 + one["a2e"], one["e2a"]),
-    }
-    for link in {builder.a2e_out.id, getattr(builder.a2e_in, "id", None)} - {None}:
-        out[str(link)] = (attn1, one["gemm"] + one["e2a"])
-    for link in {builder.e2a_out.id, getattr(builder.e2a_in, "id", None)} - {None}:
-        out[str(link)] = (attn1 + one["a2e"] + one["gemm"], 0)
-    return out
-
-
-def _one_row_durations(builder: _Builder) -> dict[str, int]:
-    """Cycles of the smallest A2E, GEMM and E2A any plan can have (one row, one expert)."""
-    p = builder.p
-    out = {}
-    for kind in ("a2e", "e2a"):
-        links = [x for x in (
-            builder.a2e_out if kind == "a2e" else builder.e2a_out,
-            builder.a2e_in if kind == "a2e" else builder.e2a_in,
-        ) if x is not None]  # fmt: skip
-        cyc = []
-        for lk in links:
-            node = builder._xfer("probe", kind, 0, 0, 1, 1, [])
-            node.resource, node.link, node.key = lk.id, lk.id, (kind, lk.id, 1)
-            graph = DepGraph(p, Shape(1, 1), [node], [])
-            cyc.append(builder.cycles(node, graph._task(node)))
-        out[kind] = min(cyc)
-    node = _Node("probe", "gemm", 0, 0, builder.exp, ("gemm", (1,)), [], 1, rows=(1,),
-                 expert=builder.first_local)  # fmt: skip
-    out["gemm"] = builder.cycles(node, DepGraph(p, Shape(1, 1), [node], [])._task(node))
-    return out
+        if n.resource == builder.attn:
+            total_attn_gpu += d
+        if n.kind == "attn":
+            attn += d
+        elif n.kind != "shared":
+            per_layer[(n.layer, n.resource)] = per_layer.get((n.layer, n.resource), 0) + d
+    side = [
+        max((w for (ly, _), w in per_layer.items() if ly == layer), default=0)
+        for layer in range(builder.p.num_layers)
+    ]
+    return max(attn + sum(side), total_attn_gpu)
 
 
 def lower_bound(builder: _Builder, max_m: int = MAX_MICRO_BATCHES) -> tuple[int, str]:
     """A bound on the makespan of every plan moesched can express (m <= max_m equal
-    micro-batches, any k, p, template and order), and the resource that sets it.
+    micro-batches, k <= E/G chunks, any shared pieces, template and order), and what sets it.
 
-    For m >= 2: the busiest resource's total work at k = 1 and p = 1 (more chunks and pieces
-    only add latencies and launches) plus the fill it cannot avoid (``_fill``). For m = 1 the
-    layers cannot overlap: each takes its attention plus the busiest expert-side resource's
-    work of that layer. The bound is the least over m.
+    For each (m, k) with m >= 2: the largest over resources of the one-machine bound
+    (``_one_machine_bounds``: its work plus the fill it cannot avoid at that granularity:
+    more chunks shorten the fill and add launches and latencies). m = 1:
+    ``_serial_layers_bound``. The bound is the least over all (m, k): no plan beats it.
     """
-    fill = _fill(builder, Shape(1, 1))
-    best: tuple[int, str] | None = None
-    for m in range(1, max_m + 1):
-        g = builder.build(Shape(m, 1, 1))
-        if len({n.mb for n in g.nodes}) < m:
-            break  # fewer sequences than micro-batches: larger m is the same graph
-        work = g.work_by_resource()
-        if m == 1:
-            per_layer: dict[tuple[int, str], int] = {}
-            attn = 0
-            for n, d in zip(g.nodes, g.duration, strict=True):
-                if n.kind == "attn":
-                    attn += d
-                elif n.kind != "shared":
-                    per_layer[(n.layer, n.resource)] = per_layer.get((n.layer, n.resource), 0) + d
-            side = [
-                max((w for (ly, _), w in per_layer.items() if ly == layer), default=0)
-                for layer in range(builder.p.num_layers)
-            ]
-            cand = (max(attn + sum(side), work.get(builder.attn, 0)), "serial layers")
-        else:
-            res = max(work, key=lambda r: (work[r] + sum(fill.get(r, (0, 0))), r))
-            cand = (work[res] + sum(fill.get(res, (0, 0))), res)
-        if best is None or cand[0] < best[0]:
-            best = cand
-    assert best is not None
+    p = builder.p
+    best = (_serial_layers_bound(builder), "serial layers (m=1)")
+    for m in range(2, min(max_m, p.sequences_per_attention_gpu) + 1):
+        for k in range(1, p.experts_per_gpu + 1):
+            bounds = _one_machine_bounds(builder, Shape(m, k, 1))
+            res = max(bounds, key=lambda r: (bounds[r], r))
+            if bounds[res] < best[0]:
+                best = (bounds[res], res)
     return best
 
 
@@ -718,12 +777,19 @@ class DepSolution:
         return self.shape.k
 
 
-def baseline(problem: DepProblem, policy: Policy, builder: _Builder | None = None) -> PolicyResult:
-    """A baseline at its best shape, in its own emission order (no solver)."""
+def baseline(
+    problem: DepProblem,
+    policy: Policy,
+    builder: _Builder | None = None,
+    with_tasks: bool = True,
+) -> PolicyResult:
+    """A baseline at its best shape, in its own emission order (no solver); without
+    ``with_tasks`` only the shape and makespan are filled in."""
     builder = builder or _Builder(problem)
-    graphs = [builder.build(s) for s in policy_shapes(problem, policy)]
-    best = min(graphs, key=lambda g: (g.makespan(), g.shape.m))
-    return PolicyResult(policy, best.shape, best.tasks(), best.makespan(), "template")
+    scored = [(builder.makespan(s), s.m, s) for s in policy_shapes(problem, policy)]
+    cycles, _, shape = min(scored, key=lambda x: (x[0], x[1]))
+    tasks = builder.build(shape).tasks() if with_tasks else []
+    return PolicyResult(policy, shape, tasks, cycles, "template")
 
 
 def resource_role(problem: DepProblem, resource: str) -> str:

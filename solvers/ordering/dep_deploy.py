@@ -70,7 +70,7 @@ def evaluate(problem: DepProblem, policy: Policy) -> tuple[Shape, int]:
         log = search_shapes(builder)
         best = log.best(1)[0]
         return best, log.cycles[best]
-    out = baseline(problem, policy)
+    out = baseline(problem, policy, with_tasks=False)
     return out.shape, out.makespan_cycles
 
 

@@ -18,6 +18,7 @@ from solvers.ordering.dep import (
     DepProblem,
     Shape,
     _Builder,
+    _one_machine_bounds,
     baseline,
     lower_bound,
     search_shapes,
@@ -254,13 +255,14 @@ def test_every_shape_is_valid_and_above_the_bound(
     m: int, k: int, q: int, t: str, fp8: bool, dedup: bool
 ) -> None:
     p = DepProblem(
-        dep_hardware("dep-h20", 6, 10), model_preset("deepseek-v2"), 6 * 64, 2, 2048,
+        dep_hardware("dep-h20", 6, 10), model_preset("deepseek-v2"), 6 * 64, 4, 2048,
         fp8_dispatch=fp8, dedup_per_node=dedup,
     )  # fmt: skip
     assert not p.check()
     b = _Builder(p)
     shape = Shape(m, k, q, t)  # type: ignore[arg-type]
     g = b.build(shape)
+    assert b.makespan(shape) == g.makespan()  # the layer-periodic pass equals the full one
     bound, _ = lower_bound(b, 16)
     assert bound <= g.makespan()
     tasks = g.tasks()
@@ -327,3 +329,18 @@ def test_dep_problem_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="group_rows"):
         ComputeTask(id="x", device_id="d", op="expert", layer=0, expert=0, num_tokens=3,
                     group_rows=(1, 1))  # fmt: skip
+
+
+def test_lower_bound_of_the_toy_by_hand() -> None:
+    """1 us launch and latency, one layer. m = 1: attention (1 us) + the busiest expert-side
+    resource's work at k = 1 (5 us) = 6 us. m = 2 (500 sequences each), k = 1: the expert
+    GPU waits for attention (1 us) and a 500-row A2E (3 us), works 2 x 4 us, then a 3 us E2A
+    follows: 15 us; k = 2: 1 + 2 us before, 4 x 2.5 us, 2 us after: 15 us. The bound is the
+    least: 6 us, below the 13 us plan."""
+    p = _toy(1e-6, 1e-6)
+    b = _Builder(p)
+    assert lower_bound(b, 16) == (6_000, "serial layers (m=1)")
+    assert _one_machine_bounds(b, Shape(2, 1))["e"] == 15_000
+    assert _one_machine_bounds(b, Shape(2, 2))["e"] == 15_000
+    assert _one_machine_bounds(b, Shape(2, 2))["a2e"] == 1_000 + 8_000 + 4_500
+    assert lower_bound(b, 16)[0] <= solve_dep(p, "greedy").makespan_cycles
