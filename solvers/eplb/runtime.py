@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from solvers.eplb import deepseek
 from solvers.eplb.batch_placement import place_for_batches
@@ -77,6 +76,8 @@ def align_slots(old: np.ndarray, new: np.ndarray, num_gpus: int, num_nodes: int 
     matched to maximize the replicas they already hold (``linear_sum_assignment``); with
     several nodes, only GPUs of the same node are matched (node membership stays).
     """
+    from scipy.optimize import linear_sum_assignment  # imported on use: it is slow to load
+
     old = np.asarray(old, dtype=np.int64)
     new = np.asarray(new, dtype=np.int64)
     if new.ndim == 2:
