@@ -48,10 +48,11 @@ class Server:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"server exited: {err[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop(signal.SIGKILL)  # never leave a half-started server behind
         raise RuntimeError(f"server did not become healthy in {timeout_s} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -14,6 +14,7 @@ this work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
 import weakref
@@ -95,7 +96,8 @@ def _stop(classes: dict[str, _Class]) -> None:
             for proc in procs:
                 if proc.is_alive():
                     proc.kill()
-            c.pool.join(timeout=2)
+            with contextlib.suppress(RuntimeError):  # collected on one of the pool's threads
+                c.pool.join(timeout=2)
             c.pool, c.warm = None, False
 
 
@@ -125,6 +127,18 @@ class Admission:
 
     def busy(self, kind: Kind) -> int:
         return self.classes[kind].busy
+
+    def refuse_when_full(self, kind: Kind) -> None:
+        """503 at once when every slot of ``kind`` is busy (before any other work is done);
+        ``run`` still takes the slot itself."""
+        cls = self.classes[kind]
+        if cls.busy >= cls.slots:
+            cls.refused += 1
+            raise HTTPException(
+                status_code=503,
+                detail=f"all {cls.slots} {kind} slots are busy; retry shortly",
+                headers={"Retry-After": "1"},
+            )
 
     async def run(
         self,

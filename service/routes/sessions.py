@@ -65,6 +65,7 @@ async def create_session(
 ) -> SessionInfo:
     """Register hardware, model and policy; the first plan is solved from the seed counts
     (in a solve slot, with the policy's deadline)."""
+    admission.refuse_when_full("solve")
     counts = await run_in_threadpool(manager.prepare, spec)
     response = await admission.run(
         http, "solve", spec.policy.deadline_s, "body.policy.deadline_s",
@@ -151,6 +152,7 @@ async def create_ep_session(
     """Expert parallelism: the session routes every batch over its replicas and re-places them
     when routed balance over the window of recent batches drops. The first placement is
     found in a solve slot, with the spec's deadline."""
+    admission.refuse_when_full("solve")
     await run_in_threadpool(manager.prepare, spec)
     placement = await admission.run(
         http, "solve", spec.deadline_s, "body.deadline_s", jobs.ep_initial_placement, spec
