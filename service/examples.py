@@ -132,25 +132,10 @@ def eplb_window_example() -> dict[str, Any]:
 
 
 def ep_session_example() -> dict[str, Any]:
-    """An EP sidecar for DeepSeek-V2-Lite (26 MoE layers, 64 experts) on 8 GPUs with 72 slots,
-    default policy."""
-    model = model_preset("deepseek-v2-lite")
-    return {
-        "num_layers": model.num_moe_layers,
-        "num_experts": model.num_routed_experts,
-        "num_gpus": 8,
-        "num_replicas": 72,
-    }
+    """An EP sidecar: 2 layers of 8 experts on 8 GPUs with 16 replica slots."""
+    return {"num_layers": 2, "num_experts": 8, "num_gpus": 8, "num_replicas": 16, "window": 8}
 
 
 def ep_batch_example() -> dict[str, Any]:
-    """One batch of 64 DeepSeek-V2-Lite tokens (a fixed pattern, 6 experts per token)."""
-    model = model_preset("deepseek-v2-lite")
-    rows = []
-    for layer in range(model.num_moe_layers):
-        row = [0] * model.num_routed_experts
-        for token in range(64):
-            for k in range(model.top_k):
-                row[(3 * layer + 11 * token + 7 * k * k) % model.num_routed_experts] += 1
-        rows.append(row)
-    return {"histogram": rows}
+    """One batch for ``ep_session_example``: the FlashLB loads in layer 0, a flat layer 1."""
+    return {"histogram": [route_example()["loads"], [180] * 8]}

@@ -91,13 +91,20 @@ def observe(
         ),
     ],
     manager: Sessions,
+    http: Request,
 ) -> ObservationAck:
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 
     The count is committed before the answer; counts stop growing at 2**50 (always finite).
     """
-    return manager.observe(session_id, obs)
+    ack = manager.observe(session_id, obs)
+    metrics = http.app.state.metrics
+    metrics.observations.inc()
+    metrics.drift.observe(ack.drift)
+    if ack.resolve_started:
+        metrics.resolves_started.labels("sidecar_resolve").inc()
+    return ack
 
 
 @router.get(
@@ -139,8 +146,8 @@ async def create_ep_session(
         EpSessionCreate,
         Body(
             openapi_examples={
-                "deepseek-v2-lite": {
-                    "summary": "DeepSeek-V2-Lite, 8 GPUs, 72 slots, default policy",
+                "8-gpus": {
+                    "summary": "8 experts on 8 GPUs, 16 slots",
                     "value": ep_session_example(),
                 }
             }
@@ -170,7 +177,7 @@ async def route_ep_batch(
         EpBatch,
         Body(
             openapi_examples={
-                "batch-64": {"summary": "64 DeepSeek-V2-Lite tokens", "value": ep_batch_example()}
+                "flashlb": {"summary": "One batch (FlashLB loads)", "value": ep_batch_example()}
             }
         ),
     ],
@@ -187,9 +194,15 @@ async def route_ep_batch(
     tokens, per_layer = await admission.run(
         http, "route", None, "body.histogram", jobs.route_layers, placement, num_gpus, hist
     )
-    return await run_in_threadpool(
+    routing = await run_in_threadpool(
         manager.record_batch, session_id, hist, version, tokens, per_layer
     )
+    metrics = http.app.state.metrics
+    metrics.ep_batches.inc()
+    metrics.ep_balancedness.observe(routing.window_balancedness)
+    if routing.replace_started:
+        metrics.resolves_started.labels("ep_replace").inc()
+    return routing
 
 
 @ep_router.get(
