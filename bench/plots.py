@@ -111,7 +111,7 @@ def plot_balance(r: Result, ax: Any) -> None:
         "EPLB + routing": [x["eplb_routed_balancedness"] for x in rows],
         "moesched": [x["moesched_routed_balancedness"] for x in rows],
     }, "per-batch balancedness")  # fmt: skip
-    ax.set_title("Per-batch balance at 64 tokens (held-out batches)")
+    ax.set_title("Per-batch balance at 64 tokens (out of window: the second half)")
 
 
 def plot_runtimes(r: Result, ax: Any) -> None:

@@ -54,6 +54,7 @@ def route_layers(
 
 
 log = logging.getLogger("moesched.ep_sessions")
+REPLACE_MOVES = 64  # candidate moves per layer of one re-placement (deterministic budget)
 BATCH_BYTES_PER_COUNT = 4  # the window's histograms are int32 (a count is at most 2**24)
 
 
@@ -293,7 +294,7 @@ def decide_replacement(
         spec.num_gpus,
         spec.num_replicas,
         move_cost=spec.move_cost,
-        search_s_per_layer=search_s,
+        search_moves_per_layer=REPLACE_MOVES,
         sample=len(window),
     )
     assert fit.balancedness_current is not None

@@ -250,7 +250,7 @@ def rebalance_window(
     num_replicas: int | None = None,
     max_moved_replicas: int | None = None,
     move_cost: float = 0.0005,
-    search_s_per_layer: float = 0.0,
+    search_moves_per_layer: int = 0,
     sample: int = 16,
     seed: int = 0,
 ) -> WindowPlacement:
@@ -272,8 +272,8 @@ def rebalance_window(
             None (nothing to align with; every slot counts as new).
         num_gpus: GPUs; ``num_replicas`` defaults to the current placement's width.
         move_cost: balancedness a moved replica must buy (per layer).
-        search_s_per_layer: local-search budget of ``place_for_batches`` per layer (0: its
-            EPLB-based starts only, deterministic).
+        search_moves_per_layer: local-search moves of ``place_for_batches`` per layer (0: its
+            EPLB-based starts only).
         sample: batches the candidates are scored on.
     """
     window, _ = _to_numpy(load_window)
@@ -322,9 +322,7 @@ def rebalance_window(
             np.rint(window[:, layer]).astype(np.int64),
             num_phy,
             num_gpus,
-            deadline_s=search_s_per_layer,
-            # without a search, it only picks between its starts; the candidates are scored below
-            sample=2 if search_s_per_layer <= 0 else len(idx),
+            max_moves=search_moves_per_layer,
             seed=seed,
         )
         s_fit, s_eplb = score(fit), score(eplb[layer])
