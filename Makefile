@@ -24,8 +24,10 @@ lint: $(BIN)/moesched
 typecheck: $(BIN)/moesched
 	$(BIN)/mypy
 
+# The tests run beside a real Ray head and a real PostgreSQL server on loopback, started (and
+# PostgreSQL installed when missing) by tests/with_services.sh for the run's duration.
 unit: $(BIN)/moesched
-	$(BIN)/pytest
+	bash tests/with_services.sh $(BIN)/pytest
 
 fuzz: $(BIN)/moesched
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py

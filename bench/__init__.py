@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import balance, cache, dep, eplb, executor_speed, ndp, reliability, service, solvers
+from bench import (
+    balance,
+    cache,
+    dep,
+    eplb,
+    executor_speed,
+    ndp,
+    reliability,
+    service,
+    solvers,
+    sweep_speed,
+)
 from bench.common import BenchResult
 
 BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
@@ -17,4 +28,5 @@ BENCHMARKS: dict[str, Callable[[bool], BenchResult]] = {
     "balance": balance.run,
     "cache": cache.run,
     "ndp": ndp.run,
+    "sweep": sweep_speed.run,
 }

@@ -56,6 +56,7 @@ from hwmodel.routing_traces import (
     load_trace,
     traces_dir,
 )
+from hwmodel.spec import Hardware
 from hwmodel.workload import RoutingTrace
 from solvers.decode_loop import DecodeRun, LoopConfig, max_cache_experts
 
@@ -114,18 +115,39 @@ def make_trace(label: str, model_name: str, tokens: int) -> RoutingTrace:
 def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
     """One (model, trace, DIMMs, configuration): prefill and decode through the executor."""
     model_name, label, dimms, config_name, decode_steps = args
+    return decode_point(hardware_preset(f"gpu-ndp-{dimms}dimm"), model_name, label, config_name,
+                        decode_steps)  # fmt: skip
+
+
+def decode_point(
+    hw: Hardware,
+    model_name: str,
+    label: str,
+    config_name: str,
+    decode_steps: int,
+    cache_share: float = CACHE_SHARE,
+    prompt_tokens: int = PROMPT_TOKENS,
+) -> dict[str, Any]:
+    """Prefill ``prompt_tokens`` then decode ``decode_steps`` tokens of trace ``label`` on ``hw``
+    under configuration ``config_name`` (a key of ``CONFIGS``), every step through the executor.
+
+    The GPU cache holds ``cache_share`` of each layer's experts (at least 1, fewer when the GPU
+    memory cannot take it with a whole layer in flight). Latencies in seconds, bytes in bytes;
+    ``wall_s`` is host time, reported beside and never part of a simulated figure.
+    """
     spec = dict(CONFIGS[config_name])
     layout = spec.pop("layout")
-    hw, model = hardware_preset(f"gpu-ndp-{dimms}dimm"), model_preset(model_name)
-    trace = make_trace(label, model_name, PROMPT_TOKENS + decode_steps)
+    model = model_preset(model_name)
+    trace = make_trace(label, model_name, prompt_tokens + decode_steps)
     in_flight = model.num_routed_experts
     lines = min(
-        max(1, round(CACHE_SHARE * model.num_routed_experts)),
+        max(1, round(cache_share * model.num_routed_experts)),
         max_cache_experts(hw, model, in_flight),
     )
-    granules = stripe_granules(model.expert_ffn_size, dimms) if layout == "striped" else 1
+    num_ndp = len(hw.devices_of_kind("ndp"))
+    granules = stripe_granules(model.expert_ffn_size, num_ndp) if layout == "striped" else 1
     base: Residency = layout_residency(hw, model, layout, num_granules=granules)
-    prompt, decode = slice(0, PROMPT_TOKENS), slice(PROMPT_TOKENS, PROMPT_TOKENS + decode_steps)
+    prompt, decode = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + decode_steps)
     started = time.perf_counter()
     run = DecodeRun(
         hw, model, base, LoopConfig(capacity_experts=lines, num_granules=granules, **spec),

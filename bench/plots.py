@@ -151,10 +151,21 @@ def plot_reliability(r: Result, ax: Any) -> None:
     ax.set_title("Reliability: cases run and failures found")
 
 
+def plot_sweep(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    ax.bar([f"{row['workers']} worker(s)" for row in rows], [row["wall_s"] for row in rows])
+    ax.set_ylabel("wall seconds for the sweep")
+    s = r["summary"]
+    ax.set_title(
+        f"A {s['points']}-point sweep on Ray: {s['speedup_2_over_1_workers']:.2f}x on 2 workers "
+        f"(target {s['target_speedup']}x)"
+    )
+
+
 PLOTS: dict[str, Callable[[Result, Any], None]] = {
     "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
     "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
-    "service": plot_service, "reliability": plot_reliability,
+    "service": plot_service, "reliability": plot_reliability, "sweep": plot_sweep,
 }  # fmt: skip
 
 

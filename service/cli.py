@@ -396,6 +396,52 @@ def plot(
 
 
 @app.command()
+def sweep(
+    spec_path: Annotated[Path, typer.Argument(help="A sweep spec (YAML or JSON).")],
+    out: Annotated[Path, typer.Option(help="The CSV of rows; finished points are reused.")],
+    address: Annotated[
+        str | None,
+        typer.Option(help="A Ray cluster to join (ray start --head prints it); default: local."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray instance (default: all).")
+    ] = None,
+    plot_dir: Annotated[
+        Path | None, typer.Option("--plot-dir", help="Draw the Pareto and sensitivity charts.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Run a design-space sweep on Ray, one point a task, rows streamed to a CSV file.
+
+    Exit 1 when a point failed or broke an executor check, 2 on a bad spec."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from bench.sweep import load_spec, plot_sweep, run_sweep
+
+    with _exit_2_on_bad_input():
+        spec = load_spec(spec_path)
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), disable=quiet,
+    )  # fmt: skip
+    with progress:
+        bar = progress.add_task(f"sweep {spec.name}", total=None)
+        got = run_sweep(
+            spec, out, address=address, num_cpus=workers,
+            on_row=lambda done, total: progress.update(bar, completed=done, total=total),
+        )  # fmt: skip
+    print(
+        f"{got.total} points: {got.reused} reused, {got.computed} computed, {got.failed} failed "
+        f"in {got.wall_s:.1f} s; rows in {out}"
+    )
+    if plot_dir is not None:
+        for path in plot_sweep(spec, got.rows, plot_dir):
+            print(f"wrote {path}")
+    if any(r["status"] != "ok" for r in got.rows):
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Bind address (default: settings, loopback).")

@@ -15,10 +15,11 @@ from service.deps import require_api_key, solve_slot
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
-from service.routes import health, presets, sessions, simulate, solve
+from service.routes import health, presets, sessions, simulate, solve, sweeps
 from service.sessions import SessionManager
 from service.settings import Settings, get_settings
 from service.store import SQLiteStore
+from service.sweep_jobs import SweepJobs
 
 DESCRIPTION = """
 Scheduling service for Mixture-of-Experts inference on heterogeneous hardware: a GPU with
@@ -90,9 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = SQLiteStore(boot.db_path)
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)
+        app.state.sweeps = SweepJobs(boot)
         try:
             yield
         finally:
+            app.state.sweeps.close()
             app.state.sessions.close()
             app.state.ep_sessions.close()
 
@@ -117,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(solve.router, dependencies=[*v1, Depends(solve_slot)])
     app.include_router(sessions.router, dependencies=v1)
     app.include_router(sessions.ep_router, dependencies=v1)
+    app.include_router(sweeps.router, dependencies=v1)
 
     app.add_middleware(LimitAndMeasure, metrics=app.state.metrics)
     return app

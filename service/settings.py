@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     max_deadline_s: float = Field(default=30.0, gt=0, description="Cap on any solve's deadline.")
     solver_workers: int = Field(default=2, ge=1, le=64, description="CP-SAT search workers.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster for sweeps (None: a local Ray instance)."
+    )
+    sweep_dir: Path = Field(default=Path("sweeps"), description="Where sweep jobs write rows.")
+    sweep_workers: int = Field(default=1, ge=1, le=1024, description="CPUs of a local Ray.")
+    max_sweep_points: int = Field(default=256, ge=1, description="Points of one HTTP sweep.")
+    max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
 
 
 @lru_cache(maxsize=1)
