@@ -72,7 +72,11 @@ class DepProblem:
     Options: ``fp8_dispatch`` (A2E in FP8 with scales, E2A in BF16), ``dedup_per_node``
     (a token crosses the network once per expert node and chunk it is routed to, DeepEP's
     node-level forwarding), ``expert_load`` (share of routed rows per logical expert, e.g. a
-    trace's histogram; None: balanced), ``expert_gpus_per_node`` (for the dedup).
+    trace's histogram; None: balanced), ``expert_gpus_per_node`` (for the dedup),
+    ``expert_load_by_layer`` (one load per layer). Caveat of the last, measured on the ESFT
+    trace: the representative expert GPU follows each layer's hottest GPU, so its NIC ports
+    change from layer to layer and their contention across layers is under-counted (a
+    NIC-bound run came out faster than with balanced routing); the benchmark leaves it out.
     """
 
     hardware: Hardware
