@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hwmodel.presets import hardware_preset
 from hwmodel.spec import Hardware
@@ -76,8 +76,9 @@ DECODE_METRICS = (
     "executor_violations",
     "prediction_error_s_max",
 )
-STATUS_COLUMNS = ("key", "status", "error", "wall_s")
 MAX_POINTS = 100_000
+TRACES = ("esft-law", "esft-intent", "flame", "olmoe-sampled", "mixtral-sampled")
+MAX_TOKENS_PER_POINT = 8192
 
 
 class SweepSpec(BaseModel):
@@ -105,6 +106,27 @@ class SweepSpec(BaseModel):
             raise ValueError(f"axes: {total} points exceed the limit of {MAX_POINTS}")
         return axes
 
+    @model_validator(mode="after")
+    def _points_are_runnable(self) -> SweepSpec:
+        for name in self.parameter_names():
+            if name not in DECODE_DEFAULTS and not name.startswith("hw."):
+                raise ValueError(
+                    f"{name}: not a parameter of a {self.kind} point; known: "
+                    f"{sorted(DECODE_DEFAULTS)} and hw.<path>"
+                )
+        hardware: set[str] = set()
+        for point in self.points():
+            check_point(point)
+            figures = {k: v for k, v in point.items() if k == "hardware" or k.startswith("hw.")}
+            hardware.add(json.dumps(figures, sort_keys=True))
+        for blob in hardware:  # every changed hardware validates before anything runs
+            point_hardware(json.loads(blob))
+        return self
+
+    def num_tokens(self) -> int:
+        """Prompt plus decoded tokens over all points (the work a sweep asks for)."""
+        return sum(int(p["prompt_tokens"]) + int(p["decode_steps"]) for p in self.points())
+
     def parameter_names(self) -> list[str]:
         """Every parameter of a point, defaults first, in a stable order."""
         names = list(DECODE_DEFAULTS)
@@ -131,6 +153,27 @@ class SweepSpec(BaseModel):
 def _set_by(axis: str, value: Any) -> dict[str, Any]:
     """The parameters one axis value sets: itself, or a mapping's items."""
     return dict(value) if isinstance(value, dict) else {axis: value}
+
+
+def check_point(p: dict[str, Any]) -> None:
+    """Refuse a point that cannot run, naming the parameter (ValueError)."""
+    from bench.ndp import CONFIGS
+    from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS
+
+    known: dict[str, list[str]] = {
+        "hardware": list(HARDWARE_PRESETS), "model": list(MODEL_PRESETS), "trace": list(TRACES),
+        "policy": list(CONFIGS),
+    }  # fmt: skip
+    for name, allowed in known.items():
+        if p[name] not in allowed:
+            raise ValueError(f"{name}: '{p[name]}' is not one of {sorted(allowed)}")
+    share = p["cache_share"]
+    if not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ValueError(f"cache_share: {share!r} is not a share in (0, 1]")
+    for name in ("prompt_tokens", "decode_steps"):
+        if not isinstance(p[name], int) or not 1 <= p[name] <= MAX_TOKENS_PER_POINT // 2:
+            raise ValueError(f"{name}: {p[name]!r} is not a whole number in [1, "
+                             f"{MAX_TOKENS_PER_POINT // 2}]")  # fmt: skip
 
 
 def load_spec(path: Path) -> SweepSpec:

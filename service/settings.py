@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     sweep_dir: Path = Field(default=Path("sweeps"), description="Where sweep jobs write rows.")
     sweep_workers: int = Field(default=1, ge=1, le=1024, description="CPUs of a local Ray.")
     max_sweep_points: int = Field(default=256, ge=1, description="Points of one HTTP sweep.")
+    max_sweep_tokens: int = Field(
+        default=20_000, ge=1, description="Prompt + decoded tokens over all points of a sweep."
+    )
     max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
 
 

@@ -1,6 +1,7 @@
 """Sweeps as HTTP jobs: one background thread a job, the rows in a CSV under the sweep dir.
 
-A job is bounded: its points are capped by ``max_sweep_points`` and at most
+A job is bounded: its points are capped by ``max_sweep_points``, their simulated tokens by
+``max_sweep_tokens``, and at most
 ``max_running_sweeps`` run at once (more get 503); ``cancel`` stops it between points. Jobs
 live in this process (the CSV outlives it, so a re-submitted spec reuses finished points).
 """
@@ -50,6 +51,12 @@ class SweepJobs:
                 422, "too_large", "spec.axes",
                 f"{len(points)} points exceed the server's limit of "
                 f"{self.settings.max_sweep_points}; run it with `moesched sweep`",
+            )  # fmt: skip
+        if spec.num_tokens() > self.settings.max_sweep_tokens:
+            raise DomainError(
+                422, "too_large", "spec",
+                f"{spec.num_tokens()} prompt and decoded tokens over all points exceed the "
+                f"server's limit of {self.settings.max_sweep_tokens}",
             )  # fmt: skip
         with self._lock:
             running = sum(j.state in ("queued", "running") for j in self._jobs.values())

@@ -221,3 +221,20 @@ def test_a_killed_sweep_resumes_and_gives_the_rows_of_an_uninterrupted_one(tmp_p
     )  # fmt: skip
     order = {r["key"]: r for r in rows}
     assert simulated([order[r["key"]] for r in fresh.rows]) == simulated(fresh.rows)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"axes": {"bogus": [1]}}, "bogus: not a parameter"),
+        ({"axes": {"model": ["gpt-5"]}}, "model: 'gpt-5' is not one of"),
+        ({"axes": {"cache_share": [1.5]}}, r"cache_share: 1.5 is not a share"),
+        ({"base": {"decode_steps": 10**6}, "axes": {"cache_share": [0.2]}}, "decode_steps"),
+        ({"axes": {"hw.devices[gpu].peak_flops_per_s": [-1.0]}}, "peak_flops_per_s"),
+    ],
+)
+def test_a_spec_whose_points_cannot_run_is_refused_before_anything_runs(
+    change: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        SweepSpec.model_validate({"name": "s", **change})

@@ -31,6 +31,9 @@ def test_sweep_limits_and_unknown_ids(client: TestClient) -> None:
         big = {**EXAMPLE, "axes": {"cache_share": [0.01 * i for i in range(1, 10)]}}
         r = client.post("/v1/sweeps", json=big)
         assert r.status_code == 422 and "9 points exceed" in r.text
+        long = {**EXAMPLE, "base": {**EXAMPLE["base"], "decode_steps": 4096, "prompt_tokens": 4096}}
+        r = client.post("/v1/sweeps", json=long)
+        assert r.status_code == 422 and "tokens over all points exceed" in r.text
         bad = client.post("/v1/sweeps", json={**EXAMPLE, "axes": {"cache_share": []}})
         assert bad.status_code == 422 and "axes" in bad.text
         assert client.get("/v1/sweeps/nope").status_code == 404
