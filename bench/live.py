@@ -36,7 +36,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 120) -> None:
         env = os.environ | {"MOESCHED_DB_PATH": str(self.db)} | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
@@ -48,16 +48,17 @@ class Server:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"server exited: {err[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop(signal.SIGKILL)  # never leave a half-started server behind
         raise RuntimeError(f"server did not become healthy in {timeout_s} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=60)
         self.proc = None
 
 
@@ -65,7 +66,7 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
     """Fuzz every operation of the live schema, valid and invalid inputs (schemathesis).
 
     Returns counts: cases, server_errors (5xx), schema_violations (responses that do not
-    match their documented schema), and the first failures.
+    match their documented schema), the slowest response's wall time, and the first failures.
     """
     import schemathesis
     from hypothesis import HealthCheck, given, settings
@@ -76,6 +77,7 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     counts: dict[str, Any] = {"cases": 0, "server_errors": 0, "schema_violations": 0}
     failures: list[str] = []
+    slowest = [0.0]
 
     def runner(operation: Any, mode: Any) -> Any:
         label = operation.label
@@ -89,7 +91,9 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
         )
         def run(case: Any) -> None:
             counts["cases"] += 1
+            started = time.perf_counter()
             response = case.call(timeout=60)
+            slowest[0] = max(slowest[0], time.perf_counter() - started)
             if response.status_code >= 500:
                 counts["server_errors"] += 1
                 failures.append(f"{label}: {response.status_code} {response.text[:200]}")
@@ -108,5 +112,6 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
                 runner(operation, mode)()
             except Unsatisfiable:  # no invalid input exists (e.g. GET /healthz has none)
                 continue
+    counts["slowest_response_s"] = slowest[0]
     counts["first_failures"] = failures[:5]
     return counts

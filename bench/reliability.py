@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import hardening
 from bench.common import BenchResult
 from bench.live import Server, fuzz
 from hwmodel.plan_builder import layout_residency
@@ -184,20 +185,32 @@ def run(quick: bool = False) -> BenchResult:
     result = BenchResult("reliability")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        server = Server(d / "fuzz.db", env={"MOESCHED_MAX_DEADLINE_S": "1"})
+        # Schemathesis with the default settings (issue 19: 200 examples per operation).
+        server = Server(d / "fuzz.db")
         server.start()
         try:
-            fz = fuzz(server.url, 5 if quick else 50)
+            fz = fuzz(server.url, 5 if quick else 200)
         finally:
             server.stop()
         props = _properties(4 if quick else 40)
         over = _overload(d / "over.db", 6 if quick else 12)
         kills = _kill9(d, 2 if quick else 5)
+        hard = {
+            "chunked_body": hardening.chunked_body(d / "chunked.db"),
+            "health_under_load": hardening.health_under_load(d / "load.db", 8 if quick else 48),
+            "disconnect": hardening.disconnect_frees_slot(d / "gone.db", 1 if quick else 3),
+            "deadlines_at_caps": hardening.deadlines_at_caps(d / "caps.db"),
+            "kill9_ep": hardening.kill9_ep(d, 2 if quick else 20),
+            "long_ep_session": hardening.long_ep_session(d / "long.db", 500 if quick else 10_000),
+            "damaged_databases": hardening.damaged_databases(d),
+            "numeric_fuzz": hardening.numeric_fuzz_live(d / "numeric.db"),
+        }
     result.rows = [
         {"part": "fuzz", **fz},
         {"part": "properties", **props},
         {"part": "overload", **over},
         {"part": "kill9", **kills},
+        *({"part": name, **value} for name, value in hard.items()),
     ]
     result.summary = {
         "fuzz_cases": fz["cases"],
@@ -212,5 +225,28 @@ def run(quick: bool = False) -> BenchResult:
         "kill9_runs": kills["runs"],
         "kill9_lost_observations": kills["lost"],
         "kill9_invalid_plans": kills["invalid_plans"],
+        "fuzz_slowest_response_s": fz["slowest_response_s"],
+        "chunked_4x_status": hard["chunked_body"]["status"],
+        "chunked_4x_peak_rss_rise_bytes": hard["chunked_body"]["peak_rss_rise_bytes"],
+        "chunked_4x_rss_bound_bytes": hard["chunked_body"]["bound_bytes"],
+        "health_under_load_p99_s": hard["health_under_load"]["health_p99_s"],
+        "health_under_load_max_s": hard["health_under_load"]["health_max_s"],
+        "disconnect_slot_freed_max_s": hard["disconnect"]["max_s"],
+        "deadline_0_5s_max_answer_s": hard["deadlines_at_caps"]["max_wall_s"],
+        "deadline_0_5s_5xx": hard["deadlines_at_caps"]["server_errors"],
+        "kill9_ep_runs": hard["kill9_ep"]["runs"],
+        "kill9_ep_lost_batches": hard["kill9_ep"]["lost"],
+        "long_ep_batches": hard["long_ep_session"]["batches"],
+        "long_ep_window_bytes_on_disk": hard["long_ep_session"]["window_bytes_on_disk"],
+        "long_ep_window_bound_bytes": hard["long_ep_session"]["window_bound_bytes"],
+        "long_ep_rss_growth_after_1000_bytes": hard["long_ep_session"][
+            "rss_growth_after_1000_bytes"
+        ],
+        "long_ep_db_growth_after_1000_bytes": hard["long_ep_session"]["db_growth_after_1000_bytes"],
+        "damaged_db_outcomes": {
+            r["damage"]: r["outcome"] for r in hard["damaged_databases"]["rows"]
+        },
+        "numeric_fuzz_cases": hard["numeric_fuzz"]["cases"],
+        "numeric_fuzz_failures": hard["numeric_fuzz"]["failures"],
     }
     return result

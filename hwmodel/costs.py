@@ -20,14 +20,28 @@ from collections.abc import Sequence
 from hwmodel.plan import ComputeTask, Task, TransferTask, WeightSlice
 from hwmodel.spec import Device, Hardware, Link, ModelSpec
 
+MAX_TASK_CYCLES = 2**44  # one task; 2**18 tasks of it still sum below 2**62
+
+
+class CycleOverflowError(ValueError):
+    """A task's modelled duration is not a finite cycle count below ``MAX_TASK_CYCLES``: the
+    hardware figures (bandwidths, rates, clock) and the work are too far apart."""
+
 
 def to_cycles(seconds: float, clock_hz: float) -> int:
     """Seconds -> whole cycles, rounding up (a task never takes less than its model says).
 
     The product is rounded to 1e-6 cycle first so that float noise (3.0000000000004) does not
-    add a cycle.
+    add a cycle. Checked: a product that is not finite or exceeds ``MAX_TASK_CYCLES`` raises
+    ``CycleOverflowError``.
     """
-    return math.ceil(round(seconds * clock_hz, 6))
+    cycles = seconds * clock_hz
+    if not 0 <= cycles <= MAX_TASK_CYCLES:  # NaN and inf fail here too
+        raise CycleOverflowError(
+            f"a task of {seconds:.3g} s at {clock_hz:.3g} Hz is {cycles:.3g} cycles, outside "
+            f"[0, 2**44]: check the hardware's bandwidths, rates and clock_hz"
+        )
+    return math.ceil(round(cycles, 6))
 
 
 def expert_flops(model: ModelSpec, num_tokens: int, ffn_width: int) -> float:

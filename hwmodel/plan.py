@@ -20,7 +20,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from hwmodel.spec import Frozen
+from hwmodel.spec import MAX_COUNT, Frozen
+
+MAX_INDEX = 2**20  # layers, experts, FFN columns, micro-batches
+MAX_START_CYCLE = 2**50  # a pinned start; task durations stay below costs.MAX_TASK_CYCLES
 
 ComputeOp = Literal["expert", "shared_expert", "attention", "reduce"]
 TransferPayload = Literal["activations", "partial_sums", "weights"]
@@ -35,11 +38,18 @@ class WeightSlice(Frozen):
     None the full width: a compact way to say "this memory holds slice k of every expert".
     """
 
-    layer: int | None = Field(default=None, ge=0, description="MoE layer, or null for all.")
-    expert: int | None = Field(default=None, ge=0, description="Logical expert, or null for all.")
-    ffn_start: int = Field(default=0, ge=0, description="First FFN column of the slice.")
+    layer: int | None = Field(
+        default=None, ge=0, le=MAX_INDEX, description="MoE layer, or null for all."
+    )
+    expert: int | None = Field(
+        default=None, ge=0, le=MAX_INDEX, description="Logical expert, or null for all."
+    )
+    ffn_start: int = Field(default=0, ge=0, le=MAX_INDEX, description="First FFN column.")
     ffn_end: int | None = Field(
-        default=None, gt=0, description="One past the last FFN column, or null for full width."
+        default=None,
+        gt=0,
+        le=MAX_INDEX,
+        description="One past the last FFN column, or null for full width.",
     )
 
     @model_validator(mode="after")
@@ -67,9 +77,12 @@ class TaskBase(Frozen):
     start_cycle: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_START_CYCLE,
         description="Pinned start (a solver's timetable); the executor checks it is feasible.",
     )
-    micro_batch: int = Field(default=0, ge=0, description="Micro-batch this task belongs to.")
+    micro_batch: int = Field(
+        default=0, ge=0, le=MAX_INDEX, description="Micro-batch this task belongs to."
+    )
 
 
 class ComputeTask(TaskBase):
@@ -78,31 +91,38 @@ class ComputeTask(TaskBase):
     kind: Literal["compute"] = "compute"
     device_id: str = Field(description="Device that runs the task.")
     op: ComputeOp = Field(description="expert, shared_expert, attention or reduce.")
-    layer: int = Field(ge=0, description="MoE layer index.")
-    num_tokens: int = Field(ge=0, description="Tokens (rows) processed.")
-    expert: int | None = Field(default=None, ge=0, description="Logical expert (op expert).")
+    layer: int = Field(ge=0, le=MAX_INDEX, description="MoE layer index.")
+    num_tokens: int = Field(ge=0, le=MAX_COUNT, description="Tokens (rows) processed.")
+    expert: int | None = Field(
+        default=None, ge=0, le=MAX_INDEX, description="Logical expert (op expert)."
+    )
     ffn_start: int = Field(
         default=0,
         ge=0,
+        le=MAX_INDEX,
         description="First FFN column (op expert; op shared_expert: of the shared experts' "
         "concatenated width).",
     )
     ffn_end: int | None = Field(
-        default=None, gt=0, description="One past the last FFN column; null: full width."
+        default=None,
+        gt=0,
+        le=MAX_INDEX,
+        description="One past the last FFN column; null: full width.",
     )
     num_partials: int = Field(
-        default=1, ge=1, description="Partial sums added per token (op reduce)."
+        default=1, ge=1, le=MAX_INDEX, description="Partial sums added per token (op reduce)."
     )
     num_sequences: int = Field(
         default=1,
         ge=1,
+        le=MAX_COUNT,
         description=(
             "Sequences the attention task serves (op attention): 1 is a prefill chunk of "
             "num_tokens new tokens over one KV cache; num_tokens sequences is a decode "
             "micro-batch, one new token per sequence, each reading its own KV cache."
         ),
     )
-    group_rows: tuple[int, ...] = Field(
+    group_rows: tuple[Annotated[int, Field(ge=0, le=MAX_COUNT)], ...] = Field(
         default=(),
         description=(
             "Grouped GEMM (op expert): rows of each of the consecutive experts expert, "
@@ -134,8 +154,10 @@ class TransferTask(TaskBase):
     src_device_id: str = Field(description="Sending device.")
     dst_device_id: str = Field(description="Receiving device (weights land in its memory).")
     payload: TransferPayload = Field(description="activations, partial_sums or weights.")
-    layer: int = Field(ge=0, description="MoE layer the bytes belong to.")
-    num_tokens: int = Field(default=0, ge=0, description="Rows moved (activations/partial_sums).")
+    layer: int = Field(ge=0, le=MAX_INDEX, description="MoE layer the bytes belong to.")
+    num_tokens: int = Field(
+        default=0, ge=0, le=MAX_COUNT, description="Rows moved (activations/partial_sums)."
+    )
     weights: WeightSlice | None = Field(default=None, description="What is moved (weights).")
     purpose: TransferPurpose = Field(
         default="data",
@@ -143,7 +165,8 @@ class TransferTask(TaskBase):
     )
     element_bytes: float | None = Field(
         default=None,
-        gt=0,
+        ge=0.0625,
+        le=16,
         description=(
             "Bytes per moved element of activation rows (FP8 dispatch with per-128 scales: "
             "1 + 4/128); null: the model's bytes_per_activation."

@@ -20,6 +20,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Ranges of the physical figures, documented and checked once when a request is parsed. They
+# are wide (a bandwidth of 1 B/s and an exaflop device are both accepted) but keep every
+# duration the cost model computes finite and every cycle count inside 64-bit integers.
+MIN_RATE = 1.0  # B/s or FLOP/s
+MAX_BANDWIDTH_BYTES_PER_S = 1e18  # tests model "free" memory with 1e18
+MAX_FLOPS_PER_S = 1e21
+MAX_BYTES = 2**60  # memory capacities
+MAX_FIXED_COST_S = 1.0  # launch, latency, tile overhead per task
+MIN_EFFICIENCY = 1e-3
+MIN_CLOCK_HZ, MAX_CLOCK_HZ = 1e3, 1e12
+MAX_COUNT = 2**40  # tokens, counts, parameters
+
 DeviceKind = Literal["gpu", "ndp", "cpu"]
 AttentionKind = Literal["mha", "gqa", "mla"]
 
@@ -36,22 +48,33 @@ class Device(Frozen):
     id: str = Field(min_length=1, max_length=64, description="Unique device id, e.g. 'gpu0'.")
     kind: DeviceKind = Field(description="gpu, ndp (near-data-processing unit) or cpu.")
     memory_id: str = Field(description="Id of the memory this device reads weights from.")
-    peak_flops_per_s: float = Field(gt=0, description="Dense peak at the weight precision.")
+    peak_flops_per_s: float = Field(
+        ge=MIN_RATE, le=MAX_FLOPS_PER_S, description="Dense peak at the weight precision."
+    )
     mem_bandwidth_bytes_per_s: float = Field(
-        gt=0, description="Bandwidth from the device to its own memory."
+        ge=MIN_RATE,
+        le=MAX_BANDWIDTH_BYTES_PER_S,
+        description="Bandwidth from the device to its own memory.",
     )
     compute_efficiency: float = Field(
-        default=0.8, gt=0, le=1, description="Achievable fraction of peak_flops_per_s."
+        default=0.8, ge=MIN_EFFICIENCY, le=1, description="Achievable fraction of peak_flops_per_s."
     )
     memory_efficiency: float = Field(
-        default=0.85, gt=0, le=1, description="Achievable fraction of mem_bandwidth_bytes_per_s."
+        default=0.85,
+        ge=MIN_EFFICIENCY,
+        le=1,
+        description="Achievable fraction of mem_bandwidth_bytes_per_s.",
     )
     launch_s: float = Field(
-        default=5e-6, ge=0, description="Fixed cost per compute task (kernel launch, command)."
+        default=5e-6,
+        ge=0,
+        le=MAX_FIXED_COST_S,
+        description="Fixed cost per compute task (kernel launch, command).",
     )
     sram_bytes: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_BYTES,
         description=(
             "On-unit SRAM for the NDP tile pipeline. When set, weights stream through it in "
             "double-buffered tiles of sram_bytes/2; when null the roofline model is used."
@@ -60,6 +83,7 @@ class Device(Frozen):
     tile_overhead_s: float = Field(
         default=0.0,
         ge=0,
+        le=MAX_FIXED_COST_S,
         description="Fixed cost of issuing one weight tile (NDP only; row activation, command).",
     )
     source: str = Field(default="", description="Where the figures come from.")
@@ -69,7 +93,9 @@ class Memory(Frozen):
     """A memory that can hold expert weights."""
 
     id: str = Field(min_length=1, max_length=64, description="Unique memory id.")
-    capacity_bytes: int = Field(gt=0, description="Bytes available for expert weights.")
+    capacity_bytes: int = Field(
+        gt=0, le=MAX_BYTES, description="Bytes available for expert weights."
+    )
     source: str = Field(default="", description="Where the figure comes from.")
 
 
@@ -79,8 +105,14 @@ class Link(Frozen):
     id: str = Field(min_length=1, max_length=64, description="Unique link id.")
     src_device_ids: tuple[str, ...] = Field(min_length=1, description="Devices that can send.")
     dst_device_ids: tuple[str, ...] = Field(min_length=1, description="Devices that can receive.")
-    bandwidth_bytes_per_s: float = Field(gt=0, description="Bandwidth of one lane, one direction.")
-    latency_s: float = Field(default=0.0, ge=0, description="Fixed cost per transfer.")
+    bandwidth_bytes_per_s: float = Field(
+        ge=MIN_RATE,
+        le=MAX_BANDWIDTH_BYTES_PER_S,
+        description="Bandwidth of one lane, one direction.",
+    )
+    latency_s: float = Field(
+        default=0.0, ge=0, le=MAX_FIXED_COST_S, description="Fixed cost per transfer."
+    )
     num_lanes: int = Field(
         default=1, ge=1, le=64, description="Transfers served at once; later ones queue."
     )
@@ -93,7 +125,10 @@ class Hardware(Frozen):
     name: str = Field(min_length=1, max_length=128, description="Name of the setting.")
     description: str = Field(default="", description="What this setting is.")
     clock_hz: float = Field(
-        default=1e9, gt=0, description="Reference clock of the executor (1e9: 1 cycle = 1 ns)."
+        default=1e9,
+        ge=MIN_CLOCK_HZ,
+        le=MAX_CLOCK_HZ,
+        description="Reference clock of the executor (1e9: 1 cycle = 1 ns).",
     )
     devices: tuple[Device, ...] = Field(min_length=1, description="Compute devices.")
     memories: tuple[Memory, ...] = Field(min_length=1, description="Weight memories.")
@@ -168,13 +203,19 @@ class AttentionSpec(Frozen):
     """Attention shape, for the attention-cost term of the DEP pipeline."""
 
     kind: AttentionKind = Field(description="mha, gqa or mla.")
-    num_heads: int = Field(gt=0, description="Query heads.")
-    num_kv_heads: int = Field(gt=0, description="Key/value heads (mla: 1, the latent).")
-    head_dim: int = Field(gt=0, description="Per-head dimension of q/k (mla: nope + rope).")
-    kv_cache_bytes_per_token_per_layer: int = Field(
-        gt=0, description="KV-cache bytes one token adds per layer at the cache dtype."
+    num_heads: int = Field(gt=0, le=4096, description="Query heads.")
+    num_kv_heads: int = Field(gt=0, le=4096, description="Key/value heads (mla: 1, the latent).")
+    head_dim: int = Field(
+        gt=0, le=65536, description="Per-head dimension of q/k (mla: nope + rope)."
     )
-    params_per_layer: int = Field(gt=0, description="Attention weights per layer (parameters).")
+    kv_cache_bytes_per_token_per_layer: int = Field(
+        gt=0,
+        le=MAX_COUNT,
+        description="KV-cache bytes one token adds per layer at the cache dtype.",
+    )
+    params_per_layer: int = Field(
+        gt=0, le=MAX_COUNT, description="Attention weights per layer (parameters)."
+    )
 
 
 class ModelSpec(Frozen):
@@ -184,18 +225,25 @@ class ModelSpec(Frozen):
     hidden_size: int = Field(gt=0, le=65536, description="Model width H.")
     expert_ffn_size: int = Field(gt=0, le=262144, description="Routed expert's FFN width I.")
     num_routed_experts: int = Field(gt=0, le=4096, description="Routed experts per MoE layer.")
-    top_k: int = Field(gt=0, description="Routed experts per token.")
+    top_k: int = Field(gt=0, le=4096, description="Routed experts per token.")
     num_moe_layers: int = Field(gt=0, le=1024, description="Layers with routed experts.")
-    num_shared_experts: int = Field(default=0, ge=0, description="Shared experts per MoE layer.")
+    num_shared_experts: int = Field(
+        default=0, ge=0, le=256, description="Shared experts per MoE layer."
+    )
     shared_expert_ffn_size: int = Field(
-        default=0, ge=0, description="FFN width of one shared expert (0 when none)."
+        default=0, ge=0, le=262144, description="FFN width of one shared expert (0 when none)."
     )
     gated: bool = Field(
         default=True, description="True: 3 matrices (gate, up, down, SwiGLU); False: 2 (up, down)."
     )
-    bytes_per_weight: float = Field(default=2.0, gt=0, description="Expert weight bytes (bf16: 2).")
+    bytes_per_weight: float = Field(
+        default=2.0, ge=0.0625, le=16, description="Expert weight bytes (bf16: 2)."
+    )
     bytes_per_activation: float = Field(
-        default=2.0, gt=0, description="Bytes of one activation element moved between devices."
+        default=2.0,
+        ge=0.0625,
+        le=16,
+        description="Bytes of one activation element moved between devices.",
     )
     attention: AttentionSpec | None = Field(default=None, description="Attention shape.")
     source: str = Field(default="", description="Where the figures come from.")

@@ -13,13 +13,12 @@ Glossary:
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from hwmodel.spec import Frozen, ModelSpec
+from hwmodel.spec import MAX_COUNT, Frozen, ModelSpec
 
 
 class Workload(Frozen):
@@ -122,8 +121,8 @@ class Workload(Frozen):
 def _check_matrix(name: str, mat: tuple[tuple[float, ...], ...], rows: int, cols: int) -> None:
     if len(mat) != rows or any(len(r) != cols for r in mat):
         raise ValueError(f"{name}: expected shape [{rows}, {cols}]")
-    if any(v < 0 or math.isnan(v) for r in mat for v in r):
-        raise ValueError(f"{name}: values must be >= 0")
+    if any(not 0 <= v <= MAX_COUNT for r in mat for v in r):  # NaN fails too
+        raise ValueError(f"{name}: values must lie in [0, 2**40]")
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -451,11 +452,23 @@ def serve(
     """Start the HTTP service (Swagger UI at /docs)."""
     import uvicorn
 
+    from service.http_protocol import DeadlineH11Protocol
     from service.main import create_app
     from service.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
+    bind = settings.model_copy(update={"host": host or settings.host})
+    for warning in bind.warnings():
+        print(f"WARNING: {warning}", file=sys.stderr)
+    uvicorn.run(
+        create_app(bind),
+        host=bind.host,
+        port=port or settings.port,
+        http=DeadlineH11Protocol,
+        timeout_keep_alive=int(max(1, settings.keep_alive_s)),
+        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+        limit_concurrency=settings.max_connections,
+    )
 
 
 if __name__ == "__main__":

@@ -1,38 +1,50 @@
-"""Request dependencies: settings and the API-key check."""
+"""Request dependencies: settings, admission and the API-key check."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader
 
+from service.admission import Admission
 from service.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def admission(request: Request) -> Admission:
+    """The app's admission (slots and worker processes)."""
+    got: Admission = request.app.state.admission
+    return got
+
+
+AdmissionDep = Annotated[Admission, Depends(admission)]
+
+
+API_KEY = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="API key, when the server requires one."
+)
+
+
+def key_matches(expected: str | None, given: str | bytes | None) -> bool:
+    """True when the server has no key, or ``given`` equals it (constant-time compare)."""
+    if expected is None:
+        return True
+    if given is None:
+        return False
+    given_bytes = given.encode() if isinstance(given, str) else given
+    return secrets.compare_digest(given_bytes, expected.encode())
+
+
 def require_api_key(
-    settings: SettingsDep,
-    x_api_key: Annotated[
-        str | None, Header(description="API key, when the server requires one.")
-    ] = None,
+    settings: SettingsDep, x_api_key: Annotated[str | None, Depends(API_KEY)] = None
 ) -> None:
-    """Refuse with 401 when the server has an API key and the request lacks it or differs."""
-    if settings.api_key is not None and x_api_key != settings.api_key:
+    """Refuse with 401 when the server has an API key and the request lacks it or differs.
+
+    The ``Guard`` middleware checks the same before any body is read; this dependency
+    documents the key in the OpenAPI schema and guards an app mounted without the middleware.
+    """
+    if not key_matches(settings.api_key, x_api_key):
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
-
-
-def solve_slot(request: Request) -> Iterator[None]:
-    """Hold one of the server's solve slots for the request; none free: 503 with Retry-After."""
-    slots = request.app.state.solve_slots
-    if not slots.acquire(blocking=False):
-        raise HTTPException(
-            status_code=503,
-            detail="all solve slots are busy; retry shortly",
-            headers={"Retry-After": "1"},
-        )
-    try:
-        yield
-    finally:
-        slots.release()

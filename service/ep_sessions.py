@@ -6,9 +6,10 @@ balancedness joins the window's running record. When the window's mean falls bel
 ``rebalance_below``, one background re-placement fits a placement per layer to the window
 (``place_for_batches``), and adopts it only when its routed balancedness over the window beats
 the current one by ``min_gain`` plus ``move_cost`` per replica it moves; the swap is atomic
-(the placement and its version change together). The placement is persisted on every swap,
-the window every ``PERSIST_EVERY`` batches (it is large; losing a few recent batches only
-delays a re-placement).
+(the placement and its version change together). The placement is persisted on every swap;
+every batch is appended to the store before it is acknowledged (the store keeps only the
+window), so an acknowledged batch survives a killed server. The window is bounded by batches
+and by bytes (``Settings.ep_window_max_batches``, ``Settings.ep_window_max_bytes``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,26 @@ import numpy as np
 
 from service.errors import DomainError
 from service.schemas import EpBatch, EpRouting, EpSessionCreate, EpSessionInfo
+from service.sessions import SessionManager, make_room
 from service.settings import Settings
-from service.store import SQLiteStore
+from service.store import SessionStore
 from solvers.eplb.batch_placement import place_for_batches, routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
 
+
+def route_layers(
+    placement: np.ndarray, num_gpus: int, hist: np.ndarray
+) -> tuple[list[list[int]], list[float]]:
+    """Route one batch ``hist [L, E]`` over ``placement [L, R]``: tokens per slot per layer
+    and each layer's balancedness (mean / max GPU load)."""
+    routes = [route_batch(placement[layer], num_gpus, hist[layer]) for layer in range(len(hist))]
+    per_layer = [float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0 for r in routes]
+    return [r.tokens_per_slot.tolist() for r in routes], per_layer
+
+
 log = logging.getLogger("moesched.ep_sessions")
-PERSIST_EVERY = 16
+BATCH_BYTES_PER_COUNT = 4  # the window's histograms are int32 (a count is at most 2**24)
 
 
 @dataclass
@@ -49,33 +62,69 @@ class _Ep:
 class EpSessions:
     """EP sessions over the SQLite store, one background worker for re-placements."""
 
-    def __init__(self, store: SQLiteStore, settings: Settings) -> None:
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replace")
         self._live: dict[str, _Ep] = {}
         self._replacing: set[str] = set()
         self._lock = threading.Lock()
+        self.sessions: SessionManager | None = None  # sharing the store (for expiry)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def window_of(self, spec: EpSessionCreate) -> int:
+        """Batches the window keeps: the spec's, within the settings' batch and byte bounds."""
+        batch_bytes = BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
+        return min(
+            spec.window,
+            self.settings.ep_window_max_batches,
+            self.settings.ep_window_max_bytes // batch_bytes,
+        )
+
+    def check(self, spec: EpSessionCreate) -> None:
+        """Refuse (413) a session whose smallest window (4 batches) exceeds the byte bound."""
+        if self.window_of(spec) < 4:
+            raise DomainError(
+                413, "too_large", "body.num_experts",
+                f"4 batches of {spec.num_layers} x {spec.num_experts} counts exceed the window "
+                f"bound of {self.settings.ep_window_max_bytes} bytes",
+            )  # fmt: skip
+
     def create(self, spec: EpSessionCreate) -> EpSessionInfo:
+        """Check, place here and store (the HTTP route places in a worker)."""
+        self.prepare(spec)
         uniform = np.ones((spec.num_layers, spec.num_experts))
         placement, _, _ = rebalance_experts(uniform, spec.num_replicas, 1, 1, spec.num_gpus)
+        return self.adopt(spec, placement)
+
+    def prepare(self, spec: EpSessionCreate) -> None:
+        """Check a new session's window bound and make room for it (429 when full)."""
+        self.check(spec)
+        make_room(self.store, self.settings, self.sessions, self)
+
+    def adopt(self, spec: EpSessionCreate, placement: np.ndarray) -> EpSessionInfo:
+        """Store a new session with its first placement ``[L, R]``."""
         sid = uuid.uuid4().hex
-        ep = _Ep(spec, placement, deque(maxlen=spec.window), deque(maxlen=spec.window), 1, 0)
-        self._save(sid, ep)
+        keep = self.window_of(spec)
+        ep = _Ep(spec, placement, deque(maxlen=keep), deque(maxlen=keep), 1, 0)
+        self.store.ep_create(sid, spec.model_dump_json(), placement)
         with self._lock:
             self._live[sid] = ep
         return self._info(sid, ep)
 
-    def _save(self, sid: str, ep: _Ep) -> None:
-        shape = (0, ep.spec.num_layers, ep.spec.num_experts)
-        window = np.stack(list(ep.window)) if ep.window else np.zeros(shape, dtype=np.int64)
-        self.store.ep_put(
-            sid, ep.spec.model_dump_json(), ep.placement, window, ep.version, ep.num_batches
-        )
+    def forget(self, session_ids: list[str]) -> None:
+        """Drop the in-memory view of EP sessions the store no longer has."""
+        with self._lock:
+            for sid in session_ids:
+                self._live.pop(sid, None)
+
+    def delete(self, sid: str) -> None:
+        """Forget an EP session and its window (404 when unknown)."""
+        self.forget([sid])
+        if not self.store.ep_delete(sid):
+            raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
 
     def _get(self, sid: str) -> _Ep:
         ep = self._live.get(sid)
@@ -86,15 +135,17 @@ class EpSessions:
             raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
         spec = EpSessionCreate.model_validate_json(spec_json)
         got = self.store.ep_get(sid, (spec.num_layers, spec.num_experts))
-        assert got is not None
-        _, placement, window, version, nbatches = got
+        if got is None:
+            raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
+        placement, keep = got.placement, self.window_of(spec)
         ep = _Ep(
             spec,
             placement,
-            deque(window, maxlen=spec.window),
-            deque(maxlen=spec.window),
-            version,
-            nbatches,
+            deque(got.window, maxlen=keep),
+            deque(maxlen=keep),
+            got.version,
+            got.num_batches,
+            got.moved_last,
         )
         for batch in ep.window:
             ep.balance.append(self._balance(placement, spec.num_gpus, batch))
@@ -127,35 +178,51 @@ class EpSessions:
             return self._info(sid, ep)
 
     def batch(self, sid: str, batch: EpBatch) -> EpRouting:
+        """Route one batch here and record it (the HTTP route routes in a worker)."""
+        hist, placement, version, num_gpus = self.prepare_batch(sid, batch)
+        tokens, per_layer = route_layers(placement, num_gpus, hist)
+        return self.record_batch(sid, hist, version, tokens, per_layer)
+
+    def prepare_batch(self, sid: str, batch: EpBatch) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """The batch as ``hist [L, E]`` (422 on a wrong shape), and the placement ``[L, R]``,
+        its version and the GPU count to route it with."""
         ep = self._get(sid)
-        hist = (
-            np.asarray(batch.histogram, dtype=np.int64)
-            if batch.histogram
-            else np.zeros((0, 0), dtype=np.int64)
-        )
+        try:
+            hist = np.asarray(batch.histogram, dtype=np.int64).reshape(len(batch.histogram), -1)
+        except ValueError:
+            hist = np.zeros((0, 0), dtype=np.int64)  # ragged: refused below by its shape
         want = (ep.spec.num_layers, ep.spec.num_experts)
         if hist.shape != want:
             raise DomainError(
                 422, "validation", "body.histogram", f"shape {list(hist.shape)}, want {list(want)}"
             )
         with ep.lock:
-            routes = [
-                route_batch(ep.placement[layer], ep.spec.num_gpus, hist[layer])
-                for layer in range(want[0])
-            ]
-            per_layer = [
-                float(r.gpu_loads.mean() / r.max_load) if r.max_load else 1.0 for r in routes
-            ]
+            return hist, ep.placement, ep.version, ep.spec.num_gpus
+
+    def record_batch(
+        self,
+        sid: str,
+        hist: np.ndarray,
+        version: int,
+        tokens_per_slot: list[list[int]],
+        per_layer: list[float],
+    ) -> EpRouting:
+        """Store a routed batch (before it is acknowledged), add it to the window, and start a
+        re-placement when the window's balance dropped."""
+        ep = self._get(sid)
+        with ep.lock:
+            # Stored before it is acknowledged (and before memory changes: a refused write
+            # leaves the session as it was).
+            if not self.store.ep_append(sid, ep.num_batches + 1, hist, ep.window.maxlen or 1):
+                self.forget([sid])
+                raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
             ep.window.append(hist)
             ep.balance.append(float(np.mean(per_layer)))
             ep.num_batches += 1
-            version = ep.version
             window_balance = float(np.mean(ep.balance))
-            if ep.num_batches % PERSIST_EVERY == 0:
-                self._save(sid, ep)
         started = False
         if window_balance < ep.spec.rebalance_below and len(ep.window) >= max(
-            4, ep.spec.window // 2
+            4, (ep.window.maxlen or 4) // 2
         ):
             with self._lock:
                 if sid not in self._replacing:
@@ -164,7 +231,7 @@ class EpSessions:
             if started:
                 self.pool.submit(self._replace, sid, ep)
         return EpRouting(
-            tokens_per_slot=[r.tokens_per_slot.tolist() for r in routes],
+            tokens_per_slot=tokens_per_slot,
             balancedness=per_layer,
             version=version,
             window_balancedness=window_balance,
@@ -201,9 +268,9 @@ class EpSessions:
                 balance = [self._balance(new, spec.num_gpus, b) for b in window]
                 # Publish and persist together: a reader never sees a placement not yet stored.
                 with ep.lock:
-                    ep.placement, ep.version, ep.moved_last = new, ep.version + 1, moved
-                    ep.balance = deque(balance, maxlen=spec.window)
-                    self._save(sid, ep)
+                    if self.store.ep_swap(sid, new, ep.version + 1, moved):
+                        ep.placement, ep.version, ep.moved_last = new, ep.version + 1, moved
+                        ep.balance = deque(balance, maxlen=ep.window.maxlen)
         except Exception:  # the old placement stays; the next drop tries again
             log.exception("re-placement of EP session %s failed", sid)
         finally:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hwmodel.costs import CycleOverflowError
+from service.store import StoreBusy, StoreError
 
 
 class FieldError(BaseModel):
@@ -33,6 +36,13 @@ class DomainError(Exception):
         self.error_type = error_type
         self.field = field
         self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses process pools
+        return (type(self), (self.status_code, self.error_type, self.field, self.message))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready (its work was stopped)."""
 
 
 def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -63,6 +73,25 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _json(exc.status_code, body)
 
+    @app.exception_handler(CycleOverflowError)
+    async def _cycles(_: Request, exc: CycleOverflowError) -> JSONResponse:
+        body = ErrorResponse(
+            error=f"body.hardware: {exc}",
+            error_type="validation",
+            detail=[FieldError(field="body.hardware", message=str(exc))],
+        )
+        return _json(422, body)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+        body = ErrorResponse(error=str(exc), error_type=kind)
+        return _json(503, body, {"Retry-After": "2"})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {
@@ -70,6 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
             404: "not_found",
             405: "method_not_allowed",
             413: "too_large",
+            429: "too_many_sessions",
             503: "overloaded",
         }
         body = ErrorResponse(error=str(exc.detail), error_type=kind.get(exc.status_code, "http"))

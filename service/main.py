@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -9,17 +11,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.deps import require_api_key, solve_slot
+from service.admission import Admission
+from service.deps import key_matches, require_api_key
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
 from service.routes import health, presets, sessions, simulate, solve, sweeps
-from service.sessions import SessionManager
+from service.sessions import SessionManager, expire
 from service.settings import Settings, get_settings
-from service.store import SQLiteStore
+from service.store import SQLiteStore, StoreError
 from service.sweep_jobs import SweepJobs
+
+log = logging.getLogger("moesched")
 
 DESCRIPTION = """
 Scheduling service for Mixture-of-Experts inference on heterogeneous hardware: a GPU with
@@ -32,8 +38,22 @@ example built from presets ("Try it out").
 """
 
 
-class LimitAndMeasure:
-    """Pure ASGI middleware: refuse bodies over the limit (413), count and time requests.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Pure ASGI middleware, the first thing every request meets (no body read yet):
+
+    1. an API key (when the server has one) for every ``/v1`` path, compared in constant time;
+    2. the body read here, every streamed byte counted (chunked bodies too): 413 at the limit,
+       408 when headers-to-last-byte takes longer than ``read_timeout_s``; the app then gets
+       the buffered body, never more than the limit;
+    3. a count and a latency per (route template, method, status), labels from a fixed set:
+       unknown methods and unmatched paths are folded into ``other``.
 
     (Starlette's BaseHTTPMiddleware costs about a millisecond a request; this does not.)
     """
@@ -46,12 +66,6 @@ class LimitAndMeasure:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = _max_body_bytes(scope)
-        length = dict(scope.get("headers", ())).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            body = ErrorResponse(error=f"body: larger than {limit} bytes", error_type="too_large")
-            await JSONResponse(body.model_dump(), status_code=413)(scope, receive, send)
-            return
         started = time.perf_counter()
         status = 500
 
@@ -62,23 +76,99 @@ class LimitAndMeasure:
             await send(message)
 
         try:
-            await self.app(scope, receive, record)
+            await self._guarded(scope, receive, record)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = getattr(route, "path", None) or "other"
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path, method).observe(time.perf_counter() - started)
 
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = _settings(scope)
+        headers = dict(scope.get("headers", ()))
+        if scope["path"].startswith("/v1") and not key_matches(
+            settings.api_key, headers.get(b"x-api-key")
+        ):
+            await _error(401, "x-api-key: missing or wrong X-API-Key header", "unauthorized")(
+                scope, receive, send
+            )
+            return
+        limit = settings.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _error(413, f"body: larger than {limit} bytes", "too_large")(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(settings.read_timeout_s):
+                body, more = await _read_body(receive, limit)
+        except _TooLarge:
+            await _error(413, f"body: larger than {limit} bytes", "too_large")(scope, receive, send)
+            return
+        except TimeoutError:
+            msg = f"body: not received within {settings.read_timeout_s} s"
+            await _error(408, msg, "timeout")(scope, receive, send)
+            return
+        if not more:  # the client left while sending
+            return
+        replayed = False
 
-def _max_body_bytes(scope: Scope) -> int:
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The whole body, refusing (``_TooLarge``) at ``limit`` bytes; (body, False) when the
+    client disconnected first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    body = ErrorResponse(error=message, error_type=kind)
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _settings(scope: Scope) -> Settings:
     app = scope.get("app")
     getter = (
         app.dependency_overrides.get(get_settings, get_settings)
         if app is not None
         else get_settings
     )
-    return int(getter().max_body_bytes)
+    settings: Settings = getter()
+    return settings
+
+
+async def _sweep(app: FastAPI, settings: Settings) -> None:
+    """Expire idle sessions of both kinds every so often, off the event loop."""
+    period_s = min(60.0, max(0.5, settings.session_ttl_s / 4))
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await run_in_threadpool(
+                expire, app.state.store, settings, app.state.sessions, app.state.ep_sessions
+            )
+        except StoreError:
+            log.exception("session expiry failed (will retry)")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,16 +178,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(boot.db_path)
+        store = SQLiteStore(boot.db_path, boot.db_busy_timeout_s)
+        app.state.store = store
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)
+        app.state.sessions.ep, app.state.ep_sessions.sessions = (
+            app.state.ep_sessions,
+            app.state.sessions,
+        )
         app.state.sweeps = SweepJobs(boot)
+        app.openapi()  # built once now, not on the event loop of the first /openapi.json
+        sweeper = asyncio.create_task(_sweep(app, boot))
+        # Start the worker processes in the background (a daemon thread: a stop never waits
+        # for it); the first request waits for them outside its deadline.
+        threading.Thread(target=app.state.admission.warm, daemon=True).start()
         try:
             yield
         finally:
+            sweeper.cancel()
             app.state.sweeps.close()
+            app.state.admission.close()
             app.state.sessions.close()
             app.state.ep_sessions.close()
+            store.close()
 
     app = FastAPI(
         title="moesched",
@@ -110,17 +213,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             503: {"model": ErrorResponse, "description": "Overloaded: retry after Retry-After."},
         },
     )
+    if settings is not None:  # handlers see the settings the app was built with
+        app.dependency_overrides[get_settings] = lambda: settings
     app.state.metrics = Metrics()
-    app.state.solve_slots = threading.BoundedSemaphore(boot.max_concurrent_solves)
+    app.state.admission = Admission(boot)
     install_error_handlers(app)
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(presets.router, dependencies=v1)
     app.include_router(simulate.router, dependencies=v1)
-    app.include_router(solve.router, dependencies=[*v1, Depends(solve_slot)])
+    app.include_router(solve.router, dependencies=v1)
     app.include_router(sessions.router, dependencies=v1)
     app.include_router(sessions.ep_router, dependencies=v1)
     app.include_router(sweeps.router, dependencies=v1)
 
-    app.add_middleware(LimitAndMeasure, metrics=app.state.metrics)
+    app.add_middleware(Guard, metrics=app.state.metrics)
     return app

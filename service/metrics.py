@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -42,3 +42,20 @@ class Metrics:
             ),
             registry=self.registry,
         )
+        self.sessions = Gauge(
+            "moesched_sessions", "Sessions stored, by kind.", ["kind"], registry=self.registry
+        )
+        self.session_ttl = Gauge(
+            "moesched_session_ttl_seconds",
+            "Sessions unused this long are deleted (MOESCHED_SESSION_TTL_S).",
+            registry=self.registry,
+        )
+        self.max_sessions = Gauge(
+            "moesched_max_sessions",
+            "Sessions of both kinds allowed at once (MOESCHED_MAX_SESSIONS).",
+            registry=self.registry,
+        )
+        self.slots_busy = Gauge(
+            "moesched_slots_busy", "Admission slots in use, by class.", ["cls"],
+            registry=self.registry,
+        )  # fmt: skip

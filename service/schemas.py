@@ -9,9 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hwmodel.plan import Plan, Residency, SolverAccount
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
-from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.spec import MAX_COUNT, Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.errors import DomainError
+
+# A count or load: finite, in [0, 2**40] (sums over 2**16 entries stay exact in float64).
+Count = Annotated[float, Field(ge=0, le=MAX_COUNT, allow_inf_nan=False)]
 
 
 class ProblemRequest(BaseModel):
@@ -112,7 +115,11 @@ class InfoResponse(BaseModel):
 
     version: str = Field(description="moesched version.")
     versions: dict[str, str] = Field(description="Versions of the solver and web libraries.")
-    limits: dict[str, Any] = Field(description="Server-side size limits.")
+    limits: dict[str, Any] = Field(description="Server-side size, time and session limits.")
+    api_key_required: bool = Field(description="Whether /v1 calls need an X-API-Key header.")
+    warnings: list[str] = Field(
+        description="Configuration risks, e.g. a non-loopback bind address without an API key."
+    )
 
 
 class PlacementOptions(BaseModel):
@@ -176,12 +183,16 @@ class EplbRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: list[list[float]] = Field(
-        min_length=1, description="Load per logical expert, [num_layers, num_logical_experts]."
+    weights: list[list[Count]] = Field(
+        min_length=1,
+        description="Load per logical expert, [num_layers, num_logical_experts], each in "
+        "[0, 2**40].",
     )
     num_replicas: int = Field(ge=1, le=65536, description="Physical slots (multiple of num_gpus).")
-    num_groups: int = Field(ge=1, description="Expert groups (divides the logical experts).")
-    num_nodes: int = Field(ge=1, description="Nodes (divides num_gpus).")
+    num_groups: int = Field(
+        ge=1, le=4096, description="Expert groups (divides the logical experts)."
+    )
+    num_nodes: int = Field(ge=1, le=4096, description="Nodes (divides num_gpus).")
     num_gpus: int = Field(ge=1, le=4096, description="GPUs.")
     backend: Literal["greedy", "cpsat", "auto"] = Field(
         default="auto", description="greedy (EPLB's algorithm), cpsat, or auto."
@@ -283,9 +294,10 @@ class SessionCreate(ProblemRequest):
     )
     cached_experts: tuple[int, ...] = Field(default=(), description="Experts the GPU holds whole.")
     policy: SessionPolicy = Field(default_factory=SessionPolicy, description="Re-solve policy.")
-    initial_counts: list[list[float]] | None = Field(
+    initial_counts: list[list[Count]] | None = Field(
         default=None,
-        description="Seed counts [num_moe_layers, num_experts], e.g. from the prompt's prefill.",
+        description="Seed counts [num_moe_layers, num_experts], each in [0, 2**40], e.g. from "
+        "the prompt's prefill.",
     )
 
 
@@ -294,10 +306,10 @@ class Observation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    histogram: list[list[int]] | None = Field(
+    histogram: list[list[Annotated[int, Field(ge=0, le=MAX_COUNT)]]] | None = Field(
         default=None, description="Tokens per expert, [num_moe_layers, num_experts]."
     )
-    expert_ids: list[list[list[int]]] | None = Field(
+    expert_ids: list[list[list[Annotated[int, Field(ge=0, le=65535)]]]] | None = Field(
         default=None, description="Routed experts per token, [num_tokens, num_moe_layers, top_k]."
     )
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,7 +35,11 @@ from service.settings import Settings
 from service.solving import place
 from service.store import SessionRow, SessionStore
 
+if TYPE_CHECKING:
+    from service.ep_sessions import EpSessions
+
 log = logging.getLogger("moesched.sessions")
+COUNT_CAP = float(2**50)  # running counts stop growing here: always finite, drift always defined
 
 
 def _array(value: object, field: str, dtype: type) -> np.ndarray:
@@ -98,6 +104,7 @@ class SessionManager:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self.resolves = 0
+        self.ep: EpSessions | None = None  # the EP sessions sharing the store (for expiry)
 
     def _session(self, session_id: str) -> _Live:
         """The in-memory view of a session, loaded from the store on first use."""
@@ -113,7 +120,8 @@ class SessionManager:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
+    def plan_request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
+        """The placement request a plan for these counts ``[L, E]`` is solved from."""
         model = spec.resolved_model()
         return PlacementRequest(
             hardware=spec.hardware,
@@ -131,6 +139,12 @@ class SessionManager:
         )
 
     def create(self, spec: SessionCreate) -> SessionInfo:
+        """Validate, solve the first plan here, store (the HTTP route solves in a worker)."""
+        counts = self.prepare(spec)
+        return self.finish(spec, counts, place(self.plan_request(spec, counts), self.settings))
+
+    def prepare(self, spec: SessionCreate) -> np.ndarray:
+        """Check a new session and make room for it; its seed counts ``[L, E]``."""
         model = spec.resolved_model()
         spec.resolved_hardware()
         shape = (model.num_moe_layers, model.num_routed_experts)
@@ -149,7 +163,13 @@ class SessionManager:
                 )
         else:
             counts = np.ones(shape)
-        response = place(self._request(spec, counts), self.settings)
+        self.make_room()
+        return counts
+
+    def finish(
+        self, spec: SessionCreate, counts: np.ndarray, response: PlacementResponse
+    ) -> SessionInfo:
+        """Store a new session with its first plan."""
         row = SessionRow(
             uuid.uuid4().hex,
             spec.model_dump_json(),
@@ -161,6 +181,16 @@ class SessionManager:
         )
         self.store.create(row)
         return self._info(row)
+
+    def make_room(self) -> None:
+        """Expire idle sessions; refuse (429) a new one when the store is still full."""
+        make_room(self.store, self.settings, self, self.ep)
+
+    def forget(self, session_ids: list[str]) -> None:
+        """Drop the in-memory view of sessions the store no longer has."""
+        with self._lock:
+            for sid in session_ids:
+                self._live.pop(sid, None)
 
     def _row(self, session_id: str) -> SessionRow:
         row = self.store.get(session_id)
@@ -194,8 +224,9 @@ class SessionManager:
         live = self._session(session_id)
         hist = self._histogram(obs, live.plan_counts.shape, live.top_k)
         with live.lock:  # one writer per session: concurrent observations lose no counts
-            got = self.store.add_counts(session_id, hist, live.spec.policy.decay)
+            got = self.store.add_counts(session_id, hist, live.spec.policy.decay, COUNT_CAP)
             if got is None:
+                self.forget([session_id])
                 raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
             counts, nobs = got
             d = drift(counts, live.plan_counts)
@@ -253,7 +284,7 @@ class SessionManager:
             if row is None:
                 return
             counts = row.counts
-            response = place(self._request(live.spec, counts), self.settings)
+            response = place(self.plan_request(live.spec, counts), self.settings)
             if response.report.valid:
                 with live.lock:
                     version = self.store.swap_plan(session_id, response.model_dump_json(), counts)
@@ -265,3 +296,38 @@ class SessionManager:
         finally:
             with self._lock:
                 self._resolving.discard(session_id)
+
+
+def expire(
+    store: SessionStore,
+    settings: Settings,
+    sessions: SessionManager | None,
+    ep_sessions: EpSessions | None,
+) -> int:
+    """Delete every session of both kinds idle longer than the TTL, from the store and from
+    the managers' memory; returns how many went."""
+    gone, ep_gone = store.expire(time.time() - settings.session_ttl_s)
+    if sessions is not None:
+        sessions.forget(gone)
+    if ep_sessions is not None:
+        ep_sessions.forget(ep_gone)
+    if gone or ep_gone:
+        log.info("expired %d sessions and %d EP sessions", len(gone), len(ep_gone))
+    return len(gone) + len(ep_gone)
+
+
+def make_room(
+    store: SessionStore,
+    settings: Settings,
+    sessions: SessionManager | None,
+    ep_sessions: EpSessions | None,
+) -> None:
+    """Expire idle sessions; refuse (429) a new one when sessions of both kinds still number
+    ``settings.max_sessions``."""
+    expire(store, settings, sessions, ep_sessions)
+    if sum(store.count()) >= settings.max_sessions:
+        raise DomainError(
+            429, "too_many_sessions", "body",
+            f"{settings.max_sessions} sessions exist (MOESCHED_MAX_SESSIONS); delete one or "
+            f"wait for the TTL of {settings.session_ttl_s} s",
+        )  # fmt: skip

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +30,42 @@ class Settings(BaseSettings):
     )
     max_deadline_s: float = Field(default=30.0, gt=0, description="Cap on any solve's deadline.")
     solver_workers: int = Field(default=2, ge=1, le=64, description="CP-SAT search workers.")
+    max_concurrent_routes: int = Field(
+        default=2, ge=1, description="Cheap routing calls (route, EP batches) at once; more: 503."
+    )
+    default_deadline_s: float = Field(
+        default=10.0, gt=0, description="Deadline of routes whose request has none (capped too)."
+    )
+    deadline_grace_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Past its deadline, a request's worker process is stopped after this long.",
+    )
+    session_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="A session unused this long is deleted."
+    )
+    max_sessions: int = Field(
+        default=1024, ge=1, description="Sessions of both kinds at once; more get 429."
+    )
+    ep_window_max_bytes: int = Field(
+        default=32 * 2**20,
+        ge=2**10,
+        description="Largest EP-session window (int32 histograms), in memory and on disk.",
+    )
+    ep_window_max_batches: int = Field(
+        default=1024, ge=4, description="Most batches an EP-session window keeps."
+    )
+    db_busy_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="A locked database is a 503 after this long."
+    )
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers and body must arrive within this."
+    )
+    max_connections: int = Field(
+        default=512, ge=8, description="Open connections at once; more get 503 from uvicorn."
+    )
+    keep_alive_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connection close.")
+
     ray_address: str | None = Field(
         default=None, description="Ray cluster for sweeps (None: a local Ray instance)."
     )
@@ -39,6 +76,32 @@ class Settings(BaseSettings):
         default=20_000, ge=1, description="Prompt + decoded tokens over all points of a sweep."
     )
     max_running_sweeps: int = Field(default=1, ge=1, description="Sweep jobs at once.")
+
+    def warnings(self) -> list[str]:
+        """Risks of this configuration, for the start-up log and ``/info``."""
+        if self.api_key is None and not is_loopback(self.host):
+            return [
+                f"bound to {self.host} (not loopback) without an API key: anyone who can reach "
+                "the port can use every /v1 route; set MOESCHED_API_KEY"
+            ]
+        return []
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: str | None) -> str | None:
+        if key is not None and not key.strip():
+            raise ValueError("MOESCHED_API_KEY is set but empty: unset it or give a real key")
+        return key
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

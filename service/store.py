@@ -1,22 +1,42 @@
-"""Session persistence behind one small interface; SQLite (WAL) by default.
+"""Session persistence behind one small interface (``SessionStore``); SQLite (WAL) by default.
 
 A session row holds its spec (JSON), the running counts and the counts its current plan was
-solved for (float64 blobs ``[num_layers, num_experts]``), the plan (JSON), its version and the
-number of observations. Every observation is committed before it is acknowledged; WAL mode
-keeps a commit durable across a killed process, and a plan swap is one transaction, so a
-reader sees the old plan or the new one, never half of one.
+solved for (float64 blobs ``[num_layers, num_experts]``), the plan (JSON), its version, the
+number of observations and when it was last used (unix seconds, for the TTL). An EP session
+row holds its spec, placement ``[L, R]`` (JSON), version and batch count; each acknowledged
+batch is one appended row of ``ep_batches`` (int32 blob ``[L, E]``), and rows older than the
+session's window are deleted in the same transaction, so the window on disk stays bounded
+and nothing is ever rewritten whole.
+
+Every write is committed before it is acknowledged; WAL mode keeps a commit durable across a
+killed process, and a plan swap is one transaction, so a reader sees the old plan or the new
+one, never half of one.
+
+Damage is looked for at start-up, and reported as ``StoreError`` naming the file:
+``PRAGMA quick_check``; an existing but empty (0-byte) main file; a main file whose last run
+did not stop cleanly while its write-ahead log is gone (committed sessions would be lost);
+rows that do not decode; a write-ahead log whose current frames fail their checksums
+(SQLite would drop them silently). On a clean stop the log is checkpointed into the main file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import struct
 import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger("moesched.store")
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -32,179 +52,538 @@ class SessionRow:
     num_observations: int
 
 
+@dataclass
+class EpRow:
+    """One EP session as stored: placement ``[L, R]`` int64, window ``[W, L, E]`` int64
+    (oldest batch first)."""
+
+    id: str
+    spec_json: str
+    placement: np.ndarray
+    window: np.ndarray
+    version: int
+    num_batches: int
+    moved_last: int
+
+
 class StoreError(Exception):
-    """The store cannot be opened or used (corrupt, locked, not a database)."""
+    """The store cannot be opened or used (corrupt, not a database); names the file."""
 
 
-class SessionStore(Protocol):
-    """What the service needs from a store; a server database can implement it later."""
+class StoreBusy(StoreError):
+    """The database stayed locked longer than the busy timeout (another writer holds it)."""
 
-    def create(self, row: SessionRow) -> None: ...
-    def get(self, session_id: str) -> SessionRow | None: ...
+
+class StoreDamaged(StoreError):
+    """A stored row does not decode (the file was changed under the server)."""
+
+
+class SessionStore(ABC):
+    """What the service needs from a session store. ``SQLiteStore`` implements it; a server
+    database can implement the same methods. Every method may raise ``StoreBusy``."""
+
+    @abstractmethod
+    def create(self, row: SessionRow) -> None:
+        """Insert a new session."""
+
+    @abstractmethod
+    def get(self, session_id: str) -> SessionRow | None:
+        """The session, or None."""
+
+    @abstractmethod
     def add_counts(
-        self, session_id: str, hist: np.ndarray, decay: float
-    ) -> tuple[np.ndarray, int] | None: ...
-    def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None: ...
-    def delete(self, session_id: str) -> bool: ...
-    def count(self) -> int: ...
+        self, session_id: str, hist: np.ndarray, decay: float, cap: float
+    ) -> tuple[np.ndarray, int] | None:
+        """counts = min(decay * counts + hist, cap), committed; (counts, observations) or None."""
+
+    @abstractmethod
+    def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
+        """Install a new plan in one transaction; the new version, or None (no session)."""
+
+    @abstractmethod
+    def delete(self, session_id: str) -> bool:
+        """Forget a session; False when there was none."""
+
+    @abstractmethod
+    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+        """Insert a new EP session: version 1, no batches."""
+
+    @abstractmethod
+    def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
+        """The EP session with its stored window, or None."""
+
+    @abstractmethod
+    def ep_spec(self, session_id: str) -> str | None:
+        """The EP session's spec JSON, or None."""
+
+    @abstractmethod
+    def ep_append(self, session_id: str, seq: int, hist: np.ndarray, keep: int) -> bool:
+        """Append batch number ``seq`` (``[L, E]``), keep the last ``keep`` batches, set the
+        batch count to ``seq``; one transaction. False when the session is gone."""
+
+    @abstractmethod
+    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+        """Install a placement with its version; False when the session is gone."""
+
+    @abstractmethod
+    def ep_delete(self, session_id: str) -> bool:
+        """Forget an EP session and its window; False when there was none."""
+
+    @abstractmethod
+    def expire(self, idle_before_s: float) -> tuple[list[str], list[str]]:
+        """Delete sessions and EP sessions last used before this unix time; their ids."""
+
+    @abstractmethod
+    def count(self) -> tuple[int, int]:
+        """(sessions, EP sessions)."""
+
+    @abstractmethod
+    def db_bytes(self) -> int:
+        """Bytes the store occupies on disk (main file + log)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush everything durable (checkpoint) and release the store."""
 
 
-def _blob(a: np.ndarray) -> bytes:
-    return np.ascontiguousarray(a, dtype=np.float64).tobytes()
+WAL_MAGIC = (0x377F0682, 0x377F0683)  # little- / big-endian checksums
 
 
-class SQLiteStore:
-    """SQLite, one connection per thread, WAL journal; safe for the server's threads."""
+def _wal_checksum(data: bytes, s1: int, s2: int, order: str) -> tuple[int, int]:
+    """SQLite's WAL checksum over ``data`` (a multiple of 8 bytes), continued from (s1, s2)."""
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s1 = (s1 + words[i] + s2) & 0xFFFFFFFF
+        s2 = (s2 + words[i + 1] + s1) & 0xFFFFFFFF
+    return s1, s2
 
-    def __init__(self, path: Path | str) -> None:
+
+def wal_damage(wal: bytes) -> str | None:
+    """Why this write-ahead log would lose commits on recovery, or None.
+
+    SQLite replays the frames of the log's current generation (those carrying the header's
+    salts) while their running checksums hold, and silently ignores the rest; stale frames of
+    older generations legitimately follow. Damage is a header that fails its checksum, or a
+    current-generation frame at or after the first one that fails its checksum.
+    """
+    if len(wal) < 32:
+        return None  # no header yet: SQLite ignores it, and nothing was committed to it
+    magic, _, page_size, _, salt1, salt2, c1, c2 = struct.unpack(">8I", wal[:32])
+    if magic not in WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return "bad header"
+    order = ">" if magic & 1 else "<"
+    s1, s2 = _wal_checksum(wal[:24], 0, 0, order)
+    if (s1, s2) != (c1, c2):
+        return "header checksum mismatch"
+    frame = 24 + page_size
+    count = (len(wal) - 32) // frame
+    for i in range(count):
+        off = 32 + i * frame
+        _, _, fs1, fs2, fc1, fc2 = struct.unpack(">6I", wal[off : off + 24])
+        if (fs1, fs2) == (salt1, salt2):
+            s1, s2 = _wal_checksum(wal[off : off + 8], s1, s2, order)
+            s1, s2 = _wal_checksum(wal[off + 24 : off + frame], s1, s2, order)
+            if (s1, s2) == (fc1, fc2):
+                continue
+        # The log's valid part ends here; current-generation frames after it would be lost.
+        later = [
+            j
+            for j in range(i, count)
+            if struct.unpack(">2I", wal[32 + j * frame + 8 : 32 + j * frame + 16]) == (salt1, salt2)
+        ]
+        if later:
+            return f"frame {later[0]} of {count} fails its checksum"
+        return None
+    return None
+
+
+def _blob(a: np.ndarray, dtype: type = np.float64) -> bytes:
+    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+    "num_layers INTEGER NOT NULL, num_experts INTEGER NOT NULL, counts BLOB NOT NULL, "
+    "plan_counts BLOB NOT NULL, plan TEXT, version INTEGER NOT NULL, "
+    "num_observations INTEGER NOT NULL, touched_s REAL NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS ep_sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+    "placement TEXT NOT NULL, version INTEGER NOT NULL, num_batches INTEGER NOT NULL, "
+    "moved_last INTEGER NOT NULL DEFAULT 0, touched_s REAL NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS ep_batches (session_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "hist BLOB NOT NULL, PRIMARY KEY (session_id, seq))",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+class SQLiteStore(SessionStore):
+    """SQLite, one connection per thread, WAL journal; safe for the server's threads.
+
+    Args:
+        path: the database file (created when missing).
+        busy_timeout_s: how long a write waits for a lock before ``StoreBusy``.
+    """
+
+    def __init__(self, path: Path | str, busy_timeout_s: float = 2.0) -> None:
         self.path = str(path)
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._cons: list[sqlite3.Connection] = []
+        self._cons_lock = threading.Lock()
         self._write = threading.Lock()  # one writer at a time keeps read-modify-write atomic
+        self.found = self._open()
+        log.info("session store %s: %s", self.path, self.found)
+
+    # ------------------------------------------------------------------ opening and checks
+
+    def _open(self) -> str:
+        main, wal = Path(self.path), Path(self.path + "-wal")
+        existed = main.exists()
+        if existed and main.stat().st_size == 0:
+            raise StoreError(
+                f"{self.path}: the database file is empty (0 bytes) but exists: truncated? "
+                "Restore it from a backup, or delete it to start a new database."
+            )
+        wal_present = wal.exists() and wal.stat().st_size > 0
+        if wal_present:
+            damage = wal_damage(wal.read_bytes())
+            if damage is not None:
+                raise StoreError(
+                    f"{wal}: the write-ahead log is damaged ({damage}); opening would drop the "
+                    "commits after the damage. Restore it from a backup, or move it away to "
+                    "start from the main file's last checkpoint."
+                )
         try:
             con = self._con()
+            if existed:
+                self._refuse_lost_wal(con, wal_present)
             con.execute("PRAGMA journal_mode=WAL")
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
-                "num_layers INTEGER NOT NULL, num_experts INTEGER NOT NULL, counts BLOB NOT NULL, "
-                "plan_counts BLOB NOT NULL, plan TEXT, version INTEGER NOT NULL, "
-                "num_observations INTEGER NOT NULL)"
-            )
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS ep_sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
-                "placement TEXT NOT NULL, window BLOB NOT NULL, version INTEGER NOT NULL, "
-                "num_batches INTEGER NOT NULL)"
-            )
-            con.commit()
-            con.execute("SELECT count(*) FROM sessions").fetchone()
-            ok = con.execute("PRAGMA quick_check").fetchone()
-            if ok is None or ok[0] != "ok":
-                raise StoreError(f"{self.path}: integrity check failed: {ok}")
+            with self._tx(con):
+                for ddl in _TABLES:
+                    con.execute(ddl)
+                self._migrate(con)
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+            # The "not stopped cleanly" mark must reach the main file (not only the log), so
+            # that a lost log is noticed at the next start.
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            ok = con.execute("PRAGMA quick_check").fetchall()
+            if [r[0] for r in ok] != ["ok"]:
+                raise StoreError(f"{self.path}: integrity check failed: {ok[:5]}")
+            sessions, eps = self.count()
+            self._check_rows(con)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open the session database: {exc}") from None
+        if not existed:
+            return "new database (the file did not exist)"
+        return f"opened: {sessions} sessions, {eps} EP sessions"
+
+    def _refuse_lost_wal(self, con: sqlite3.Connection, wal_present: bool) -> None:
+        has_meta = con.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()[0]
+        if not has_meta:
+            return
+        row = con.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
+        if row is not None and row[0] == "0" and not wal_present:
+            raise StoreError(
+                f"{self.path}: the last run did not stop cleanly and its write-ahead log "
+                f"{self.path}-wal is missing: sessions committed since the last checkpoint "
+                "would be lost. Restore the -wal file beside it, or delete the database to "
+                "start anew."
+            )
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        """Bring a schema-0 database (EP window as one blob, no TTL columns) to this one."""
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        cols = {r[1] for r in con.execute("PRAGMA table_info(sessions)")}
+        if "touched_s" not in cols:
+            con.execute("ALTER TABLE sessions ADD COLUMN touched_s REAL NOT NULL DEFAULT 0")
+        ep_cols = {r[1] for r in con.execute("PRAGMA table_info(ep_sessions)")}
+        if "window" in ep_cols:
+            for sid, spec, window in con.execute("SELECT id, spec, window FROM ep_sessions"):
+                s = json.loads(spec)
+                win = np.frombuffer(window, dtype=np.int64).reshape(
+                    -1, s["num_layers"], s["num_experts"]
+                )
+                for i, hist in enumerate(win):
+                    con.execute(
+                        "INSERT INTO ep_batches VALUES (?, ?, ?)",
+                        (sid, i + 1, _blob(hist, np.int32)),
+                    )
+            con.execute("ALTER TABLE ep_sessions DROP COLUMN window")
+        for col in ("moved_last INTEGER NOT NULL DEFAULT 0", "touched_s REAL NOT NULL DEFAULT 0"):
+            if col.split()[0] not in ep_cols:
+                con.execute(f"ALTER TABLE ep_sessions ADD COLUMN {col}")
+        now = time.time()
+        con.execute("UPDATE sessions SET touched_s = ? WHERE touched_s = 0", (now,))
+        con.execute("UPDATE ep_sessions SET touched_s = ? WHERE touched_s = 0", (now,))
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_rows(self, con: sqlite3.Connection) -> None:
+        """Decode every row once: a file changed under the server is refused at start-up
+        rather than failing the requests that touch it."""
+        bad: list[str] = []
+        for r in con.execute("SELECT * FROM sessions"):
+            try:
+                self._row(r)
+                json.loads(r[1])
+                if r[6] is not None:
+                    json.loads(r[6])
+            except (ValueError, TypeError):
+                bad.append(str(r[0]))
+        for sid, spec, placement, *_ in con.execute("SELECT * FROM ep_sessions"):
+            try:
+                s = json.loads(spec)
+                np.asarray(json.loads(placement), dtype=np.int64).reshape(s["num_layers"], -1)
+                want = 4 * s["num_layers"] * s["num_experts"]
+                sizes = con.execute(
+                    "SELECT length(hist) FROM ep_batches WHERE session_id = ?", (sid,)
+                ).fetchall()
+                if any(size != want for (size,) in sizes):
+                    raise ValueError("window batch of the wrong size")
+            except (ValueError, TypeError, KeyError):
+                bad.append(str(sid))
+        if bad:
+            raise StoreError(
+                f"{self.path}: {len(bad)} stored sessions do not decode (damaged file?): "
+                f"{bad[:5]}. Restore the file from a backup, or delete those rows."
+            )
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
             con = sqlite3.connect(
-                self.path, timeout=2.0, isolation_level=None, check_same_thread=True
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
             )
             con.execute("PRAGMA synchronous=NORMAL")
-            con.execute("PRAGMA busy_timeout=2000")
+            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
             self._local.con = con
+            with self._cons_lock:
+                self._cons.append(con)
         return con
 
+    @contextmanager
+    def _tx(self, con: sqlite3.Connection) -> Iterator[None]:
+        """One IMMEDIATE transaction: committed on success, rolled back on any error."""
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The write lock and a transaction, each waiting at most the busy timeout."""
+        if not self._write.acquire(timeout=self.busy_timeout_s):
+            raise StoreBusy(f"{self.path}: the write lock stayed busy {self.busy_timeout_s} s")
+        try:
+            con = self._con()
+            with self._busy(), self._tx(con):
+                yield con
+        finally:
+            self._write.release()
+
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreBusy(
+                    f"{self.path}: the database stayed locked {self.busy_timeout_s} s "
+                    "(another process holds it)"
+                ) from None
+            raise StoreError(f"{self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple]:
+        with self._busy():
+            return self._con().execute(sql, args).fetchall()
+
+    # ------------------------------------------------------------------ sessions
+
     def _row(self, r: tuple) -> SessionRow:
-        sid, spec, num_layers, num_experts, counts, plan_counts, plan, version, nobs = r
+        sid, spec, num_layers, num_experts, counts, plan_counts, plan, version, nobs, _ = r
         shape = (num_layers, num_experts)
-        return SessionRow(
-            sid,
-            spec,
-            np.frombuffer(counts, dtype=np.float64).reshape(shape).copy(),
-            np.frombuffer(plan_counts, dtype=np.float64).reshape(shape).copy(),
-            plan,
-            version,
-            nobs,
-        )
+        try:
+            return SessionRow(
+                sid,
+                spec,
+                np.frombuffer(counts, dtype=np.float64).reshape(shape).copy(),
+                np.frombuffer(plan_counts, dtype=np.float64).reshape(shape).copy(),
+                plan,
+                version,
+                nobs,
+            )
+        except (ValueError, TypeError) as exc:
+            raise StoreDamaged(f"{self.path}: session {sid} does not decode: {exc}") from None
 
     def create(self, row: SessionRow) -> None:
-        with self._write:
-            con = self._con()
+        with self._writing() as con:
             con.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.id, row.spec_json, row.counts.shape[0], row.counts.shape[1],
                     _blob(row.counts), _blob(row.plan_counts), row.plan_json, row.version,
-                    row.num_observations,
+                    row.num_observations, time.time(),
                 ),
             )  # fmt: skip
 
     def get(self, session_id: str) -> SessionRow | None:
-        r = self._con().execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
-        return None if r is None else self._row(r)
+        rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        return self._row(rows[0]) if rows else None
 
     def add_counts(
-        self, session_id: str, hist: np.ndarray, decay: float
+        self, session_id: str, hist: np.ndarray, decay: float, cap: float
     ) -> tuple[np.ndarray, int] | None:
-        """counts = decay * counts + hist, committed; returns (counts, observations) or None."""
-        with self._write:
-            con = self._con()
-            con.execute("BEGIN IMMEDIATE")
+        with self._writing() as con:
+            r = con.execute(
+                "SELECT counts, num_layers, num_experts, num_observations FROM sessions "
+                "WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+            if r is None:
+                return None
             try:
-                r = con.execute(
-                    "SELECT counts, num_layers, num_experts, num_observations FROM sessions "
-                    "WHERE id = ?",
-                    (session_id,),
-                ).fetchone()
-                if r is None:
-                    con.execute("ROLLBACK")
-                    return None
-                counts = np.frombuffer(r[0], dtype=np.float64).reshape(r[1], r[2]) * decay + hist
-                con.execute(
-                    "UPDATE sessions SET counts = ?, num_observations = ? WHERE id = ?",
-                    (_blob(counts), r[3] + 1, session_id),
-                )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                old = np.frombuffer(r[0], dtype=np.float64).reshape(r[1], r[2])
+            except ValueError as exc:
+                raise StoreDamaged(f"{self.path}: session {session_id}: {exc}") from None
+            counts = np.minimum(old * decay + hist, cap)
+            con.execute(
+                "UPDATE sessions SET counts = ?, num_observations = ?, touched_s = ? WHERE id = ?",
+                (_blob(counts), r[3] + 1, time.time(), session_id),
+            )
             return counts, r[3] + 1
 
     def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
-        """Install a new plan in one transaction; returns the new version (None: no session)."""
-        with self._write:
-            con = self._con()
-            cur = con.execute(
+        with self._writing() as con:
+            r = con.execute(
                 "UPDATE sessions SET plan = ?, plan_counts = ?, version = version + 1 WHERE id = ? "
                 "RETURNING version",
                 (plan_json, _blob(plan_counts), session_id),
-            )
-            r = cur.fetchone()
+            ).fetchone()
             return None if r is None else int(r[0])
 
     def delete(self, session_id: str) -> bool:
-        with self._write:
-            cur = self._con().execute("DELETE FROM sessions WHERE id = ?", (session_id,))
-            return cur.rowcount > 0
+        with self._writing() as con:
+            return con.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 
-    def count(self) -> int:
-        return int(self._con().execute("SELECT count(*) FROM sessions").fetchone()[0])
+    # ------------------------------------------------------------------ EP sessions
 
-    # ------------------------------------------------------------ expert-parallel sessions
+    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+        with self._writing() as con:
+            con.execute(
+                "INSERT INTO ep_sessions VALUES (?, ?, ?, 1, 0, 0, ?)",
+                (session_id, spec_json, json.dumps(placement.tolist()), time.time()),
+            )
 
-    def ep_put(
-        self,
-        session_id: str,
-        spec_json: str,
-        placement: np.ndarray,
-        window: np.ndarray,
-        version: int,
-        num_batches: int,
-    ) -> None:
-        """Insert or replace an EP session: placement ``[L, R]``, window ``[W, L, E]`` (int64)."""
-        with self._write:
-            self._con().execute(
-                "INSERT OR REPLACE INTO ep_sessions VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session_id, spec_json, json.dumps(placement.tolist()),
-                    np.ascontiguousarray(window, dtype=np.int64).tobytes(), version, num_batches,
-                ),
-            )  # fmt: skip
-
-    def ep_get(
-        self, session_id: str, shape: tuple[int, int]
-    ) -> tuple[str, np.ndarray, np.ndarray, int, int] | None:
-        """(spec, placement [L, R], window [W, L, E], version, batches) or None."""
-        r = self._con().execute("SELECT * FROM ep_sessions WHERE id = ?", (session_id,)).fetchone()
-        if r is None:
+    def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
+        rows = self._read("SELECT * FROM ep_sessions WHERE id = ?", (session_id,))
+        if not rows:
             return None
-        _, spec, placement, window, version, nbatches = r
-        win = np.frombuffer(window, dtype=np.int64).reshape(-1, *shape).copy()
-        return spec, np.asarray(json.loads(placement), dtype=np.int64), win, version, nbatches
+        sid, spec, placement, version, nbatches, moved, _ = rows[0]
+        hists = self._read(
+            "SELECT hist FROM ep_batches WHERE session_id = ? ORDER BY seq", (session_id,)
+        )
+        try:
+            win = np.zeros((len(hists), *shape), dtype=np.int64)
+            for i, (h,) in enumerate(hists):
+                win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
+            place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
+        except (ValueError, TypeError) as exc:
+            raise StoreDamaged(f"{self.path}: EP session {sid} does not decode: {exc}") from None
+        return EpRow(sid, spec, place, win, version, nbatches, moved)
 
     def ep_spec(self, session_id: str) -> str | None:
-        r = (
-            self._con()
-            .execute("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))
-            .fetchone()
+        rows = self._read("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))
+        return str(rows[0][0]) if rows else None
+
+    def ep_append(self, session_id: str, seq: int, hist: np.ndarray, keep: int) -> bool:
+        with self._writing() as con:
+            updated = con.execute(
+                "UPDATE ep_sessions SET num_batches = ?, touched_s = ? WHERE id = ?",
+                (seq, time.time(), session_id),
+            ).rowcount
+            if not updated:
+                return False
+            con.execute(
+                "INSERT OR REPLACE INTO ep_batches VALUES (?, ?, ?)",
+                (session_id, seq, _blob(hist, np.int32)),
+            )
+            con.execute(
+                "DELETE FROM ep_batches WHERE session_id = ? AND seq <= ?",
+                (session_id, seq - keep),
+            )
+            return True
+
+    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+        with self._writing() as con:
+            return (
+                con.execute(
+                    "UPDATE ep_sessions SET placement = ?, version = ?, moved_last = ? "
+                    "WHERE id = ?",
+                    (json.dumps(placement.tolist()), version, moved, session_id),
+                ).rowcount
+                > 0
+            )
+
+    def ep_delete(self, session_id: str) -> bool:
+        with self._writing() as con:
+            con.execute("DELETE FROM ep_batches WHERE session_id = ?", (session_id,))
+            return con.execute("DELETE FROM ep_sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def expire(self, idle_before_s: float) -> tuple[list[str], list[str]]:
+        with self._writing() as con:
+            gone = [
+                r[0]
+                for r in con.execute(
+                    "DELETE FROM sessions WHERE touched_s < ? RETURNING id", (idle_before_s,)
+                ).fetchall()
+            ]
+            ep_gone = [
+                r[0]
+                for r in con.execute(
+                    "DELETE FROM ep_sessions WHERE touched_s < ? RETURNING id", (idle_before_s,)
+                ).fetchall()
+            ]
+            for sid in ep_gone:
+                con.execute("DELETE FROM ep_batches WHERE session_id = ?", (sid,))
+        return gone, ep_gone
+
+    def count(self) -> tuple[int, int]:
+        a = self._read("SELECT count(*) FROM sessions", ())[0][0]
+        b = self._read("SELECT count(*) FROM ep_sessions", ())[0][0]
+        return int(a), int(b)
+
+    def db_bytes(self) -> int:
+        return sum(
+            Path(self.path + suffix).stat().st_size
+            for suffix in ("", "-wal")
+            if Path(self.path + suffix).exists()
         )
-        return None if r is None else str(r[0])
+
+    def close(self) -> None:
+        """Checkpoint the log into the main file (a copy of the main file alone is then a
+        complete backup), mark the stop clean, and close every connection."""
+        try:
+            with self._writing() as con:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
+            self._con().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (StoreError, sqlite3.Error):
+            log.exception("checkpoint of %s on shutdown failed", self.path)
+        with self._cons_lock:
+            for con in self._cons:
+                with suppress(sqlite3.Error):
+                    con.close()
+            self._cons.clear()
+        self._local = threading.local()

@@ -21,14 +21,15 @@ def _version(dist: str) -> str:
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="Liveness")
-def healthz() -> HealthResponse:
-    """200 while the process serves requests."""
+async def healthz() -> HealthResponse:
+    """200 while the process serves requests (answered on the event loop: no thread pool, no
+    solver slot, no database)."""
     return HealthResponse(status="ok")
 
 
 @router.get("/readyz", response_model=HealthResponse, summary="Readiness")
-def readyz() -> HealthResponse:
-    """200 when the service can take schedule requests."""
+async def readyz() -> HealthResponse:
+    """200 when the service can take schedule requests (on the event loop, like /healthz)."""
     return HealthResponse(status="ok")
 
 
@@ -44,7 +45,18 @@ def info(settings: SettingsDep) -> InfoResponse:
             "max_experts": settings.max_experts,
             "max_devices": settings.max_devices,
             "max_layers": settings.max_layers,
+            "max_concurrent_solves": settings.max_concurrent_solves,
+            "max_concurrent_routes": settings.max_concurrent_routes,
+            "max_deadline_s": settings.max_deadline_s,
+            "default_deadline_s": settings.default_deadline_s,
+            "session_ttl_s": settings.session_ttl_s,
+            "max_sessions": settings.max_sessions,
+            "ep_window_max_bytes": settings.ep_window_max_bytes,
+            "ep_window_max_batches": settings.ep_window_max_batches,
+            "read_timeout_s": settings.read_timeout_s,
         },
+        api_key_required=settings.api_key is not None,
+        warnings=settings.warnings(),
     )
 
 
@@ -54,8 +66,19 @@ def info(settings: SettingsDep) -> InfoResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-def metrics(request: Request) -> Response:
-    """Request counts and latencies in the Prometheus text format."""
+def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Request counts and latencies, sessions and their limits, busy admission slots, in the
+    Prometheus text format."""
+    m = request.app.state.metrics
+    store = getattr(request.app.state, "store", None)
+    if store is not None:
+        sessions, ep_sessions = store.count()
+        m.sessions.labels("sessions").set(sessions)
+        m.sessions.labels("ep_sessions").set(ep_sessions)
+    m.session_ttl.set(settings.session_ttl_s)
+    m.max_sessions.set(settings.max_sessions)
+    for cls in ("solve", "route"):
+        m.slots_busy.labels(cls).set(request.app.state.admission.busy(cls))
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from service.deps import solve_slot
+from service import jobs
+from service.deps import AdmissionDep
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
 from service.examples import observation_example, session_example
@@ -39,9 +41,9 @@ Sessions = Annotated[SessionManager, Depends(sessions)]
 
 @router.post(
     "", response_model=SessionInfo, status_code=201, responses=_ERRORS, summary="Start a session",
-    dependencies=[Depends(solve_slot)],
 )  # fmt: skip
-def create_session(
+async def create_session(
+    http: Request,
     spec: Annotated[
         SessionCreate,
         Body(
@@ -54,9 +56,17 @@ def create_session(
         ),
     ],
     manager: Sessions,
+    admission: AdmissionDep,
 ) -> SessionInfo:
-    """Register hardware, model and policy; the first plan is solved from the seed counts."""
-    return manager.create(spec)
+    """Register hardware, model and policy; the first plan is solved from the seed counts
+    (in a solve slot, with the policy's deadline)."""
+    admission.refuse_when_full("solve")
+    counts = await run_in_threadpool(manager.prepare, spec)
+    response = await admission.run(
+        http, "solve", spec.policy.deadline_s, "body.policy.deadline_s",
+        jobs.place, manager.plan_request(spec, counts), manager.settings,
+    )  # fmt: skip
+    return await run_in_threadpool(manager.finish, spec, counts, response)
 
 
 @router.post(
@@ -65,7 +75,7 @@ def create_session(
     responses=_ERRORS,
     summary="Observe routing",
 )
-async def observe(
+def observe(
     session_id: str,
     obs: Annotated[
         Observation,
@@ -80,7 +90,7 @@ async def observe(
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 
-    Runs on the event loop (no thread hop): the work is one small SQLite commit.
+    The count is committed before the answer; counts stop growing at 2**50 (always finite).
     """
     return manager.observe(session_id, obs)
 
@@ -118,18 +128,39 @@ EpManager = Annotated[EpSessions, Depends(ep_sessions)]
     responses=_ERRORS,
     summary="Start an EP session",
 )
-def create_ep_session(spec: EpSessionCreate, manager: EpManager) -> EpSessionInfo:
+async def create_ep_session(
+    http: Request, spec: EpSessionCreate, manager: EpManager, admission: AdmissionDep
+) -> EpSessionInfo:
     """Expert parallelism: the session routes every batch over its replicas and re-places them
-    when routed balance over the window of recent batches drops."""
-    return manager.create(spec)
+    when routed balance over the window of recent batches drops. The first placement is
+    found in a solve slot, with the spec's deadline."""
+    admission.refuse_when_full("solve")
+    await run_in_threadpool(manager.prepare, spec)
+    placement = await admission.run(
+        http, "solve", spec.deadline_s, "body.deadline_s", jobs.ep_initial_placement, spec
+    )
+    return await run_in_threadpool(manager.adopt, spec, placement)
 
 
 @ep_router.post(
     "/{session_id}/batches", response_model=EpRouting, responses=_ERRORS, summary="Route a batch"
 )
-def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRouting:
-    """Tokens per replica slot for this batch (exact min-max routing), and the window's balance."""
-    return manager.batch(session_id, batch)
+async def route_ep_batch(
+    http: Request, session_id: str, batch: EpBatch, manager: EpManager, admission: AdmissionDep
+) -> EpRouting:
+    """Tokens per replica slot for this batch (exact min-max routing), and the window's balance.
+
+    Routed in a cheap-routing slot with the server's default deadline; the batch is stored
+    before the answer (an acknowledged batch survives a killed server)."""
+    hist, placement, version, num_gpus = await run_in_threadpool(
+        manager.prepare_batch, session_id, batch
+    )
+    tokens, per_layer = await admission.run(
+        http, "route", None, "body.histogram", jobs.route_layers, placement, num_gpus, hist
+    )
+    return await run_in_threadpool(
+        manager.record_batch, session_id, hist, version, tokens, per_layer
+    )
 
 
 @ep_router.get(
@@ -138,3 +169,10 @@ def route_ep_batch(session_id: str, batch: EpBatch, manager: EpManager) -> EpRou
 def ep_placement(session_id: str, manager: EpManager) -> EpSessionInfo:
     """The current replica placement and its version."""
     return manager.info(session_id)
+
+
+@ep_router.delete("/{session_id}", status_code=204, responses=_ERRORS, summary="End an EP session")
+def end_ep_session(session_id: str, manager: EpManager) -> Response:
+    """Forget the EP session and its window of batches."""
+    manager.delete(session_id)
+    return Response(status_code=204)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
-from hwmodel.trace_export import chrome_trace, gantt
-from service.deps import SettingsDep
+from service import jobs
+from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import simulate_example
 from service.schemas import SimulateRequest, SimulateResponse
-from service.solving import simulate_plan
 
 router = APIRouter(prefix="/v1", tags=["simulate"])
 
@@ -29,11 +26,16 @@ _EXAMPLES = {"gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simul
     },
     summary="Simulate and return a Chrome trace (Perfetto)",
 )
-def post_simulate_trace(
-    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
+async def post_simulate_trace(
+    http: Request,
+    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)],
+    settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> dict[str, Any]:
     """The simulated timeline as Chrome trace event JSON: open it in ui.perfetto.dev."""
-    return chrome_trace(simulate_plan(request, settings, True).report)
+    return await admission.run(
+        http, "solve", None, "body.plan", jobs.trace_events, request, settings
+    )
 
 
 @router.post(
@@ -45,14 +47,15 @@ def post_simulate_trace(
     },
     summary="Simulate and return a Gantt chart (PNG)",
 )
-def post_simulate_gantt(
-    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)], settings: SettingsDep
+async def post_simulate_gantt(
+    http: Request,
+    request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)],
+    settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> Response:
     """The simulated timeline as a PNG Gantt chart, one row per resource lane."""
-    report = simulate_plan(request, settings, True).report
-    with tempfile.NamedTemporaryFile(suffix=".png") as f:
-        gantt(report, f.name)
-        return Response(Path(f.name).read_bytes(), media_type="image/png")
+    png = await admission.run(http, "solve", None, "body.plan", jobs.gantt_png, request, settings)
+    return Response(png, media_type="image/png")
 
 
 @router.post(
@@ -61,12 +64,17 @@ def post_simulate_gantt(
     responses={422: {"model": ErrorResponse, "description": "Invalid request."}},
     summary="Check and simulate a plan",
 )
-def post_simulate(
+async def post_simulate(
+    http: Request,
     request: Annotated[
         SimulateRequest,
         Body(openapi_examples=_EXAMPLES),
     ],
     settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> SimulateResponse:
     """Run the plan on the executor model; violations are reported, not raised."""
-    return simulate_plan(request, settings, request.include_timeline)
+    return await admission.run(
+        http, "solve", None, "body.plan",
+        jobs.simulate_plan, request, settings, request.include_timeline,
+    )  # fmt: skip

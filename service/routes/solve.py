@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 
-from service.deps import SettingsDep
+from service import jobs
+from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import eplb_example, ordering_example, placement_example, route_example
 from service.schemas import (
@@ -21,19 +22,22 @@ from service.schemas import (
     ScheduleRequest,
     ScheduleResponse,
 )
-from service.solving import eplb, order, place, route, schedule
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Problem larger than the server's limits."},
-    422: {"model": ErrorResponse, "description": "Invalid or infeasible request."},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid or infeasible request, or not answered within its deadline.",
+    },
 }
 
 
 @router.post(
     "/placement", response_model=PlacementResponse, responses=_ERRORS, summary="Place expert shards"
 )
-def post_placement(
+async def post_placement(
+    http: Request,
     request: Annotated[
         PlacementRequest,
         Body(
@@ -43,9 +47,13 @@ def post_placement(
         ),
     ],
     settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> PlacementResponse:
     """Which devices compute which slices of which experts, per layer; validated by the executor."""
-    return place(request, settings)
+    return await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.place, request, settings,
+    )  # fmt: skip
 
 
 @router.post(
@@ -54,7 +62,8 @@ def post_placement(
     responses=_ERRORS,
     summary="EPLB-compatible replica placement",
 )
-def post_eplb(
+async def post_eplb(
+    http: Request,
     request: Annotated[
         EplbRequest,
         Body(
@@ -62,9 +71,12 @@ def post_eplb(
         ),
     ],
     settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> EplbResponse:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
-    return eplb(request, settings)
+    return await admission.run(
+        http, "solve", request.deadline_s, "body.deadline_s", jobs.eplb, request, settings
+    )
 
 
 @router.post(
@@ -73,7 +85,8 @@ def post_eplb(
     responses=_ERRORS,
     summary="Micro-batch pipeline (DEP)",
 )
-def post_ordering(
+async def post_ordering(
+    http: Request,
     request: Annotated[
         OrderingRequest,
         Body(
@@ -83,15 +96,20 @@ def post_ordering(
         ),
     ],
     settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> OrderingResponse:
     """Micro-batch count and every resource's task order, beside PPPipe and serial."""
-    return order(request, settings)
+    return await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.order, request, settings,
+    )  # fmt: skip
 
 
 @router.post(
     "/schedule", response_model=ScheduleResponse, responses=_ERRORS, summary="Full schedule"
 )
-def post_schedule(
+async def post_schedule(
+    http: Request,
     request: Annotated[
         ScheduleRequest,
         Body(
@@ -101,9 +119,13 @@ def post_schedule(
         ),
     ],
     settings: SettingsDep,
+    admission: AdmissionDep,
 ) -> ScheduleResponse:
     """Placement of every layer, then the order of every task; checked by the executor."""
-    return schedule(request, settings)
+    return await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.schedule, request, settings,
+    )  # fmt: skip
 
 
 @router.post(
@@ -112,7 +134,8 @@ def post_schedule(
     responses=_ERRORS,
     summary="Route one batch over replicas",
 )
-def post_route(
+async def post_route(
+    http: Request,
     request: Annotated[
         RouteRequest,
         Body(
@@ -121,6 +144,9 @@ def post_route(
             }
         ),
     ],
+    admission: AdmissionDep,
 ) -> RouteResponse:
-    """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest."""
-    return route(request)
+    """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest.
+
+    A cheap-routing slot (not a solve slot), with the server's default deadline."""
+    return await admission.run(http, "route", None, "body.loads", jobs.route, request)

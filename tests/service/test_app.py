@@ -235,8 +235,9 @@ def test_overload_gets_503_with_retry_after() -> None:
     from service.examples import eplb_example
 
     app = create_app()
-    assert app.state.solve_slots.acquire(blocking=False)
-    assert app.state.solve_slots.acquire(blocking=False)  # both default slots taken
+    solve = app.state.admission.classes["solve"]
+    assert solve.take() and solve.take()  # both default slots taken
+    assert not solve.take()
     r = TestClient(app).post("/v1/eplb", json=eplb_example())
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["error_type"] == "overloaded"

@@ -1,0 +1,497 @@
+"""Hardening measurements for ``moesched bench reliability`` (issue 19), each against a live
+server on a loopback port: body attacks, health under load, disconnects, deadlines at caps,
+kill -9 during EP batches, a long EP session, damaged databases, and the numeric-leaf fuzz.
+
+Every figure here is wall time or memory by nature (latency of /healthz, RSS); none decides
+a solver's result. Each is reported with the bound it is compared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench import numeric_fuzz
+from bench.live import Server
+from hwmodel.presets import gpu_ndp, model_preset
+from service.examples import simulate_example
+from service.store import SQLiteStore
+
+HEAVY_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
+SMALL_EP = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "window": 8}
+
+
+def _rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _pid(server: Server) -> int:
+    assert server.proc is not None
+    return server.proc.pid
+
+
+def chunked_body(db: Path) -> dict[str, Any]:
+    """A chunked body of 4x the limit: 413, and the server's peak RSS rises by less than 2x
+    the limit."""
+    limit = 8 * 2**20
+    server = Server(db, env={"MOESCHED_MAX_BODY_BYTES": str(limit)})
+    server.start()
+    try:
+        before = _rss_bytes(_pid(server), "VmHWM")
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"weights": [['
+            for _ in range(4 * limit // 2**16):
+                yield b"1," * 2**15
+
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            r = c.post("/v1/eplb", content=chunks(), headers={"content-type": "application/json"})
+            after = _rss_bytes(_pid(server), "VmHWM")
+            health = c.get("/healthz").status_code
+    finally:
+        server.stop()
+    return {
+        "limit_bytes": limit,
+        "sent_bytes": 4 * limit,
+        "status": r.status_code,
+        "peak_rss_rise_bytes": after - before,
+        "bound_bytes": 2 * limit,
+        "health_after": health,
+    }
+
+
+def health_under_load(db: Path, each: int = 48) -> dict[str, Any]:
+    """``each`` concurrent EP creations (each a 90-byte request costing tens of CPU seconds)
+    and ``each`` Gantt renders, while /healthz is polled; its latency percentiles."""
+    server = Server(db)
+    server.start()
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                ok = c.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - t if ok else 30.0)
+                time.sleep(0.02)
+
+    def post(path: str, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=server.url, timeout=300) as c:
+            code = str(c.post(path, json=body).status_code)
+            statuses[code] = statuses.get(code, 0) + 1
+
+    try:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(1.0)
+        work: list[threading.Thread] = []
+        for _ in range(each):
+            work.append(threading.Thread(target=post, args=("/v1/ep-sessions", HEAVY_EP)))
+            work.append(
+                threading.Thread(target=post, args=("/v1/simulate/gantt", simulate_example()))
+            )
+        for t in work:
+            t.start()
+        for t in work:
+            t.join()
+        time.sleep(0.5)
+        stop.set()
+        watcher.join()
+    finally:
+        server.stop()
+    lat = np.asarray(latencies)
+    return {
+        "requests": 2 * each,
+        "statuses": statuses,
+        "health_checks": len(lat),
+        "health_p50_s": float(np.percentile(lat, 50)),
+        "health_p99_s": float(np.percentile(lat, 99)),
+        "health_max_s": float(lat.max()),
+        "bound_p99_s": 0.1,
+    }
+
+
+def disconnect_frees_slot(db: Path, runs: int = 3) -> dict[str, Any]:
+    """One solve slot; a heavy request whose client hangs up after 1 s; the time from the
+    hang-up until the slot is free (the server's busy-slot gauge reads 0), and until a small
+    request admitted next has been answered (201; it waits for a fresh worker process)."""
+    server = Server(db, env={"MOESCHED_MAX_CONCURRENT_SOLVES": "1"})
+    server.start()
+    freed: list[float] = []
+    answered: list[float] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            c.post("/v1/ep-sessions", json=SMALL_EP | {"deadline_s": 60})  # warm
+            for _ in range(runs):
+                with contextlib.suppress(httpx.TimeoutException):
+                    httpx.post(
+                        f"{server.url}/v1/ep-sessions",
+                        json=HEAVY_EP | {"deadline_s": 600},
+                        timeout=1.0,
+                    )
+                gone = time.perf_counter()
+                while _slots_busy(c) > 0:  # the server's own gauge of busy solve slots
+                    time.sleep(0.02)
+                freed.append(time.perf_counter() - gone)
+                while (
+                    c.post("/v1/ep-sessions", json=SMALL_EP | {"deadline_s": 60}).status_code != 201
+                ):
+                    time.sleep(0.05)
+                answered.append(time.perf_counter() - gone)
+    finally:
+        server.stop()
+    return {
+        "runs": runs,
+        "slot_freed_after_s": freed,
+        "next_request_answered_after_s": answered,
+        "max_s": max(freed),
+        "bound_s": 1.0,
+    }
+
+
+def _slots_busy(c: httpx.Client, cls: str = "solve") -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(f'moesched_slots_busy{{cls="{cls}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _big_placement() -> dict[str, Any]:
+    hw, model = gpu_ndp(16), model_preset("qwen3-30b-a3b")
+    rng = np.random.default_rng(0)
+    rows = [
+        [int(v) for v in rng.multinomial(64 * model.top_k, np.ones(128) / 128).clip(0, 64)]
+        for _ in range(model.num_moe_layers)
+    ]
+    return {
+        "hardware": hw.model_dump(mode="json"),
+        "model_preset": "qwen3-30b-a3b",
+        "workload": {
+            "layer_ids": list(range(model.num_moe_layers)),
+            "tokens_per_expert": rows,
+            "num_tokens": 64,
+        },
+        "layout": "striped",
+        "cached_experts": list(range(8)),
+        "options": {"backend": "cpsat", "deadline_s": 600, "num_granules": 16},
+    }
+
+
+def _big_simulate() -> dict[str, Any]:
+    body = simulate_example()
+    return body
+
+
+def deadlines_at_caps(db: Path) -> dict[str, Any]:
+    """Every POST route at (or near) its caps, with the server's deadline cap at 0.5 s and a
+    grace of 1 s: the wall time of each answer (bound 2 s)."""
+    ep_db = db.with_name("caps-ep.db")
+    store = SQLiteStore(ep_db)
+    spec = HEAVY_EP | {"window": 4}
+    reps = HEAVY_EP["num_replicas"] // HEAVY_EP["num_experts"]
+    placement = np.tile(np.arange(HEAVY_EP["num_experts"]), (HEAVY_EP["num_layers"], reps))
+    store.ep_create("caps", json.dumps(spec | _ep_defaults()), placement)
+    store.close()
+    server = Server(
+        ep_db,
+        env={
+            "MOESCHED_MAX_DEADLINE_S": "0.5",
+            "MOESCHED_DEADLINE_GRACE_S": "1.0",
+            "MOESCHED_DEFAULT_DEADLINE_S": "0.5",
+        },
+    )
+    server.start()
+    rng = np.random.default_rng(0)
+    big_place = _big_placement()
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/placement", big_place),
+        ("/v1/schedule", big_place),
+        (
+            "/v1/ordering",
+            {
+                "hardware_preset": "dep-h20",
+                "model_preset": "deepseek-v2",
+                "batch_tokens": 1_000_000,
+                "num_layers": 16,
+                "options": {"backend": "cpsat", "deadline_s": 600, "max_micro_batches": 64},
+            },
+        ),
+        (
+            "/v1/eplb",
+            {
+                "weights": rng.integers(0, 1000, (256, 1024)).tolist(),
+                "num_replicas": 8192,
+                "num_groups": 1,
+                "num_nodes": 1,
+                "num_gpus": 512,
+                "backend": "cpsat",
+                "deadline_s": 600,
+            },
+        ),
+        (
+            "/v1/route",
+            {
+                "physical_to_logical": (np.arange(65536) % 16384).tolist(),
+                "num_gpus": 4096,
+                "loads": rng.integers(0, 2**14, 16384).tolist(),
+            },
+        ),
+        ("/v1/simulate", _big_simulate()),
+        ("/v1/simulate/trace", _big_simulate()),
+        ("/v1/simulate/gantt", _big_simulate()),
+        (
+            "/v1/sessions",
+            {k: v for k, v in big_place.items() if k not in ("workload", "options")}
+            | {"policy": {"backend": "cpsat", "deadline_s": 600, "plan_batch_tokens": 64}},
+        ),
+        ("/v1/ep-sessions", HEAVY_EP | {"deadline_s": 600}),
+        (
+            "/v1/ep-sessions/caps/batches",
+            {"histogram": rng.integers(0, 2**10, (256, 1024)).tolist()},
+        ),
+    ]
+    rows: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=300) as c:
+            # Warm both classes of workers first: the first start of the worker processes is
+            # not any request's deadline.
+            c.post("/v1/route", json={"physical_to_logical": [0], "num_gpus": 1, "loads": [1]})
+            c.post("/v1/simulate", json=simulate_example())
+            for path, body in cases:
+                t = time.perf_counter()
+                r = c.post(path, json=body)
+                rows.append(
+                    {
+                        "route": path,
+                        "status": r.status_code,
+                        "error_type": r.json().get("error_type")
+                        if r.status_code >= 400 and "json" in r.headers.get("content-type", "")
+                        else None,
+                        "wall_s": time.perf_counter() - t,
+                    }
+                )
+    finally:
+        server.stop()
+    return {
+        "rows": rows,
+        "max_wall_s": max(r["wall_s"] for r in rows),
+        "server_errors": sum(1 for r in rows if r["status"] >= 500),
+        "bound_s": 2.0,
+    }
+
+
+def _ep_defaults() -> dict[str, Any]:
+    from service.schemas import EpSessionCreate
+
+    return EpSessionCreate.model_validate(SMALL_EP).model_dump(
+        exclude={"num_layers", "num_experts", "num_gpus", "num_replicas", "window"}
+    )
+
+
+def kill9_ep(db_dir: Path, runs: int = 20, seed: int = 0) -> dict[str, Any]:
+    """EP batches streamed while the server is killed (SIGKILL) at a random moment; after a
+    restart the session must hold every acknowledged batch."""
+    rng = np.random.default_rng(seed)
+    db = db_dir / "kill9-ep.db"
+    server = Server(db)
+    server.start()
+    lost, details = 0, []
+    hist = {"histogram": [[3, 1, 0, 0, 2, 0, 1, 1]] * 2}
+    try:
+        for _ in range(runs):
+            acked = 0
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                sid = c.post("/v1/ep-sessions", json=SMALL_EP).json()["id"]
+                stop_at = time.monotonic() + float(rng.uniform(0.3, 1.5))
+                killer = threading.Timer(stop_at - time.monotonic(), server.stop, [signal.SIGKILL])
+                killer.start()
+                while True:
+                    try:
+                        r = c.post(f"/v1/ep-sessions/{sid}/batches", json=hist)
+                    except httpx.HTTPError:
+                        break
+                    if r.status_code != 200:
+                        break
+                    acked += 1
+                killer.join()
+            server.start()
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                stored = c.get(f"/v1/ep-sessions/{sid}").json()["num_batches"]
+            lost += max(0, acked - stored)
+            details.append({"acked": acked, "after_restart": stored})
+    finally:
+        server.stop()
+    return {"runs": runs, "lost": lost, "details": details}
+
+
+def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
+    """One EP session (26 layers x 64 experts) streamed ``batches`` batches, window bound 1 MiB:
+    the server's RSS and the database's size as it goes, and the window rows on disk."""
+    bound = 2**20
+    server = Server(
+        db, env={"MOESCHED_EP_WINDOW_MAX_BYTES": str(bound), "MOESCHED_MAX_DEADLINE_S": "30"}
+    )
+    server.start()
+    spec: dict[str, Any] = {"num_layers": 26, "num_experts": 64, "num_gpus": 8}
+    spec |= {"num_replicas": 72, "window": 1024}
+    spec["rebalance_below"] = 0.01  # routing and storage only, no re-placement
+    rng = np.random.default_rng(0)
+    samples: list[dict[str, int]] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            sid = c.post("/v1/ep-sessions", json=spec).json()["id"]
+            for k in range(1, batches + 1):
+                hist = rng.integers(0, 64, (26, 64)).tolist()
+                r = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": hist})
+                assert r.status_code == 200, r.text
+                if k in (100, 1000, 2500, 5000, 7500, batches):
+                    samples.append(
+                        {
+                            "batches": k,
+                            "rss_bytes": _rss_bytes(_pid(server)),
+                            "db_bytes": sum(
+                                p.stat().st_size for p in db.parent.glob(db.name + "*")
+                            ),
+                        }
+                    )
+            num = c.get(f"/v1/ep-sessions/{sid}").json()["num_batches"]
+        con = sqlite3.connect(db)
+        window_rows, window_bytes = con.execute(
+            "SELECT count(*), sum(length(hist)) FROM ep_batches"
+        ).fetchone()
+        con.close()
+    finally:
+        server.stop()
+    return {
+        "batches": num,
+        "window_bound_bytes": bound,
+        "window_rows": window_rows,
+        "window_bytes_on_disk": window_bytes,
+        "samples": samples,
+        "rss_growth_after_1000_bytes": samples[-1]["rss_bytes"] - samples[1]["rss_bytes"],
+        "db_growth_after_1000_bytes": samples[-1]["db_bytes"] - samples[1]["db_bytes"],
+    }
+
+
+def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Each damage on a database a killed server left (sessions and EP batches committed):
+    does the next start refuse naming the file, or start and serve without 5xx?"""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+
+    def prepare(name: str, clean: bool) -> tuple[Path, list[str]]:
+        db = db_dir / f"{name}.db"
+        server = Server(db)
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            ids = [c.post("/v1/ep-sessions", json=SMALL_EP).json()["id"] for _ in range(20)]
+            for sid in ids:
+                for _ in range(5):
+                    c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": [[1] * 8] * 2})
+        server.stop(signal.SIGTERM if clean else signal.SIGKILL)
+        return db, ids
+
+    def flip(path: Path, n: int) -> None:
+        data = bytearray(path.read_bytes())
+        for pos in rng.integers(0, len(data), n):
+            data[pos] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    damages = {
+        "main truncated to 0": (True, lambda db: db.write_bytes(b"")),
+        "main truncated to half": (
+            True,
+            lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 2]),
+        ),
+        "main random byte flips": (True, lambda db: flip(db, 64)),
+        "WAL deleted": (False, lambda db: Path(str(db) + "-wal").unlink()),
+        "WAL damaged": (False, lambda db: flip(Path(str(db) + "-wal"), 64)),
+    }
+    for name, (clean, damage) in damages.items():
+        db, ids = prepare(name.replace(" ", "-"), clean)
+        damage(db)
+        server = Server(db)
+        try:
+            server.start(timeout_s=60)
+        except RuntimeError as exc:
+            rows.append(
+                {
+                    "damage": name,
+                    "outcome": "refused",
+                    "names_file": str(db) in str(exc),
+                    "message": str(exc)[-300:],
+                }
+            )
+            continue
+        codes: dict[str, int] = {}
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for sid in ids:
+                code = str(c.get(f"/v1/ep-sessions/{sid}").status_code)
+                codes[code] = codes.get(code, 0) + 1
+        server.stop()
+        rows.append({"damage": name, "outcome": "started", "statuses": codes})
+    return {"rows": rows}
+
+
+def numeric_fuzz_live(db: Path) -> dict[str, Any]:
+    """All numeric-leaf fuzz cases against a live server."""
+    server = Server(db, env={"MOESCHED_MAX_DEADLINE_S": "1"})
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+
+            def post(url: str, text: str) -> tuple[int, bytes]:
+                r = c.post(url, content=text, headers={"content-type": "application/json"})
+                return r.status_code, r.content
+
+            def make_ids() -> tuple[str, str]:
+                bodies = numeric_fuzz.bodies()
+                sid = c.post("/v1/sessions", json=bodies["/v1/sessions"]).json()["id"]
+                ep = c.post("/v1/ep-sessions", json=bodies["/v1/ep-sessions"]).json()["id"]
+                return sid, ep
+
+            return numeric_fuzz.run(post, make_ids)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str]) -> None:
+    """``python -m bench.hardening OUT.jsonl PART...``: run the named parts one at a time,
+    appending each result to OUT as one JSON line (so a long run keeps what it measured)."""
+    import tempfile
+
+    out, names = Path(argv[0]), argv[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        for name in names:
+            started = time.perf_counter()
+            fn = globals()[name]
+            arg = d if name in ("kill9_ep", "damaged_databases") else d / f"{name}.db"
+            try:
+                result = fn(arg)
+            except Exception as exc:  # reported, not hidden: the part failed to run
+                result = {"error": repr(exc)}
+            row = {"part": name, "wall_s": time.perf_counter() - started, **result}
+            with out.open("a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

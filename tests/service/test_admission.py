@@ -1,0 +1,54 @@
+"""Admission over real HTTP (a server on a loopback port): a request whose client hangs up
+has its worker stopped and its slot freed; a request past its deadline is stopped and told so
+(422 naming the deadline), not left running; a full class of slots answers 503 at once while
+/healthz still answers."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.live import Server
+
+# One 90-byte request that costs tens of seconds of CPU (EPLB at its caps).
+HEAVY = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
+SMALL = {"num_layers": 1, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "deadline_s": 60}
+
+
+def test_a_disconnect_frees_the_slot_and_a_deadline_stops_the_work(tmp_path: Path) -> None:
+    srv = Server(
+        tmp_path / "a.db",
+        env={
+            "MOESCHED_MAX_CONCURRENT_SOLVES": "1",
+            "MOESCHED_DEADLINE_GRACE_S": "0.5",
+            "MOESCHED_MAX_DEADLINE_S": "30",
+        },
+    )
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            c.post("/v1/route", json={"physical_to_logical": [0], "num_gpus": 1, "loads": [1]})
+            # Hang up on a heavy request after 2 s: its worker must go, freeing the one slot.
+            with contextlib.suppress(httpx.TimeoutException):
+                httpx.post(f"{srv.url}/v1/ep-sessions", json=HEAVY | {"deadline_s": 600}, timeout=2)
+            statuses = []
+            give_up = time.monotonic() + 30  # far below the heavy request's own run time
+            while time.monotonic() < give_up:
+                r = c.post("/v1/ep-sessions", json=SMALL)
+                statuses.append(r.status_code)
+                if r.status_code == 201:
+                    break
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                time.sleep(0.2)
+            assert statuses[-1] == 201, statuses
+            # A deadline of 1 s on the same heavy request: stopped and answered, not run out.
+            r = c.post("/v1/ep-sessions", json=HEAVY | {"deadline_s": 1.0})
+            assert r.status_code == 422, r.text
+            assert r.json()["error_type"] == "deadline_exceeded"
+            assert r.json()["detail"][0]["field"] == "body.deadline_s"
+            assert c.get("/healthz").status_code == 200
+    finally:
+        srv.stop()

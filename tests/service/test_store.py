@@ -1,0 +1,169 @@
+"""The session store: EP batches appended one by one within a bounded window, expiry, a held
+lock as StoreBusy (503 over HTTP), the old schema migrated, and damaged files refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bench.live import ROOT
+from service.main import create_app
+from service.settings import Settings
+from service.store import SessionRow, SQLiteStore, StoreBusy, StoreError
+
+SPEC = json.dumps({"num_layers": 2, "num_experts": 3})
+
+
+def _row(sid: str) -> SessionRow:
+    return SessionRow(sid, "{}", np.ones((2, 3)), np.ones((2, 3)), "{}", 1, 0)
+
+
+def test_ep_batches_are_appended_and_the_window_stays_bounded(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db)
+    store.ep_create("a", SPEC, np.zeros((2, 4), dtype=np.int64))
+    for seq in range(1, 51):
+        assert store.ep_append("a", seq, np.full((2, 3), seq), keep=8)
+    assert not store.ep_append("gone", 1, np.zeros((2, 3)), keep=8)
+    # No close: the next store opens the file as a killed server left it.
+    again = SQLiteStore(db)
+    row = again.ep_get("a", (2, 3))
+    assert row is not None and row.num_batches == 50
+    assert row.window[:, 0, 0].tolist() == list(range(43, 51))
+    n = sqlite3.connect(db).execute("SELECT count(*) FROM ep_batches").fetchone()[0]
+    assert n == 8
+    assert again.ep_swap("a", np.ones((2, 4), dtype=np.int64), 2, 5)
+    assert again.ep_delete("a") and again.ep_get("a", (2, 3)) is None
+    again.close()
+    store.close()
+
+
+def test_sessions_idle_past_the_ttl_expire(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.create(_row("old"))
+    store.ep_create("ep-old", SPEC, np.zeros((2, 4), dtype=np.int64))
+    cut = time.time()
+    store.create(_row("new"))
+    assert store.expire(cut) == (["old"], ["ep-old"])
+    assert store.count() == (1, 0)
+    got = store.add_counts("new", np.full((2, 3), 2.0**60), 1.0, 2.0**50)
+    assert got is not None and float(got[0].max()) == 2.0**50  # capped, finite
+    store.close()
+
+
+def test_a_held_lock_is_store_busy_and_a_503(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db, busy_timeout_s=0.2)
+    store.create(_row("a"))
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreBusy, match="locked"):
+            store.add_counts("a", np.ones((2, 3)), 1.0, 2.0**50)
+    finally:
+        holder.execute("ROLLBACK")
+    store.close()
+    app = create_app(Settings(db_path=tmp_path / "h.db", db_busy_timeout_s=0.2))
+    with TestClient(app) as c:
+        spec = {"num_layers": 2, "num_experts": 4, "num_gpus": 2, "num_replicas": 4}
+        sid = c.post("/v1/ep-sessions", json=spec).json()["id"]
+        holder = sqlite3.connect(tmp_path / "h.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            r = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": [[1, 2, 3, 4]] * 2})
+        finally:
+            holder.execute("ROLLBACK")
+        assert r.status_code == 503 and r.json()["error_type"] == "store_busy"
+        assert "retry-after" in r.headers
+        assert c.get("/healthz").status_code == 200
+        ok = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": [[1, 2, 3, 4]] * 2})
+        assert ok.status_code == 200
+        assert c.delete(f"/v1/ep-sessions/{sid}").status_code == 204
+        assert c.get(f"/v1/ep-sessions/{sid}").status_code == 404
+        assert c.delete(f"/v1/ep-sessions/{sid}").status_code == 404
+
+
+def test_an_old_database_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute(
+        "CREATE TABLE ep_sessions (id TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+        "placement TEXT NOT NULL, window BLOB NOT NULL, version INTEGER NOT NULL, "
+        "num_batches INTEGER NOT NULL)"
+    )
+    window = np.arange(2 * 2 * 3, dtype=np.int64).reshape(2, 2, 3)
+    con.execute(
+        "INSERT INTO ep_sessions VALUES ('a', ?, '[[0, 1], [1, 0]]', ?, 3, 40)",
+        (SPEC, window.tobytes()),
+    )
+    con.close()
+    store = SQLiteStore(db)
+    row = store.ep_get("a", (2, 3))
+    assert row is not None and row.version == 3 and row.num_batches == 40
+    assert row.window.tolist() == window.tolist()
+    store.close()
+
+
+def _filled(tmp_path: Path) -> Path:
+    """40 sessions committed by a process that then dies without closing (like kill -9)."""
+    db = tmp_path / "d.db"
+    code = (
+        "import os, sys; import numpy as np; from service.store import SQLiteStore, SessionRow\n"
+        "s = SQLiteStore(sys.argv[1])\n"
+        "for i in range(40): s.create(SessionRow(f's{i}', '{}', np.ones((2, 3)), "
+        "np.ones((2, 3)), '{}', 1, 0))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True, cwd=ROOT)
+    assert Path(str(db) + "-wal").stat().st_size > 0
+    return db
+
+
+def test_damaged_databases_are_refused_by_name(tmp_path: Path) -> None:
+    db = _filled(tmp_path)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for f in tmp_path.glob("d.db*"):
+        shutil.copy(f, saved / f.name)
+
+    def restore() -> None:
+        for f in saved.iterdir():
+            shutil.copy(f, tmp_path / f.name)
+
+    db.write_bytes(b"")  # truncated to 0
+    with pytest.raises(StoreError, match=str(db)):
+        SQLiteStore(db)
+    restore()
+    Path(str(db) + "-wal").unlink()  # the log of an unclean stop deleted
+    with pytest.raises(StoreError, match="-wal is missing"):
+        SQLiteStore(db)
+    restore()
+    wal = Path(str(db) + "-wal")
+    log = bytearray(wal.read_bytes())
+    log[len(log) // 2] ^= 0xFF  # one byte of a frame in the middle of the log
+    wal.write_bytes(bytes(log))
+    with pytest.raises(StoreError, match="write-ahead log is damaged"):
+        SQLiteStore(db)
+    restore()
+    SQLiteStore(db).close()  # a clean stop moves everything into the main file
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])  # truncated to half
+    with pytest.raises(StoreError, match=str(db)):
+        SQLiteStore(db)
+    db.write_bytes(data[:100] + b"\xff" * 200 + data[300:])  # header and first page damaged
+    with pytest.raises(StoreError, match=str(db)):
+        SQLiteStore(db)
+    db.write_bytes(data)
+    Path(str(db) + "-wal").unlink(missing_ok=True)  # after a clean stop the log holds nothing
+    store = SQLiteStore(db)
+    assert store.count() == (40, 0)
+    store.close()
