@@ -1,15 +1,16 @@
 # Two entry points: `make serve` (the service with embedded defaults) and `make test`.
-# Each creates .venv from pyproject.toml when it is missing or older than pyproject.toml.
+# Each creates .venv from pyproject.toml (versions pinned by constraints.txt) when it is missing
+# or older than either file.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit openapi fuzz clean
+.PHONY: serve test lint typecheck unit openapi fuzz mutants planted clean
 
-$(BIN)/moesched: pyproject.toml
+$(BIN)/moesched: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(BIN)/moesched
 
 serve: $(BIN)/moesched
@@ -31,6 +32,15 @@ unit: $(BIN)/moesched
 
 fuzz: $(BIN)/moesched
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py
+
+# Mutation testing and planted bugs (slow, not in CI): docs/mutants.json, docs/planted_bugs.json.
+# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch).
+mutants: $(BIN)/moesched
+	$(BIN)/python -m pip install --quiet -e '.[mutants]'
+	nice -n 15 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS))
+
+planted: $(BIN)/moesched
+	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json
 
 openapi: $(BIN)/moesched
 	$(BIN)/python -m service.openapi_export

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchResult
+from bench.common import BenchResult, tracked
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, traces_dir
@@ -126,7 +126,8 @@ def run(quick: bool = False) -> BenchResult:
         ]
     jobs = [(t, m, r, c, name) for t, m, r, c, _ in cases for name in [*CONFIGS, "refill"]]
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        measured = dict(zip(jobs, pool.map(measure, jobs), strict=True))
+        done = tracked(pool.imap(measure, jobs), "cache: configurations run", len(jobs))
+        measured = dict(zip(jobs, done, strict=True))
     for trace_file, model_name, runs, capacity, fraction in cases:
         row: dict[str, Any] = {
             "trace": trace_file, "model": model_name, "hardware": HARDWARE,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,3 +49,35 @@ def percentile(values: list[float], q: float) -> float:
     if q >= 100:
         return max(values)
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+# A progress hook for long loops: the CLI installs a reporter (a rich progress bar on a
+# terminal); benchmarks call ``tracked`` and stay silent when none is installed.
+Reporter = Callable[[str, int | None], Callable[[], None]]
+"""``reporter(label, total)`` starts a task and returns the function that advances it by one."""
+
+_reporter: ContextVar[Reporter | None] = ContextVar("bench_progress_reporter", default=None)
+
+
+@contextmanager
+def reporting(reporter: Reporter | None) -> Iterator[None]:
+    """Send every ``tracked`` loop inside this block to ``reporter``."""
+    token = _reporter.set(reporter)
+    try:
+        yield
+    finally:
+        _reporter.reset(token)
+
+
+def tracked(items: Iterable[T], label: str, total: int | None = None) -> Iterator[T]:
+    """Yield ``items``, advancing a progress task called ``label`` after each one."""
+    reporter = _reporter.get()
+    if reporter is None:
+        yield from items
+        return
+    if total is None and isinstance(items, Sized):
+        total = len(items)
+    advance = reporter(label, total)
+    for item in items:
+        yield item
+        advance()

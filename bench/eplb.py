@@ -18,6 +18,7 @@ from hwmodel.routing_traces import (
     load_expert_counts,
     traces_dir,
 )
+from solvers.common import Budget
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.solve import solve_eplb
 
@@ -44,7 +45,7 @@ def run(quick: bool = False) -> BenchResult:
         for redundant in (8, 32):
             problem = EplbProblem(hist, num_log + redundant, 1, 1, 8)
             base = solve_eplb(problem, "greedy")
-            ours = solve_eplb(problem, "auto", deadline_s=per_layer_s * hist.shape[0])
+            ours = solve_eplb(problem, "auto", budget=Budget.work(per_layer_s * hist.shape[0]))
             result.rows.append(
                 {
                     "histograms": name,

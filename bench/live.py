@@ -36,7 +36,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 180) -> None:
+        """Start it and wait until /healthz answers (a generous wait: on a loaded 2-core
+        machine importing the service alone can take tens of seconds)."""
         env = os.environ | {"MOESCHED_DB_PATH": str(self.db)} | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],

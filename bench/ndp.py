@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchResult
+from bench.common import BenchResult, tracked
 from hwmodel.plan import Residency
 from hwmodel.plan_builder import layout_residency, stripe_granules
 from hwmodel.presets import hardware_preset, model_preset
@@ -203,7 +203,8 @@ def run(quick: bool = False) -> BenchResult:
             names = MAIN + (ABLATIONS if dimms == 4 else ())
             jobs += [(model_name, label, dimms, name, decode_steps) for name in names]
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        outcomes = dict(zip(jobs, pool.map(run_one, jobs), strict=True))
+        done = tracked(pool.imap(run_one, jobs), "ndp: configurations run", len(jobs))
+        outcomes = dict(zip(jobs, done, strict=True))
     skipped = []
     for model_name, label, how in cases(quick):
         for dimms in dimm_list:

@@ -42,9 +42,15 @@ def plot_ndp(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [f"{x['trace']} {x['dimms']} DIMMs" for x in rows]
     series = {"moesched vs MoNDE": [x["speedup"] for x in rows]}
-    for name in ("no_tp", "no_balance", "no_prefetch", "every_step"):
+    ablations = {
+        "no_tp": "without tensor parallelism",
+        "no_balance": "expert-parallel only (no balancing)",
+        "no_prefetch": "without prefetch",
+        "every_step": "re-solving every step",
+    }
+    for name, words in ablations.items():
         if any(f"speedup_{name}" in x for x in rows):
-            series[name] = [x.get(f"speedup_{name}", np.nan) for x in rows]
+            series[words] = [x.get(f"speedup_{name}", np.nan) for x in rows]
     _bars(ax, labels, series, "end-to-end speedup over MoNDE-style (x)")
     ax.axhline(2.41, color="grey", ls="--", lw=1)
     ax.text(len(labels) - 0.5, 2.45, "paper: 2.41x mean over MoNDE", fontsize=8, ha="right")
@@ -53,9 +59,12 @@ def plot_ndp(r: Result, ax: Any) -> None:
 
 def plot_cache(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{_short(x['trace'])} {round(100 * x['capacity_fraction'])}%" for x in rows]
+    labels = [
+        f"{_short(x['trace'])}, cache {round(100 * x['capacity_fraction'])}% of experts"
+        for x in rows
+    ]
     names = {
-        "lru": "LRU", "lfu": "LFU", "belady": "Belady (offline)",
+        "lru": "LRU", "lfu": "LFU", "belady": "Belady (offline optimum)",
         "moesched_gpu": "moesched", "moesched_gpu_sub": "moesched + substitution",
         "refill": "refill, no link limit",
     }  # fmt: skip
@@ -67,7 +76,7 @@ def plot_cache(r: Result, ax: Any) -> None:
 def plot_dep(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [
-        f"{x['hardware'][4:]} {x['model'].replace('qwen3-', 'q')} C{x['context_tokens'] // 1024}k"
+        f"{x['hardware'][4:].upper()} {x['model']}, context {x['context_tokens'] // 1024}k tokens"
         for x in rows
     ]
     _bars(ax, labels, {
@@ -83,7 +92,9 @@ def plot_dep(r: Result, ax: Any) -> None:
 
 def plot_eplb(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    labels = [f"{x['histograms']} g{x['num_gpus']} r{x['redundant']}" for x in rows]
+    labels = [
+        f"{x['histograms']}, {x['num_gpus']} GPUs, {x['redundant']} redundant slots" for x in rows
+    ]
     _bars(ax, labels, {
         "DeepSeek EPLB": [x["eplb_balancedness_mean"] for x in rows],
         "moesched": [x["moesched_balancedness_mean"] for x in rows],
@@ -94,7 +105,7 @@ def plot_eplb(r: Result, ax: Any) -> None:
 
 def plot_balance(r: Result, ax: Any) -> None:
     rows = [x for x in r["rows"] if x["batch_tokens"] == 64]
-    labels = [f"{x['trace']} r{x['redundant']}" for x in rows]
+    labels = [f"{x['trace']}, {x['redundant']} redundant slots" for x in rows]
     _bars(ax, labels, {
         "EPLB static": [x["eplb_static_balancedness"] for x in rows],
         "EPLB + routing": [x["eplb_routed_balancedness"] for x in rows],
@@ -105,11 +116,13 @@ def plot_balance(r: Result, ax: Any) -> None:
 
 def plot_solvers(r: Result, ax: Any) -> None:
     rows = r["rows"]
-    for backend in ("greedy", "auto", "reference"):
+    words = {"greedy": "greedy", "auto": "auto (greedy, then CP-SAT)",
+             "reference": "reference (CP-SAT, long deadline)"}  # fmt: skip
+    for backend, label in words.items():
         ax.scatter(
             [x[f"{backend}_ms"] for x in rows],
             [x[f"{backend}_gap"] or 0.0 for x in rows],
-            label=backend, s=14,
+            label=label, s=14,
         )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("wall time per layer (ms)")
@@ -123,7 +136,8 @@ def plot_executor(r: Result, ax: Any) -> None:
     rows = r["rows"]
     labels = [f"{x['hardware']} {x['model']}" for x in rows]
     _bars(ax, labels, {
-        "p50": [x["step_p50_ms"] for x in rows], "p95": [x["step_p95_ms"] for x in rows],
+        "median": [x["step_p50_ms"] for x in rows],
+        "95th percentile": [x["step_p95_ms"] for x in rows],
     }, "ms per simulated step")  # fmt: skip
     ax.axhline(r["summary"].get("target_step_ms", 50), color="grey", ls="--", lw=1)
     ax.set_title("Executor speed (one decode step, every layer)")
@@ -131,7 +145,7 @@ def plot_executor(r: Result, ax: Any) -> None:
 
 def plot_service(r: Result, ax: Any) -> None:
     s = r["summary"]
-    names = ["observe p99", "schedule p50", "healthz p50"]
+    names = ["observation, 99th percentile", "schedule, median", "health check, median"]
     ax.bar(names, [s["observe_p99_ms"], s["schedule_p50_ms"], s["healthz_p50_ms"]])
     ax.axhline(s["targets"]["observe_p99_ms"], color="grey", ls="--", lw=1)
     ax.set_ylabel("ms")
@@ -140,7 +154,7 @@ def plot_service(r: Result, ax: Any) -> None:
 
 def plot_reliability(r: Result, ax: Any) -> None:
     s = r["summary"]
-    parts = ["fuzz", "properties", "overload", "kill -9"]
+    parts = ["schema fuzzing", "random solves (properties)", "overload (503s)", "kill -9 restarts"]
     cases = [s["fuzz_cases"], s["property_cases"], s["overload_requests"], s["kill9_runs"]]
     bad = [
         s["fuzz_5xx"] + s["fuzz_schema_violations"], s["property_failures"], s["overload_5xx"],
@@ -149,6 +163,18 @@ def plot_reliability(r: Result, ax: Any) -> None:
     _bars(ax, parts, {"cases": cases, "failures": bad}, "count")
     ax.set_yscale("symlog")
     ax.set_title("Reliability: cases run and failures found")
+
+
+def plot_cli(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    ax.bar([x["command"] for x in rows], [x["cpu_s_p50"] for x in rows])
+    ax.axhline(r["summary"]["target_s"], color="grey", ls="--", lw=1)
+    ax.text(len(rows) - 0.5, r["summary"]["target_s"] * 1.02, "target: 1 s", fontsize=8, ha="right")
+    for i, x in enumerate(rows):
+        label = f"{x['ratio_to_python']:.1f}x python's wall time"
+        ax.text(i, x["cpu_s_p50"], label, ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("start-up CPU time, median (s)")
+    ax.set_title("Command-line start-up, as a multiple of a bare `python -c pass`")
 
 
 def plot_sweep(r: Result, ax: Any) -> None:
@@ -166,6 +192,7 @@ PLOTS: dict[str, Callable[[Result, Any], None]] = {
     "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
     "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
     "service": plot_service, "reliability": plot_reliability, "sweep": plot_sweep,
+    "cli": plot_cli,
 }  # fmt: skip
 
 
@@ -173,9 +200,14 @@ def plot(result: Result, path: Path) -> None:
     """Draw ``result``'s chart into the PNG at ``path``.
 
     Raises:
-        KeyError: when the benchmark has no chart.
+        ValueError: when ``result`` is not a benchmark result or its benchmark has no chart.
     """
-    draw = PLOTS[result["benchmark"]]
+    name = result.get("benchmark") if isinstance(result, dict) else None
+    if name is None:
+        raise ValueError("benchmark: missing; not a benchmark result (moesched bench NAME --json)")
+    if name not in PLOTS:
+        raise ValueError(f"benchmark: no chart for '{name}'; charts: {sorted(PLOTS)}")
+    draw = PLOTS[name]
     fig, ax = plt.subplots(figsize=(11, 4.8))
     draw(result, ax)
     fig.tight_layout()

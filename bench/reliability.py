@@ -31,6 +31,7 @@ from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
 from service.examples import observation_example, placement_example, session_example
+from solvers.common import Budget
 from solvers.placement.problem import PlacementProblem
 from solvers.placement.solve import solve_layer
 
@@ -55,7 +56,7 @@ def _properties(cases: int, seed: int = 0) -> dict[str, Any]:
         objective: dict[str, int] = {}
         for backend in ("greedy", "cpsat", "milp", "auto"):
             checked += 1
-            sol = solve_layer(problem, backend, 1.0)
+            sol = solve_layer(problem, backend, budget=Budget.work(1.0))
             if sol.assignment is None:
                 failures.append(f"{backend}: no plan ({sol.account.fallback_reason})")
                 continue
@@ -81,7 +82,7 @@ def _properties(cases: int, seed: int = 0) -> dict[str, Any]:
             and objective["auto"] > objective["greedy"]
         ):
             failures.append("auto worse than greedy")
-        again = solve_layer(problem, "greedy", 1.0)
+        again = solve_layer(problem, "greedy", budget=Budget.work(1.0))
         if again.account.objective_cycles != objective.get("greedy"):
             failures.append("greedy not deterministic")
     return {"cases": checked, "failures": len(failures), "first_failures": failures[:5]}

@@ -53,7 +53,78 @@ class WeightLoad:
     ffn_end: int
 
 
-def layer_tasks(
+class TaskIds:
+    """How the lowering names its tasks (one place; nothing downstream parses these names:
+    it reads the typed ``LoweredLayer`` instead). ``p`` is the layer and micro-batch prefix."""
+
+    @staticmethod
+    def prefix(layer: int, micro_batch: int) -> str:
+        return f"L{layer}.mb{micro_batch}"
+
+    @staticmethod
+    def attention(p: str) -> str:
+        return f"{p}.attn"
+
+    @staticmethod
+    def load(p: str, expert: int, ffn_start: int) -> str:
+        return f"{p}.load.e{expert}.{ffn_start}"
+
+    @staticmethod
+    def dispatch(p: str, device_id: str) -> str:
+        return f"{p}.to.{device_id}"
+
+    @staticmethod
+    def shard(p: str, expert: int, device_id: str, ffn_start: int) -> str:
+        return f"{p}.e{expert}.{device_id}.{ffn_start}"
+
+    @staticmethod
+    def gather(p: str, device_id: str) -> str:
+        return f"{p}.from.{device_id}"
+
+    @staticmethod
+    def reduce(p: str) -> str:
+        return f"{p}.reduce"
+
+
+IDS = TaskIds()
+
+
+@dataclass(frozen=True)
+class LoweredLayer:
+    """One layer and micro-batch lowered, by stage, each stage in emission order.
+
+    ``tasks()`` is the emission order, stage by stage: [attention], weight loads (in the
+    ``loads`` order given), dispatches (device order), shards (device order; on the home device
+    shards whose weights are loaded come last, in load order), gathers (partial-sum returns,
+    device order), [reduce]. Every task comes after the tasks it waits on, and every resource's
+    queue follows the data flow (tests check this contract). ``waits``: the ids the next layer
+    waits on.
+    """
+
+    attention: ComputeTask | None
+    loads: tuple[TransferTask, ...]
+    dispatches: tuple[TransferTask, ...]
+    shards: tuple[ComputeTask, ...]
+    gathers: tuple[TransferTask, ...]
+    reduce: ComputeTask | None
+    waits: tuple[str, ...]
+
+    def tasks(self) -> list[ComputeTask | TransferTask]:
+        """Every task, in emission order."""
+        head: list[ComputeTask | TransferTask] = [] if self.attention is None else [self.attention]
+        tail: list[ComputeTask | TransferTask] = [] if self.reduce is None else [self.reduce]
+        return [*head, *self.loads, *self.dispatches, *self.shards, *self.gathers, *tail]
+
+    def loads_of(self, expert: int) -> list[TransferTask]:
+        """The weight loads of ``expert`` (one per load piece)."""
+        return [t for t in self.loads if t.weights is not None and t.weights.expert == expert]
+
+    def shards_of(self, expert: int) -> list[ComputeTask]:
+        """The shards of ``expert`` (on every device)."""
+        return [t for t in self.shards if t.expert == expert]
+
+
+def lower_layer(
     hardware: Hardware,
     model: ModelSpec,
     layer: int,
@@ -63,35 +134,30 @@ def layer_tasks(
     micro_batch: int = 0,
     attention: bool = False,
     loads: Sequence[WeightLoad] = (),
-) -> tuple[list[ComputeTask | TransferTask], list[str]]:
-    """Tasks of one layer and micro-batch; returns them and the ids the next layer waits on.
-
-    Emission order is by stage, so that every resource's queue follows the data flow:
-    [attention], weight loads (in ``loads`` order), dispatches (device order), shards (device
-    order; on the home device shards whose weights are loaded come last, in load order),
-    returns (device order), reduce. A home-device shard of a loaded expert waits for its load.
+) -> LoweredLayer:
+    """The tasks of one layer and micro-batch, by stage (``LoweredLayer``). A home-device
+    shard of a loaded expert waits for its load.
 
     Raises:
         ValueError: when a remote shard's device (or a load's source) has no link to or from
             the home device.
     """
     home = hardware.home_device_id
-    p = f"L{layer}.mb{micro_batch}"
-    tasks: list[ComputeTask | TransferTask] = []
+    p = IDS.prefix(layer, micro_batch)
     start_after = tuple(after)
+    attn: ComputeTask | None = None
     if attention:
-        tasks.append(
-            ComputeTask(
-                id=f"{p}.attn", device_id=home, op="attention", layer=layer,
-                num_tokens=num_tokens, after=start_after, micro_batch=micro_batch,
-            )
+        attn = ComputeTask(
+            id=IDS.attention(p), device_id=home, op="attention", layer=layer,
+            num_tokens=num_tokens, after=start_after, micro_batch=micro_batch,
         )  # fmt: skip
-        start_after = (f"{p}.attn",)
+        start_after = (attn.id,)
     load_id: dict[int, list[str]] = {}
+    load_tasks: list[TransferTask] = []
     for ld in loads:
-        tid = f"{p}.load.e{ld.expert}.{ld.ffn_start}"
+        tid = IDS.load(p, ld.expert, ld.ffn_start)
         load_id.setdefault(ld.expert, []).append(tid)
-        tasks.append(
+        load_tasks.append(
             TransferTask(
                 id=tid, link_id=_link(hardware, ld.src_device_id, home),
                 src_device_id=ld.src_device_id, dst_device_id=home, payload="weights",
@@ -104,18 +170,21 @@ def layer_tasks(
     devices = [d.id for d in hardware.devices if any(s.device_id == d.id for s in shards)]
     remote = [d for d in devices if d != home]
     rows: dict[str, int] = {}
+    dispatches: list[TransferTask] = []
     for dev in remote:
         rows[dev] = min(
             num_tokens, sum({s.expert: s.num_tokens for s in shards if s.device_id == dev}.values())
         )
-        tasks.append(
+        dispatches.append(
             TransferTask(
-                id=f"{p}.to.{dev}", link_id=_link(hardware, home, dev), src_device_id=home,
+                id=IDS.dispatch(p, dev), link_id=_link(hardware, home, dev), src_device_id=home,
                 dst_device_id=dev, payload="activations", layer=layer, num_tokens=rows[dev],
                 after=start_after, micro_batch=micro_batch,
             )
         )  # fmt: skip
+    to = {t.dst_device_id: t.id for t in dispatches}
     shard_ids: dict[str, list[str]] = {d: [] for d in devices}
+    shard_tasks: list[ComputeTask] = []
     for dev in devices:
         mine = [s for s in shards if s.device_id == dev]
         if dev == home:
@@ -126,39 +195,59 @@ def layer_tasks(
                 )
             )
         for s in mine:
-            sid = f"{p}.e{s.expert}.{dev}.{s.ffn_start}"
+            sid = IDS.shard(p, s.expert, dev, s.ffn_start)
             shard_ids[dev].append(sid)
             if dev != home:
-                deps: tuple[str, ...] = (f"{p}.to.{dev}",)
+                deps: tuple[str, ...] = (to[dev],)
             elif s.expert in load_id:
                 deps = (*start_after, *load_id[s.expert])
             else:
                 deps = start_after
-            tasks.append(
+            shard_tasks.append(
                 ComputeTask(
                     id=sid, device_id=dev, op="expert", layer=layer, expert=s.expert,
                     ffn_start=s.ffn_start, ffn_end=s.ffn_end, num_tokens=s.num_tokens,
                     after=deps, micro_batch=micro_batch,
                 )
             )  # fmt: skip
-    for dev in remote:
-        tasks.append(
-            TransferTask(
-                id=f"{p}.from.{dev}", link_id=_link(hardware, dev, home), src_device_id=dev,
-                dst_device_id=home, payload="partial_sums", layer=layer, num_tokens=rows[dev],
-                after=tuple(shard_ids[dev]), micro_batch=micro_batch,
-            )
-        )  # fmt: skip
-    if not devices:
-        return tasks, list(start_after)
-    waits = [f"{p}.from.{d}" for d in remote] + (shard_ids.get(home, []))
-    tasks.append(
-        ComputeTask(
-            id=f"{p}.reduce", device_id=home, op="reduce", layer=layer, num_tokens=num_tokens,
-            num_partials=len(devices), after=tuple(waits), micro_batch=micro_batch,
+    gathers = [
+        TransferTask(
+            id=IDS.gather(p, dev), link_id=_link(hardware, dev, home), src_device_id=dev,
+            dst_device_id=home, payload="partial_sums", layer=layer, num_tokens=rows[dev],
+            after=tuple(shard_ids[dev]), micro_batch=micro_batch,
         )
+        for dev in remote
+    ]  # fmt: skip
+    reduce: ComputeTask | None = None
+    if devices:
+        reduce = ComputeTask(
+            id=IDS.reduce(p), device_id=home, op="reduce", layer=layer, num_tokens=num_tokens,
+            num_partials=len(devices), micro_batch=micro_batch,
+            after=(*(g.id for g in gathers), *shard_ids.get(home, [])),
+        )  # fmt: skip
+    return LoweredLayer(
+        attn, tuple(load_tasks), tuple(dispatches), tuple(shard_tasks), tuple(gathers), reduce,
+        (reduce.id,) if reduce is not None else start_after,
     )  # fmt: skip
-    return tasks, [f"{p}.reduce"]
+
+
+def layer_tasks(
+    hardware: Hardware,
+    model: ModelSpec,
+    layer: int,
+    shards: Sequence[Shard],
+    num_tokens: int,
+    after: Sequence[str] = (),
+    micro_batch: int = 0,
+    attention: bool = False,
+    loads: Sequence[WeightLoad] = (),
+) -> tuple[list[ComputeTask | TransferTask], list[str]]:
+    """Tasks of one layer and micro-batch in emission order (``LoweredLayer.tasks``), and the
+    ids the next layer waits on."""
+    lowered = lower_layer(
+        hardware, model, layer, shards, num_tokens, after, micro_batch, attention, loads
+    )
+    return lowered.tasks(), list(lowered.waits)
 
 
 def _link(hardware: Hardware, src: str, dst: str) -> str:

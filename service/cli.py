@@ -1,118 +1,275 @@
-"""The `moesched` command line."""
+"""The `moesched` command line.
+
+Start-up is kept short: only typer and the standard library load when the module is imported;
+every command imports the solvers, schemas, HTTP client or plotting it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from pydantic import ValidationError
 
-from hwmodel.executor import simulate as run_simulation
-from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
-from hwmodel.report import Report
-from hwmodel.trace_export import chrome_trace, gantt
-from service.client import MoeschedClient, MoeschedError
-from service.errors import DomainError
-from service.schemas import (
-    EplbRequest,
-    OrderingRequest,
-    OrderingResponse,
-    PlacementRequest,
-    PlacementResponse,
-    RouteRequest,
-    SimulateRequest,
-)
-from solvers.common import BACKENDS
+if TYPE_CHECKING:
+    from hwmodel.report import Report
+    from service.client import MoeschedClient
 
-TraceOption = Annotated[Path | None, typer.Option(help="Write a Chrome trace (Perfetto) here.")]
+EXIT_OK, EXIT_VIOLATIONS, EXIT_BAD_INPUT = 0, 1, 2
+
+HELP = """moesched: MoE scheduling on heterogeneous hardware.
+
+Exit codes: 0 ok; 1 the plan breaks a rule (the executor found violations); 2 bad input (one
+line on stderr naming the file and the field, worded as the HTTP service words it).
+Commands the service also offers take --url URL to send the request to a running service.
+"""
+
+TraceOption = Annotated[Path | None, typer.Option(help="Write a Perfetto (Chrome) trace here.")]
 GanttOption = Annotated[
-    Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG/SVG) here.")
+    Path | None, typer.Option("--gantt", help="Write a Gantt chart (PNG or SVG, by suffix) here.")
 ]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(help="Send the request to a running service (e.g. http://127.0.0.1:8000)."),
+]
+ApiKeyOption = Annotated[str | None, typer.Option(help="API key for --url (X-API-Key).")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress display (also off when not a TTY).")
+]
+
+# name -> what it measures: shown by `bench --help` without importing any benchmark
+BENCHMARK_HELP = {
+    "executor": "simulation speed of a decode step",
+    "solvers": "placement backends on real layers",
+    "eplb": "EPLB balancedness vs DeepSeek's",
+    "dep": "disaggregated expert parallelism vs PPPipe",
+    "service": "HTTP latency and throughput",
+    "reliability": "fuzzing, overload, kill -9",
+    "balance": "per-batch routing balance",
+    "cache": "expert-cache hit rates on real traces",
+    "ndp": "the GPU-NDP reproduction",
+    "sweep": "a design-space sweep on Ray, 1 vs 2 workers",
+    "cli": "command-line start-up vs python -c pass",
+}
+BENCHMARKS_WITHOUT_TRACES = frozenset({"dep", "cli"})
+
+
+def say(text: str) -> None:
+    """A result line, on stdout."""
+    typer.echo(text)
+
+
+def note(text: str) -> None:
+    """A remark that is not the result (a note, an error), on stderr."""
+    typer.echo(text, err=True)
 
 
 @contextmanager
-def _exit_2_on_bad_input() -> Iterator[None]:
-    """Input the command cannot use: print why and exit with status 2."""
+def bad_input(source: str | Path | None) -> Iterator[None]:
+    """Input the command cannot use: one line on stderr naming ``source`` and the field, then
+    exit 2. Anything that is not bad input (a bug) propagates with its traceback."""
+    from service.input_errors import input_error_text
+
     try:
         yield
-    except (ValidationError, DomainError, OSError, ValueError, KeyError, MoeschedError) as exc:
-        print(f"error: {exc}")
-        raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        text = input_error_text(exc, source)
+        if text is None:
+            raise
+        note(f"error: {text}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-app = typer.Typer(help="moesched: MoE scheduling on heterogeneous hardware.", no_args_is_help=True)
+Reporter = Callable[[str, int | None], Callable[[], None]]
+
+
+@contextmanager
+def progress(quiet: bool) -> Iterator[Reporter | None]:
+    """A rich progress display on stderr, or None with --quiet or when stderr is no terminal.
+
+    Yields ``reporter(label, total)`` which starts a task (a spinner when ``total`` is None)
+    and returns the function advancing it by one.
+    """
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+
+        def reporter(label: str, total: int | None) -> Callable[[], None]:
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+
+        yield reporter
+
+
+@contextmanager
+def working(quiet: bool, label: str) -> Iterator[Reporter | None]:
+    """``progress`` with one spinner task called ``label`` already started."""
+    with progress(quiet) as reporter:
+        if reporter is not None:
+            reporter(label, None)
+        yield reporter
+
+
+def client(url: str, api_key: str | None) -> MoeschedClient:
+    from service.client import MoeschedClient
+
+    return MoeschedClient(url, api_key)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path`` (bad input: exit 2 naming the file)."""
+    return json.loads(path.read_bytes())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            say(f"moesched {version('moesched')}")
+        except PackageNotFoundError:
+            say("moesched (not installed)")
+        raise typer.Exit(EXIT_OK)
+
+
+app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """moesched: MoE scheduling on heterogeneous hardware."""
 
 
 @app.command()
-def presets() -> None:
+def presets(url: UrlOption = None, api_key: ApiKeyOption = None) -> None:
     """List the hardware and model presets."""
-    print("hardware presets:")
-    for name in HARDWARE_PRESETS:
-        print(f"  {name:24s} {hardware_preset(name).description}")
-    print("model presets:")
-    for name in MODEL_PRESETS:
-        m = model_preset(name)
-        print(
-            f"  {name:24s} {m.num_routed_experts} experts top-{m.top_k}, {m.num_moe_layers} MoE "
-            f"layers, {m.expert_bytes() / 1e6:.1f} MB per expert"
+    if url is not None:
+        with bad_input(url), client(url, api_key) as c:
+            hardware, models = c.hardware_presets(), c.model_presets()
+        rows_hw = [(h.name, h.description) for h in hardware]
+        rows_m = [(m.name, m.num_routed_experts, m.top_k, m.num_moe_layers, m.expert_bytes)
+                  for m in models]  # fmt: skip
+    else:
+        from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
+
+        rows_hw = [(name, hardware_preset(name).description) for name in HARDWARE_PRESETS]
+        rows_m = []
+        for name in MODEL_PRESETS:
+            m = model_preset(name)
+            rows_m.append((name, m.num_routed_experts, m.top_k, m.num_moe_layers, m.expert_bytes()))
+    say("hardware presets:")
+    for name, description in rows_hw:
+        say(f"  {name:24s} {description}")
+    say("model presets:")
+    for name, experts, top_k, layers, expert_bytes in rows_m:
+        say(
+            f"  {name:24s} {experts} experts top-{top_k}, {layers} MoE layers, "
+            f"{expert_bytes / 1e6:.1f} MB per expert"
         )
 
 
 def print_report(report: Report) -> None:
     """Print the headline figures and every violation."""
-    print(f"valid: {report.valid}  tasks: {report.num_tasks}")
-    print(f"makespan: {report.makespan_cycles} cycles = {report.makespan_s * 1e3:.4f} ms")
+    say(f"valid: {report.valid}  tasks: {report.num_tasks}")
+    say(f"makespan: {report.makespan_cycles} cycles = {report.makespan_s * 1e3:.4f} ms")
     for d in report.devices:
-        print(
-            f"  {d.device_id:10s} {d.kind:4s} busy {d.busy_cycles:>12d}  util {d.utilization:6.1%}"
-        )
+        say(f"  {d.device_id:10s} {d.kind:4s} busy {d.busy_cycles:>12d}  util {d.utilization:6.1%}")
     for lk in report.links:
-        print(
-            f"  {lk.link_id:10s} link {lk.bytes_moved / 1e6:10.3f} MB  util {lk.utilization:6.1%}"
-        )
+        say(f"  {lk.link_id:10s} link {lk.bytes_moved / 1e6:10.3f} MB  util {lk.utilization:6.1%}")
     for imb in report.imbalance:
-        print(f"  imbalance {imb.kind}: max/mean {imb.max_over_mean:.3f}  cv {imb.cv:.3f}")
-    print(f"cache hits {report.cache_hits}  misses {report.cache_misses}")
+        say(f"  imbalance {imb.kind}: max/mean {imb.max_over_mean:.3f}  cv {imb.cv:.3f}")
+    say(f"cache hits {report.cache_hits}  misses {report.cache_misses}")
     for v in report.violations:
         where = " ".join(
             f"{k}={val}"
             for k, val in (("task", v.task_id), ("at", v.resource_id), ("cycle", v.cycle))
             if val is not None
         )
-        print(f"VIOLATION {v.code}: {v.message} {where}")
+        say(f"VIOLATION {v.code}: {v.message} {where}")
 
 
-@app.command()
-def simulate(
-    file: Annotated[Path, typer.Argument(help="JSON request: the body of POST /v1/simulate.")],
-    trace: TraceOption = None,
-    gantt_path: GanttOption = None,
-) -> None:
-    """Simulate a plan and print the report; exit 1 when the plan breaks a rule."""
-    with _exit_2_on_bad_input():
-        request = SimulateRequest.model_validate_json(file.read_bytes())
-        hardware, model = request.resolved_hardware(), request.resolved_model()
-    report = run_simulation(
-        hardware,
-        model,
-        request.plan,
-        request.workload,
-        request.residency,
-        include_timeline=trace is not None or gantt_path is not None,
-    )
-    print_report(report)
+def write_pictures(report: Report, trace: Path | None, gantt_path: Path | None) -> None:
+    """Write the Perfetto trace and the Gantt chart of a report simulated with its timeline."""
+    from hwmodel.trace_export import chrome_trace, gantt
+
     if trace is not None:
         trace.write_text(json.dumps(chrome_trace(report)))
     if gantt_path is not None:
         gantt(report, gantt_path)
+
+
+@app.command()
+def simulate(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON: the body of POST /v1/simulate, or a plan written by `solve --out`."
+        ),
+    ],
+    trace: TraceOption = None,
+    gantt_path: GanttOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Simulate a plan and print the report; exit 1 when the plan breaks a rule."""
+    from service.schemas import SimulateRequest
+
+    timeline = trace is not None or gantt_path is not None
+    with bad_input(file):
+        request = SimulateRequest.model_validate(read_json(file))
+        if timeline:
+            request = request.model_copy(update={"include_timeline": True})
+        if url is not None:
+            with bad_input(url), client(url, api_key) as c:
+                report = c.simulate(request).report
+        else:
+            from hwmodel.executor import simulate as run_simulation
+
+            report = run_simulation(
+                request.resolved_hardware(),
+                request.resolved_model(),
+                request.plan,
+                request.workload,
+                request.residency,
+                include_timeline=timeline,
+                context_tokens=request.context_tokens,
+            )
+    print_report(report)
+    write_pictures(report, trace, gantt_path)
     if not report.valid:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_VIOLATIONS)
 
 
 @app.command()
@@ -124,23 +281,32 @@ def solve(
     backend: Annotated[
         str | None, typer.Option(help="Override the backend: auto, cpsat, milp or greedy.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the plan (JSON) here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the plan here, as a request `moesched simulate` accepts."),
+    ] = None,
     trace: TraceOption = None,
     gantt_path: GanttOption = None,
-    url: Annotated[
-        str | None, typer.Option(help="Send the request to a running service instead.")
-    ] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key for --url.")] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Solve a placement or ordering request; print the account and the executor's report."""
-    from service.settings import get_settings
-    from service.solving import order, place
+    from service.schemas import (
+        OrderingRequest,
+        OrderingResponse,
+        PlacementRequest,
+        PlacementResponse,
+    )
+    from solvers.common import BACKENDS
 
     if backend is not None and backend not in BACKENDS:
-        print(f"error: --backend must be one of {list(BACKENDS)}")
-        raise typer.Exit(2)
-    with _exit_2_on_bad_input():
-        data = json.loads(file.read_bytes())
+        note(f"error: --backend: unknown '{backend}'; known: {list(BACKENDS)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    timeline = trace is not None or gantt_path is not None
+    response: PlacementResponse | OrderingResponse
+    with bad_input(file):
+        data = read_json(file)
         request: PlacementRequest | OrderingRequest
         if isinstance(data, dict) and "batch_tokens" in data:
             request = OrderingRequest.model_validate(data)
@@ -149,42 +315,85 @@ def solve(
         if backend is not None:
             opts = request.options.model_copy(update={"backend": backend})
             request = request.model_copy(update={"options": opts})
-        timeline = trace is not None or gantt_path is not None
-        response: PlacementResponse | OrderingResponse
-        if url is not None:
-            if timeline:
-                print("note: --trace/--gantt need the timeline; the service returns none here")
-                trace = gantt_path = None
-            with MoeschedClient(url, api_key) as client:
+        kind = "ordering" if isinstance(request, OrderingRequest) else "placement"
+        label = (
+            f"solving {kind}: backend {request.options.backend}, "
+            f"deadline {request.options.deadline_s:g} s"
+        )
+        with working(quiet, label):
+            if url is not None:
+                if timeline:
+                    note("note: --trace/--gantt need the timeline; the service returns none here")
+                    trace = gantt_path = None
+                with bad_input(url), client(url, api_key) as c:
+                    if isinstance(request, OrderingRequest):
+                        response = c.ordering(request)
+                    else:
+                        response = c.placement(request)
+            else:
+                from service.settings import get_settings
+                from service.solving import order, place
+
                 if isinstance(request, OrderingRequest):
-                    response = client.ordering(request)
+                    response = order(request, get_settings(), timeline)
                 else:
-                    response = client.placement(request)
-        elif isinstance(request, OrderingRequest):
-            response = order(request, get_settings(), timeline)
-        else:
-            response = place(request, get_settings(), timeline)
-    a = response.account
-    gap = "n/a" if a.gap is None else f"{a.gap:.2%}"
-    print(
-        f"status {a.status}  backend {a.backend}  objective {a.objective_cycles} cycles  "
-        f"bound {a.lower_bound_cycles}  gap {gap}  wall {a.wall_time_s:.3f} s"
-    )
-    if a.fallback_reason:
-        print(f"fallback: {a.fallback_reason}")
+                    response = place(request, get_settings(), timeline)
+    print_summary(response)
     if isinstance(response, OrderingResponse):
-        print(
+        say(
             f"micro-batches {response.micro_batches} ({response.why}); serial "
             f"{response.serial_cycles}, PPPipe {response.pppipe_cycles} at m="
             f"{response.pppipe_micro_batches}; {response.throughput_tokens_per_s:,.0f} tokens/s"
         )
     print_report(response.report)
     if out is not None:
-        out.write_text(response.plan.model_dump_json(indent=1))
-    if trace is not None:
-        trace.write_text(json.dumps(chrome_trace(response.report)))
-    if gantt_path is not None:
-        gantt(response.report, gantt_path)
+        out.write_text(json.dumps(simulate_body(data, request, response), indent=1))
+    write_pictures(response.report, trace, gantt_path)
+
+
+def print_summary(response: Any) -> None:
+    """The answer first: status and why, gap, makespan, then where every expert runs."""
+    s, a = response.summary, response.account
+    gap = "n/a" if s.gap is None else f"{s.gap:.2%}"
+    say(f"status {s.status}: {s.why}")
+    say(
+        f"gap {gap}  makespan {s.makespan_ms:.4f} ms ({s.makespan_cycles} cycles)  "
+        f"backend {a.backend}  bound {a.lower_bound_cycles}  wall {a.wall_time_s:.3f} s"
+    )
+    for layer in s.layers:
+        experts = "; ".join(
+            f"e{e} -> "
+            + " ".join(d if end is None else f"{d}[{start}:{end}]" for d, start, end in shards)
+            for e, shards in layer.experts.items()
+        )
+        say(f"layer {layer.layer}: {experts}")
+
+
+def simulate_body(data: dict[str, Any], request: Any, response: Any) -> dict[str, Any]:
+    """The body of POST /v1/simulate for a solved plan: the request's hardware and model as
+    given (presets stay presets), the residency the plan was solved on, the workload (placement)
+    or the context length (ordering), and the plan."""
+    from service.schemas import OrderingRequest
+
+    body: dict[str, Any] = {
+        k: data[k] for k in ("hardware", "hardware_preset", "model", "model_preset") if k in data
+    }
+    if isinstance(request, OrderingRequest):
+        from solvers.ordering.dep import DepProblem
+
+        residency = DepProblem(
+            request.resolved_hardware(), request.resolved_model(), request.batch_tokens,
+            request.num_layers, request.context_tokens,
+        ).residency()  # fmt: skip
+        body["context_tokens"] = request.context_tokens
+    else:
+        from service.solving import residency_of
+
+        residency = residency_of(request)
+        body["workload"] = request.workload.model_dump(mode="json", exclude_none=True)
+    body["residency"] = residency.model_dump(mode="json", exclude_none=True)
+    body["plan"] = response.plan.model_dump(mode="json", exclude_none=True)
+    return body
 
 
 @app.command()
@@ -197,14 +406,16 @@ def eplb(
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the maps.")],
     backend: Annotated[str, typer.Option(help="auto, cpsat or greedy (EPLB's own).")] = "auto",
     deadline_s: Annotated[float, typer.Option(help="Wall-clock budget in seconds.")] = 5.0,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """EPLB-compatible replica placement; writes physical_to_logical and friends as JSON."""
-    from service.settings import get_settings
-    from service.solving import eplb as solve_eplb_request
+    from service.schemas import EplbRequest
 
-    with _exit_2_on_bad_input():
+    with bad_input(weights):
         request = EplbRequest(
-            weights=json.loads(weights.read_text()),
+            weights=read_json(weights),
             num_replicas=num_replicas,
             num_groups=num_groups,
             num_nodes=num_nodes,
@@ -212,9 +423,17 @@ def eplb(
             backend=backend,  # validated by EplbRequest
             deadline_s=deadline_s,
         )
-        response = solve_eplb_request(request, get_settings())
+        with working(quiet, f"EPLB: backend {backend}, deadline {deadline_s:g} s"):
+            if url is not None:
+                with bad_input(url), client(url, api_key) as c:
+                    response = c.eplb(request)
+            else:
+                from service.settings import get_settings
+                from service.solving import eplb as solve_eplb_request
+
+                response = solve_eplb_request(request, get_settings())
     json_path.write_text(response.model_dump_json(indent=1))
-    print(
+    say(
         f"status {response.status}  balancedness mean {response.balancedness_mean:.4f}  "
         f"min {min(response.balancedness):.4f}  wall {response.wall_time_s:.3f} s"
     )
@@ -228,19 +447,27 @@ def route(
     loads: Annotated[Path, typer.Option(help="JSON list: tokens per logical expert.")],
     num_gpus: Annotated[int, typer.Option(help="GPUs.")],
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the routing.")],
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Split one batch's tokens among replicas so the busiest GPU is lightest."""
-    from service.solving import route as route_request
+    from service.schemas import RouteRequest
 
-    with _exit_2_on_bad_input():
-        request = RouteRequest(
-            physical_to_logical=json.loads(placement.read_text()),
-            num_gpus=num_gpus,
-            loads=json.loads(loads.read_text()),
-        )
-        response = route_request(request)
+    with bad_input(placement):
+        p2l = read_json(placement)
+    with bad_input(loads):
+        tokens = read_json(loads)
+    with bad_input(f"{placement} + {loads}"):
+        request = RouteRequest(physical_to_logical=p2l, num_gpus=num_gpus, loads=tokens)
+        if url is not None:
+            with bad_input(url), client(url, api_key) as c:
+                response = c.route(request)
+        else:
+            from service.solving import route as route_request
+
+            response = route_request(request)
     json_path.write_text(response.model_dump_json(indent=1))
-    print(
+    say(
         f"max load {response.max_load}  balancedness {response.balancedness:.4f} (even split "
         f"{response.even_split_balancedness:.4f})"
     )
@@ -274,19 +501,25 @@ def replay(
     quality_budget: Annotated[
         float, typer.Option(help="Largest share of gate mass substituted.")
     ] = 0.05,
+    quiet: QuietOption = False,
 ) -> None:
     """Replay a real decode trace step by step through prediction, prefetch, cache, placement
     and the executor: hit rate, bytes moved, substituted gate mass and per-step latency.
 
     Exits 1 when the executor finds a violation in any step.
     """
+    from typing import cast, get_args
+
+    import numpy as np
+
+    from bench.common import reporting, tracked
     from hwmodel.plan_builder import layout_residency, stripe_granules
     from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
     from hwmodel.routing_traces import load_trace
     from solvers.decode_loop import Dispatch, LoopConfig, run_sequences
     from solvers.prefetch.cache import POLICIES, Policy
 
-    with _exit_2_on_bad_input():
+    with bad_input(trace), progress(quiet) as reporter, reporting(reporter):
         routing = load_trace(trace)
         if model is None:
             model = next(
@@ -320,7 +553,7 @@ def replay(
         )
         runs = routing.decode_runs(prefill_fraction, max_steps, sequences)
         results = {}
-        for name in policies:
+        for name in tracked(policies, f"replaying {trace.name}: cache policies"):
             config = LoopConfig(
                 capacity_experts=capacity, cache=cast(Policy, name),
                 prefetch=prefetch and name == "moesched", dispatch=cast(Dispatch, dispatch),
@@ -345,42 +578,73 @@ def replay(
                 "executor_violations": merged.violations,
             }
             r = results[name]
-            print(
+            say(
                 f"{name:9s} hit rate {r['hit_rate']:.3f}  loads {r['demand_loads']:6d}  "
                 f"prefetches {r['prefetches']:5d}  latency {r['latency_ms_mean']:.3f} ms/step  "
                 f"substituted mass {r['substituted_gate_mass_share']:.3f}  "
                 f"violations {r['executor_violations']}"
             )
+    idle = all(r["demand_loads"] == 0 and r["prefetches"] == 0 for r in results.values())
+    if len(results) > 1 and idle:
+        say(
+            f"note: no policy loaded an expert (dispatch {dispatch} runs every miss where its "
+            "weights live), so no cache changed after warm-up and the policies coincide"
+        )
     out = {
         "trace": str(trace), "model": model, "hardware": hardware, "dispatch": dispatch,
         "capacity_experts": capacity, "decode_runs": runs, "policies": results,
     }  # fmt: skip
     json_path.write_text(json.dumps(out, indent=1))
     if any(r["executor_violations"] for r in results.values()):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_VIOLATIONS)
 
 
-@app.command()
+@app.command(
+    epilog="Benchmarks: "
+    + "; ".join(f"{name} ({what})" for name, what in BENCHMARK_HELP.items())
+    + "."
+)
 def bench(
-    name: Annotated[str, typer.Argument(help="Benchmark name (see --help of the bench module).")],
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(BENCHMARK_HELP)}.")],
     json_path: Annotated[Path, typer.Option("--json", help="Where to write the JSON result.")],
     quick: Annotated[bool, typer.Option(help="A short run (seconds, not minutes).")] = False,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
     ] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
     from bench import BENCHMARKS
-    from bench.plots import plot as draw
+    from bench.common import reporting
 
     if name not in BENCHMARKS:
-        print(f"error: unknown benchmark '{name}'; known: {sorted(BENCHMARKS)}")
-        raise typer.Exit(2)
-    result = BENCHMARKS[name](quick)
+        note(f"error: unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    from hwmodel.routing_traces import traces_dir
+
+    traces = traces_dir()
+    missing_traces = (
+        f"error: bench {name} reads the real routing traces, which are not at {traces}; set "
+        "MOESCHED_TRACES_DIR to their folder (in Docker: -v PATH/shared/traces:/traces:ro)"
+    )
+    if name not in BENCHMARKS_WITHOUT_TRACES and not traces.is_dir():
+        note(missing_traces)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    label = f"bench {name}" + (" --quick" if quick else "")
+    try:
+        with working(quiet, label) as reporter, reporting(reporter):
+            result = BENCHMARKS[name](quick)
+    except FileNotFoundError as exc:
+        if exc.filename is None or not Path(exc.filename).is_relative_to(traces):
+            raise
+        note(f"{missing_traces} ({Path(exc.filename).name} is missing)")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     result.write(json_path)
     if plot_path is not None:
+        from bench.plots import plot as draw
+
         draw(result.to_json(), plot_path)
-    print(json.dumps(result.summary, indent=2))
+    say(json.dumps(result.summary, indent=2))
 
 
 @app.command()
@@ -389,11 +653,12 @@ def plot(
     out: Annotated[Path, typer.Option(help="Where to write the PNG.")],
 ) -> None:
     """Draw a benchmark's chart from its JSON result (no re-run)."""
-    from bench.plots import plot as draw
+    with bad_input(result):
+        data = read_json(result)
+        from bench.plots import plot as draw
 
-    with _exit_2_on_bad_input():
-        draw(json.loads(result.read_text()), out)
-    print(f"wrote {out}")
+        draw(data, out)
+    say(f"wrote {out}")
 
 
 @app.command()
@@ -410,36 +675,37 @@ def sweep(
     plot_dir: Annotated[
         Path | None, typer.Option("--plot-dir", help="Draw the Pareto and sensitivity charts.")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a design-space sweep on Ray, one point a task, rows streamed to a CSV file.
 
     Exit 1 when a point failed or broke an executor check, 2 on a bad spec."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from bench.sweep import load_spec, plot_sweep, run_sweep
 
-    with _exit_2_on_bad_input():
+    with bad_input(spec_path):
         spec = load_spec(spec_path)
-    progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), disable=quiet,
+    bar_display = Progress(
+        "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=quiet or not sys.stderr.isatty(),
     )  # fmt: skip
-    with progress:
-        bar = progress.add_task(f"sweep {spec.name}", total=None)
+    with bar_display:
+        bar = bar_display.add_task(f"sweep {spec.name}", total=None)
         got = run_sweep(
             spec, out, address=address, num_cpus=workers,
-            on_row=lambda done, total: progress.update(bar, completed=done, total=total),
+            on_row=lambda done, total: bar_display.update(bar, completed=done, total=total),
         )  # fmt: skip
-    print(
+    say(
         f"{got.total} points: {got.reused} reused, {got.computed} computed, {got.failed} failed "
         f"in {got.wall_s:.1f} s; rows in {out}"
     )
     if plot_dir is not None:
         for path in plot_sweep(spec, got.rows, plot_dir):
-            print(f"wrote {path}")
+            say(f"wrote {path}")
     if any(r["status"] != "ok" for r in got.rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_VIOLATIONS)
 
 
 @app.command()
@@ -447,7 +713,9 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Bind address (default: settings, loopback).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: settings, 8000).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: MOESCHED_PORT, else 8000).")
+    ] = None,
 ) -> None:
     """Start the HTTP service (Swagger UI at /docs)."""
     import uvicorn

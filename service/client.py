@@ -9,20 +9,25 @@ plan = client.plan(session.id)  # plan.version changes when a re-solve lands
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from service.input_errors import MoeschedError
 from service.schemas import (
     EplbRequest,
     EplbResponse,
+    HardwarePresetSummary,
+    ModelPresetSummary,
     Observation,
     ObservationAck,
     OrderingRequest,
     OrderingResponse,
     PlacementRequest,
     PlacementResponse,
+    RouteRequest,
+    RouteResponse,
     ScheduleRequest,
     ScheduleResponse,
     SessionCreate,
@@ -32,15 +37,6 @@ from service.schemas import (
 )
 
 R = TypeVar("R", bound=BaseModel)
-
-
-class MoeschedError(Exception):
-    """A 4xx/5xx answer; ``status`` and the service's ``error`` message."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(f"{status}: {body.get('error', body)}")
-        self.status = status
-        self.body = body
 
 
 class MoeschedClient:
@@ -82,6 +78,21 @@ class MoeschedClient:
 
     def eplb(self, request: EplbRequest) -> EplbResponse:
         return self._call("POST", "/v1/eplb", EplbResponse, request)
+
+    def route(self, request: RouteRequest) -> RouteResponse:
+        return self._call("POST", "/v1/route", RouteResponse, request)
+
+    def hardware_presets(self) -> list[HardwarePresetSummary]:
+        return self._list("/v1/presets/hardware", HardwarePresetSummary)
+
+    def model_presets(self) -> list[ModelPresetSummary]:
+        return self._list("/v1/presets/models", ModelPresetSummary)
+
+    def _list(self, path: str, out: type[R]) -> list[R]:
+        r = self.http.get(path)
+        if r.status_code >= 400:
+            raise MoeschedError(r.status_code, r.json() if r.content else {})
+        return [out.model_validate(item) for item in r.json()]
 
     def create_session(self, spec: SessionCreate) -> SessionInfo:
         return self._call("POST", "/v1/sessions", SessionInfo, spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -9,7 +11,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hwmodel.costs import CycleOverflowError
+from service.input_errors import DomainError, pydantic_details, summarize
 from service.store import StoreBusy, StoreError
+
+__all__ = ["DomainError", "ErrorResponse", "FieldError", "install_error_handlers"]
 
 
 class FieldError(BaseModel):
@@ -27,20 +32,6 @@ class ErrorResponse(BaseModel):
     detail: list[FieldError] = Field(default_factory=list, description="Per-field problems.")
 
 
-class DomainError(Exception):
-    """A request that is well-formed JSON but cannot be served (unknown preset, shape mismatch)."""
-
-    def __init__(self, status_code: int, error_type: str, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.status_code = status_code
-        self.error_type = error_type
-        self.field = field
-        self.message = message
-
-    def __reduce__(self) -> tuple[type, tuple[int, str, str, str]]:  # crosses process pools
-        return (type(self), (self.status_code, self.error_type, self.field, self.message))
-
-
 class ClientGone(Exception):
     """The client disconnected before its answer was ready (its work was stopped)."""
 
@@ -49,25 +40,37 @@ def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = Non
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
+def overload_cause(exc: StarletteHTTPException) -> str:
+    """A 503's cause for the metrics: its ``cause``, or the slot class its text names."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return str(cause)
+    m = re.match(r"all \d+ (\w+) slots", str(exc.detail))
+    return f"{m.group(1)}_slots" if m else "other"
+
+
+class Overloaded(StarletteHTTPException):
+    """503 with Retry-After; ``cause`` labels it in the metrics (e.g. 'solve_slots')."""
+
+    def __init__(self, cause: str, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(503, detail, headers={"Retry-After": str(retry_after_s)})
+        self.cause = cause
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map validation, domain and HTTP errors to ``ErrorResponse``."""
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            FieldError(
-                field=".".join(str(p) for p in err.get("loc", ())),
-                message=str(err.get("msg", "invalid")),
-            )
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3]) or "invalid request"
+        pairs = pydantic_details(exc.errors())
+        details = [FieldError(field=f, message=m) for f, m in pairs]
+        summary = summarize(pairs)
         return _json(422, ErrorResponse(error=summary, error_type="validation", detail=details))
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
         body = ErrorResponse(
-            error=f"{exc.field}: {exc.message}",
+            error=summarize([(exc.field, exc.message)]),
             error_type=exc.error_type,
             detail=[FieldError(field=exc.field, message=exc.message)],
         )
@@ -93,7 +96,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(503, body, {"Retry-After": "2"})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 503:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.overloaded.labels(overload_cause(exc)).inc()
         kind = {
             401: "unauthorized",
             404: "not_found",

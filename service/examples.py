@@ -111,3 +111,13 @@ def simulate_example() -> dict[str, Any]:
         "residency": round_robin_residency(hw, model).model_dump(mode="json", exclude_none=True),
         "plan": plan.model_dump(mode="json", exclude_none=True),
     }
+
+
+def ep_session_example() -> dict[str, Any]:
+    """An EP sidecar: 2 layers of 8 experts on 8 GPUs with 16 replica slots."""
+    return {"num_layers": 2, "num_experts": 8, "num_gpus": 8, "num_replicas": 16, "window": 8}
+
+
+def ep_batch_example() -> dict[str, Any]:
+    """One batch for ``ep_session_example``: the FlashLB loads in layer 0, a flat layer 1."""
+    return {"histogram": [route_example()["loads"], [180] * 8]}

@@ -4,6 +4,7 @@ arguments (pydantic requests, settings, numpy arrays) returning picklable result
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ PRELOAD = (
 )
 
 __all__ = [
+    "answer_picture",
     "ep_initial_placement",
     "eplb",
     "gantt_png",
@@ -62,3 +64,16 @@ def ep_initial_placement(spec: EpSessionCreate) -> np.ndarray:
     uniform = np.ones((spec.num_layers, spec.num_experts))
     placement, _, _ = rebalance_experts(uniform, spec.num_replicas, 1, 1, spec.num_gpus)
     return np.asarray(placement)
+
+
+def answer_picture(what: str, fmt: str, request: Any, settings: Settings) -> tuple[bytes, str, str]:
+    """Solve ``request`` (placement, ordering or schedule) with its timeline and draw it:
+    (body, media type, file name) for ``?format=fmt``."""
+    from service.pictures import render
+
+    solvers: dict[str, Callable[..., Any]] = {
+        "placement": place, "ordering": order, "schedule": schedule,
+    }  # fmt: skip
+    solve = solvers[what]
+    response = solve(request, settings, True)
+    return render(response, fmt, what, request.resolved_hardware(), request.resolved_model())

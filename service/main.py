@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admission import Admission
 from service.deps import key_matches, require_api_key
+from service.docs import install_docs
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
 from service.metrics import Metrics
@@ -34,7 +35,10 @@ host memory over PCIe. Every plan is checked by a cycle-level executor model of 
 which also predicts its latency, utilization and traffic.
 
 Start with `GET /v1/presets/hardware` and `GET /v1/presets/models`; every POST has a working
-example built from presets ("Try it out").
+example built from presets ("Try it out"). Every answer leads with a `summary` (status, gap,
+makespan, where each expert runs). Pictures: add `?format=png`, `svg`, `perfetto` or `html` to
+`/v1/schedule`, `/v1/placement` or `/v1/ordering`; [an interactive timeline of the example
+schedule](/v1/schedule/example).
 """
 
 
@@ -192,6 +196,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Start the worker processes in the background (a daemon thread: a stop never waits
         # for it); the first request waits for them outside its deadline.
         threading.Thread(target=app.state.admission.warm, daemon=True).start()
+        app.state.metrics.watch_sessions(
+            lambda: sum(store.count()), lambda: app.state.sessions.resolves
+        )
         try:
             yield
         finally:
@@ -207,6 +214,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local files by install_docs (no CDN)
+        redoc_url=None,
         responses={
             401: {"model": ErrorResponse, "description": "Missing or wrong API key (when set)."},
             413: {"model": ErrorResponse, "description": "Request too large."},
@@ -218,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.admission = Admission(boot)
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     v1 = [Depends(require_api_key)]
     app.include_router(presets.router, dependencies=v1)

@@ -11,7 +11,7 @@ from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, mo
 from hwmodel.report import Report
 from hwmodel.spec import MAX_COUNT, Hardware, ModelSpec
 from hwmodel.workload import Workload
-from service.errors import DomainError
+from service.input_errors import DomainError
 
 # A count or load: finite, in [0, 2**40] (sums over 2**16 entries stay exact in float64).
 Count = Annotated[float, Field(ge=0, le=MAX_COUNT, allow_inf_nan=False)]
@@ -75,6 +75,12 @@ class SimulateRequest(ProblemRequest):
     )
     residency: Residency | None = Field(default=None, description="What memories hold at cycle 0.")
     include_timeline: bool = Field(default=False, description="Return every task's span.")
+    context_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="KV-cache length for attention costs (default: the workload's, else 0).",
+    )
 
 
 class SimulateResponse(BaseModel):
@@ -162,6 +168,123 @@ class PlacementRequest(ProblemRequest):
         return self
 
 
+AnswerStatus = Literal["optimal", "feasible", "fallback", "given"]
+STATUS_MEANING: dict[str, str] = {
+    "optimal": "proven optimal: the objective equals a proven lower bound",
+    "feasible": "a valid plan, not proven optimal: 'gap' says how far from the best bound",
+    "fallback": "the backend asked for gave nothing usable in time; a simpler backend's plan "
+    "(greedy, EPLB's own) was returned instead, for the reason in 'why'",
+    "given": "not solved here: the plan came with the request",
+}
+STATUS_DESCRIPTION = "One status per answer. " + "; ".join(
+    f"{k}: {v}" for k, v in STATUS_MEANING.items()
+)
+
+
+def one_status(account: SolverAccount) -> SolverAccount:
+    """The account with a single status: a proven optimum reads 'optimal' whatever else
+    happened; otherwise any fallback reason makes it 'fallback' (with that reason)."""
+    if account.status in ("optimal", "fallback", "infeasible") or not account.fallback_reason:
+        return account
+    return account.model_copy(update={"status": "fallback"})
+
+
+def status_why(account: SolverAccount) -> str:
+    """Why the answer has its status, in words."""
+    if account.status == "optimal":
+        why = "the plan meets the proven lower bound"
+        if account.fallback_reason:
+            why += f" (the exact backend added nothing: {account.fallback_reason})"
+        return why
+    if account.status == "fallback":
+        return account.fallback_reason or "the exact backend gave no plan"
+    if account.status == "feasible":
+        gap = "unknown" if account.gap is None else f"{account.gap:.2%}"
+        return f"a valid plan, not proven optimal: gap {gap} to the best lower bound"
+    return STATUS_MEANING.get(account.status, account.status)
+
+
+ShardAt = tuple[str, int, int | None]
+
+
+class LayerMap(BaseModel):
+    """Where one layer's experts run."""
+
+    layer: int = Field(description="MoE layer.")
+    experts: dict[int, list[ShardAt]] = Field(
+        description="Logical expert -> [[device id, ffn_start, ffn_end], ...]: each shard's device "
+        "and its FFN column slice [ffn_start, ffn_end) (ffn_end null: the full width)."
+    )
+
+
+def _ffn_start(shard: ShardAt) -> int:
+    return shard[1]
+
+
+def expert_maps(plan: Plan) -> list[LayerMap]:
+    """Per layer, each active expert's shards (device and FFN slice), from the plan's tasks."""
+    by_layer: dict[int, dict[int, list[ShardAt]]] = {}
+    for task in plan.tasks:
+        if task.kind != "compute" or task.op != "expert" or task.expert is None:
+            continue
+        shard = (task.device_id, task.ffn_start, task.ffn_end)
+        shards = by_layer.setdefault(task.layer, {}).setdefault(task.expert, [])
+        if shard not in shards:  # micro-batches repeat the same shard
+            shards.append(shard)
+    return [
+        LayerMap(
+            layer=layer, experts={e: sorted(sh, key=_ffn_start) for e, sh in sorted(ex.items())}
+        )
+        for layer, ex in sorted(by_layer.items())
+    ]
+
+
+class PlanSummary(BaseModel):
+    """The answer first: status, gap, makespan, and where every expert runs."""
+
+    status: AnswerStatus = Field(description=STATUS_DESCRIPTION)
+    why: str = Field(description="Why this status, in words (the fallback's reason, the gap).")
+    gap: float | None = Field(description="(objective - bound) / objective; 0 when optimal.")
+    makespan_cycles: int = Field(description="Simulated makespan (the executor's), in cycles.")
+    makespan_ms: float = Field(description="The same in milliseconds.")
+    valid: bool = Field(description="The executor found no violation (always true here).")
+    layers: list[LayerMap] = Field(description="Per layer: expert -> [[device, ffn slice]].")
+
+
+def plan_summary(account: SolverAccount, report: Report, plan: Plan) -> PlanSummary:
+    """The summary of a solved plan (``account`` already through ``one_status``)."""
+    status = account.status if account.status != "infeasible" else "fallback"
+    return PlanSummary(
+        status=status,
+        why=status_why(account),
+        gap=account.gap,
+        makespan_cycles=report.makespan_cycles,
+        makespan_ms=report.makespan_s * 1e3,
+        valid=report.valid,
+        layers=expert_maps(plan),
+    )
+
+
+class SummarizedPlan(BaseModel):
+    """A solved plan's answer: ``summary`` first (filled from the account, report and plan),
+    then the account, the executor's report and the task graph."""
+
+    summary: PlanSummary | None = Field(
+        default=None, description="The answer first: status, gap, makespan, expert map."
+    )
+    account: SolverAccount = Field(description="Backend, status, objective, bound, gap, time.")
+    report: Report = Field(description="The executor's simulation of the plan (valid).")
+    plan: Plan = Field(description="The task graph: every task, in run order per resource.")
+
+    @model_validator(mode="after")
+    def _summarize(self) -> SummarizedPlan:
+        self.account = one_status(self.account)
+        if self.plan.account != self.account:
+            self.plan = self.plan.model_copy(update={"account": self.account})
+        self.summary = plan_summary(self.account, self.report, self.plan)
+        return self
+
+
 class LayerAccountOut(BaseModel):
     """One layer's solve."""
 
@@ -169,13 +292,10 @@ class LayerAccountOut(BaseModel):
     account: SolverAccount = Field(description="How its placement was found.")
 
 
-class PlacementResponse(BaseModel):
-    """The plan, how it was found, and the executor's report on it."""
+class PlacementResponse(SummarizedPlan):
+    """The summary first; then how the plan was found, the executor's report, the task graph."""
 
-    plan: Plan = Field(description="Tasks of every layer, in run order.")
-    account: SolverAccount = Field(description="Backend, status, objective, bound, gap, time.")
     layers: list[LayerAccountOut] = Field(description="Per-layer accounts.")
-    report: Report = Field(description="The executor's simulation of the plan (valid).")
 
 
 class EplbRequest(BaseModel):
@@ -200,9 +320,36 @@ class EplbRequest(BaseModel):
     deadline_s: float = Field(default=5.0, gt=0, le=600, description="Wall-clock budget.")
 
 
-class EplbResponse(BaseModel):
-    """Maps in EPLB's shapes plus loads and balancedness."""
+class EplbLayerMap(BaseModel):
+    """Where one layer's logical experts have replicas."""
 
+    layer: int = Field(description="MoE layer.")
+    experts: dict[int, list[int]] = Field(
+        description="Logical expert -> the GPU of each of its replicas (a GPU twice: two slots)."
+    )
+
+
+class EplbSummary(BaseModel):
+    """The answer first: status, gap to the proven bound, balance, and each expert's GPUs."""
+
+    status: AnswerStatus = Field(description=STATUS_DESCRIPTION)
+    why: str = Field(description="Why this status, in words.")
+    gap: float = Field(description="Largest over layers of (max_load - bound) / max_load.")
+    balancedness_mean: float = Field(description="Mean over layers of mean / max GPU load.")
+    layers: list[EplbLayerMap] = Field(description="Per layer: expert -> [GPU of each replica].")
+
+
+def eplb_gap(max_load: list[float], bound: list[float]) -> float:
+    """Largest relative gap between a layer's busiest GPU and its proven lower bound."""
+    return max(((m - b) / m if m > 0 else 0.0) for m, b in zip(max_load, bound, strict=True))
+
+
+class EplbResponse(BaseModel):
+    """The summary first; then maps in EPLB's shapes plus loads and balancedness."""
+
+    summary: EplbSummary | None = Field(
+        default=None, description="The answer first: status, gap, balance, expert -> GPUs."
+    )
     physical_to_logical: list[list[int]] = Field(description="[num_layers, num_replicas].")
     logical_to_physical: list[list[list[int]]] = Field(
         description="[num_layers, num_logical_experts, max_replicas], -1 padded."
@@ -214,9 +361,39 @@ class EplbResponse(BaseModel):
     max_load: list[float] = Field(description="Per layer: the largest GPU load.")
     max_load_bound: list[float] = Field(description="Per layer: a proven lower bound on it.")
     backend: str = Field(description="Backend asked for.")
-    status: str = Field(description="optimal, feasible or fallback.")
+    status: str = Field(description="The same as summary.status: " + STATUS_DESCRIPTION)
     wall_time_s: float = Field(description="Solve wall time.")
     fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")
+
+    @model_validator(mode="after")
+    def _summarize(self) -> EplbResponse:
+        gap = eplb_gap(self.max_load, self.max_load_bound) if self.max_load else 0.0
+        if gap <= 1e-9:  # every layer at its proven bound: optimal, whichever backend got there
+            self.status = "optimal"
+            why = "every layer's busiest GPU meets its proven lower bound"
+            if self.fallback_reason:
+                why += f" (the exact backend added nothing: {self.fallback_reason})"
+        elif self.status == "fallback" or self.fallback_reason:
+            self.status = "fallback"
+            why = self.fallback_reason or "the exact backend gave no placement"
+        else:
+            why = f"not proven optimal: gap {gap:.2%} to the proven bound"
+        per_gpu = len(self.physical_to_logical[0]) // max(1, len(self.gpu_loads[0] or [0]))
+        layers = []
+        for layer, row in enumerate(self.physical_to_logical):
+            experts: dict[int, list[int]] = {}
+            for slot, expert in enumerate(row):
+                experts.setdefault(expert, []).append(slot // max(per_gpu, 1))
+            layers.append(EplbLayerMap(layer=layer, experts=dict(sorted(experts.items()))))
+        status = self.status if self.status in STATUS_MEANING else "feasible"
+        self.summary = EplbSummary(
+            status=status,
+            why=why,
+            gap=gap,
+            balancedness_mean=self.balancedness_mean,
+            layers=layers,
+        )
+        return self
 
 
 class OrderingOptions(BaseModel):
@@ -242,11 +419,10 @@ class OrderingRequest(ProblemRequest):
     options: OrderingOptions = Field(default_factory=OrderingOptions, description="Solving.")
 
 
-class OrderingResponse(BaseModel):
-    """The chosen pipeline, the baselines at their best, and the executor's report."""
+class OrderingResponse(SummarizedPlan):
+    """The summary first; then the chosen pipeline, the baselines at their best, and the
+    executor's report."""
 
-    plan: Plan = Field(description="Tasks in run order (per resource, with micro-batch ids).")
-    account: SolverAccount = Field(description="How the order was found.")
     micro_batches: int = Field(description="Chosen micro-batch count r.")
     why: str = Field(description="Why this r (against r + 1).")
     makespan_cycles: int = Field(description="moesched's run time.")
@@ -257,7 +433,6 @@ class OrderingResponse(BaseModel):
         description="moesched's run time per r tried."
     )
     throughput_tokens_per_s: float = Field(description="batch_tokens / simulated run time.")
-    report: Report = Field(description="The executor's simulation of the plan (valid).")
 
 
 class SessionPolicy(BaseModel):

@@ -1,7 +1,7 @@
 """From requests to solver calls and back, shared by the HTTP routes and the CLI.
 
-Every plan returned here has passed the executor; a plan that does not is replaced by the
-greedy plan, and when no valid plan exists the caller gets a DomainError (a 4xx), never a 5xx.
+Every plan returned here has passed the executor (the portfolio validates every layer's plan
+before it wins); when no valid plan exists the caller gets a DomainError (a 4xx), never a 5xx.
 """
 
 from __future__ import annotations
@@ -31,13 +31,12 @@ from service.schemas import (
     SimulateResponse,
 )
 from service.settings import Settings
-from solvers.common import Backend
 from solvers.eplb.model import EplbProblem
 from solvers.eplb.routing import even_split_loads, route_batch
 from solvers.eplb.solve import solve_eplb
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 from solvers.ordering.solve import solve_order
-from solvers.placement.solve import PlacementSolution, solve_placement
+from solvers.placement.solve import solve_placement
 
 
 def check_problem(
@@ -106,37 +105,23 @@ def place(
     opts = request.options
     deadline = min(opts.deadline_s, settings.max_deadline_s)
 
-    def run(backend: Backend) -> PlacementSolution:
-        return solve_placement(
-            hardware,
-            model,
-            request.workload,
-            residency,
-            backend,
-            deadline,
-            workers=settings.solver_workers,
-            num_granules=granules_of(request),
-            allow_loads=opts.allow_loads,
-            attention=opts.attention,
-        )
-
-    solution = run(opts.backend)
+    solution = solve_placement(
+        hardware,
+        model,
+        request.workload,
+        residency,
+        opts.backend,
+        deadline,
+        workers=settings.solver_workers,
+        num_granules=granules_of(request),
+        allow_loads=opts.allow_loads,
+        attention=opts.attention,
+    )
     if solution.account.status == "infeasible":
         raise DomainError(
             422, "infeasible", "body.residency", solution.account.fallback_reason or "infeasible"
         )
     report = simulate(hardware, model, solution.plan, request.workload, residency)
-    if not report.valid and opts.backend != "greedy":
-        solution = run("greedy")
-        reason = f"{opts.backend} plan failed the executor: {report.violations[0].message}"
-        solution.plan = solution.plan.model_copy(
-            update={
-                "account": solution.account.model_copy(
-                    update={"status": "fallback", "fallback_reason": reason}
-                )
-            }
-        )
-        report = simulate(hardware, model, solution.plan, request.workload, residency)
     if not report.valid:
         raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
     if include_timeline:
@@ -306,5 +291,8 @@ def route(request: RouteRequest) -> RouteResponse:
 def simulate_plan(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
     """Check a client's plan and simulate it; violations are reported, not raised."""
     hardware, model = check_problem(request, settings, request.workload, len(request.plan.tasks))
-    report = simulate(hardware, model, request.plan, request.workload, request.residency, timeline)
+    report = simulate(
+        hardware, model, request.plan, request.workload, request.residency, timeline,
+        request.context_tokens,
+    )  # fmt: skip
     return SimulateResponse(report=report)

@@ -282,18 +282,18 @@ class DecodeRun:
             inst = self._instance(layer, [], tokens, batch)
             a = self._assign(inst)
             st.solve_s += time.perf_counter() - started
-            tasks, after = inst.tasks(a, tuple(st.after), attention=True)
+            lw = inst.lowered(a, tuple(st.after), attention=True)
+            assert lw.attention is not None
             frees = [
                 self._evict(
-                    f"L{layer}.free.e{e}", layer, e,
-                    tuple(t.id for t in tasks if isinstance(t, ComputeTask) and t.expert == e),
+                    f"L{layer}.free.e{e}", layer, e, tuple(t.id for t in lw.shards_of(e))
                 )
                 for e in a.loaded
             ]  # fmt: skip
             st.weight_bytes += len(a.loaded) * self.model.expert_bytes()
-            shared = self._shared(layer, f"L{layer}.mb0.attn", batch)
-            st.emit([*tasks[:1], *shared, *tasks[1:], *frees])
-            st.after = [*after, *(t.id for t in shared)]
+            shared = self._shared(layer, lw.attention.id, batch)
+            st.emit([lw.attention, *shared, *lw.tasks()[1:], *frees])
+            st.after = [*lw.waits, *(t.id for t in shared)]
             st.cover.append(tuple(tokens))
         return self._record(st, residency, batch, validate, resolved=False)
 
@@ -380,8 +380,9 @@ class DecodeRun:
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
         st.solve_s += time.perf_counter() - started
-        tasks, after = inst.tasks(a, tuple(st.after), attention=True)
-        attn = f"L{layer}.mb0.attn"
+        lw = inst.lowered(a, tuple(st.after), attention=True)
+        assert lw.attention is not None
+        attn = lw.attention.id
         shared = self._shared(layer, attn)
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
@@ -390,7 +391,8 @@ class DecodeRun:
         )
         # Experts this layer runs, and those still arriving from a prefetch, stay.
         protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
-        evicts: list[AnyTask] = []
+        evicts: list[AnyTask] = []  # make room for a demand load: before the loads
+        frees: list[AnyTask] = []  # a load not admitted to the cache: freed after its use
         wait: dict[str, list[str]] = {}
         for e in a.loaded:
             stats.loads += 1
@@ -406,28 +408,28 @@ class DecodeRun:
             if self.caches.admits() and self.caches.insert(layer, e, victim):
                 if victim is not None:
                     evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
-                    for t in tasks:
-                        if t.id.startswith(f"L{layer}.mb0.load.e{e}."):
-                            wait[t.id] = [evicts[-1].id]
+                    for ld in lw.loads_of(e):
+                        wait[ld.id] = [evicts[-1].id]
             else:
-                users = tuple(t.id for t in tasks if isinstance(t, ComputeTask) and t.expert == e)
-                evicts.append(self._evict(f"L{layer}.free.e{e}", layer, e, users))
+                users = tuple(t.id for t in lw.shards_of(e))
+                frees.append(self._evict(f"L{layer}.free.e{e}", layer, e, users))
                 self.caches.drop(layer, e)
-        for t in tasks:
-            if isinstance(t, ComputeTask) and t.op == "expert" and t.device_id == self.home:
-                wait.setdefault(t.id, []).extend(st.staged.get((layer, int(t.expert or 0)), []))
+        for sh in lw.shards:
+            if sh.device_id == self.home:
+                wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
+        tasks = lw.tasks()
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
-        returns = [i for i, t in enumerate(waited) if ".from." in t.id]
-        cut = returns[0] if returns else len(waited)
+        # Cut before the returns (gathers), or after everything when there are none.
+        cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
-        st.emit([*head[:1], *shared, *[e for e in evicts if ".evict." in e.id], *head[1:]])
+        st.emit([*head[:1], *shared, *evicts, *head[1:]])
         if cfg.prefetch and layer + 1 < self.model.num_moe_layers:
-            st.emit(self._prefetch(st, layer, waited[cut:], attn))
+            st.emit(self._prefetch(st, layer, waited[cut : cut + len(lw.gathers)], attn))
         st.emit(waited[cut:])
-        st.emit([e for e in evicts if ".free." in e.id])
-        st.after = [*after, *(t.id for t in shared)]
+        st.emit(frees)
+        st.after = [*lw.waits, *(t.id for t in shared)]
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
 
     def _shared(self, layer: int, attn: str, batch: int = 1) -> list[AnyTask]:
@@ -498,7 +500,7 @@ class DecodeRun:
         links = {probe.link(src, self.home).id for _, _, ps in items for src, *_ in ps}
         free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
         if rest:
-            ready = min(st.timeline.ready(t) for t in rest if ".from." in t.id)
+            ready = min(st.timeline.ready(t) for t in rest)
         else:
             attention = costs.task_cycles(
                 self.hardware, self.model,

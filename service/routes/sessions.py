@@ -11,7 +11,12 @@ from service import jobs
 from service.deps import AdmissionDep
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
-from service.examples import observation_example, session_example
+from service.examples import (
+    ep_batch_example,
+    ep_session_example,
+    observation_example,
+    session_example,
+)
 from service.schemas import (
     EpBatch,
     EpRouting,
@@ -86,13 +91,20 @@ def observe(
         ),
     ],
     manager: Sessions,
+    http: Request,
 ) -> ObservationAck:
     """Add the latest histogram (or routed expert ids) to the running counts; re-solve in the
     background when they drift past the policy's threshold.
 
     The count is committed before the answer; counts stop growing at 2**50 (always finite).
     """
-    return manager.observe(session_id, obs)
+    ack = manager.observe(session_id, obs)
+    metrics = http.app.state.metrics
+    metrics.observations.inc()
+    metrics.drift.observe(ack.drift)
+    if ack.resolve_started:
+        metrics.resolves_started.labels("sidecar_resolve").inc()
+    return ack
 
 
 @router.get(
@@ -129,7 +141,20 @@ EpManager = Annotated[EpSessions, Depends(ep_sessions)]
     summary="Start an EP session",
 )
 async def create_ep_session(
-    http: Request, spec: EpSessionCreate, manager: EpManager, admission: AdmissionDep
+    http: Request,
+    spec: Annotated[
+        EpSessionCreate,
+        Body(
+            openapi_examples={
+                "8-gpus": {
+                    "summary": "8 experts on 8 GPUs, 16 slots",
+                    "value": ep_session_example(),
+                }
+            }
+        ),
+    ],
+    manager: EpManager,
+    admission: AdmissionDep,
 ) -> EpSessionInfo:
     """Expert parallelism: the session routes every batch over its replicas and re-places them
     when routed balance over the window of recent batches drops. The first placement is
@@ -146,7 +171,18 @@ async def create_ep_session(
     "/{session_id}/batches", response_model=EpRouting, responses=_ERRORS, summary="Route a batch"
 )
 async def route_ep_batch(
-    http: Request, session_id: str, batch: EpBatch, manager: EpManager, admission: AdmissionDep
+    http: Request,
+    session_id: str,
+    batch: Annotated[
+        EpBatch,
+        Body(
+            openapi_examples={
+                "flashlb": {"summary": "One batch (FlashLB loads)", "value": ep_batch_example()}
+            }
+        ),
+    ],
+    manager: EpManager,
+    admission: AdmissionDep,
 ) -> EpRouting:
     """Tokens per replica slot for this batch (exact min-max routing), and the window's balance.
 
@@ -158,9 +194,15 @@ async def route_ep_batch(
     tokens, per_layer = await admission.run(
         http, "route", None, "body.histogram", jobs.route_layers, placement, num_gpus, hist
     )
-    return await run_in_threadpool(
+    routing = await run_in_threadpool(
         manager.record_batch, session_id, hist, version, tokens, per_layer
     )
+    metrics = http.app.state.metrics
+    metrics.ep_batches.inc()
+    metrics.ep_balancedness.observe(routing.window_balancedness)
+    if routing.replace_started:
+        metrics.resolves_started.labels("ep_replace").inc()
+    return routing
 
 
 @ep_router.get(

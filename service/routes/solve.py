@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Response
 
 from service import jobs
 from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import eplb_example, ordering_example, placement_example, route_example
+from service.pictures import PICTURE_RESPONSES, FormatQuery, as_response
 from service.schemas import (
     EplbRequest,
     EplbResponse,
@@ -34,7 +35,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/placement", response_model=PlacementResponse, responses=_ERRORS, summary="Place expert shards"
+    "/placement",
+    response_model=PlacementResponse,
+    responses=_ERRORS | PICTURE_RESPONSES,
+    summary="Place expert shards",
 )
 async def post_placement(
     http: Request,
@@ -48,12 +52,22 @@ async def post_placement(
     ],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> PlacementResponse:
-    """Which devices compute which slices of which experts, per layer; validated by the executor."""
-    return await admission.run(
+    format: FormatQuery = "json",
+) -> PlacementResponse | Response:
+    """Which devices compute which slices of which experts, per layer; validated by the executor.
+
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "placement", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
         jobs.place, request, settings,
     )  # fmt: skip
+    http.app.state.metrics.record_account("placement", response.account)
+    return response
 
 
 @router.post(
@@ -74,15 +88,19 @@ async def post_eplb(
     admission: AdmissionDep,
 ) -> EplbResponse:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
-    return await admission.run(
+    response = await admission.run(
         http, "solve", request.deadline_s, "body.deadline_s", jobs.eplb, request, settings
     )
+    http.app.state.metrics.record_solve(
+        "eplb", response.backend, response.status, response.fallback_reason, response.wall_time_s
+    )
+    return response
 
 
 @router.post(
     "/ordering",
     response_model=OrderingResponse,
-    responses=_ERRORS,
+    responses=_ERRORS | PICTURE_RESPONSES,
     summary="Micro-batch pipeline (DEP)",
 )
 async def post_ordering(
@@ -97,16 +115,29 @@ async def post_ordering(
     ],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> OrderingResponse:
-    """Micro-batch count and every resource's task order, beside PPPipe and serial."""
-    return await admission.run(
+    format: FormatQuery = "json",
+) -> OrderingResponse | Response:
+    """Micro-batch count and every resource's task order, beside PPPipe and serial.
+
+    `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "ordering", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
         jobs.order, request, settings,
     )  # fmt: skip
+    http.app.state.metrics.record_account("ordering", response.account)
+    return response
 
 
 @router.post(
-    "/schedule", response_model=ScheduleResponse, responses=_ERRORS, summary="Full schedule"
+    "/schedule",
+    response_model=ScheduleResponse,
+    responses=_ERRORS | PICTURE_RESPONSES,
+    summary="Full schedule",
 )
 async def post_schedule(
     http: Request,
@@ -120,12 +151,23 @@ async def post_schedule(
     ],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> ScheduleResponse:
-    """Placement of every layer, then the order of every task; checked by the executor."""
-    return await admission.run(
+    format: FormatQuery = "json",
+) -> ScheduleResponse | Response:
+    """Placement of every layer, then the order of every task; checked by the executor.
+
+    `?format=png|svg|perfetto|html` answers with the schedule's timeline instead of the JSON:
+    a Gantt chart, a Perfetto trace (open it in ui.perfetto.dev) or an interactive page."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, "schedule", format, request, settings,
+        ))  # fmt: skip
+    response = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
         jobs.schedule, request, settings,
     )  # fmt: skip
+    http.app.state.metrics.record_account("schedule", response.account)
+    return response
 
 
 @router.post(
@@ -150,3 +192,19 @@ async def post_route(
 
     A cheap-routing slot (not a solve slot), with the server's default deadline."""
     return await admission.run(http, "route", None, "body.loads", jobs.route, request)
+
+
+@router.get(
+    "/schedule/example",
+    response_model=ScheduleResponse,
+    responses=_ERRORS | PICTURE_RESPONSES,
+    summary="The example schedule, e.g. as an interactive timeline",
+)
+async def get_schedule_example(
+    http: Request, settings: SettingsDep, admission: AdmissionDep, format: FormatQuery = "html"
+) -> ScheduleResponse | Response:
+    """The POST /v1/schedule example (a decode token on 4 NDP-DIMMs, greedy), answered in
+    ``format``: open [/v1/schedule/example](/v1/schedule/example) for its timeline."""
+    body = placement_example() | {"options": {"backend": "greedy"}}
+    request = ScheduleRequest.model_validate(body)
+    return await post_schedule(http, request, settings, admission, format)

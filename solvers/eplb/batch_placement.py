@@ -3,10 +3,12 @@ that the *routed* balance (``routing.route_batch`` per batch) is best over a win
 recent batch histograms, rather than the balance of their sum.
 
 Start: the better of EPLB on the window's mean histogram and EPLB on each expert's 90th
-percentile batch load (experts that spike get replicas). Then a local search under the
-deadline: move a redundant replica to another expert, or swap two slots between GPUs, and
-keep a move when the mean routed max load over a sample of the window's batches falls. No
-expert ever gets two replicas on one GPU through a move (they cannot help routing).
+percentile batch load (experts that spike get replicas). Then a local search of ``moves``
+candidate moves (a deterministic budget; the wall-clock ``deadline_s`` only caps it, or alone
+bounds it when no move count is given): move a redundant replica to another expert, or swap
+two slots between GPUs, and keep a move when the mean routed max load over a sample of the
+window's batches falls. No expert ever gets two replicas on one GPU through a move (they
+cannot help routing).
 
 Shapes: ``window [num_batches, num_logical]`` tokens; result ``phy2log [num_replicas]``.
 """
@@ -42,8 +44,10 @@ def place_for_batches(
     deadline_s: float = 2.0,
     sample: int = 60,
     seed: int = 0,
+    moves: int | None = None,
 ) -> np.ndarray:
-    """A placement ``phy2log [num_replicas]`` fitted to the window's per-batch routing."""
+    """A placement ``phy2log [num_replicas]`` fitted to the window's per-batch routing, after
+    ``moves`` candidate moves (None: as many as ``deadline_s`` seconds allow)."""
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     window = np.asarray(window, dtype=np.int64)
@@ -60,7 +64,9 @@ def place_for_batches(
     per = num_replicas // num_gpus
     gpu_of = np.arange(num_replicas) // per
     peak = np.percentile(window, 90, axis=0) + 1e-9
-    while time.perf_counter() - started < deadline_s:
+    tried = 0
+    while time.perf_counter() - started < deadline_s and (moves is None or tried < moves):
+        tried += 1
         cand = best.copy()
         counts = np.bincount(cand, minlength=num_log)
         if rng.random() < 0.5 and (counts > 1).any():

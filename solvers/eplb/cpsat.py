@@ -17,6 +17,8 @@ from functools import reduce
 import numpy as np
 from ortools.sat.python import cp_model
 
+from solvers.common import Budget
+from solvers.cpsat_run import cut_by_wall_clock
 from solvers.cpsat_run import run as run_cpsat
 from solvers.eplb.model import EplbProblem
 
@@ -28,6 +30,7 @@ class LayerOutcome:
     counts: np.ndarray | None
     status: str
     bound: float | None
+    note: str | None = None
 
 
 def _scale(weights: np.ndarray, kmax: int) -> tuple[list[list[int]], float]:
@@ -47,8 +50,7 @@ def solve_layer_cpsat(
     problem: EplbProblem,
     weights: np.ndarray,
     hint: np.ndarray | None,
-    time_limit_s: float,
-    workers: int = 2,
+    budget: Budget,
 ) -> LayerOutcome:
     """Minimize the largest GPU load of one layer (``weights [E]``; hint counts ``[E, P]``)."""
     num_log = weights.shape[0]
@@ -118,16 +120,20 @@ def solve_layer_cpsat(
         for g in range(P):
             m.add_hint(loads[g], hinted[g])
         m.add_hint(peak, max(hinted))
-    solver, status = run_cpsat(m, time_limit_s, workers)
+    solver, status = run_cpsat(m, budget)
+    note = cut_by_wall_clock(solver, budget)
     if status not in ("optimal", "feasible"):
-        return LayerOutcome(None, status, None)
+        return LayerOutcome(None, status, None, note)
     counts = np.zeros((num_log, P), dtype=np.int64)
     for (e, g, _), var in v.items():
         counts[e, g] += solver.value(var)
-    # The bound is on the scaled, rounded loads; shave the rounding so it stays a lower bound.
-    slack = num_log * S * 0.5 / scale
-    bound = max(0.0, solver.best_objective_bound / scale - slack)
-    return LayerOutcome(counts, status, bound)
+    # The bound is on the scaled, rounded loads: a GPU's S slots each round by at most the
+    # largest rounding error, so shave that much (nothing when the scaling is exact).
+    error = max(
+        abs(w * scale / k - table[e][k]) for e, w in enumerate(weights) for k in range(1, kmax + 1)
+    )
+    bound = max(0.0, (solver.best_objective_bound - S * error) / scale)
+    return LayerOutcome(counts, status, bound, note)
 
 
 def _node_constraint(

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from solvers.common import Budget
+from solvers.cpsat_run import cut_by_wall_clock
 from solvers.cpsat_run import run as run_cpsat
 from solvers.ordering.graph import TaskGraph
 
@@ -18,11 +20,13 @@ class OrderOutcome:
     starts: list[int] | None
     status: str
     bound: int | None
+    note: str | None = None
 
 
 def solve_order_cpsat(
-    graph: TaskGraph, hint: list[int] | None, horizon: int, time_limit_s: float, workers: int = 2
+    graph: TaskGraph, hint: list[int] | None, horizon: int, budget: Budget
 ) -> OrderOutcome:
+    """Minimize the makespan of ``graph`` under ``budget``; ``hint``: a start cycle per task."""
     m = cp_model.CpModel()
     n = len(graph.tasks)
     start = [m.new_int_var(0, horizon, f"start_{graph.tasks[i].id}") for i in range(n)]
@@ -52,12 +56,9 @@ def solve_order_cpsat(
         for i in range(n):
             m.add_hint(start[i], hint[i])
         m.add_hint(makespan, max(h + d for h, d in zip(hint, graph.duration, strict=True)))
-    solver, status = run_cpsat(m, time_limit_s, workers)
+    solver, status = run_cpsat(m, budget)
+    note = cut_by_wall_clock(solver, budget)
     if status not in ("optimal", "feasible"):
-        return OrderOutcome(None, status, None)
+        return OrderOutcome(None, status, None, note)
     starts = [int(solver.value(s)) for s in start]
-    return OrderOutcome(
-        starts,
-        status,
-        int(solver.best_objective_bound),
-    )
+    return OrderOutcome(starts, status, int(solver.best_objective_bound), note)

@@ -37,16 +37,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from hwmodel import costs
-from hwmodel.plan import ComputeTask, Plan, Residency, SolveStatus, TransferTask, WeightSlice
+from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, WeightSlice
 from hwmodel.spec import Hardware, Link, ModelSpec
-from solvers.common import Backend, Deadline
+from solvers import portfolio
+from solvers.common import Backend, Budget, budget_of
 from solvers.common import account as make_account
 from solvers.ordering.graph import AnyTask, TaskGraph, list_schedule
+from solvers.ordering.solve import ordering_portfolio
 
 Policy = Literal["serial", "pppipe-paper", "pppipe-tuned", "moesched"]
 Template = Literal["after", "deferred"]
@@ -858,11 +861,18 @@ def solve_dep(
     max_r: int = MAX_MICRO_BATCHES,
     workers: int = 2,
     finalists: int = 2,
+    budget: Budget | None = None,
 ) -> DepSolution:
-    """moesched's plan: (m, k, p, template) by local search on the forward pass, the best
-    ``finalists`` reordered by greedy list scheduling (and the exact backend unless greedy),
-    the baselines' own plans as candidates too, so the answer is never worse than either."""
-    deadline = Deadline(deadline_s)
+    """moesched's plan through the portfolio (``solvers.portfolio``) under ``budget``
+    (default: ``deadline_s`` seconds of wall clock).
+
+    Greedy: (m, k, p, template) by local search on the forward pass, the best ``finalists``
+    in their emission order and reordered by list scheduling, and the baselines' own plans as
+    candidates too, so the answer is never worse than either; the best of them. Exact: the
+    exact ordering backend on that candidate's graph, hinted with its order. Bound:
+    ``lower_bound`` over every shape."""
+    budget = budget_of(deadline_s, workers, budget)
+    started = time.perf_counter()
     builder = _Builder(problem)
     base: dict[str, PolicyResult] = {
         pol: baseline(problem, pol, builder) for pol in POLICIES if pol != "moesched"
@@ -873,31 +883,37 @@ def solve_dep(
         Shape(min(base["pppipe-tuned"].shape.m, max_r), 1),
     ]  # fmt: skip
     log = search_shapes(builder, max_r, seeds)
-    cands: list[PolicyResult] = []
-    for shape in log.best(finalists):
-        g = builder.build(shape)
-        tasks = g.tasks()
-        cands.append(PolicyResult("moesched", shape, tasks, log.cycles[shape], "template"))
-        ordered = _list_order(problem, tasks)
-        cands.append(PolicyResult("moesched", shape, ordered, _predict(problem, ordered), "list"))
-    cands.extend(base[p] for p in ("pppipe-tuned", "pppipe-paper"))
-    best = min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))
-    reason = None
-    if backend != "greedy":
-        exact = _exact_order(problem, best, backend, deadline, workers)
-        if isinstance(exact, str):
-            reason = exact
-        elif exact.makespan_cycles < best.makespan_cycles:
-            best = exact
     bound, bound_res = lower_bound(builder, max_r)
-    if bound > best.makespan_cycles:  # a bound above a real plan is a bug, never a result
-        raise AssertionError(f"DEP lower bound {bound} > makespan {best.makespan_cycles}")
-    status: SolveStatus = "optimal" if bound >= best.makespan_cycles else "feasible"
-    if reason is not None and backend not in ("auto", "greedy"):
-        status = "fallback"
-    account = make_account(
-        "ordering", backend, status, best.makespan_cycles, bound, deadline.elapsed(), reason
+
+    def greedy() -> PolicyResult:
+        cands: list[PolicyResult] = []
+        for shape in log.best(finalists):
+            tasks = builder.build(shape).tasks()
+            cands.append(PolicyResult("moesched", shape, tasks, log.cycles[shape], "template"))
+            ordered = _list_order(problem, tasks)
+            cands.append(
+                PolicyResult("moesched", shape, ordered, _predict(problem, ordered), "list")
+            )
+        cands.extend(base[p] for p in ("pppipe-tuned", "pppipe-paper"))
+        return min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))
+
+    res = portfolio.run(
+        portfolio.Portfolio(
+            name="dep",
+            greedy=greedy,
+            objective=lambda c: c.makespan_cycles,
+            check=lambda c: _ordering(problem, c.tasks).check(c.tasks),
+            bound=bound,
+            exact={"cpsat": _exact_order(problem, "cpsat"), "milp": _exact_order(problem, "milp")},
+        ),
+        backend,
+        budget,
     )
+    best = res.solution
+    account = make_account(
+        "ordering", backend, res.status, best.makespan_cycles, int(res.bound),
+        time.perf_counter() - started, res.fallback_reason,
+    )  # fmt: skip
     by_r: dict[int, int] = {}
     for s, c in log.cycles.items():
         by_r[s.m] = min(by_r.get(s.m, c), c)
@@ -938,23 +954,27 @@ def _why(best: PolicyResult, log: SearchLog, work: dict[str, int], problem: DepP
     return "; ".join(parts)
 
 
-def _exact_order(
-    problem: DepProblem, best: PolicyResult, backend: str, deadline: Deadline, workers: int
-) -> PolicyResult | str:
-    """The exact backend on the best candidate's graph, hinted with its order; a string says
-    why it gave nothing better."""
-    from solvers.ordering.solve import solve_order
+def _ordering(problem: DepProblem, tasks: list[AnyTask]) -> portfolio.Portfolio[list[AnyTask]]:
+    graph = TaskGraph.of(problem.hardware, problem.model, tasks, problem.context_tokens)
+    return ordering_portfolio(problem.hardware, problem.model, graph, problem.context_tokens)
 
-    name = "cpsat" if backend == "auto" else backend
-    if name == "milp" and len(best.tasks) > 200:
-        return f"milp: {len(best.tasks)} tasks exceed the disjunctive model's size (200)"
-    out = solve_order(
-        problem.hardware, problem.model, best.tasks, name, max(0.05, deadline.left()),  # type: ignore[arg-type]
-        problem.context_tokens, workers,
-    )  # fmt: skip
-    if out.makespan_cycles >= best.makespan_cycles:
-        return f"{name}: nothing better than the {best.how} order ({out.account.status})"
-    return PolicyResult(best.policy, best.shape, out.tasks, out.makespan_cycles, name)
+
+def _exact_order(problem: DepProblem, name: str) -> portfolio.Exact[PolicyResult]:
+    """The exact ordering backend on the hint's graph, hinted with its order (for the
+    portfolio); its bound concerns that shape only, so it is not passed on as the DEP bound."""
+
+    def solve(hint: PolicyResult, budget: Budget) -> portfolio.Outcome[PolicyResult]:
+        if name == "milp" and len(hint.tasks) > 200:
+            note = f"milp: {len(hint.tasks)} tasks exceed the disjunctive model's size (200)"
+            return portfolio.Outcome(None, "too_large", note=note)
+        out = _ordering(problem, hint.tasks).exact[name](hint.tasks, budget)
+        if out.solution is None:
+            return portfolio.Outcome(None, out.status, note=out.note)
+        cycles = _predict(problem, out.solution)
+        found = PolicyResult(hint.policy, hint.shape, out.solution, cycles, name)
+        return portfolio.Outcome(found, "feasible", note=out.note)
+
+    return solve
 
 
 def run_time_s(problem: DepProblem, cycles: int) -> float:

@@ -8,6 +8,8 @@ import math
 
 import pulp
 
+from solvers.common import Budget
+from solvers.milp_run import cbc
 from solvers.ordering.cpsat import OrderOutcome
 from solvers.ordering.graph import TaskGraph
 
@@ -15,8 +17,9 @@ MAX_PAIRS = 2000
 
 
 def solve_order_milp(
-    graph: TaskGraph, hint: list[int] | None, horizon: int, time_limit_s: float
+    graph: TaskGraph, hint: list[int] | None, horizon: int, budget: Budget
 ) -> OrderOutcome:
+    """Minimize the makespan of ``graph`` under ``budget``; ``hint``: a start cycle per task."""
     n = len(graph.tasks)
     by_res: dict[str, list[int]] = {}
     for i, r in enumerate(graph.resource):
@@ -31,7 +34,9 @@ def solve_order_milp(
     if len(pairs) > MAX_PAIRS or any(
         graph.lanes_of(r) > 1 and len(m) > 1 for r, m in by_res.items()
     ):
-        return OrderOutcome(None, "too_large", None)
+        return OrderOutcome(
+            None, "too_large", None, f"milp skipped: more than {MAX_PAIRS} task pairs or lanes > 1"
+        )
     prob = pulp.LpProblem("ordering", pulp.LpMinimize)
     start = [prob.add_variable(f"start_{i}", 0, horizon) for i in range(n)]
     makespan = prob.add_variable("makespan", 0, horizon)
@@ -50,13 +55,7 @@ def solve_order_milp(
         if hint is not None:
             start[i].setInitialValue(hint[i])
     prob += makespan
-    solver = pulp.PULP_CBC_CMD(
-        msg=False,
-        timeLimit=max(0.1, round(time_limit_s, 2)),
-        timeMode="elapsed",
-        warmStart=hint is not None,
-    )
-    prob.solve(solver)
+    prob.solve(cbc(budget, warm_start=hint is not None))
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return OrderOutcome(None, "unknown", None)
     starts = [round(s.value() or 0) for s in start]

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from hwmodel.spec import Link
+from solvers.common import Budget, Deadline
+from solvers.cpsat_run import configure, cut_by_wall_clock
 from solvers.cpsat_run import run as run_cpsat
 from solvers.placement.problem import Assignment, PlacementInstance
 
@@ -32,6 +34,7 @@ class CpsatOutcome:
     status: str  # optimal | feasible | infeasible | unknown
     objective: int | None
     bound: int | None
+    note: str | None = None  # set when the wall-clock cap cut a deterministic solve
 
 
 _SCALE = 10**6  # cycles are exact to 1e-6, as in costs.to_cycles
@@ -90,11 +93,10 @@ def solve_cpsat(
     inst: PlacementInstance,
     hint: Assignment | None,
     horizon: int,
-    time_limit_s: float,
-    workers: int = 2,
-    seed: int = 0,
+    budget: Budget,
 ) -> CpsatOutcome:
-    """Minimize the layer makespan; ``horizon`` bounds it (the hint's makespan works)."""
+    """Minimize the layer makespan under ``budget``; ``horizon`` bounds it (the hint's
+    makespan works)."""
     hw = inst.problem.hardware
     G, home, N = inst.G, inst.home, inst.problem.num_tokens
     m = cp_model.CpModel()
@@ -237,31 +239,38 @@ def solve_cpsat(
         for e, var in load.items():
             m.add_hint(var, int(e in hint.loaded))
 
-    if hint is not None and len(y) > 400 and time_limit_s > 0.5:
-        # Only large models need help completing the hint, and only a long solve can afford it.
-        _complete_hint(m, min(1.0, time_limit_s / 4))
-    solver, status = run_cpsat(m, time_limit_s, workers, seed)
+    # Only large models need help completing the hint, and only a long solve can afford it.
+    room = budget.deadline.left() if budget.work_s is None else budget.work_s
+    if hint is not None and len(y) > 400 and room > 0.5:
+        share = min(1.0, room / 4)
+        fix = (
+            Budget(Deadline(share), None, 1, budget.seed)
+            if budget.work_s is None
+            else Budget(budget.deadline, share, 1, budget.seed)
+        )
+        _complete_hint(m, fix)
+    solver, status = run_cpsat(m, budget)
     if status not in ("optimal", "feasible"):
-        return CpsatOutcome(None, status, None, None)
+        return CpsatOutcome(None, status, None, None, cut_by_wall_clock(solver, budget))
     loaded = tuple(e for e in loaded_order if solver.value(load[e]))
     return CpsatOutcome(
         inst.assignment_from(lambda e, g, d: bool(solver.value(y[e, g, d])), loaded),
         status,
         int(solver.objective_value),
         int(solver.best_objective_bound),
+        cut_by_wall_clock(solver, budget),
     )
 
 
-def _complete_hint(m: cp_model.CpModel, time_limit_s: float) -> None:
+def _complete_hint(m: cp_model.CpModel, budget: Budget) -> None:
     """Turn a hint on the decision variables into a hint on every variable.
 
     CP-SAT is slow to complete a partial hint on large models; solving once with the hinted
     variables fixed derives all the others, which then become the hint.
     """
     fixer = cp_model.CpSolver()
+    configure(fixer, budget)
     fixer.parameters.fix_variables_to_their_hinted_value = True
-    fixer.parameters.max_time_in_seconds = max(0.01, time_limit_s)
-    fixer.parameters.num_search_workers = 1
     if fixer.solve(m) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return
     variables = [m.get_int_var_from_proto_index(i) for i in range(len(m.proto.variables))]

@@ -15,6 +15,8 @@ from typing import Any
 
 import pulp
 
+from solvers.common import Budget
+from solvers.milp_run import cbc
 from solvers.placement.problem import Assignment, PlacementInstance
 
 
@@ -31,10 +33,9 @@ def solve_milp(
     inst: PlacementInstance,
     hint: Assignment | None,
     horizon: int,
-    time_limit_s: float,
-    threads: int = 1,
+    budget: Budget,
 ) -> MilpOutcome:
-    """Minimize the layer makespan with CBC within ``time_limit_s``."""
+    """Minimize the layer makespan with CBC under ``budget``."""
     hw, model = inst.problem.hardware, inst.problem.model
     G, home, N = inst.G, inst.home, inst.problem.num_tokens
     big = float(horizon)
@@ -172,14 +173,7 @@ def solve_milp(
             var.setInitialValue(int(any(dev == d and g0 <= g < g1 for dev, g0, g1 in hinted)))
         for e, var in load.items():
             var.setInitialValue(int(e in hint.loaded))
-    solver = pulp.PULP_CBC_CMD(
-        msg=False,
-        timeLimit=max(0.1, round(time_limit_s, 2)),
-        timeMode="elapsed",
-        threads=threads,
-        warmStart=hint is not None,
-    )
-    prob.solve(solver)
+    prob.solve(cbc(budget, warm_start=hint is not None))
     if prob.sol_status == pulp.LpSolutionInfeasible:
         return MilpOutcome(None, "infeasible", None)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):

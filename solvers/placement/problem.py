@@ -24,7 +24,13 @@ from functools import cached_property
 from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, covers
-from hwmodel.plan_builder import Shard, WeightLoad, effective_granules, layer_tasks
+from hwmodel.plan_builder import (
+    LoweredLayer,
+    Shard,
+    WeightLoad,
+    effective_granules,
+    lower_layer,
+)
 from hwmodel.report import Report
 from hwmodel.spec import Device, Hardware, Link, ModelSpec
 from hwmodel.workload import Workload
@@ -283,14 +289,14 @@ class PlacementInstance:
                 out.append(Shard(dev, e, g0 * self.width, g1 * self.width, self.tokens[e]))
         return out
 
-    def tasks(
+    def lowered(
         self, a: Assignment, after: tuple[str, ...] = (), attention: bool = False
-    ) -> tuple[list[ComputeTask | TransferTask], list[str]]:
-        """The layer's tasks for an assignment (see ``plan_builder.layer_tasks``)."""
+    ) -> LoweredLayer:
+        """The layer's tasks for an assignment, by stage (see ``plan_builder.lower_layer``)."""
         loads = [
             WeightLoad(src, e, c0, c1) for e in a.loaded for src, c0, c1, _ in self.load_parts[e]
         ]
-        return layer_tasks(
+        return lower_layer(
             self.problem.hardware,
             self.problem.model,
             self.problem.layer,
@@ -300,6 +306,13 @@ class PlacementInstance:
             attention=attention,
             loads=loads,
         )
+
+    def tasks(
+        self, a: Assignment, after: tuple[str, ...] = (), attention: bool = False
+    ) -> tuple[list[ComputeTask | TransferTask], list[str]]:
+        """The layer's tasks in emission order, and the ids the next layer waits on."""
+        lowered = self.lowered(a, after, attention)
+        return lowered.tasks(), list(lowered.waits)
 
     def simulate(self, a: Assignment) -> Report:
         """The executor's report on this layer's tasks under the assignment (coverage,

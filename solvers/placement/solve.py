@@ -1,27 +1,26 @@
-"""Solve placement with a backend under one deadline; validate; fall back; account for it.
+"""Solve placement through the portfolio (``solvers.portfolio``); account for it.
 
-``auto`` runs greedy first, hands its plan to CP-SAT as a hint and an upper bound, lets CP-SAT
-run until the deadline, and keeps the best plan that passes the executor; when CP-SAT errs or
-finds nothing, the greedy plan is returned with the reason. Proven infeasibility (a granule
+The portfolio runs greedy first, hands its plan to CP-SAT (or CBC) as a hint and an upper
+bound, and keeps the better plan that passes the executor. Proven infeasibility (a granule
 nobody holds and no load possible) is reported as such, with no plan.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, SolveStatus, TransferTask
+from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
-from solvers import timing
-from solvers.common import Backend, Deadline
+from solvers import portfolio, timing
+from solvers.common import Backend, Budget, Deadline, budget_of
 from solvers.common import account as make_account
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 
 # Building the CP-SAT model costs about 0.1 ms per granule variable (measured on 2 cores);
-# below that plus a minimal search time, running it cannot help within the deadline.
+# below that plus a minimal search time, running it cannot help within a wall-clock deadline.
 _BUILD_S_PER_VAR = 1e-4
 _MIN_SEARCH_S = 0.02
 
@@ -43,31 +42,65 @@ def validate(inst: PlacementInstance, a: Assignment) -> list[str]:
     return [f"{v.code}: {v.message}" for v in inst.simulate(a).violations]
 
 
-def _run_exact(
-    backend: str,
-    inst: PlacementInstance,
-    hint: Assignment,
-    horizon: int,
-    seconds: float,
-    workers: int,
-) -> tuple[Assignment | None, str, int | None]:
-    """(assignment, status, bound) from CP-SAT or CBC; bound None when not proven."""
-    if backend == "cpsat":
-        from solvers.placement.cpsat import solve_cpsat
+def _exact(backend: str, inst: PlacementInstance) -> portfolio.Exact[Assignment]:
+    """CP-SAT or CBC on one layer, hinted with (and bounded by) the hint's makespan.
 
-        out = solve_cpsat(inst, hint, horizon, seconds, workers)
-        return out.assignment, out.status, out.bound
-    from solvers.placement.milp import solve_milp
+    Under a wall-clock budget the model's build time is taken off the search time, and the
+    backend is skipped when too little is left to build and search it.
+    """
 
-    res = solve_milp(inst, hint, horizon, seconds, threads=workers)
-    bound = int(res.objective) if res.status == "optimal" and res.objective is not None else None
-    return res.assignment, res.status, bound
+    def solve(hint: Assignment, budget: Budget) -> portfolio.Outcome[Assignment]:
+        horizon = inst.predict(hint)
+        if not budget.deterministic:
+            left = budget.deadline.left()
+            build_s = _BUILD_S_PER_VAR * sum(len(h) for e in inst.experts for h in inst.holders[e])
+            if left < build_s + _MIN_SEARCH_S:
+                note = (
+                    f"{backend} skipped: {left * 1e3:.0f} ms left, building its model takes "
+                    f"about {build_s * 1e3:.0f} ms"
+                )
+                return portfolio.Outcome(None, "skipped", note=note)
+            budget = replace(budget, deadline=Deadline(left - build_s))
+        if backend == "cpsat":
+            from solvers.placement.cpsat import solve_cpsat
+
+            out = solve_cpsat(inst, hint, horizon, budget)
+            return portfolio.Outcome(out.assignment, out.status, out.bound, out.note)
+        from solvers.placement.milp import solve_milp
+
+        res = solve_milp(inst, hint, horizon, budget)
+        # CBC's objective relaxes the transfer ceilings: rounded down, it bounds the makespan.
+        bound = (
+            int(res.objective) if res.status == "optimal" and res.objective is not None else None
+        )
+        return portfolio.Outcome(res.assignment, res.status, bound)
+
+    return solve
+
+
+def placement_portfolio(inst: PlacementInstance) -> portfolio.Portfolio[Assignment]:
+    """One layer's placement as the portfolio sees it: makespan in cycles, checked by the
+    executor, bounded by ``PlacementInstance.lower_bound``."""
+    return portfolio.Portfolio(
+        name="placement",
+        greedy=lambda: solve_greedy(inst),
+        objective=inst.predict,
+        check=lambda a: validate(inst, a),
+        bound=inst.lower_bound(),
+        exact={"cpsat": _exact("cpsat", inst), "milp": _exact("milp", inst)},
+    )
 
 
 def solve_layer(
-    problem: PlacementProblem, backend: Backend = "auto", deadline_s: float = 1.0, workers: int = 2
+    problem: PlacementProblem,
+    backend: Backend = "auto",
+    deadline_s: float = 1.0,
+    workers: int = 2,
+    budget: Budget | None = None,
 ) -> LayerSolution:
-    """Place one layer with ``backend`` within ``deadline_s`` seconds (wall clock)."""
+    """Place one layer with ``backend`` under ``budget`` (default: ``deadline_s`` seconds of
+    wall clock, as service requests have)."""
+    budget = budget_of(deadline_s, workers, budget)
     started = time.perf_counter()
     inst = PlacementInstance(problem)
     why_not = inst.feasible()
@@ -83,54 +116,13 @@ def solve_layer(
                 wall_time_s=time.perf_counter() - started,
             ),
         )
-    greedy = solve_greedy(inst)
-    greedy_cycles = inst.predict(greedy)
-    best, best_cycles = greedy, greedy_cycles
-    status: SolveStatus = "feasible"
-    bound = inst.lower_bound()
-    reason: str | None = None
-    if backend != "greedy":
-        exact = "cpsat" if backend == "auto" else backend
-        left = deadline_s - (time.perf_counter() - started)
-        build_s = _BUILD_S_PER_VAR * sum(len(h) for e in inst.experts for h in inst.holders[e])
-        crashed = False
-        if left < build_s + _MIN_SEARCH_S:
-            found, exact_status, exact_bound = None, "skipped", None
-            reason = (
-                f"{exact} skipped: {left * 1e3:.0f} ms left, building its model takes about "
-                f"{build_s * 1e3:.0f} ms"
-            )
-        else:
-            try:
-                found, exact_status, exact_bound = _run_exact(
-                    exact, inst, greedy, greedy_cycles, left - build_s, workers
-                )
-            except Exception as exc:  # a crashing backend must not take the request down
-                found, exact_status, exact_bound, crashed = None, "error", None, True
-                reason = f"{exact} failed: {type(exc).__name__}: {exc}"
-        if exact_bound is not None:
-            bound = max(bound, exact_bound)
-        if found is not None:
-            problems = validate(inst, found)
-            cycles = inst.predict(found)
-            if problems:
-                crashed = True
-                reason = f"{exact} plan rejected by the executor: {problems[0]}"
-            elif cycles <= best_cycles:
-                best, best_cycles = found, cycles
-                status = "optimal" if exact_status == "optimal" and bound >= cycles else "feasible"
-        elif reason is None:
-            reason = f"{exact} found no solution within the deadline ({exact_status})"
-        # auto's plan is greedy's unless CP-SAT improves it: no solution in time is not a
-        # failure there. A crash, a rejected plan, or an explicit backend that gave nothing is.
-        if reason is not None and (crashed or backend != "auto"):
-            status = "fallback"
-    if bound >= best_cycles and status != "fallback":
-        status = "optimal"
+    res = portfolio.run(placement_portfolio(inst), backend, budget)
     elapsed = time.perf_counter() - started
-    return LayerSolution(
-        inst, best, make_account("placement", backend, status, best_cycles, bound, elapsed, reason)
-    )
+    account = make_account(
+        "placement", backend, res.status, int(res.objective), int(res.bound), elapsed,
+        res.fallback_reason,
+    )  # fmt: skip
+    return LayerSolution(inst, res.solution, account)
 
 
 @dataclass
@@ -145,9 +137,6 @@ class PlacementSolution:
         return self.plan.account
 
 
-_RANK = {"optimal": 0, "feasible": 1, "given": 1, "fallback": 2, "infeasible": 3}
-
-
 def solve_placement(
     hardware: Hardware,
     model: ModelSpec,
@@ -159,13 +148,15 @@ def solve_placement(
     num_granules: int = 4,
     allow_loads: bool = True,
     attention: bool = False,
+    budget: Budget | None = None,
 ) -> PlacementSolution:
-    """Place every layer of the workload (layers run one after another) under one deadline.
+    """Place every layer of the workload (layers run one after another) under one budget.
 
-    Each layer gets an equal share of what is left of the deadline. When any layer is
-    infeasible the plan is empty and the account says which layer and why.
+    Each layer gets an equal share of it (``Budget.part``). When any layer is infeasible the
+    plan is empty and the account says which layer and why.
     """
-    deadline = Deadline(deadline_s)
+    budget = budget_of(deadline_s, workers, budget)
+    started = time.perf_counter()
     layers: list[LayerSolution] = []
     tasks: list[ComputeTask | TransferTask] = []
     after: list[str] = []
@@ -176,13 +167,13 @@ def solve_placement(
         problem = PlacementProblem(
             hardware, model, layer, row, workload.num_tokens, residency, num_granules, allow_loads
         )
-        sol = solve_layer(problem, backend, deadline.left() / (n - i), workers)
+        sol = solve_layer(problem, backend, budget=budget.part(n, n - i))
         layers.append(sol)
         if sol.assignment is None:
             account = sol.account.model_copy(
                 update={
                     "fallback_reason": f"layer {layer}: {sol.account.fallback_reason}",
-                    "wall_time_s": deadline.elapsed(),
+                    "wall_time_s": time.perf_counter() - started,
                 }
             )
             return PlacementSolution(Plan(tasks=(), account=account), layers)
@@ -191,14 +182,14 @@ def solve_placement(
     predicted = timing.makespan(hardware, model, tasks, workload.context_tokens)
     objective = sum(s.account.objective_cycles or 0 for s in layers)
     bound = sum(s.account.lower_bound_cycles or 0 for s in layers)
-    worst = max((s.account.status for s in layers), key=_RANK.__getitem__)
+    worst = portfolio.worst_status([s.account.status for s in layers])
     reasons = [
         f"layer {s.instance.problem.layer}: {s.account.fallback_reason}"
         for s in layers
         if s.account.fallback_reason
     ]
     account = make_account(
-        "placement", backend, worst, objective, bound, deadline.elapsed(),
+        "placement", backend, worst, objective, bound, time.perf_counter() - started,
         "; ".join(reasons) or None, predicted,
     )  # fmt: skip
     return PlacementSolution(Plan(tasks=tuple(tasks), account=account), layers)

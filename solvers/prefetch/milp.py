@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pulp
 
+from solvers.common import Budget
+from solvers.milp_run import cbc
 from solvers.prefetch.select import PrefetchProblem
 
 
-def select_milp(problem: PrefetchProblem, time_limit_s: float) -> tuple[list[int], str]:
+def select_milp(problem: PrefetchProblem, budget: Budget) -> tuple[list[int] | None, str]:
+    """(chosen indices or None, status) from CBC under ``budget``."""
     n = len(problem.experts)
     prob = pulp.LpProblem("prefetch", pulp.LpMaximize)
     x = [prob.add_variable(f"stage_e{problem.experts[i]}", cat="Binary") for i in range(n)]
@@ -21,10 +24,8 @@ def select_milp(problem: PrefetchProblem, time_limit_s: float) -> tuple[list[int
         <= problem.link_budget_cycles,
         "link_time",
     )
-    prob.solve(
-        pulp.PULP_CBC_CMD(msg=False, timeLimit=max(0.1, round(time_limit_s, 2)), timeMode="elapsed")
-    )
+    prob.solve(cbc(budget))
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-        return [], "fallback"
+        return None, "unknown"
     chosen = [i for i in range(n) if (x[i].value() or 0) > 0.5]
     return chosen, "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible"

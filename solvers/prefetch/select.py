@@ -7,15 +7,17 @@ layer's work leaves: staged transfers run back to back on the link and must end 
 layer starts. A two-constraint 0/1 knapsack.
 
 Backends: ``greedy`` (by expected saving per byte, skipping what does not fit), ``cpsat``,
-``milp``; ``auto`` is greedy then CP-SAT hinted. Values are scaled to integers for CP-SAT.
+``milp``; ``auto`` is greedy then CP-SAT hinted, through the portfolio. Values are scaled to
+integers for CP-SAT.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from hwmodel.plan import Plan, TransferTask, WeightSlice
+from solvers import portfolio
+from solvers.common import Budget, budget_of
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,20 @@ class PrefetchProblem:
 
 @dataclass
 class PrefetchChoice:
-    chosen: list[int]  # indices into the problem's candidates
+    """A prefetch set and its account.
+
+    ``chosen``: indices into the problem's candidates; ``value``: its expected saving in
+    cycles; ``value_bound``: a proven upper bound on the best set's expected saving (the gap
+    between the two is what an exact backend could still win); ``status`` optimal | feasible |
+    fallback; ``fallback_reason``; ``wall_time_s`` (reported, never deciding).
+    """
+
+    chosen: list[int]
     value: float
     status: str
     wall_time_s: float
+    value_bound: float = 0.0
+    fallback_reason: str | None = None
 
 
 def select_greedy(problem: PrefetchProblem) -> list[int]:
@@ -74,27 +86,80 @@ def select_greedy(problem: PrefetchProblem) -> list[int]:
     return chosen
 
 
-def select(
-    problem: PrefetchProblem, backend: str = "auto", deadline_s: float = 0.5
-) -> PrefetchChoice:
-    """The prefetch set of ``backend``; an exact backend's set is kept only when feasible and
-    at least as valuable as greedy's."""
-    started = time.perf_counter()
-    greedy = select_greedy(problem)
-    best, status = greedy, "feasible"
-    if backend in ("cpsat", "auto"):
+def _fractional(values: list[float], weights: list[float], room: float) -> float:
+    """The fractional knapsack's value: an upper bound on any 0/1 set within ``room``."""
+    total, left = 0.0, room
+    for i in sorted(range(len(values)), key=lambda i: (-values[i] / max(weights[i], 1e-300), i)):
+        if values[i] <= 0:
+            continue
+        if weights[i] <= left:
+            total, left = total + values[i], left - weights[i]
+        else:
+            total += values[i] * max(left, 0.0) / weights[i]
+            break
+    return total
+
+
+def value_upper_bound(problem: PrefetchProblem) -> float:
+    """An upper bound on the expected saving of every feasible set: each constraint's
+    fractional knapsack alone bounds it, so the smaller of the two does."""
+    values = [p * s for p, s in zip(problem.probability, problem.saved_cycles, strict=True)]
+    return min(
+        _fractional(values, list(problem.size_bytes), problem.free_bytes + 1e-6),
+        _fractional(
+            values, [float(c) for c in problem.transfer_cycles], problem.link_budget_cycles
+        ),
+    )
+
+
+def prefetch_portfolio(problem: PrefetchProblem) -> portfolio.Portfolio[list[int]]:
+    """Prefetch selection as the portfolio sees it. The objective is minimized, so it is the
+    expected demand-load cycles *left* (every candidate's expected saving minus the set's);
+    its lower bound is that total minus ``value_upper_bound``."""
+    total = sum(p * s for p, s in zip(problem.probability, problem.saved_cycles, strict=True))
+
+    def cpsat(hint: list[int], budget: Budget) -> portfolio.Outcome[list[int]]:
         from solvers.prefetch.cpsat import select_cpsat
 
-        chosen, status_exact = select_cpsat(problem, greedy, deadline_s)
-    elif backend == "milp":
+        chosen, status, value_bound = select_cpsat(problem, hint, budget)
+        bound = None if value_bound is None else total - value_bound
+        return portfolio.Outcome(chosen, status, bound)
+
+    def milp(hint: list[int], budget: Budget) -> portfolio.Outcome[list[int]]:
         from solvers.prefetch.milp import select_milp
 
-        chosen, status_exact = select_milp(problem, deadline_s)
-    else:
-        chosen, status_exact = greedy, "feasible"
-    if problem.feasible(chosen) and problem.value(chosen) >= problem.value(greedy) - 1e-9:
-        best, status = chosen, status_exact
-    return PrefetchChoice(sorted(best), problem.value(best), status, time.perf_counter() - started)
+        chosen, status = select_milp(problem, budget)
+        return portfolio.Outcome(chosen, status)
+
+    return portfolio.Portfolio(
+        name="prefetch",
+        greedy=lambda: select_greedy(problem),
+        objective=lambda chosen: total - problem.value(chosen),
+        check=lambda chosen: (
+            [] if problem.feasible(chosen) else ["prefetch: the set exceeds memory or link time"]
+        ),
+        bound=total - value_upper_bound(problem),
+        exact={"cpsat": cpsat, "milp": milp},
+        tolerance=1e-9 * max(1.0, total),
+    )
+
+
+def select(
+    problem: PrefetchProblem,
+    backend: str = "auto",
+    deadline_s: float = 0.5,
+    budget: Budget | None = None,
+) -> PrefetchChoice:
+    """The prefetch set through the portfolio under ``budget`` (default: ``deadline_s``
+    seconds of wall clock): an exact backend's set is kept only when feasible and more
+    valuable than greedy's."""
+    budget = budget_of(deadline_s, 1, budget)
+    res = portfolio.run(prefetch_portfolio(problem), backend, budget)
+    total = sum(p * s for p, s in zip(problem.probability, problem.saved_cycles, strict=True))
+    return PrefetchChoice(
+        sorted(res.solution), problem.value(res.solution), res.status, res.wall_time_s,
+        total - res.bound, res.fallback_reason,
+    )  # fmt: skip
 
 
 def staging_plan(

@@ -28,8 +28,8 @@ def test_simulate_valid_plan_writes_trace_and_gantt(tmp_path: Path) -> None:
     assert "valid: True" in result.stdout
     events = json.loads(trace.read_text())["traceEvents"]
     spans = [e for e in events if e["ph"] == "X"]
-    names = {e["args"]["name"] for e in events if e["ph"] == "M"}
-    assert {"gpu", "ndp0", "ndp1", "pcie_down", "pcie_up"} == names
+    names = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert {"GPU gpu", "NDP unit ndp0", "NDP unit ndp1", "link pcie_down", "link pcie_up"} == names
     assert len(spans) == 22 and all(e["dur"] > 0 for e in spans)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

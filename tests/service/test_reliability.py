@@ -14,6 +14,7 @@ from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import gpu_ndp, model_preset
 from service.main import create_app
 from service.settings import Settings, get_settings
+from solvers.common import Budget
 from solvers.placement.problem import PlacementProblem
 from solvers.placement.solve import solve_layer
 
@@ -43,7 +44,7 @@ def test_a_crashing_backend_falls_back_and_says_so(monkeypatch: pytest.MonkeyPat
         **{**big_problem().__dict__, "tokens_per_expert": (1,) * 6 + (0,) * 122, "num_tokens": 1}
     )
     for backend in ("cpsat", "auto"):
-        sol = solve_layer(problem, backend, deadline_s=5.0)  # type: ignore[arg-type]
+        sol = solve_layer(problem, backend, budget=Budget.work(5.0))  # type: ignore[arg-type]
         assert sol.assignment is not None
         assert sol.account.status == "fallback"
         assert "cpsat failed: RuntimeError: solver crashed" in (sol.account.fallback_reason or "")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hwmodel.executor import simulate
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
+from solvers.common import Budget
 from solvers.placement.baselines import monde, round_robin
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.placement.solve import solve_layer, solve_placement
@@ -94,7 +95,7 @@ def check_all_backends(p: PlacementProblem) -> tuple[int, Assignment]:
     """Every backend: valid plan, predicted == simulated; exact backends reach the optimum."""
     best, best_a = brute_force(PlacementInstance(p))
     for backend in BACKENDS:
-        sol = solve_layer(p, backend, deadline_s=5.0)  # type: ignore[arg-type]
+        sol = solve_layer(p, backend, budget=Budget.work(5.0))  # type: ignore[arg-type]
         assert sol.assignment is not None
         report = sol.instance.simulate(sol.assignment)
         assert report.valid, (backend, report.violations)
@@ -211,20 +212,20 @@ def test_every_backend_validates_and_predicts_exactly(p: PlacementProblem) -> No
             assert sol.assignment is None and sol.account.status == "infeasible"
         return
     for backend in BACKENDS:
-        sol = solve_layer(p, backend, deadline_s=2.0)  # type: ignore[arg-type]
+        sol = solve_layer(p, backend, budget=Budget.work(2.0))  # type: ignore[arg-type]
         assert sol.assignment is not None
         report = sol.instance.simulate(sol.assignment)
         assert report.valid, (backend, report.violations)
         assert report.makespan_cycles == sol.account.predicted_makespan_cycles
         acc = sol.account
         assert acc.lower_bound_cycles is not None and acc.objective_cycles is not None
-        assert acc.lower_bound_cycles <= acc.objective_cycles
         results[backend] = acc.objective_cycles
-    assert results["auto"] <= results["greedy"]
-    assert results["cpsat"] == results["auto"] or results["cpsat"] >= results["auto"]
-    # Same input, same plan.
-    again = solve_layer(p, "greedy")
-    assert again.account.objective_cycles == results["greedy"]
+    # Quality, not construction: every exact backend reaches the brute-force optimum and
+    # greedy is never below it (bounds: tests/test_honest_bounds.py; determinism across
+    # processes: tests/test_determinism.py).
+    optimum, _ = brute_force(PlacementInstance(p))
+    assert results["greedy"] >= optimum
+    assert results["cpsat"] == results["milp"] == results["auto"] == optimum, results
 
 
 def test_multi_layer_plan_on_the_real_preset() -> None:
@@ -236,7 +237,7 @@ def test_multi_layer_plan_on_the_real_preset() -> None:
     hw, model = hardware_preset("gpu-ndp-4dimm"), model_preset("deepseek-v2-lite")
     wl = decode_workload(3)
     residency = layout_residency(hw, model, "striped", cached_experts=(0, 5))
-    sol = solve_placement(hw, model, wl, residency, "auto", deadline_s=3.0, attention=True)
+    sol = solve_placement(hw, model, wl, residency, "auto", budget=Budget.work(3.0), attention=True)
     report = simulate(hw, model, sol.plan, wl, residency)
     assert report.valid, report.violations
     assert report.makespan_cycles == sol.account.predicted_makespan_cycles

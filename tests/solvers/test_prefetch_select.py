@@ -13,6 +13,7 @@ from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
+from solvers.common import Budget
 from solvers.prefetch.select import PrefetchProblem, select, staging_plan
 
 
@@ -58,7 +59,7 @@ def test_exact_backends_reach_the_optimum(
     )  # fmt: skip
     best = brute(p)
     for backend in ("cpsat", "milp"):
-        choice = select(p, backend, deadline_s=2.0)
+        choice = select(p, backend, budget=Budget.work(2.0))
         assert p.feasible(choice.chosen)
         # Both backends resolve values to a millionth of the largest; MILP's objective
         # tolerance (1e-9) floors that.

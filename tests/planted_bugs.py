@@ -1,0 +1,290 @@
+"""Replay planted bugs: plant each one alone in a scratch copy of the repository, run the fast
+suite there, record whether a test failed (caught) or the suite stayed green (not caught).
+
+    .venv/bin/python -m tests.planted_bugs [--json docs/planted_bugs.json] [--only ID ...]
+
+Each plant replaces one exact piece of source text; when the text is no longer there (the code
+moved on) the plant is reported ``stale`` and must be re-aimed, not dropped silently. The fast
+suite is ``FAST_SUITE`` below (``make test`` runs a superset of it, so a plant caught here is
+caught there). Slow: about a minute of CPU per plant; not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_SUITE = [
+    "tests/test_costs_golden.py",
+    "tests/test_executor_records.py",
+    "tests/test_quality_golden.py",
+    "tests/test_honest_bounds.py",
+    "tests/test_executor_violations.py",
+    "tests/solvers/test_placement.py",
+    "tests/solvers/test_eplb.py",
+    "tests/solvers/test_prefetch_select.py",
+    "tests/solvers/test_decode_loop.py",
+]
+# The slowest real-trace tests stay out of the fast suite (make test still runs them).
+DESELECT = "not real_trace and not real_histograms"
+
+
+@dataclass(frozen=True)
+class Plant:
+    """One bug: in ``path`` replace ``old`` (which must occur exactly once) by ``new``."""
+
+    id: str
+    kind: str
+    path: str
+    old: str
+    new: str
+    what: str
+
+
+PLANTS = [
+    Plant(
+        "greedy-ignores-remote-queue",
+        "greedy balance",
+        "solvers/placement/greedy.py",
+        "ready.append((k, rows, link_end[j] + compute[i] + (extra or 0)))",
+        "ready.append((k, rows, link_end[j] + (extra or 0)))",
+        "greedy's score forgets the shard work already queued on each remote device",
+    ),
+    Plant(
+        "greedy-most-loaded-holder",
+        "greedy balance",
+        "solvers/placement/greedy.py",
+        "best = min(\n                sorted(cands), key=lambda d: state.compute[state.index[d]]",
+        "best = max(\n                sorted(cands), key=lambda d: state.compute[state.index[d]]",
+        "a split block goes to the busiest holder instead of the least busy one",
+    ),
+    Plant(
+        "greedy-lightest-first",
+        "greedy balance",
+        "solvers/placement/greedy.py",
+        "order = sorted(inst.experts, key=lambda e: (-weight(e), e))",
+        "order = sorted(inst.experts, key=lambda e: (weight(e), e))",
+        "experts placed lightest first instead of heaviest first",
+    ),
+    Plant(
+        "dep-worst-candidate",
+        "DEP search",
+        "solvers/ordering/dep.py",
+        "best = min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
+        "best = max(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
+        "the DEP search returns its worst candidate (micro-batch count, chunks, order)",
+    ),
+    Plant(
+        "dep-search-stays-at-seeds",
+        "DEP search",
+        "solvers/ordering/dep.py",
+        "best = min(_neighbours(here, max_m, max_k, max_p), key=lambda s: (score(s), s.m, s.k))",
+        "best = max(_neighbours(here, max_m, max_k, max_p), key=lambda s: (score(s), s.m, s.k))",
+        "the local search over (m, k, p) never leaves its seeds",
+    ),
+    Plant(
+        "dep-shared-before-dispatch",
+        "DEP overlap",
+        "solvers/ordering/dep.py",
+        "waits = shared_ids if shape.shared_before_a2e and shared_ids else [a]",
+        "waits = shared_ids if shared_ids else [a]",
+        "the dispatch always waits for the shared experts: their overlap is lost",
+    ),
+    Plant(
+        "eplb-replica-last-max",
+        "EPLB tie-break",
+        "solvers/eplb/deepseek.py",
+        "hot = np.argmax(weight / logcnt, axis=-1)",
+        "hot = num_log - 1 - np.argmax((weight / logcnt)[:, ::-1], axis=-1)",
+        "the next replica goes to the last of the tied heaviest experts, not the first",
+    ),
+    Plant(
+        "eplb-pack-last-lightest",
+        "EPLB tie-break",
+        "solvers/eplb/deepseek.py",
+        "key=load.__getitem__)",
+        "key=lambda i: (load[i], -i))",
+        "an item goes to the last of the tied lightest packs, not the first",
+    ),
+    Plant(
+        "eplb-unstable-sort",
+        "EPLB tie-break",
+        "solvers/eplb/deepseek.py",
+        'for item in np.argsort(-weight[r], kind="stable"):',
+        'for item in n - 1 - np.argsort(-weight[r][::-1], kind="stable"):',
+        "equal weights are packed in reverse index order",
+    ),
+    Plant(
+        "placement-doubled-bound",
+        "bound validity",
+        "solvers/placement/problem.py",
+        "return int(work // max(len(resources), 1)) + self.reduce[1]",
+        "return 2 * (int(work // max(len(resources), 1)) + self.reduce[1])",
+        "placement's analytic lower bound doubled (invalid)",
+    ),
+    Plant(
+        "eplb-doubled-bound",
+        "bound validity",
+        "solvers/eplb/model.py",
+        "return np.maximum(weight.sum(-1) / num_gpus, weight.max(-1) / min(kmax, num_gpus))",
+        "return 2 * np.maximum(weight.sum(-1) / num_gpus, weight.max(-1) / min(kmax, num_gpus))",
+        "EPLB's trivial lower bound doubled (invalid)",
+    ),
+    Plant(
+        "prefetch-greedy-stages-nothing",
+        "prefetch",
+        "solvers/prefetch/select.py",
+        "        if problem.probability[i] <= 0:\n            continue",
+        "        if problem.probability[i] <= 2:\n            continue",
+        "greedy prefetch selection stages nothing",
+    ),
+    Plant(
+        "decode-loop-stages-nothing",
+        "prefetch",
+        "solvers/decode_loop.py",
+        "for i in choice.chosen:",
+        "for i in choice.chosen[:0]:",
+        "the decode loop chooses a prefetch set but stages none of it",
+    ),
+    Plant(
+        "session-no-decay",
+        "decay",
+        "service/store.py",
+        ".reshape(r[1], r[2]) * decay + hist",
+        ".reshape(r[1], r[2]) + hist",
+        "a session's running counts never decay",
+    ),
+    Plant(
+        "predictor-no-decay",
+        "decay",
+        "solvers/prefetch/predict.py",
+        "self.counts *= self.decay",
+        "self.counts *= 1.0",
+        "the prefetch predictor's counts never decay",
+    ),
+    Plant(
+        "cycle0-overflow-unchecked",
+        "cycle-0 capacity",
+        "hwmodel/executor.py",
+        "    sim.check_initial_capacity()\n",
+        "",
+        "a residency above a memory's capacity at cycle 0 is not flagged",
+    ),
+    Plant(
+        "cost-no-link-latency",
+        "cost model",
+        "hwmodel/costs.py",
+        "return link.latency_s + num_bytes / link.bandwidth_bytes_per_s",
+        "return num_bytes / link.bandwidth_bytes_per_s",
+        "transfers lose their latency",
+    ),
+    Plant(
+        "cost-tiles-no-overlap",
+        "cost model",
+        "hwmodel/costs.py",
+        "total += max(load(last_bytes), compute(tile_bytes)) + compute(last_bytes)",
+        "total += load(last_bytes) + compute(tile_bytes) + compute(last_bytes)",
+        "the NDP tile pipeline stops overlapping the last tile's load with compute",
+    ),
+]
+
+
+def _copy_tree(dst: Path) -> None:
+    """The repository's tracked and untracked (not ignored) files, without the venv."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for rel in files:
+        src = ROOT / rel
+        if not src.is_file():
+            continue
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out)
+
+
+def replay(plant: Plant, suite: list[str]) -> dict[str, object]:
+    """Plant, run the suite in the scratch copy, and say what happened."""
+    with tempfile.TemporaryDirectory(prefix="moesched-plant-") as tmp:
+        scratch = Path(tmp)
+        _copy_tree(scratch)
+        target = scratch / plant.path
+        text = target.read_text()
+        if text.count(plant.old) != 1:
+            return asdict(plant) | {"result": "stale", "failed_test": None}
+        target.write_text(text.replace(plant.old, plant.new))
+        env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+        # The venv's editable install points at ROOT; from the scratch root, its own modules
+        # come first on sys.path (pytest's pythonpath = ["."]). Checked, not assumed:
+        module = plant.path.removesuffix(".py").replace("/", ".")
+        where = subprocess.run(
+            [sys.executable, "-c", f"import {module} as m; print(m.__file__)"],
+            cwd=scratch, capture_output=True, text=True, env=env, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert where.startswith(str(scratch)), f"{module} imported from {where}"
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", DESELECT,
+             *suite],
+            cwd=scratch, capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        failed = next(
+            (line.split(" ")[1] for line in run.stdout.splitlines() if line.startswith("FAILED ")),
+            None,
+        )
+        if failed is None:
+            failed = next(
+                (
+                    line.split(" ")[1]
+                    for line in run.stdout.splitlines()
+                    if line.startswith("ERROR ")
+                ),
+                None,
+            )
+        result = "caught" if run.returncode != 0 else "not caught"
+        return asdict(plant) | {"result": result, "failed_test": failed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--exclude-tests", nargs="*", default=[])
+    parser.add_argument("--suite", default=None, help="pytest arguments to run instead")
+    args = parser.parse_args()
+    plants = [p for p in PLANTS if args.only is None or p.id in args.only]
+    rows = []
+    for plant in plants:
+        suite = (
+            shlex.split(args.suite)
+            if args.suite
+            else [t for t in FAST_SUITE if t not in args.exclude_tests]
+        )
+        row = replay(plant, suite) | {"suite": suite}
+        print(f"{plant.id:34s} {row['result']:11s} {row['failed_test'] or ''}", flush=True)
+        rows.append(row)
+    live = [r for r in rows if r["result"] != "stale"]
+    caught = sum(r["result"] == "caught" for r in live)
+    summary = {
+        "planted": len(live),
+        "caught": caught,
+        "stale": len(rows) - len(live),
+        "caught_fraction": round(caught / len(live), 3) if live else None,
+        "suite": FAST_SUITE,
+    }
+    print(json.dumps(summary))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"summary": summary, "plants": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
