@@ -612,8 +612,14 @@ def bench(
         Path | None, typer.Option("--plot", help="Also draw the benchmark's chart (PNG).")
     ] = None,
     quiet: QuietOption = False,
+    trace_paths: Annotated[
+        list[Path] | None,
+        typer.Option("--trace", help="Run on this per-token trace instead (repeatable)."),
+    ] = None,
 ) -> None:
     """Run one benchmark and write {"benchmark", "rows", "summary"} as JSON."""
+    import inspect
+
     from bench import BENCHMARKS
     from bench.common import reporting
 
@@ -630,10 +636,22 @@ def bench(
     if name not in BENCHMARKS_WITHOUT_TRACES and not traces.is_dir():
         note(missing_traces)
         raise typer.Exit(EXIT_BAD_INPUT)
+    if trace_paths:
+        if "traces" not in inspect.signature(BENCHMARKS[name]).parameters:
+            note(f"error: --trace: benchmark '{name}' runs on its own traces only")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        for path in trace_paths:
+            if not path.is_file():
+                note(f"error: --trace: {path} is not a file")
+                raise typer.Exit(EXIT_BAD_INPUT)
     label = f"bench {name}" + (" --quick" if quick else "")
     try:
         with working(quiet, label) as reporter, reporting(reporter):
-            result = BENCHMARKS[name](quick)
+            if trace_paths:
+                with bad_input(trace_paths[0]):
+                    result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
+            else:
+                result = BENCHMARKS[name](quick)
     except FileNotFoundError as exc:
         if exc.filename is None or not Path(exc.filename).is_relative_to(traces):
             raise

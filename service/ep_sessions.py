@@ -44,6 +44,7 @@ def route_layers(
 
 
 log = logging.getLogger("moesched.ep_sessions")
+REPLACE_MOVES = 64  # candidate moves per layer of one re-placement (deterministic budget)
 BATCH_BYTES_PER_COUNT = 4  # the window's histograms are int32 (a count is at most 2**24)
 
 
@@ -244,10 +245,13 @@ class EpSessions:
                 window = np.stack(list(ep.window))
                 old = ep.placement.copy()
             spec = ep.spec
-            share = min(spec.deadline_s, self.settings.max_deadline_s) / spec.num_layers
+            # A move budget per layer, not a deadline: the same window gives the same placement
+            # however busy the machine is.
             new = np.stack(
                 [
-                    place_for_batches(window[:, layer], spec.num_replicas, spec.num_gpus, share)
+                    place_for_batches(
+                        window[:, layer], spec.num_replicas, spec.num_gpus, REPLACE_MOVES
+                    )
                     for layer in range(spec.num_layers)
                 ]
             )

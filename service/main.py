@@ -23,7 +23,7 @@ from service.metrics import Metrics
 from service.routes import health, presets, sessions, simulate, solve, sweeps
 from service.sessions import SessionManager, expire
 from service.settings import Settings, get_settings
-from service.store import SQLiteStore, StoreError
+from service.store import SessionStore, SQLiteStore, StoreError
 from service.sweep_jobs import SweepJobs
 
 log = logging.getLogger("moesched")
@@ -175,6 +175,15 @@ async def _sweep(app: FastAPI, settings: Settings) -> None:
             log.exception("session expiry failed (will retry)")
 
 
+def open_store(settings: Settings) -> SessionStore:
+    """The session store the settings name: PostgreSQL at ``db_url``, else the SQLite file."""
+    if settings.db_url:
+        from service.pg_store import PostgresStore
+
+        return PostgresStore(settings.db_url, settings.db_busy_timeout_s)
+    return SQLiteStore(settings.db_path, settings.db_busy_timeout_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The session store opens at startup (a bad database file stops the
     server with a clear message); request handlers read settings through ``get_settings``."""
@@ -182,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(boot.db_path, boot.db_busy_timeout_s)
+        store = open_store(boot)
         app.state.store = store
         app.state.sessions = SessionManager(store, boot)
         app.state.ep_sessions = EpSessions(store, boot)

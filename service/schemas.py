@@ -487,6 +487,13 @@ class Observation(BaseModel):
     expert_ids: list[list[list[Annotated[int, Field(ge=0, le=65535)]]]] | None = Field(
         default=None, description="Routed experts per token, [num_tokens, num_moe_layers, top_k]."
     )
+    observation_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="A client-chosen id: an observation whose id the session has seen before "
+        "(a retry, to this replica or another) is acknowledged again but not counted again.",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Observation:
@@ -502,6 +509,9 @@ class ObservationAck(BaseModel):
     num_observations: int = Field(description="Observations so far.")
     drift: float = Field(description="Drift of the running counts from the plan's counts.")
     resolve_started: bool = Field(description="Whether this observation started a re-solve.")
+    counted: bool = Field(
+        default=True, description="False when observation_id was seen before (not counted again)."
+    )
 
 
 class SessionInfo(BaseModel):

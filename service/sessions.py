@@ -104,6 +104,9 @@ class SessionManager:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self.resolves = 0
+        self.replica_id = uuid.uuid4().hex  # this process, as a re-solve lease holder
+        # Longer than any re-solve may run; a holder that died frees it after this.
+        self._lease_s = 2 * settings.max_deadline_s + 10.0
         self.ep: EpSessions | None = None  # the EP sessions sharing the store (for expiry)
 
     def _session(self, session_id: str) -> _Live:
@@ -224,13 +227,16 @@ class SessionManager:
         live = self._session(session_id)
         hist = self._histogram(obs, live.plan_counts.shape, live.top_k)
         with live.lock:  # one writer per session: concurrent observations lose no counts
-            got = self.store.add_counts(session_id, hist, live.spec.policy.decay, COUNT_CAP)
+            got = self.store.observe(
+                session_id, hist, live.spec.policy.decay, COUNT_CAP, obs.observation_id
+            )
             if got is None:
                 self.forget([session_id])
                 raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
-            counts, nobs = got
-            d = drift(counts, live.plan_counts)
-            version = live.version
+            # The stored plan is the truth: another replica may have swapped it.
+            live.plan_counts, live.version = got.plan_counts, got.version
+            nobs, version = got.num_observations, got.version
+            d = drift(got.counts, got.plan_counts)
         started = False
         if d > live.spec.policy.drift_threshold:
             with self._lock:
@@ -240,8 +246,9 @@ class SessionManager:
             if started:
                 self.pool.submit(self._resolve, session_id, live)
         return ObservationAck(
-            version=version, num_observations=nobs, drift=d, resolve_started=started
-        )
+            version=version, num_observations=nobs, drift=d, resolve_started=started,
+            counted=got.counted,
+        )  # fmt: skip
 
     def _histogram(self, obs: Observation, shape: tuple[int, ...], top_k: int) -> np.ndarray:
         if obs.histogram is not None:
@@ -279,10 +286,17 @@ class SessionManager:
         return hist
 
     def _resolve(self, session_id: str, live: _Live) -> None:
+        leased = False
         try:
+            # One replica at a time re-solves a session; the lease outlives a slow solve.
+            leased = self.store.try_lease(session_id, self.replica_id, self._lease_s)
+            if not leased:
+                return
             row = self.store.get(session_id)
             if row is None:
                 return
+            if drift(row.counts, row.plan_counts) <= live.spec.policy.drift_threshold:
+                return  # another replica re-solved for these counts already
             counts = row.counts
             response = place(self.plan_request(live.spec, counts), self.settings)
             if response.report.valid:
@@ -294,6 +308,8 @@ class SessionManager:
         except Exception:  # the old plan stays; the next drift tries again
             log.exception("re-solve of session %s failed", session_id)
         finally:
+            if leased:
+                self.store.release_lease(session_id, self.replica_id)
             with self._lock:
                 self._resolving.discard(session_id)
 

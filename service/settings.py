@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     db_path: Path = Field(default=Path("moesched.db"), description="SQLite database for sessions.")
+    db_url: str | None = Field(
+        default=None,
+        pattern=r"^postgres(ql)?://",
+        description="postgresql://user@host:port/db: sessions on PostgreSQL, shared by every "
+        "replica of the service (default: the SQLite file at db_path).",
+    )
     api_key: str | None = Field(default=None, description="When set, every /v1 call needs it.")
     max_body_bytes: int = Field(default=8 * 2**20, gt=0, description="Largest request body.")
     max_tasks: int = Field(default=200_000, gt=0, description="Largest plan accepted.")

@@ -53,6 +53,17 @@ class SessionRow:
 
 
 @dataclass
+class CountsUpdate:
+    """A session after an observation: the running counts and the plan's, both ``[L, E]``."""
+
+    counts: np.ndarray
+    num_observations: int
+    plan_counts: np.ndarray
+    version: int
+    counted: bool  # False: the observation id was seen before, nothing changed
+
+
+@dataclass
 class EpRow:
     """One EP session as stored: placement ``[L, R]`` int64, window ``[W, L, E]`` int64
     (oldest batch first)."""
@@ -91,10 +102,33 @@ class SessionStore(ABC):
         """The session, or None."""
 
     @abstractmethod
+    def observe(
+        self,
+        session_id: str,
+        hist: np.ndarray,
+        decay: float,
+        cap: float,
+        observation_id: str | None = None,
+    ) -> CountsUpdate | None:
+        """counts = min(decay * counts + hist, cap), committed, once per ``observation_id``
+        (an id seen before changes nothing; None: always counted); None when no session."""
+
     def add_counts(
         self, session_id: str, hist: np.ndarray, decay: float, cap: float
     ) -> tuple[np.ndarray, int] | None:
-        """counts = min(decay * counts + hist, cap), committed; (counts, observations) or None."""
+        """``observe`` without an id: (counts, observations) or None."""
+        got = self.observe(session_id, hist, decay, cap)
+        return None if got is None else (got.counts, got.num_observations)
+
+    def try_lease(self, session_id: str, owner: str, seconds: float) -> bool:
+        """Take the session's re-solve lease for ``seconds`` unless another owner holds a
+        live one; True when ``owner`` holds it. A store that serves one process (SQLite)
+        needs none: the process's own bookkeeping keeps one re-solve per session."""
+        return True
+
+    def release_lease(self, session_id: str, owner: str) -> None:
+        """Give the lease back (only the owner's); nothing to give back without leases."""
+        return None
 
     @abstractmethod
     def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
@@ -212,7 +246,10 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS ep_batches (session_id TEXT NOT NULL, seq INTEGER NOT NULL, "
     "hist BLOB NOT NULL, PRIMARY KEY (session_id, seq))",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS observations_seen (session_id TEXT NOT NULL, "
+    "observation_id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (session_id, observation_id))",
 )
+SEEN_IDS_KEPT = 4096  # observation ids remembered per session, for exactly-once retries
 
 
 class SQLiteStore(SessionStore):
@@ -441,27 +478,45 @@ class SQLiteStore(SessionStore):
         rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
         return self._row(rows[0]) if rows else None
 
-    def add_counts(
-        self, session_id: str, hist: np.ndarray, decay: float, cap: float
-    ) -> tuple[np.ndarray, int] | None:
+    def observe(
+        self,
+        session_id: str,
+        hist: np.ndarray,
+        decay: float,
+        cap: float,
+        observation_id: str | None = None,
+    ) -> CountsUpdate | None:
         with self._writing() as con:
             r = con.execute(
-                "SELECT counts, num_layers, num_experts, num_observations FROM sessions "
-                "WHERE id = ?",
+                "SELECT counts, num_layers, num_experts, num_observations, plan_counts, version "
+                "FROM sessions WHERE id = ?",
                 (session_id,),
             ).fetchone()
             if r is None:
                 return None
+            blob, num_layers, num_experts, nobs, plan_blob, version = r
             try:
-                old = np.frombuffer(r[0], dtype=np.float64).reshape(r[1], r[2])
+                old = np.frombuffer(blob, dtype=np.float64).reshape(num_layers, num_experts)
+                plan = np.frombuffer(plan_blob, dtype=np.float64).reshape(old.shape).copy()
             except ValueError as exc:
                 raise StoreDamaged(f"{self.path}: session {session_id}: {exc}") from None
+            if observation_id is not None:
+                fresh = con.execute(
+                    "INSERT OR IGNORE INTO observations_seen VALUES (?, ?, ?)",
+                    (session_id, observation_id, nobs + 1),
+                ).rowcount
+                if not fresh:  # a retry of one already counted
+                    return CountsUpdate(old.copy(), nobs, plan, version, counted=False)
+                con.execute(
+                    "DELETE FROM observations_seen WHERE session_id = ? AND seq <= ?",
+                    (session_id, nobs + 1 - SEEN_IDS_KEPT),
+                )
             counts = np.minimum(old * decay + hist, cap)
             con.execute(
                 "UPDATE sessions SET counts = ?, num_observations = ?, touched_s = ? WHERE id = ?",
-                (_blob(counts), r[3] + 1, time.time(), session_id),
+                (_blob(counts), nobs + 1, time.time(), session_id),
             )
-            return counts, r[3] + 1
+            return CountsUpdate(counts, nobs + 1, plan, version, counted=True)
 
     def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
         with self._writing() as con:
@@ -474,6 +529,7 @@ class SQLiteStore(SessionStore):
 
     def delete(self, session_id: str) -> bool:
         with self._writing() as con:
+            con.execute("DELETE FROM observations_seen WHERE session_id = ?", (session_id,))
             return con.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
 
     # ------------------------------------------------------------------ EP sessions
@@ -556,6 +612,8 @@ class SQLiteStore(SessionStore):
                     "DELETE FROM ep_sessions WHERE touched_s < ? RETURNING id", (idle_before_s,)
                 ).fetchall()
             ]
+            for sid in gone:
+                con.execute("DELETE FROM observations_seen WHERE session_id = ?", (sid,))
             for sid in ep_gone:
                 con.execute("DELETE FROM ep_batches WHERE session_id = ?", (sid,))
         return gone, ep_gone

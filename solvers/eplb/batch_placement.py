@@ -1,93 +1,264 @@
 """Replica placement for per-batch balance: choose which experts to replicate, and where, so
-that the *routed* balance (``routing.route_batch`` per batch) is best over a window of
-recent batch histograms, rather than the balance of their sum.
+that the *routed* balance (``routing.Router`` per batch) holds on batches the fit never saw.
 
-Start: the better of EPLB on the window's mean histogram and EPLB on each expert's 90th
-percentile batch load (experts that spike get replicas). Then a local search of ``moves``
-candidate moves (a deterministic budget; the wall-clock ``deadline_s`` only caps it, or alone
-bounds it when no move count is given): move a redundant replica to another expert, or swap
-two slots between GPUs, and keep a move when the mean routed max load over a sample of the
-window's batches falls. No expert ever gets two replicas on one GPU through a move (they
-cannot help routing).
+Glossary: the *window* is a time-ordered list of batch histograms of one layer (the batches a
+runtime actually ran, of whatever sizes it ran them); *balancedness* of a batch is mean / max
+GPU load after routing; a placement's score on a set of batches is their weighted mean.
+
+The fit, all on deterministic budgets (a number of candidate moves and a seed; no clock):
+
+1. Start from EPLB on the window's token histogram (the mean-load placement; the baseline).
+2. Split the window in time into ``num_folds`` contiguous folds; the last fold is held out.
+   Fit batches are the other folds (evenly thinned to ``max_fit_batches``, so the batch-size
+   mix and the time spread are kept).
+3. Local search for ``max_moves`` candidates: give a redundant replica to another expert (one
+   of the most loaded per replica at the fit batches' 90th percentile), or swap two slots
+   between GPUs. No expert gets two replicas on one GPU through a move. A candidate is
+   adopted only when (a) its fit gain exceeds ``reg_per_replica`` times the growth of its
+   distance to the mean-load placement (replicas on other GPUs than EPLB's: the
+   regularizer) plus ``z_score`` standard errors of the per-batch gains, (b) it loses on no
+   fit fold, and (c) its gain on the held-out fold is positive and above ``held_margin``
+   times the same regularizer (plus ``z_score`` standard errors).
+4. Validation: the result's held-out balancedness is compared with EPLB's on the same held-out
+   batches; unless it is above by ``final_z`` standard errors of the paired per-batch gains,
+   EPLB is returned and ``fallback`` says why. A window too short to hold out (fewer than
+   ``2 * num_folds`` batches) returns EPLB the same way.
+
+The defaults were chosen inside the first half of the shared traces only (fit on its first
+quarter, score on its second), never on the half ``bench balance`` scores.
 
 Shapes: ``window [num_batches, num_logical]`` tokens; result ``phy2log [num_replicas]``.
 """
 
 from __future__ import annotations
 
-import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from solvers.eplb.deepseek import rebalance_experts
-from solvers.eplb.routing import route_batch
+from solvers.eplb.routing import Router
+
+
+def batch_balancedness(phy2log: np.ndarray, num_gpus: int, batches: np.ndarray) -> np.ndarray:
+    """Routed mean / max GPU load of every batch, ``[num_batches]`` (1.0 for an empty one)."""
+    batches = np.asarray(batches)
+    loads = Router(phy2log, num_gpus, batches.shape[1]).route_batches(batches)
+    peak = loads.max(axis=1)
+    return np.where(peak > 0, loads.mean(axis=1) / np.maximum(peak, 1), 1.0)
 
 
 def routed_max_load(phy2log: np.ndarray, num_gpus: int, batches: np.ndarray) -> float:
-    """Mean over batches of the routed largest GPU load."""
-    return float(np.mean([route_batch(phy2log, num_gpus, b).max_load for b in batches]))
+    """Mean over batches of the routed largest GPU load (tokens)."""
+    batches = np.asarray(batches)
+    loads = Router(phy2log, num_gpus, batches.shape[1]).route_batches(batches)
+    return float(loads.max(axis=1).mean())
 
 
 def routed_balancedness(phy2log: np.ndarray, num_gpus: int, batches: np.ndarray) -> float:
     """Mean over batches of mean / max GPU load after routing."""
-    out = []
-    for b in batches:
-        r = route_batch(phy2log, num_gpus, b)
-        out.append(r.gpu_loads.mean() / r.max_load if r.max_load else 1.0)
-    return float(np.mean(out))
+    return float(batch_balancedness(phy2log, num_gpus, batches).mean())
 
 
-def place_for_batches(
+def eplb_placement(window: np.ndarray, num_replicas: int, num_gpus: int) -> np.ndarray:
+    """EPLB (global policy) on the window's token histogram: ``phy2log [num_replicas]``."""
+    weight = np.asarray(window, dtype=np.float64).sum(axis=0)[None, :] + 1e-9
+    return rebalance_experts(weight, num_replicas, 1, 1, num_gpus)[0][0]
+
+
+def size_mix(window: np.ndarray) -> dict[str, float]:
+    """Share of the window's batches per size class (routed tokens, powers of two): the mix
+    the fit scores, each batch with its own weight."""
+    sizes = np.asarray(window).sum(axis=1)
+    classes = Counter(
+        f"{1 << max(int(s) - 1, 0).bit_length()} tokens" if s > 0 else "empty" for s in sizes
+    )
+    return {k: v / len(sizes) for k, v in sorted(classes.items())}
+
+
+@dataclass(frozen=True)
+class BatchPlacement:
+    """A placement fitted for per-batch routing, with the account of its fit.
+
+    ``phy2log [num_replicas]``; balancedness figures are weighted means over batches (fit:
+    the fit folds; validated: the held-out fold); ``fallback`` is None when the fitted
+    placement is returned, else why EPLB's is returned instead.
+    """
+
+    phy2log: np.ndarray
+    eplb_phy2log: np.ndarray
+    fallback: str | None
+    fit_balancedness: float
+    fit_eplb_balancedness: float
+    validated_balancedness: float
+    validated_eplb_balancedness: float
+    moves_tried: int
+    moves_adopted: int
+    replicas_moved: int  # replicas on other GPUs than EPLB's
+    num_fit_batches: int
+    num_validation_batches: int
+    size_mix: dict[str, float] = field(default_factory=dict)
+
+
+def _distance(p2l: np.ndarray, eplb_pairs: Counter[tuple[int, int]], per: int) -> int:
+    """Replicas (expert, GPU) of ``p2l`` beyond those EPLB also has."""
+    pairs = Counter(zip(p2l.tolist(), (np.arange(len(p2l)) // per).tolist(), strict=True))
+    return sum((pairs - eplb_pairs).values())
+
+
+def _gain(diff: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """Weighted mean of per-batch gains and its standard error (effective sample size)."""
+    total = weight.sum()
+    mean = float(np.dot(diff, weight) / total)
+    n_eff = total**2 / float(np.dot(weight, weight))
+    var = float(np.dot(weight, (diff - mean) ** 2) / total)
+    return mean, (var / n_eff) ** 0.5
+
+
+def fit_placement(
     window: np.ndarray,
     num_replicas: int,
     num_gpus: int,
-    deadline_s: float = 2.0,
-    sample: int = 60,
+    max_moves: int = 300,
     seed: int = 0,
-    moves: int | None = None,
-) -> np.ndarray:
-    """A placement ``phy2log [num_replicas]`` fitted to the window's per-batch routing, after
-    ``moves`` candidate moves (None: as many as ``deadline_s`` seconds allow)."""
-    started = time.perf_counter()
-    rng = np.random.default_rng(seed)
+    num_folds: int = 3,
+    max_fit_batches: int = 64,
+    reg_per_replica: float = 0.002,
+    weights: np.ndarray | None = None,
+    mean_load: np.ndarray | None = None,
+    held_margin: float = 1.0,
+    z_score: float = 0.0,
+    final_z: float = 1.0,
+) -> BatchPlacement:
+    """A placement ``phy2log [num_replicas]`` fitted to the window's per-batch routing and
+    validated on its held-out (most recent) fold; see the module docstring.
+
+    Args:
+        window: ``[num_batches, num_logical]`` tokens, oldest batch first.
+        num_replicas: slots (a multiple of ``num_gpus``, at least ``num_logical``).
+        num_gpus: GPUs.
+        max_moves: candidate moves evaluated (the deterministic budget).
+        seed: the search's random seed.
+        num_folds: time-ordered folds; the last one is held out.
+        max_fit_batches: fit batches kept (evenly spaced in time) per search evaluation.
+        reg_per_replica: fit gain (balancedness) a candidate must show per replica it moves
+            away from the mean-load placement.
+        weights: ``[num_batches]`` weight of each batch (default 1 each: the window's own mix).
+        mean_load: ``[num_logical]`` token histogram for the mean-load (EPLB) placement
+            (default: the window's sum; pass the raw histogram when batches overlap).
+        held_margin: the regularizer's margin on the held-out fold, in units of the fit's.
+        z_score: standard errors of the per-batch gains a move must also clear (fit, held).
+        final_z: standard errors by which the result must beat EPLB on the held-out fold.
+    """
     window = np.asarray(window, dtype=np.int64)
-    num_log = window.shape[1]
-    idx = rng.choice(len(window), size=min(sample, len(window)), replace=False)
-    batches = window[idx]
-    starts = []
-    for weight in (window.mean(axis=0), np.percentile(window, 90, axis=0)):
-        p2l, _, _ = rebalance_experts(weight[None, :] + 1e-9, num_replicas, 1, 1, num_gpus)
-        starts.append(p2l[0])
-    scores = [routed_max_load(p, num_gpus, batches) for p in starts]
-    best = starts[int(np.argmin(scores))].copy()
-    best_score = min(scores)
+    num_batches, num_log = window.shape
+    if num_replicas % num_gpus or num_replicas < num_log:
+        raise ValueError(f"num_replicas {num_replicas}: a multiple of {num_gpus}, >= {num_log}")
+    w_all = np.ones(num_batches) if weights is None else np.asarray(weights, dtype=np.float64)
+    eplb = eplb_placement(
+        window if mean_load is None else np.asarray(mean_load)[None, :], num_replicas, num_gpus
+    )
+    mix = size_mix(window)
+    if num_batches < 2 * num_folds:
+        reason = f"window of {num_batches} batches is too short to hold out a fold"
+        return BatchPlacement(eplb, eplb, reason, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, num_batches, 0, mix)
+    bounds = np.linspace(0, num_batches, num_folds + 1).round().astype(int)
+    folds, fold_w = [], []
+    per_fold = max(1, max_fit_batches // (num_folds - 1))
+    for f in range(num_folds):
+        idx = np.arange(bounds[f], bounds[f + 1])
+        if f < num_folds - 1 and len(idx) > per_fold:
+            idx = idx[np.linspace(0, len(idx) - 1, per_fold).round().astype(int)]
+        folds.append(window[idx])
+        fold_w.append(w_all[idx])
+
+    stacked = np.concatenate(folds)
+    fold_of = np.concatenate([np.full(len(f), i) for i, f in enumerate(folds)])
+    held = fold_of == num_folds - 1
+    w_stacked = np.concatenate(fold_w)
+
+    def per_batch(p2l: np.ndarray) -> np.ndarray:
+        return batch_balancedness(p2l, num_gpus, stacked)
+
+    def mean_of(bal: np.ndarray, mask: np.ndarray) -> float:
+        return float(np.dot(bal[mask], w_stacked[mask]) / w_stacked[mask].sum())
+
     per = num_replicas // num_gpus
     gpu_of = np.arange(num_replicas) // per
-    peak = np.percentile(window, 90, axis=0) + 1e-9
-    tried = 0
-    while time.perf_counter() - started < deadline_s and (moves is None or tried < moves):
+    eplb_pairs = Counter(zip(eplb.tolist(), gpu_of.tolist(), strict=True))
+    rng = np.random.default_rng(seed)
+    peak = np.percentile(stacked[~held], 90, axis=0) + 1e-9
+    best, best_bal, best_d = eplb.copy(), per_batch(eplb), 0
+    eplb_bal = best_bal.copy()
+    tried = adopted = 0
+    while tried < max_moves:
         tried += 1
         cand = best.copy()
         counts = np.bincount(cand, minlength=num_log)
         if rng.random() < 0.5 and (counts > 1).any():
-            # Move a redundant replica to the expert with the most peak load per replica.
+            # Give a redundant replica to an expert with much peak load per replica.
             slot = int(rng.choice(np.flatnonzero(counts[cand] > 1)))
-            g = gpu_of[slot]
-            here = set(cand[gpu_of == g].tolist())
+            here = set(cand[gpu_of == gpu_of[slot]].tolist())
             ranked = np.argsort(-(peak / counts), kind="stable")
             choices = [int(e) for e in ranked[:8] if int(e) not in here]
             if not choices:
                 continue
             cand[slot] = choices[int(rng.integers(len(choices)))]
         else:
-            a, b = rng.choice(num_replicas, size=2, replace=False)
-            if gpu_of[a] == gpu_of[b] or cand[a] == cand[b]:
+            a, b = (int(v) for v in rng.choice(num_replicas, size=2, replace=False))
+            ea, eb = int(cand[a]), int(cand[b])
+            if gpu_of[a] == gpu_of[b] or ea == eb:
                 continue
-            ea, eb = cand[a], cand[b]
             if eb in cand[gpu_of == gpu_of[a]] or ea in cand[gpu_of == gpu_of[b]]:
                 continue
             cand[a], cand[b] = eb, ea
-        score = routed_max_load(cand, num_gpus, batches)
-        if score < best_score:
-            best, best_score = cand, score
-    return best
+        dist = _distance(cand, eplb_pairs, per)
+        bal = per_batch(cand)
+        diff = bal - best_bal
+        margin = reg_per_replica * max(0, dist - best_d)
+        fit_gain, fit_se = _gain(diff[~held], w_stacked[~held])
+        held_gain, held_se = _gain(diff[held], w_stacked[held])
+        folds_ok = all(mean_of(diff, fold_of == f) >= 0 for f in range(num_folds - 1))
+        if (
+            fit_gain > margin + z_score * fit_se
+            and folds_ok
+            and held_gain > held_margin * margin + z_score * held_se
+        ):
+            best, best_bal, best_d = cand, bal, dist
+            adopted += 1
+    best_s = (mean_of(best_bal, ~held), mean_of(best_bal, held))
+    eplb_s = (mean_of(eplb_bal, ~held), mean_of(eplb_bal, held))
+    fallback = None
+    final_gain, final_se = _gain((best_bal - eplb_bal)[held], w_stacked[held])
+    if not adopted:
+        fallback = "no move gained on both the fit and the held-out batches"
+    elif final_gain <= final_z * final_se:
+        fallback = (
+            f"validated balancedness {best_s[1]:.4f} is not above EPLB's {eplb_s[1]:.4f} by "
+            f"{final_z:g} standard errors ({final_se:.4f})"
+        )
+    if fallback is not None:
+        best, best_s = eplb.copy(), eplb_s
+    return BatchPlacement(
+        phy2log=best,
+        eplb_phy2log=eplb,
+        fallback=fallback,
+        fit_balancedness=best_s[0],
+        fit_eplb_balancedness=eplb_s[0],
+        validated_balancedness=best_s[1],
+        validated_eplb_balancedness=eplb_s[1],
+        moves_tried=tried,
+        moves_adopted=adopted,
+        replicas_moved=_distance(best, eplb_pairs, per),
+        num_fit_batches=int(sum(len(f) for f in folds[:-1])),
+        num_validation_batches=len(folds[-1]),
+        size_mix=mix,
+    )
+
+
+def place_for_batches(
+    window: np.ndarray, num_replicas: int, num_gpus: int, max_moves: int = 300, seed: int = 0
+) -> np.ndarray:
+    """``fit_placement(...).phy2log``: the placement only."""
+    return fit_placement(window, num_replicas, num_gpus, max_moves=max_moves, seed=seed).phy2log
