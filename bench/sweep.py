@@ -12,8 +12,8 @@ executor at every step):
 * ``hardware``: a hardware preset name (``gpu-ndp-4dimm``; the DIMM count is the preset's);
 * ``model``: a model preset; ``trace``: ``esft-law``, ``esft-intent``, ``flame`` (real routing)
   or ``olmoe-sampled`` / ``mixtral-sampled`` (sampled from real histograms);
-* ``policy``: a configuration of ``bench.ndp.CONFIGS`` (``moesched``, ``monde``, ``gpu_only``
-  and the ablations);
+* ``policy``: a configuration of ``bench.ndp.CONFIGS`` (``moesched``, ``monde_paper``,
+  ``monde_best_h``, ``gpu_only`` and the ablations);
 * ``cache_share``: the GPU cache as a share of each layer's experts;
 * ``prompt_tokens``, ``decode_steps``: the prefill and the decoded tokens simulated;
 * ``hw.<path>``: any figure of the hardware preset, addressed as

@@ -6,7 +6,8 @@ For every decode step (one token, batch 1) and every MoE layer:
    expert (opt-in substitution), or they miss;
 2. the layer is placed: ``dispatch`` decides where each expert runs (``solver``: greedy
    placement over the GPU, the NDP units or the CPU, with tensor-parallel splitting and loads;
-   ``monde``: the MoNDE-style baseline; ``expert_parallel``: every expert whole on the unit that
+   ``monde``: the MoNDE-style baseline at its best hot-set size per layer; ``monde_paper``: MoNDE
+   with the fixed hot-set rule; ``expert_parallel``: every expert whole on the unit that
    holds it; ``demand``: everything on the GPU, misses loaded over the link);
 3. experts loaded to the GPU enter the cache under its policy (an eviction task frees the
    victim first) or are freed after use;
@@ -42,15 +43,15 @@ from hwmodel.plan_builder import effective_granules
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
-from solvers.placement.baselines import monde, round_robin
+from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
-from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, serve
-from solvers.prefetch.predict import Predictor
+from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, global_allocation, serve
+from solvers.prefetch.predict import Predictor, TransitionMemory
 from solvers.prefetch.select import PrefetchProblem, select
 
-Dispatch = Literal["solver", "monde", "expert_parallel", "demand"]
+Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
 
 
@@ -65,6 +66,11 @@ class LoopConfig:
         prefetch: stage predicted experts during the previous layer.
         dispatch: where experts run (see the module docstring).
         drift_threshold: mean total-variation drift that triggers a re-solve (0: every step).
+        lookahead_layers: layers ahead the prefetch stages for (0: as many as one expert's
+            load takes layers of GPU work, 1 to 3).
+        global_lines: when set, the GPU holds this many cache lines in all, allocated across
+            layers by the prompt's global top-k (layer, expert) cells (``global_allocation``);
+            ``capacity_experts`` is then ignored.
     """
 
     capacity_experts: int
@@ -77,6 +83,8 @@ class LoopConfig:
     decay: float = 0.98
     transition_weight: float = 1.0
     num_granules: int = 4
+    lookahead_layers: int = 0
+    global_lines: int | None = None
 
 
 @dataclass
@@ -90,9 +98,10 @@ class StepRecord:
     ndp_load_cv: float | None
     bytes_moved: float
     weight_bytes: float
-    solve_s: float
+    solve_s: float  # CPU time in the placement and prefetch solvers (not wall time)
     resolved: bool
     violations: list[str]
+    bound_s: float = 0.0
 
 
 @dataclass
@@ -115,28 +124,41 @@ class LoopResult:
 
 
 def cache_hardware(
-    hardware: Hardware, model: ModelSpec, capacity_experts: int, in_flight: int
+    hardware: Hardware,
+    model: ModelSpec,
+    capacity_experts: int,
+    in_flight: int,
+    total_lines: int | None = None,
 ) -> Hardware:
     """``hardware`` with the home GPU's memory sized to the expert cache: ``capacity_experts``
-    per layer for every layer, plus ``in_flight`` experts (transient loads).
+    per layer for every layer (or ``total_lines`` in all), plus ``in_flight`` experts
+    (transient loads).
 
     Raises:
         ValueError: when that is more than the GPU memory the preset has.
     """
     home_mem = hardware.device(hardware.home_device_id).memory_id
-    need = (capacity_experts * model.num_moe_layers + in_flight) * model.expert_bytes()
+    lines = capacity_experts * model.num_moe_layers if total_lines is None else total_lines
+    need = (lines + in_flight) * model.expert_bytes()
     have = next(m.capacity_bytes for m in hardware.memories if m.id == home_mem)
     if need > have:
         raise ValueError(
-            f"capacity_experts: {capacity_experts} experts x {model.num_moe_layers} layers + "
-            f"{in_flight} in flight need {need / 2**30:.2f} GiB; '{home_mem}' has "
-            f"{have / 2**30:.2f} GiB"
+            f"capacity_experts: {lines} cache lines + {in_flight} in flight need "
+            f"{need / 2**30:.2f} GiB; '{home_mem}' has {have / 2**30:.2f} GiB"
         )
     memories = tuple(
         m.model_copy(update={"capacity_bytes": int(need) + 1}) if m.id == home_mem else m
         for m in hardware.memories
     )
     return hardware.model_copy(update={"memories": memories})
+
+
+def max_cache_lines(hardware: Hardware, model: ModelSpec, in_flight: int) -> int:
+    """The most cache lines in all (every layer together) the home GPU's memory takes with
+    ``in_flight`` experts more."""
+    home_mem = hardware.device(hardware.home_device_id).memory_id
+    have = next(m.capacity_bytes for m in hardware.memories if m.id == home_mem)
+    return max(0, int(have // model.expert_bytes()) - in_flight)
 
 
 def max_cache_experts(hardware: Hardware, model: ModelSpec, in_flight: int) -> int:
@@ -159,6 +181,7 @@ class _Step:
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
         self.weight_bytes = 0.0
+        self.bound_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
         self.tasks.extend(tasks)
@@ -178,9 +201,11 @@ class DecodeRun:
         prefill: slice,
         decode: slice,
         in_flight: int | None = None,
+        memory: TransitionMemory | None = None,
     ) -> None:
         """``in_flight``: experts the GPU memory takes beyond the cache (default top_k; a
-        prefill that loads experts needs up to every expert of a layer)."""
+        prefill that loads experts needs up to every expert of a layer). ``memory``: the
+        transitions pooled over the session's earlier requests (None: this request's own)."""
         if trace.num_layers != model.num_moe_layers or trace.num_experts != (
             model.num_routed_experts
         ):
@@ -190,8 +215,9 @@ class DecodeRun:
             )
         self.model = model
         self.hardware = cache_hardware(
-            hardware, model, config.capacity_experts, in_flight or trace.top_k
-        )
+            hardware, model, config.capacity_experts, in_flight or trace.top_k,
+            config.global_lines,
+        )  # fmt: skip
         self.home = hardware.home_device_id
         self.home_mem = hardware.device(self.home).memory_id
         self.base = base
@@ -204,16 +230,21 @@ class DecodeRun:
         )
         self.prefill_tokens = len(range(trace.num_tokens)[prefill])
         self.predictor = Predictor(
-            trace.num_layers, trace.num_experts, trace.top_k, config.decay, config.transition_weight
-        )
+            trace.num_layers, trace.num_experts, trace.top_k, config.decay,
+            config.transition_weight, memory=memory,
+        )  # fmt: skip
         self.predictor.seed(trace, prefill)
+        capacity: int | list[int] = config.capacity_experts
+        if config.global_lines is not None:
+            capacity = global_allocation(self.predictor.plan_counts, config.global_lines)
         self.caches = ExpertCaches(
-            config.cache, config.capacity_experts, trace.num_layers, trace.num_experts, self.ids
+            config.cache, capacity, trace.num_layers, trace.num_experts, self.ids
         )
         self.G = effective_granules(model.expert_ffn_size, config.num_granules)
         self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
+        self.lookahead = config.lookahead_layers or self._auto_lookahead()
         self._warm_start()
 
     # ------------------------------------------------------------------------ run
@@ -268,6 +299,7 @@ class DecodeRun:
             solve_s=st.solve_s,
             resolved=resolved,
             violations=[f"{v.code}: {v.message}" for v in report.violations] if report else [],
+            bound_s=st.bound_s,
         )
 
     def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
@@ -278,10 +310,10 @@ class DecodeRun:
         residency = self._residency()
         for layer in range(self.model.num_moe_layers):
             tokens = [int(v) for v in histogram[layer]]
-            started = time.perf_counter()
+            started = time.process_time()
             inst = self._instance(layer, [], tokens, batch)
             a = self._assign(inst)
-            st.solve_s += time.perf_counter() - started
+            st.solve_s += time.process_time() - started
             lw = inst.lowered(a, tuple(st.after), attention=True)
             assert lw.attention is not None
             frees = [
@@ -355,6 +387,8 @@ class DecodeRun:
             return solve_greedy(inst)
         if kind == "monde":
             return monde(inst)[0]
+        if kind == "monde_paper":
+            return monde_paper(inst)
         cached = set(inst.whole_holders_home())
         if kind == "expert_parallel":
             rr = round_robin(inst)
@@ -376,10 +410,11 @@ class DecodeRun:
             layer, want, gates, self.caches, self.predictor, stats,
             cfg.substitute_below, cfg.quality_budget,
         )  # fmt: skip
-        started = time.perf_counter()
+        st.bound_s += self._bound_s(layer, run_experts, st.timeline.context_tokens)
+        started = time.process_time()
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
-        st.solve_s += time.perf_counter() - started
+        st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
         attn = lw.attention.id
@@ -450,54 +485,64 @@ class DecodeRun:
         )  # fmt: skip
 
     def _prefetch(self, st: _Step, layer: int, rest: list[AnyTask], attn: str) -> list[AnyTask]:
-        """Stage granules of the next layer's most valuable absent experts in the link's idle
+        """Stage granules of the coming layers' most valuable absent experts in the link's idle
         gap (chunked prefetch: an expert too large for one gap arrives over several chunks;
         a chunk is ``G / chunks`` granules).
 
         The gap runs from when this layer's attention has ended and the link to the GPU is
         free to when this layer's partial sums are ready to return, or, with no returns, to the
-        end of this layer plus the next layer's attention. Items of the knapsack are chunks:
-        the missing ones of lines being staged, and those of the most probable absent experts,
-        each paired with the least probable resident it would replace (evicted before its
-        first granule arrives), so memory use does not grow.
+        end of this layer plus the next layer's attention: simulated cycles of this step's
+        timeline, never wall time. Candidates are the next ``lookahead`` layers' experts,
+        ranked by the token's experts in this and the two layers before (pooled transitions,
+        ``Predictor.prefetch_probability``). Items of the knapsack are chunks: the missing ones
+        of lines being staged, and those of the most probable absent experts, each paired with
+        the least probable resident it would replace (evicted before its first granule
+        arrives), so memory use does not grow.
         """
-        nxt, G = layer + 1, self.G
-        p = self.predictor.probability(nxt, self.ids[st.step, layer])
-        victims: dict[int, int | None] = {}
-        gain: dict[int, float] = {}
-        for e, _missing in self.caches.partial(nxt).items():
-            gain[e] = float(p[e])
-        for e_in, e_out, g in self.caches.swaps(nxt, p)[: self.model.top_k]:
-            gain[e_in], victims[e_in] = g, e_out
-        if not gain:
-            return []
-        probe = self._instance(nxt, sorted(gain))
+        G = self.G
+        known = {lay: self.ids[st.step, lay] for lay in range(max(0, layer - 2), layer + 1)}
+        targets = range(layer + 1, min(self.model.num_moe_layers, layer + 1 + self.lookahead))
         per = G // self.chunks  # granules per chunk
         width = self.model.expert_ffn_size // G * per
-        items: list[tuple[int, int, list[tuple[str, int, int, int]]]] = []  # (e, chunk, pieces)
+        # (target layer, expert, chunk, pieces), its expected gain and its saved cycles.
+        items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]] = []
+        gains: list[float] = []
         saved: list[int] = []
-        for e in sorted(gain, key=lambda x: -gain[x]):
-            if e not in probe.load_parts:
+        victims: dict[tuple[int, int], int | None] = {}
+        probes: dict[int, PlacementInstance] = {}
+        for nxt in targets:
+            p = self.predictor.prefetch_probability(nxt, known)
+            gain: dict[int, float] = {}
+            for e, _missing in self.caches.partial(nxt).items():
+                gain[e] = float(p[e])
+            for e_in, e_out, g in self.caches.swaps(nxt, p)[: self.model.top_k]:
+                gain[e_in], victims[(nxt, e_in)] = g, e_out
+            if not gain:
                 continue
-            missing = self.caches.partial(nxt).get(e, set(range(G)))
-            for c in sorted({g // per for g in missing}):
-                pieces = self._chunk(probe, e, c * width, (c + 1) * width)
-                load = sum(cyc for *_, cyc in pieces)
-                home_c = probe.shard[e][self.home][per]
-                away = [
-                    min((probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home),
-                        default=None)
-                    for g in range(c * per, (c + 1) * per)
-                ]  # fmt: skip
-                remote = None if None in away else sum(a for a in away if a is not None)
-                alone = load + home_c
-                if self.config.dispatch != "demand" and remote is not None:
-                    alone = min(alone, remote)
-                items.append((e, c, pieces))
-                saved.append(max(0, alone - home_c))
+            probe = probes[nxt] = self._instance(nxt, sorted(gain))
+            for e in sorted(gain, key=lambda x: -gain[x]):
+                if e not in probe.load_parts:
+                    continue
+                missing = self.caches.partial(nxt).get(e, set(range(G)))
+                for c in sorted({g // per for g in missing}):
+                    pieces = self._chunk(probe, e, c * width, (c + 1) * width)
+                    load = sum(cyc for *_, cyc in pieces)
+                    home_c = probe.shard[e][self.home][per]
+                    away = [
+                        min((probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home),
+                            default=None)
+                        for g in range(c * per, (c + 1) * per)
+                    ]  # fmt: skip
+                    remote = None if None in away else sum(a for a in away if a is not None)
+                    alone = load + home_c
+                    if self.config.dispatch != "demand" and remote is not None:
+                        alone = min(alone, remote)
+                    items.append((nxt, e, c, pieces))
+                    gains.append(gain[e])
+                    saved.append(max(0, alone - home_c))
         if not items:
             return []
-        links = {probe.link(src, self.home).id for _, _, ps in items for src, *_ in ps}
+        links = {probes[n].link(src, self.home).id for n, _, _, ps in items for src, *_ in ps}
         free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
         if rest:
             ready = min(st.timeline.ready(t) for t in rest)
@@ -505,45 +550,46 @@ class DecodeRun:
             attention = costs.task_cycles(
                 self.hardware, self.model,
                 ComputeTask(
-                    id="probe", device_id=self.home, op="attention", layer=nxt, num_tokens=1
+                    id="probe", device_id=self.home, op="attention", layer=layer + 1,
+                    num_tokens=1,
                 ),
                 st.timeline.context_tokens,
             )[1]  # fmt: skip
             ready = st.timeline.end + attention
         problem = PrefetchProblem(
-            experts=tuple(e for e, _, _ in items),
-            probability=tuple(gain[e] for e, _, _ in items),
+            experts=tuple(e for _, e, _, _ in items),
+            probability=tuple(gains),
             size_bytes=tuple(self.model.expert_bytes(width) for _ in items),
-            transfer_cycles=tuple(sum(c for *_, c in ps) for _, _, ps in items),
+            transfer_cycles=tuple(sum(c for *_, c in ps) for *_, ps in items),
             saved_cycles=tuple(saved),
             free_bytes=len(items) * self.model.expert_bytes(width),
             link_budget_cycles=max(0, ready - free),
         )
-        started = time.perf_counter()
+        started = time.process_time()
         choice = select(problem, "greedy")
-        st.solve_s += time.perf_counter() - started
+        st.solve_s += time.process_time() - started
         out: list[AnyTask] = []
-        first: dict[int, tuple[str, ...]] = {}  # what a new line's granules wait on
+        first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
         for i in choice.chosen:
-            e, c, pieces = items[i]
+            nxt, e, c, pieces = items[i]
             granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
-                victim = victims.get(e)
+                victim = victims.get((nxt, e))
                 if not self.caches.stage(nxt, e, granules, G, victim):
                     continue
-                first[e] = (attn,)
+                first[(nxt, e)] = (attn,)
                 if victim is not None:
                     out.append(self._evict(f"L{nxt}.pevict.e{victim}", nxt, victim, (attn,)))
-                    first[e] = (out[-1].id,)
+                    first[(nxt, e)] = (out[-1].id,)
             else:
                 self.caches.stage(nxt, e, granules, G, None)
-            after = first.get(e, (attn,))
+            after = first.get((nxt, e), (attn,))
             for src, c0, c1, _ in pieces:
                 tid = f"L{nxt}.prefetch.e{e}.{c0}"
                 st.staged.setdefault((nxt, e), []).append(tid)
                 out.append(
                     TransferTask(
-                        id=tid, link_id=probe.link(src, self.home).id, src_device_id=src,
+                        id=tid, link_id=probes[nxt].link(src, self.home).id, src_device_id=src,
                         dst_device_id=self.home, payload="weights", layer=nxt, purpose="prefetch",
                         weights=WeightSlice(layer=nxt, expert=e, ffn_start=c0, ffn_end=c1),
                         after=after,
@@ -552,6 +598,65 @@ class DecodeRun:
             self.result.stats.prefetches += 1
             st.weight_bytes += self.model.expert_bytes(width)
         return out
+
+    def _bound_s(self, layer: int, run_experts: list[int], context_tokens: int) -> float:
+        """A lower bound on one token's layer with the cache as it stands (seconds): attention,
+        then the largest of (a) the shared experts on the GPU, (b) the absent experts' weight
+        bytes over every path that can serve them at once (each other weight-holding device
+        reading its memory, plus every link into the GPU, at full bandwidth), and (c) all the
+        layer's weight bytes over those paths plus the GPU's own memory bandwidth (a resident
+        expert may run on the GPU or on a unit that holds it)."""
+        home, model = self.hardware.device(self.home), self.model
+        shared_s = costs.shared_expert_s(home, model, 1)
+        shared_bytes = costs.expert_bytes_read(
+            model, 1, model.num_shared_experts * model.shared_expert_ffn_size
+        )
+        absent_bytes = resident_bytes = 0.0
+        for e in run_experts:
+            missing = self.caches.partial(layer).get(e)
+            if e in self.caches.lines[layer] and not missing:
+                resident_bytes += model.expert_bytes()
+            else:
+                share = 1.0 if missing is None else len(missing) / self.G
+                absent_bytes += share * model.expert_bytes()
+                resident_bytes += (1.0 - share) * model.expert_bytes()
+        paths = self._paths_bytes_per_s
+        everything = (shared_bytes + resident_bytes + absent_bytes) / (
+            paths + home.mem_bandwidth_bytes_per_s
+        )
+        attention = costs.attention_s(home, model, 1, context_tokens)
+        return attention + max(shared_s, absent_bytes / paths, everything)
+
+    @functools.cached_property
+    def _paths_bytes_per_s(self) -> float:
+        """Bytes per second all paths to absent weights deliver at once (see ``_bound_s``)."""
+        held = {m for m, slices in self.base.by_memory.items() if slices}
+        readers = sum(
+            d.mem_bandwidth_bytes_per_s
+            for d in self.hardware.devices
+            if d.id != self.home and d.memory_id in held
+        )
+        links = sum(
+            lk.bandwidth_bytes_per_s * lk.num_lanes
+            for lk in self.hardware.links
+            if self.home in lk.dst_device_ids
+        )
+        return max(readers + links, 1.0)
+
+    def _auto_lookahead(self) -> int:
+        """Layers ahead worth prefetching for: one expert's load over the fastest link into
+        the GPU against a layer's GPU work for one token (attention + top_k experts), rounded
+        up, 1 to 3."""
+        home = self.hardware.device(self.home)
+        model = self.model
+        layer_s = costs.attention_s(home, model, 1, self.prefill_tokens) + model.top_k * (
+            costs.expert_shard_s(home, model, 1, model.expert_ffn_size)
+        )
+        into = [lk for lk in self.hardware.links if self.home in lk.dst_device_ids]
+        if not into or layer_s <= 0:
+            return 1
+        load_s = min(costs.transfer_s(lk, model.expert_bytes()) for lk in into)
+        return int(min(3, max(1, -(-load_s // layer_s))))
 
     def _chunk(
         self, probe: PlacementInstance, e: int, c0: int, c1: int
@@ -574,12 +679,18 @@ def run_sequences(
     config: LoopConfig,
     trace: RoutingTrace,
     runs: Sequence[tuple[int, int, int]],
+    pooled: bool = True,
 ) -> LoopResult:
-    """Decode each (prompt start, decode start, decode end) run of a trace from a fresh cache
-    and prediction, and merge the records."""
+    """Decode each (prompt start, decode start, decode end) run of a trace, in order, from a
+    fresh cache and per-request counts, and merge the records; ``pooled``: the cross-layer
+    transitions are pooled over the earlier runs (one session), else learned per run."""
     merged = LoopResult()
+    memory = TransitionMemory(trace.num_layers, trace.num_experts) if pooled else None
     for start, mid, end in runs:
-        got = DecodeRun(hardware, model, base, config, trace, slice(start, mid), slice(mid, end))
+        got = DecodeRun(
+            hardware, model, base, config, trace, slice(start, mid), slice(mid, end),
+            memory=memory,
+        )  # fmt: skip
         result = got.run()
         merged.steps += result.steps
         merged.stats.add(result.stats)

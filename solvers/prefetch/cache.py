@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from hwmodel.workload import RoutingTrace
-from solvers.prefetch.predict import Predictor
+from solvers.prefetch.predict import Predictor, TransitionMemory
 
 Policy = Literal["none", "lru", "lfu", "belady", "moesched", "static"]
 POLICIES: tuple[Policy, ...] = ("none", "lru", "lfu", "belady", "moesched")
@@ -70,22 +70,28 @@ class ReplayStats:
 
 
 class ExpertCaches:
-    """One cache of ``capacity`` experts per layer under an eviction ``policy``.
+    """One cache per layer under an eviction ``policy``.
 
     Args:
+        capacity: experts each layer holds: one figure for every layer, or one per layer (a
+            global allocation across layers, ``global_allocation``).
         future: for ``belady`` only, the requests to come, ``[steps, L, k]`` expert ids.
     """
 
     def __init__(
         self,
         policy: Policy,
-        capacity: int,
+        capacity: int | list[int] | tuple[int, ...],
         num_layers: int,
         num_experts: int,
         future: np.ndarray | None = None,
     ) -> None:
         self.policy = policy
-        self.capacity = 0 if policy == "none" else capacity
+        caps = [capacity] * num_layers if isinstance(capacity, int) else list(capacity)
+        if len(caps) != num_layers:
+            raise ValueError(f"capacity: {len(caps)} per-layer values for {num_layers} layers")
+        self.caps = [0 if policy == "none" else int(c) for c in caps]
+        self.capacity = max(self.caps, default=0)
         self.lines: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(num_layers)]
         # Lines still being staged a granule at a time: expert -> granules not yet there.
         self.missing: list[dict[int, set[int]]] = [{} for _ in range(num_layers)]
@@ -124,7 +130,7 @@ class ExpertCaches:
         ``score [E]`` ranks residents for ``moesched`` (lowest leaves; ties: least recent).
         """
         line = self.lines[layer]
-        if len(line) < self.capacity:
+        if len(line) < self.caps[layer]:
             return None
         cands = [e for e in line if e not in protect]
         if not cands:
@@ -161,7 +167,7 @@ class ExpertCaches:
         if victim is not None:
             del line[victim]
             self.missing[layer].pop(victim, None)
-        elif len(line) >= self.capacity:
+        elif len(line) >= self.caps[layer]:
             return False
         line[expert] = None
         return True
@@ -188,8 +194,8 @@ class ExpertCaches:
         return True
 
     def pin(self, layer: int, experts: list[int]) -> None:
-        """Set a layer's content (the ``static`` hot set), at most ``capacity`` experts."""
-        self.lines[layer] = OrderedDict((int(e), None) for e in experts[: self.capacity])
+        """Set a layer's content (the ``static`` hot set), at most its capacity."""
+        self.lines[layer] = OrderedDict((int(e), None) for e in experts[: self.caps[layer]])
         self.missing[layer] = {}
 
     def swaps(
@@ -201,11 +207,11 @@ class ExpertCaches:
         """Prefetch candidates for ``layer``: (expert in, expert out or None, gain in expected
         requests) pairing the most probable absent experts with free lines first, then with the
         least probable residents, while the gain is positive. ``p [E]``: request chances."""
-        if self.capacity == 0:
+        if self.caps[layer] == 0:
             return []
         line = self.lines[layer]
         absent = [int(e) for e in np.argsort(-p, kind="stable") if int(e) not in line]
-        out_order: list[int | None] = [None] * (self.capacity - len(line))
+        out_order: list[int | None] = [None] * max(0, self.caps[layer] - len(line))
         out_order += sorted((e for e in line if e not in protect), key=lambda x: (p[x], x))
         pairs = []
         for e_in, e_out in zip(absent, out_order, strict=False):
@@ -214,6 +220,17 @@ class ExpertCaches:
                 break
             pairs.append((e_in, e_out, gain))
         return pairs
+
+
+def global_allocation(counts: np.ndarray, total_lines: int) -> list[int]:
+    """Cache lines per layer from one global budget: the ``total_lines`` hottest (layer,
+    expert) cells of ``counts [L, E]`` (kTransformers' global top-k; ties by layer, then
+    expert), so a layer gets lines in proportion to how concentrated its traffic is.
+    Returns ``[L]`` lines per layer summing to ``min(total_lines, L * E)``."""
+    flat = np.argsort(-np.asarray(counts, dtype=np.float64).ravel(), kind="stable")
+    chosen = flat[: max(0, total_lines)]
+    num_layers, num_experts = counts.shape
+    return [int(v) for v in np.bincount(chosen // num_experts, minlength=num_layers)]
 
 
 def _positions(ids: np.ndarray) -> dict[int, list[int]]:
@@ -283,6 +300,8 @@ def replay(
     substitute_below: float = 0.0,
     quality_budget: float = 0.0,
     prefetch_limit: int | None = None,
+    memory: TransitionMemory | None = None,
+    warm_start: bool = False,
 ) -> ReplayStats:
     """Replay decode steps ``token_range`` of a trace through one cache per layer (counts
     only; ``solvers.decode_loop`` runs the same caches through the executor).
@@ -294,6 +313,12 @@ def replay(
         substitute_below: gate weight under which a miss may be substituted (0: never).
         quality_budget: largest share of gate mass that may be substituted.
         prefetch_limit: most experts ``moesched`` stages per layer and step (None: no limit).
+            Before layer l of a token, the prediction knows the token's experts in layers
+            l-3..l-1 (``Predictor.prefetch_probability``).
+        memory: the pooled transitions of earlier requests (updated here); None: this
+            request's own.
+        warm_start: start every cache with the prompt's hottest experts (what its prefill
+            left on the GPU, as ``solvers.decode_loop`` does); else empty.
     """
     ids = trace.expert_ids[token_range].astype(np.int64)  # [steps, layers, k]
     gates = (
@@ -303,21 +328,25 @@ def replay(
     )
     steps, layers, _ = ids.shape
     stats = ReplayStats()
-    predictor = Predictor(layers, trace.num_experts, trace.top_k, decay, transition_weight)
+    predictor = Predictor(
+        layers, trace.num_experts, trace.top_k, decay, transition_weight, memory=memory
+    )
     if prefill is not None:
         predictor.seed(trace, prefill)
     caches = ExpertCaches(policy, capacity, layers, trace.num_experts, ids)
+    if warm_start and prefill is not None:
+        warm(caches, predictor)
     for step in range(steps):
         loads_now = 0
         for layer in range(layers):
             if policy == "moesched":
-                prev = ids[step, layer - 1] if layer > 0 else None
-                for e_in, e_out, _ in caches.swaps(layer, predictor.probability(layer, prev))[
-                    :prefetch_limit
-                ]:
+                known = {lay: ids[step, lay] for lay in range(max(0, layer - 3), layer)}
+                pf = predictor.prefetch_probability(layer, known)
+                for e_in, e_out, _ in caches.swaps(layer, pf)[:prefetch_limit]:
                     caches.insert(layer, e_in, e_out)
                     stats.prefetches += 1
                     loads_now += 1
+                prev = ids[step, layer - 1] if layer > 0 else None
                 p = predictor.probability(layer, prev, live=True)  # eviction ranks
             else:
                 p = None
@@ -335,3 +364,38 @@ def replay(
         predictor.refresh(threshold=0.0)
         stats.loads_per_step.append(loads_now)
     return stats
+
+
+def warm(caches: ExpertCaches, predictor: Predictor) -> None:
+    """Fill every layer's cache with the prompt's hottest experts (what its prefill left)."""
+    for layer in range(len(caches.lines)):
+        hot = np.argsort(-predictor.plan_counts[layer], kind="stable")
+        caches.pin(layer, [int(e) for e in hot])
+
+
+def replay_runs(
+    trace: RoutingTrace,
+    runs: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...],
+    capacity: int,
+    policy: Policy,
+    pooled: bool = True,
+    per_run: list[ReplayStats] | None = None,
+    **kwargs: float | int | None,
+) -> ReplayStats:
+    """Replay every decode run ``(prompt start, decode start, decode end)`` in order, each
+    from a cache warmed by its own prompt; ``pooled``: one transition memory for all runs (a
+    session's earlier requests inform the later ones), else one per run. ``kwargs`` go to
+    ``replay`` (``warm_start`` defaults to True here, as in the executor loop); ``per_run``
+    collects each run's own counts."""
+    kwargs.setdefault("warm_start", True)
+    total = ReplayStats()
+    memory = TransitionMemory(trace.num_layers, trace.num_experts) if pooled else None
+    for start, mid, end in runs:
+        got = replay(
+            trace, slice(mid, end), capacity, policy, prefill=slice(start, mid),
+            memory=memory, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        total.add(got)
+        if per_run is not None:
+            per_run.append(got)
+    return total

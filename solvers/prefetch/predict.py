@@ -1,13 +1,26 @@
 """Dataset-free prediction of which experts a layer will ask for, learned online.
 
-Everything comes from the sequence being served: the prompt's prefill seeds the counts, and
-every decoded token updates them. Nothing is fitted offline.
+Everything comes from requests already served: the prompt's prefill seeds the counts, every
+decoded token updates them, and the cross-layer transitions are pooled over the earlier
+requests of a session or replay (``TransitionMemory``). Nothing is fitted offline, and nothing
+is learned from a token before it has been served.
 
-* ``counts [L, E]``: requests per (layer, expert), decayed by ``decay`` per token;
+* ``counts [L, E]``: requests per (layer, expert) of this request, decayed by ``decay`` per
+  token;
 * ``mass [L, E]``: gate weight per (layer, expert), decayed the same way (score-aware eviction
   keeps the experts with high cumulative gate weight);
-* ``trans [L-1, E, E]``: cross-layer co-routing, the expert chosen in layer l predicting l+1;
+* ``memory.counts[d] [L-d, E, E]``: cross-layer co-routing at lag ``d`` (1..``max_lag``): the
+  expert chosen in layer l and the one chosen by the same token in layer l + d, pooled;
 * ``coact [L, E, E]``: experts chosen together in a layer (similarity for substitution).
+
+Two rankings, for two uses:
+
+* ``prefetch_probability``: what to stage before a layer. On ESFT-class routing the token's
+  own experts in the previous layers predict the next layer far better than frequency does
+  (``prefetch_precision`` measures it), so the transitions carry the weight and frequency only
+  breaks ties between experts they score alike;
+* ``probability``: what to keep (eviction): frequency or cumulative gate weight, mixed with the
+  previous layer's transitions by ``transition_weight``.
 
 The plan-level counts (``plan_counts``) are a snapshot refreshed only when the live counts
 drift from it by more than a threshold (total variation per layer, averaged), so a plan built
@@ -16,13 +29,81 @@ on them is re-solved on drift rather than on every token.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 from hwmodel.workload import RoutingTrace
 
+# Weight of each lag's transitions in the prefetch ranking, nearest known layer first
+# (chosen on the fit part of the ESFT traces: the first quarter of the sequences).
+LAG_WEIGHTS: tuple[float, ...] = (1.0, 0.5, 0.25)
+# Frequency's weight against the transitions' 1 in the prefetch ranking: a tie-breaker.
+FREQUENCY_TIE_WEIGHT = 0.05
+
+
+class TransitionMemory:
+    """Cross-layer co-routing counts pooled over the requests of a session (causal).
+
+    ``counts[d - 1] [L - d, E, E]``: entry ``[l, a, b]`` counts (token, a, b) with ``a`` among
+    the token's experts in layer ``l`` and ``b`` among them in layer ``l + d``.
+    """
+
+    def __init__(self, num_layers: int, num_experts: int, max_lag: int = 3) -> None:
+        self.L, self.E = num_layers, num_experts
+        self.max_lag = max(0, min(max_lag, num_layers - 1))
+        self.counts = [
+            np.zeros((num_layers - d, num_experts, num_experts)) for d in range(1, self.max_lag + 1)
+        ]
+
+    def learn(self, ids: np.ndarray) -> None:
+        """Count the transitions of tokens ``ids [T, L, k]`` (expert ids)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim == 2:
+            ids = ids[None]
+        if ids.shape[0] == 0:
+            return
+        for d, mat in enumerate(self.counts, start=1):
+            layers = np.arange(self.L - d)[None, :, None, None]
+            src = ids[:, : self.L - d, :, None]
+            dst = ids[:, d:, None, :]
+            np.add.at(mat, (layers, src, dst), 1)
+
+    def distribution(
+        self, layer: int, known: Mapping[int, np.ndarray], lag_weights: Sequence[float]
+    ) -> np.ndarray | None:
+        """Chance of each expert of ``layer`` per request, ``[E]`` summing to 1, from the
+        experts ``known[l] [k]`` the token chose in earlier layers ``l``: for each lag, the
+        mean over the known experts of the conditional distribution P(b in layer | a in l),
+        weighted by ``lag_weights[d - 1]`` (the nearest known layer's weight first). None when
+        the memory has nothing on them."""
+        nearest = min((layer - lay for lay in known if layer - lay > 0), default=None)
+        if nearest is None:
+            return None
+        total = np.zeros(self.E)
+        weight_sum = 0.0
+        for lay, experts in known.items():
+            d = layer - lay
+            if d < 1 or d > self.max_lag or d - nearest >= len(lag_weights):
+                continue
+            rows = self.counts[d - 1][lay][np.asarray(experts, dtype=np.int64)]
+            sums = rows.sum(axis=1, keepdims=True)
+            if not (sums > 0).any():
+                continue
+            cond = (rows / np.maximum(sums, 1e-12)).sum(axis=0)
+            w = lag_weights[d - nearest]
+            total += w * cond / cond.sum()
+            weight_sum += w
+        return total / weight_sum if weight_sum > 0 else None
+
 
 class Predictor:
-    """Running statistics of one sequence's routing, ``L`` layers of ``E`` experts, top-``k``."""
+    """Running statistics of one request's routing, ``L`` layers of ``E`` experts, top-``k``.
+
+    Args:
+        memory: the session's pooled transitions (shared by its requests); a fresh one (this
+            request only) when None.
+    """
 
     def __init__(
         self,
@@ -31,13 +112,18 @@ class Predictor:
         top_k: int,
         decay: float = 0.98,
         transition_weight: float = 1.0,
+        memory: TransitionMemory | None = None,
+        lag_weights: Sequence[float] = LAG_WEIGHTS,
+        frequency_tie_weight: float = FREQUENCY_TIE_WEIGHT,
     ) -> None:
         self.L, self.E, self.k = num_layers, num_experts, top_k
         self.decay = decay
         self.transition_weight = transition_weight
+        self.memory = memory if memory is not None else TransitionMemory(num_layers, num_experts)
+        self.lag_weights = tuple(lag_weights)
+        self.frequency_tie_weight = frequency_tie_weight
         self.counts = np.zeros((num_layers, num_experts))
         self.mass = np.zeros((num_layers, num_experts))
-        self.trans = np.zeros((max(num_layers - 1, 1), num_experts, num_experts))
         self.coact = np.zeros((num_layers, num_experts, num_experts))
         self.plan_counts = self.counts.copy()
         self.resolves = 0
@@ -55,10 +141,9 @@ class Predictor:
         self.counts += trace.histogram(prefill)
         for layer in range(self.L):
             np.add.at(self.mass[layer], ids[:, layer, :].ravel(), gates[:, layer, :].ravel())
-            for row in ids[:, layer, :]:
-                self.coact[layer][np.ix_(row, row)] += 1
-        if self.L > 1:
-            self.trans += trace.transitions(prefill)
+            pairs = (ids[:, layer, :, None], ids[:, layer, None, :])
+            np.add.at(self.coact[layer], pairs, 1)
+        self.memory.learn(ids)
         self.refresh(threshold=0.0)
 
     def observe(self, ids: np.ndarray, gates: np.ndarray) -> None:
@@ -70,8 +155,7 @@ class Predictor:
             self.counts[layer, row] += 1
             np.add.at(self.mass[layer], row, gates[layer])
             self.coact[layer][np.ix_(row, row)] += 1
-            if layer > 0:
-                self.trans[layer - 1][np.ix_(ids[layer - 1], row)] += 1
+        self.memory.learn(ids)
 
     def drift(self) -> float:
         """Mean over layers of the total-variation distance between the live counts and the
@@ -88,23 +172,38 @@ class Predictor:
         self.resolves += 1
         return True
 
+    def _share(self, base: np.ndarray) -> np.ndarray:
+        """``base [E]`` as a distribution (uniform when empty)."""
+        total = base.sum()
+        return base / total if total > 0 else np.full(self.E, 1.0 / self.E)
+
     def probability(
         self, layer: int, prev_ids: np.ndarray | None = None, live: bool = False
     ) -> np.ndarray:
-        """Estimated chance that each expert of ``layer`` is among the next token's top-k,
-        ``[E]`` in [0, 1]: the plan counts' share times k (``live``: the current cumulative
-        gate weight's share, the score-aware ranking eviction uses), mixed with the
-        cross-layer transitions from the experts the token chose in the previous layer
-        (``prev_ids``)."""
-        base = (self.mass if live else self.plan_counts)[layer]
-        total = base.sum()
-        p = base / total * self.k if total > 0 else np.full(self.E, self.k / self.E)
+        """The eviction ranking: estimated chance that each expert of ``layer`` is among the
+        next token's top-k, ``[E]`` in [0, 1]: the plan counts' share times k (``live``: the
+        current cumulative gate weight's share, the score-aware ranking), mixed with the
+        previous layer's transitions from the token's experts there (``prev_ids``) by
+        ``transition_weight``."""
+        p = self._share((self.mass if live else self.plan_counts)[layer])
         if prev_ids is not None and layer > 0 and self.transition_weight > 0:
-            t = self.trans[layer - 1][prev_ids].sum(axis=0)
-            if t.sum() > 0:
+            t = self.memory.distribution(layer, {layer - 1: prev_ids}, (1.0,))
+            if t is not None:
                 w = self.transition_weight
-                p = (p + w * t / t.sum() * self.k) / (1 + w)
-        return np.minimum(p, 1.0)
+                p = (p + w * t) / (1 + w)
+        return np.minimum(p * self.k, 1.0)
+
+    def prefetch_probability(self, layer: int, known: Mapping[int, np.ndarray]) -> np.ndarray:
+        """The prefetch ranking: chance that each expert of ``layer`` is among this token's
+        top-k, ``[E]`` in [0, 1], from the token's experts ``known[l] [k]`` in earlier layers
+        (pooled transitions at lags 1..3, nearest first), frequency breaking ties; frequency
+        alone when nothing is known."""
+        f = self._share(self.counts[layer])
+        t = self.memory.distribution(layer, known, self.lag_weights)
+        if t is None:
+            return np.minimum(f * self.k, 1.0)
+        w = self.frequency_tie_weight
+        return np.minimum((t + w * f) / (1 + w) * self.k, 1.0)
 
     def most_similar(self, layer: int, expert: int, resident: list[int]) -> int | None:
         """The resident expert whose co-activation profile is closest (cosine) to ``expert``'s,
@@ -119,3 +218,46 @@ class Predictor:
         sims = cand @ row / (np.linalg.norm(cand, axis=1) * norm + 1e-12)
         best = int(np.argmax(sims))
         return resident[best] if sims[best] > 0 else None
+
+
+def prefetch_precision(
+    trace: RoutingTrace,
+    runs: Sequence[tuple[int, int, int]],
+    lookahead: int = 1,
+    ranking: str = "prefetch",
+    decay: float = 0.98,
+    **kwargs: float | Sequence[float],
+) -> list[float]:
+    """Precision@top_k of the prediction of layer ``l + lookahead``'s experts from the token's
+    experts in layers ``<= l``, per decode run ``(prompt start, decode start, decode end)``,
+    replayed in order with one pooled memory (causal: a run's tokens are learned only after
+    they are scored). ``ranking``: ``prefetch`` (transitions, frequency ties) or ``frequency``
+    (the request's decayed counts). Returns one precision per run, in run order."""
+    L, E, k = trace.num_layers, trace.num_experts, trace.top_k
+    memory = TransitionMemory(L, E)
+    out = []
+    for start, mid, end in runs:
+        pred = Predictor(L, E, k, decay, memory=memory, **kwargs)  # type: ignore[arg-type]
+        pred.seed(trace, slice(start, mid))
+        ids = trace.expert_ids[mid:end].astype(np.int64)
+        gates = (
+            trace.gate_weights[mid:end]
+            if trace.gate_weights is not None
+            else np.full(ids.shape, 1.0 / k)
+        )
+        hits = total = 0
+        for t in range(ids.shape[0]):
+            for layer in range(lookahead, L):
+                if ranking == "frequency":
+                    p = pred._share(pred.counts[layer])
+                else:
+                    known = {
+                        lay: ids[t, lay] for lay in range(max(0, layer - 3), layer - lookahead + 1)
+                    }
+                    p = pred.prefetch_probability(layer, known)
+                top = np.argsort(-p, kind="stable")[:k]
+                hits += len(set(top.tolist()) & set(ids[t, layer].tolist()))
+                total += k
+            pred.observe(ids[t], gates[t])
+        out.append(hits / total if total else 0.0)
+    return out

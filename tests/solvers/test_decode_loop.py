@@ -90,7 +90,7 @@ def wide_model() -> ModelSpec:
                  min_size=3, max_size=3),
         min_size=3, max_size=7,
     ),
-    dispatch=st.sampled_from(["solver", "monde", "expert_parallel", "demand"]),
+    dispatch=st.sampled_from(["solver", "monde", "monde_paper", "expert_parallel", "demand"]),
     cache=st.sampled_from(["none", "lru", "lfu", "belady", "moesched", "static"]),
     capacity=st.integers(0, 3),
     prefetch=st.booleans(),
@@ -114,9 +114,31 @@ def test_every_configuration_passes_the_executor(
     assert result.violations == 0, [s.violations for s in result.steps]
     for s in result.steps:
         assert s.latency_s == s.predicted_s
+        assert s.bound_s <= s.latency_s + 1e-12  # the bandwidth bound is a lower bound
     stats = result.stats
     assert stats.requests == 2 * 3 * (len(routes) - 2)
     assert stats.hits + stats.substitutions <= stats.requests
+
+
+def test_global_cache_allocation() -> None:
+    """The 3 hottest (layer, expert) cells of [[5, 1], [4, 0], [0, 0]] are (0, 0), (1, 0) and
+    (0, 1): 2 lines for layer 0, 1 for layer 1, none for layer 2; a layer without lines admits
+    nothing, and the executor checks the cache sized to 3 lines in all."""
+    from solvers.prefetch.cache import ExpertCaches, global_allocation
+
+    assert global_allocation(np.array([[5, 1], [4, 0], [0, 0]]), 3) == [2, 1, 0]
+    caches = ExpertCaches("lru", [2, 1, 0], 3, 2)
+    assert caches.insert(0, 0, None) and caches.insert(0, 1, None)
+    assert caches.insert(1, 0, None) and not caches.insert(1, 1, None)
+    assert not caches.insert(2, 0, None) and caches.victim(2, 0, set()) is None
+    routes = [[[0, 1], [0, 2], [1, 3]]] * 2 + [[[0, 1], [2, 3], [1, 2]]] * 3
+    cfg = LoopConfig(capacity_experts=0, global_lines=3, cache="lru", prefetch=True,
+                     dispatch="demand")  # fmt: skip
+    run = DecodeRun(roomy(tiny_hardware()), wide_model(), HOST, cfg, trace_of(routes, 4),
+                    slice(0, 2), slice(2, 5))  # fmt: skip
+    assert sum(run.caches.caps) == 3
+    result = run.run()
+    assert result.violations == 0 and result.stats.hits > 0
 
 
 def test_real_trace_offload(traces: Path) -> None:

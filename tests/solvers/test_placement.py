@@ -12,7 +12,7 @@ from hwmodel.executor import simulate
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
 from solvers.common import Budget
-from solvers.placement.baselines import monde, round_robin
+from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.placement.solve import solve_layer, solve_placement
 from tests.tiny import tiny_device
@@ -174,6 +174,25 @@ def test_baselines() -> None:
         times.append(inst.predict(Assignment(runs=runs, loaded=tuple(sorted(hot)))))
     assert inst.predict(best_a) == min(times)
     assert h == times.index(min(times))
+
+
+def test_monde_paper_loads_a_fixed_hot_set() -> None:
+    """MoNDE as published: ceil(0.05882 x 3 active) = 1 expert loaded, the hottest (most
+    tokens; expert 1 with 9), whatever the cost model would prefer; the rest on holders."""
+    residency = Residency(
+        by_memory={
+            "a_mem": (WeightSlice(expert=0), WeightSlice(expert=2)),
+            "b_mem": (WeightSlice(expert=1),),
+        }
+    )
+    inst = PlacementInstance(problem(ndp_hardware(), (3, 9, 5), residency))
+    a = monde_paper(inst)
+    assert a.loaded == (1,)
+    assert a.runs == {0: (("a", 0, 2),), 2: (("a", 0, 2),)}
+    starved = PlacementInstance(
+        problem(ndp_hardware(gpu_capacity=1), (3, 9, 5), residency)
+    )  # no room on the GPU: nothing loaded
+    assert monde_paper(starved).loaded == ()
 
 
 @st.composite
