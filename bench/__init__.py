@@ -24,6 +24,7 @@ BENCHMARK_MODULES: dict[str, str] = {
     "ndp": "bench.ndp",
     "sweep": "bench.sweep_speed",
     "cli": "bench.cli_startup",
+    "runtimes": "bench.runtimes",
 }
 
 

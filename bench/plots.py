@@ -107,6 +107,16 @@ def plot_balance(r: Result, ax: Any) -> None:
     ax.set_title("Per-batch balance at 64 tokens (out of window: the second half)")
 
 
+def plot_runtimes(r: Result, ax: Any) -> None:
+    rows = r["rows"]
+    _bars(ax, [x["case"] for x in rows], {
+        "current (routed)": [x["balancedness_current_routed"] for x in rows],
+        "EPLB on the window (routed)": [x["balancedness_eplb_routed"] for x in rows],
+        "moesched rebalance_window": [x["balancedness_moesched"] for x in rows],
+    }, "window balancedness (routed)")  # fmt: skip
+    ax.set_title("Window fit vs EPLB on the same window; moved replicas in the JSON")
+
+
 def plot_solvers(r: Result, ax: Any) -> None:
     rows = r["rows"]
     words = {"greedy": "greedy", "auto": "auto (greedy, then CP-SAT)",
@@ -184,8 +194,8 @@ def plot_sweep(r: Result, ax: Any) -> None:
 PLOTS: dict[str, Callable[[Result, Any], None]] = {
     "ndp": plot_ndp, "cache": plot_cache, "dep": plot_dep, "eplb": plot_eplb,
     "balance": plot_balance, "solvers": plot_solvers, "executor": plot_executor,
-    "service": plot_service, "reliability": plot_reliability, "sweep": plot_sweep,
-    "cli": plot_cli,
+    "service": plot_service, "reliability": plot_reliability, "runtimes": plot_runtimes,
+    "sweep": plot_sweep, "cli": plot_cli,
 }  # fmt: skip
 
 

@@ -135,9 +135,13 @@ class RoutingTrace:
         expert_ids: routed experts, int16 ``[num_tokens, num_layers, top_k]``.
         gate_weights: gate weight of each routed expert, float32 same shape, or None.
         seq_ids: sequence of each token, int32 ``[num_tokens]``; tokens of a sequence are
-            consecutive and in order.
+            consecutive and in order, unless ``step_ids`` is set (then a sequence's tokens are
+            in order but may interleave with other sequences' tokens).
         num_experts: routed experts per layer.
         source: file the trace came from.
+        step_ids: engine step (forward pass) of each token, int32 ``[num_tokens]``,
+            non-decreasing, or None when the trace is one token per step. A step may mix
+            tokens of several requests of different lengths (continuous batching).
     """
 
     model: str
@@ -148,6 +152,7 @@ class RoutingTrace:
     num_experts: int
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    step_ids: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -168,6 +173,14 @@ class RoutingTrace:
         """[start, end) token range of every sequence, in trace order."""
         cuts = [0, *(int(i) + 1 for i in np.flatnonzero(np.diff(self.seq_ids))), self.num_tokens]
         return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+    def steps(self) -> list[np.ndarray]:
+        """Token indices of every engine step, in order (one token per step without
+        ``step_ids``)."""
+        if self.step_ids is None:
+            return [np.asarray([t]) for t in range(self.num_tokens)]
+        cuts = np.flatnonzero(np.diff(self.step_ids)) + 1
+        return np.split(np.arange(self.num_tokens), cuts)
 
     def decode_runs(
         self, prefill_fraction: float, max_steps: int, sequences: int | None = None

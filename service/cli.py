@@ -398,45 +398,114 @@ def simulate_body(data: dict[str, Any], request: Any, response: Any) -> dict[str
 
 @app.command()
 def eplb(
-    weights: Annotated[Path, typer.Option(help="JSON list of lists: [num_layers][num_experts].")],
-    num_replicas: Annotated[int, typer.Option(help="Physical slots (multiple of num_gpus).")],
-    num_groups: Annotated[int, typer.Option(help="Expert groups.")],
-    num_nodes: Annotated[int, typer.Option(help="Nodes.")],
     num_gpus: Annotated[int, typer.Option(help="GPUs.")],
-    json_path: Annotated[Path, typer.Option("--json", help="Where to write the maps.")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Where to write moesched's full answer.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="JSON list of lists: [num_layers][num_experts].")
+    ] = None,
+    dump_path: Annotated[
+        Path | None, typer.Argument(help="The runtime's file (with --from).", show_default=False)
+    ] = None,
+    from_runtime: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Who wrote PATH: sglang (expert-distribution dump, .pt or .json), vllm "
+            "(expert_load_window + physical_to_logical_map), deepseek (weight), routing-log "
+            "(.jsonl / .jsonl.gz route records, or a batched decode layout).",
+        ),
+    ] = None,
+    current: Annotated[
+        Path | None,
+        typer.Option(help="JSON [num_layers][num_replicas]: the placement running now."),
+    ] = None,
+    num_replicas: Annotated[
+        int | None, typer.Option(help="Physical slots (default: the current placement's).")
+    ] = None,
+    num_groups: Annotated[int, typer.Option(help="Expert groups.")] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Nodes.")] = 1,
+    max_moved_replicas: Annotated[
+        int | None, typer.Option(help="At most this many slots change expert.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="moesched, sglang, vllm or deepseek (for --out).")
+    ] = "moesched",
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the file the runtime loads (--format).")
+    ] = None,
+    logical_count: Annotated[
+        bool, typer.Option(help="With --format sglang: add logical_count.")
+    ] = False,
     backend: Annotated[str, typer.Option(help="auto, cpsat or greedy (EPLB's own).")] = "auto",
     deadline_s: Annotated[float, typer.Option(help="Wall-clock budget in seconds.")] = 5.0,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """EPLB-compatible replica placement; writes physical_to_logical and friends as JSON."""
-    from service.schemas import EplbRequest
+    """EPLB-compatible replica placement from EPLB's weight or a runtime's recording; writes
+    moesched's answer (--json) and the file the runtime loads (--format, --out)."""
+    import base64
 
-    with bad_input(weights):
+    import numpy as np
+
+    from service.eplb import eplb as solve_eplb_request
+    from service.schemas import EplbRequest, RuntimeDump
+    from service.settings import get_settings
+
+    with bad_input(dump_path or weights):
+        dump = None
+        if (from_runtime is None) != (dump_path is None):
+            raise ValueError("--from RUNTIME and PATH go together")
+        if from_runtime is not None and dump_path is not None:
+            dump = RuntimeDump(
+                runtime=from_runtime,  # validated by RuntimeDump
+                filename=dump_path.name,
+                content_base64=base64.b64encode(dump_path.read_bytes()).decode(),
+            )
         request = EplbRequest(
-            weights=read_json(weights),
+            weights=json.loads(weights.read_text()) if weights is not None else None,
+            dump=dump,
+            current_physical_to_logical=(
+                json.loads(current.read_text()) if current is not None else None
+            ),
             num_replicas=num_replicas,
             num_groups=num_groups,
             num_nodes=num_nodes,
             num_gpus=num_gpus,
+            max_moved_replicas=max_moved_replicas,
             backend=backend,  # validated by EplbRequest
             deadline_s=deadline_s,
+            format=output_format,  # validated by EplbRequest
+            logical_count=logical_count,
         )
-        with working(quiet, f"EPLB: backend {backend}, deadline {deadline_s:g} s"):
-            if url is not None:
-                with bad_input(url), client(url, api_key) as c:
-                    response = c.eplb(request)
-            else:
-                from service.settings import get_settings
-                from service.solving import eplb as solve_eplb_request
-
-                response = solve_eplb_request(request, get_settings())
-    json_path.write_text(response.model_dump_json(indent=1))
-    say(
-        f"status {response.status}  balancedness mean {response.balancedness_mean:.4f}  "
-        f"min {min(response.balancedness):.4f}  wall {response.wall_time_s:.3f} s"
+        if out is not None and request.format == "moesched":
+            raise ValueError("--out: name the runtime with --format sglang|vllm|deepseek")
+        response = solve_eplb_request(request, get_settings())
+    if json_path is not None:
+        json_path.write_text(response.model_dump_json(indent=1))
+    if out is not None:
+        out.write_text(json.dumps(response.runtime_file))
+    moved = (
+        f"  moved {response.moved_replicas} replicas ({response.moved_replicas_unaligned} "
+        "unaligned)"
+        if response.moved_replicas is not None
+        else ""
     )
+    window = (
+        f"  window balancedness {np.mean(response.window_balancedness):.4f} "
+        f"(EPLB {np.mean(response.window_balancedness_eplb or [0]):.4f})"
+        if response.window_balancedness
+        else ""
+    )
+    print(
+        f"status {response.status}  samples {response.num_samples}  balancedness mean "
+        f"{response.balancedness_mean:.4f}  min {min(response.balancedness):.4f}{window}{moved}  "
+        f"wall {response.wall_time_s:.3f} s"
+    )
+    for note in response.notes:
+        print(f"  note: {note}")
 
 
 @app.command()

@@ -4,9 +4,12 @@ of recent batch histograms, and re-place when routed balance over the window dro
 Each batch is routed exactly (``solvers.eplb.routing``) with the current placement; its
 balancedness joins the window's running record. When the window's mean falls below
 ``rebalance_below``, one background re-placement fits a placement per layer to the window
-(``place_for_batches``), and adopts it only when its routed balancedness over the window beats
-the current one by ``min_gain`` plus ``move_cost`` per replica it moves; the swap is atomic
-(the placement and its version change together). The placement is persisted on every swap;
+(``rebalance_window``: the window fit, never worse than EPLB on the window, its slots aligned
+with the current ones so only replicas that must move count), and adopts it *per layer* when
+that layer's routed balancedness over the window gains at least ``min_gain`` plus
+``move_cost`` per replica the layer moves (gain and cost in one unit, per layer). The decision
+and its reason are kept as ``last_replace``; the swap is atomic (the placement and its version
+change together). The placement is persisted on every swap;
 every batch is appended to the store before it is acknowledged (the store keeps only the
 window), so an acknowledged batch survives a killed server. The window is bounded by batches
 and by bytes (``Settings.ep_window_max_batches``, ``Settings.ep_window_max_bytes``).
@@ -24,13 +27,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import DomainError
-from service.schemas import EpBatch, EpRouting, EpSessionCreate, EpSessionInfo
+from service.schemas import (
+    EpBatch,
+    EpReplaceDecision,
+    EpRouting,
+    EpSessionCreate,
+    EpSessionInfo,
+)
 from service.sessions import SessionManager, make_room
 from service.settings import Settings
 from service.store import SessionStore
-from solvers.eplb.batch_placement import place_for_batches, routed_balancedness
+from solvers.eplb.batch_placement import routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
+from solvers.eplb.runtime import moved_replicas, rebalance_window
 
 
 def route_layers(
@@ -57,6 +67,7 @@ class _Ep:
     version: int
     num_batches: int
     moved_last: int = 0
+    last_replace: EpReplaceDecision | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -171,6 +182,7 @@ class EpSessions:
             num_batches=ep.num_batches,
             physical_to_logical=ep.placement.tolist(),
             moved_replicas_last=ep.moved_last,
+            last_replace=ep.last_replace,
         )
 
     def info(self, sid: str) -> EpSessionInfo:
@@ -244,39 +256,77 @@ class EpSessions:
             with ep.lock:
                 window = np.stack(list(ep.window))
                 old = ep.placement.copy()
+                at_batch = ep.num_batches
             spec = ep.spec
-            # A move budget per layer, not a deadline: the same window gives the same placement
-            # however busy the machine is.
-            new = np.stack(
-                [
-                    place_for_batches(
-                        window[:, layer], spec.num_replicas, spec.num_gpus, REPLACE_MOVES
-                    )
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            before = np.mean(
-                [
-                    routed_balancedness(old[layer], spec.num_gpus, window[:, layer])
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            after = np.mean(
-                [
-                    routed_balancedness(new[layer], spec.num_gpus, window[:, layer])
-                    for layer in range(spec.num_layers)
-                ]
-            )
-            moved = int((new != old).sum())
-            if after - before >= spec.min_gain + spec.move_cost * moved:
-                balance = [self._balance(new, spec.num_gpus, b) for b in window]
-                # Publish and persist together: a reader never sees a placement not yet stored.
-                with ep.lock:
-                    if self.store.ep_swap(sid, new, ep.version + 1, moved):
-                        ep.placement, ep.version, ep.moved_last = new, ep.version + 1, moved
-                        ep.balance = deque(balance, maxlen=ep.window.maxlen)
+            share = min(spec.deadline_s, self.settings.max_deadline_s) / spec.num_layers
+            decision, new = decide_replacement(window, old, spec, share, at_batch)
+            # Publish and persist together: a reader never sees a placement not yet stored.
+            with ep.lock:
+                ep.last_replace = decision
+                if decision.adopted and self.store.ep_swap(
+                    sid, new, ep.version + 1, decision.moved
+                ):
+                    balance = [self._balance(new, spec.num_gpus, b) for b in window]
+                    ep.placement, ep.version = new, ep.version + 1
+                    ep.moved_last = decision.moved
+                    ep.balance = deque(balance, maxlen=ep.window.maxlen)
         except Exception:  # the old placement stays; the next drop tries again
             log.exception("re-placement of EP session %s failed", sid)
         finally:
             with self._lock:
                 self._replacing.discard(sid)
+
+
+def decide_replacement(
+    window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, search_s: float, at_batch: int
+) -> tuple[EpReplaceDecision, np.ndarray]:
+    """Per layer: fit to the window, align with the current slots, and adopt the layer when its
+    routed balancedness over the window gains at least ``min_gain + move_cost * moved``.
+
+    Args:
+        window: ``[W, L, E]`` the recent batch histograms; ``old``: ``[L, R]`` current slots.
+    Returns:
+        the decision and the placement ``[L, R]`` (the old one where a layer is not adopted).
+    """
+    fit = rebalance_window(
+        window,
+        old,
+        spec.num_gpus,
+        spec.num_replicas,
+        move_cost=spec.move_cost,
+        search_moves_per_layer=REPLACE_MOVES,
+        sample=len(window),
+    )
+    assert fit.balancedness_current is not None
+    before = fit.balancedness_current
+    moves = (fit.phy2log != old).sum(axis=1)
+    gain = fit.balancedness - before
+    need = spec.min_gain + spec.move_cost * moves
+    adopt = (moves > 0) & (gain >= need)
+    new = np.where(adopt[:, None], fit.phy2log, old)
+    moved = moved_replicas(old, new)
+    if adopt.any():
+        why = (
+            f"{int(adopt.sum())} of {len(adopt)} layers gain >= min_gain {spec.min_gain} + "
+            f"move_cost {spec.move_cost} x moved; window balancedness "
+            f"{before.mean():.4f} -> {np.where(adopt, fit.balancedness, before).mean():.4f}"
+        )
+    elif (moves > 0).any():
+        best = int(np.argmax(gain - need))
+        why = (
+            f"no layer pays for its moves: best is layer {best}, gain {gain[best]:.4f} < "
+            f"{need[best]:.4f} (min_gain {spec.min_gain} + {int(moves[best])} moved x "
+            f"{spec.move_cost})"
+        )
+    else:
+        why = "the current placement is already the best found on this window"
+    decision = EpReplaceDecision(
+        at_batch=at_batch,
+        adopted=bool(adopt.any()),
+        gain=float(np.where(adopt, gain, 0.0).mean()),
+        moved=moved,
+        moved_unaligned=fit.moved_replicas_unaligned,
+        layers_adopted=np.flatnonzero(adopt).tolist(),
+        why=why,
+    )
+    return decision, new

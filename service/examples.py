@@ -113,6 +113,24 @@ def simulate_example() -> dict[str, Any]:
     }
 
 
+def eplb_window_example() -> dict[str, Any]:
+    """A window of 4 batches (2 layers, 8 experts) and the placement running now (8 GPUs x 2
+    slots); the answer is SGLang's --init-expert-location file, aligned with the current slots."""
+    batches = [
+        [[60, 56, 12, 12, 2, 1, 1, 1], [5, 5, 40, 40, 10, 10, 3, 3]],
+        [[50, 70, 10, 10, 5, 2, 2, 1], [4, 6, 42, 38, 12, 8, 2, 4]],
+        [[70, 40, 20, 10, 2, 3, 2, 1], [6, 4, 30, 50, 9, 11, 4, 2]],
+        [[65, 55, 14, 8, 3, 1, 2, 2], [5, 5, 44, 36, 10, 10, 3, 3]],
+    ]
+    current = [[0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 1, 2, 1, 3, 1, 2]] * 2
+    return {
+        "window": batches,
+        "current_physical_to_logical": current,
+        "num_gpus": 8,
+        "format": "sglang",
+    }
+
+
 def ep_session_example() -> dict[str, Any]:
     """An EP sidecar: 2 layers of 8 experts on 8 GPUs with 16 replica slots."""
     return {"num_layers": 2, "num_experts": 8, "num_gpus": 8, "num_replicas": 16, "window": 8}

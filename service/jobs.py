@@ -12,9 +12,10 @@ import numpy as np
 
 from hwmodel.trace_export import chrome_trace, gantt
 from service.ep_sessions import route_layers
+from service.eplb import eplb
 from service.schemas import EpSessionCreate, SimulateRequest
 from service.settings import Settings
-from service.solving import eplb, order, place, route, schedule, simulate_plan
+from service.solving import order, place, route, schedule, simulate_plan
 from solvers.eplb.deepseek import rebalance_experts
 
 # Imported once by the forkserver every worker is forked from (solvers import their backends

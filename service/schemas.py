@@ -298,26 +298,125 @@ class PlacementResponse(SummarizedPlan):
     layers: list[LayerAccountOut] = Field(description="Per-layer accounts.")
 
 
-class EplbRequest(BaseModel):
-    """DeepSeek EPLB's arguments; the answer has EPLB's shapes."""
+class RuntimeDump(BaseModel):
+    """A file a runtime wrote, sent as it is (base64), read by moesched's readers."""
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: list[list[Count]] = Field(
+    runtime: Literal["sglang", "vllm", "deepseek", "routing-log"] = Field(
+        description="Who wrote it: sglang (expert-distribution dump, stat or detail mode), "
+        "vllm (expert_load_window + physical_to_logical_map), deepseek (EPLB weight), "
+        "routing-log (vLLM-style route JSON lines, or a batched decode layout)."
+    )
+    filename: str = Field(
         min_length=1,
+        max_length=255,
+        description="The file's name; its suffix picks the reader (.pt, .json, .jsonl, .jsonl.gz).",
+    )
+    content_base64: str = Field(min_length=1, description="The file's bytes, base64-encoded.")
+
+
+class EplbRequest(BaseModel):
+    """DeepSeek EPLB's arguments, or a window of samples a runtime recorded; the answer has
+    EPLB's shapes, and the runtime's file when ``format`` names one.
+
+    Give exactly one of ``weights`` (EPLB's ``weight``), ``window`` (logical loads per sample),
+    ``physical_window`` (per-slot loads, folded by ``current_physical_to_logical``) or ``dump``.
+    With more than one sample, the placement is fitted to per-batch routing over the window and
+    never worse than EPLB on it; with ``current_physical_to_logical`` its slots are aligned with
+    the current ones and only replicas that must move are counted.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: list[list[Count]] | None = Field(
+        default=None,
         description="Load per logical expert, [num_layers, num_logical_experts], each in "
         "[0, 2**40].",
     )
-    num_replicas: int = Field(ge=1, le=65536, description="Physical slots (multiple of num_gpus).")
-    num_groups: int = Field(
-        ge=1, le=4096, description="Expert groups (divides the logical experts)."
+    window: list[list[list[Count]]] | None = Field(
+        default=None,
+        description="Logical loads per sample (batch / forward pass), "
+        "[num_samples, num_layers, num_logical_experts].",
     )
-    num_nodes: int = Field(ge=1, le=4096, description="Nodes (divides num_gpus).")
+    physical_window: list[list[list[Count]]] | None = Field(
+        default=None,
+        description="Loads per physical slot, [num_samples, num_layers, num_replicas] "
+        "(vLLM's expert_load_window); needs current_physical_to_logical.",
+    )
+    dump: RuntimeDump | None = Field(default=None, description="A runtime's file, as written.")
+    current_physical_to_logical: list[list[int]] | None = Field(
+        default=None,
+        description="The placement the runtime runs now, [num_layers, num_replicas]; taken "
+        "from the dump when it has one (SGLang detail mode, vLLM).",
+    )
+    num_logical_experts: int | None = Field(
+        default=None, ge=1, le=65536, description="Logical experts (default: from the data)."
+    )
+    num_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Physical slots, a multiple of num_gpus (default: the current placement's).",
+    )
+    num_groups: int = Field(
+        default=1, ge=1, le=4096, description="Expert groups (divides the experts)."
+    )
+    num_nodes: int = Field(default=1, ge=1, le=4096, description="Nodes (divides num_gpus).")
     num_gpus: int = Field(ge=1, le=4096, description="GPUs.")
+    max_moved_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="At most this many slots change expert (window mode, with a current map).",
+    )
+    move_cost: float = Field(
+        default=0.0005,
+        ge=0,
+        le=1,
+        description="Balancedness a moved replica must buy, per layer (window mode).",
+    )
     backend: Literal["greedy", "cpsat", "auto"] = Field(
-        default="auto", description="greedy (EPLB's algorithm), cpsat, or auto."
+        default="auto", description="greedy (EPLB's algorithm), cpsat, or auto (one sample)."
     )
     deadline_s: float = Field(default=5.0, gt=0, le=600, description="Wall-clock budget.")
+    format: Literal["moesched", "sglang", "vllm", "deepseek"] = Field(
+        default="moesched",
+        description="Also return the runtime's file: sglang (--init-expert-location JSON, "
+        "physical_to_logical_map), vllm (EplbState's names), deepseek (phy2log, log2phy, "
+        "logcnt).",
+    )
+    logical_count: bool = Field(
+        default=False, description="With format sglang: add logical_count [layers][logical]."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shapes(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        depth_of = {"weights": 2, "window": 3, "physical_window": 3}
+        for name, want in depth_of.items():
+            value = data.get(name)
+            if value is None:
+                continue
+            depth, probe = 0, value
+            while isinstance(probe, list) and probe:
+                depth, probe = depth + 1, probe[0]
+            if depth != want:
+                hint = {
+                    "weights": "[num_layers, num_logical_experts]; a window of samples goes in "
+                    "'window' [num_samples, num_layers, num_logical_experts]",
+                    "window": "[num_samples, num_layers, num_logical_experts]",
+                    "physical_window": "[num_samples, num_layers, num_replicas]",
+                }[name]
+                raise ValueError(f"{name}: a {depth}-D array; want {hint}")
+        given = [n for n in ("weights", "window", "physical_window", "dump") if data.get(n)]
+        if len(given) != 1:
+            raise ValueError(
+                "weights: give exactly one of weights, window, physical_window and dump "
+                f"(got {given or 'none'})"
+            )
+        return data
 
 
 class EplbLayerMap(BaseModel):
@@ -355,7 +454,9 @@ class EplbResponse(BaseModel):
         description="[num_layers, num_logical_experts, max_replicas], -1 padded."
     )
     logical_replica_count: list[list[int]] = Field(description="[num_layers, num_logical].")
-    gpu_loads: list[list[float]] = Field(description="[num_layers, num_gpus].")
+    gpu_loads: list[list[float]] = Field(
+        description="[num_layers, num_gpus], replicas splitting the (summed) load evenly."
+    )
     balancedness: list[float] = Field(description="Per layer: mean / max GPU load.")
     balancedness_mean: float = Field(description="Mean over layers.")
     max_load: list[float] = Field(description="Per layer: the largest GPU load.")
@@ -364,6 +465,32 @@ class EplbResponse(BaseModel):
     status: str = Field(description="The same as summary.status: " + STATUS_DESCRIPTION)
     wall_time_s: float = Field(description="Solve wall time.")
     fallback_reason: str | None = Field(default=None, description="Why a fallback was used.")
+    num_samples: int = Field(default=1, description="Samples in the window solved for.")
+    window_balancedness: list[float] | None = Field(
+        default=None,
+        description="Window mode, per layer: routed balancedness of the answer over the "
+        "window's evaluation batches (tokens split among replicas per batch).",
+    )
+    window_balancedness_eplb: list[float] | None = Field(
+        default=None, description="The same for EPLB's placement on the window's sum."
+    )
+    window_balancedness_current: list[float] | None = Field(
+        default=None, description="The same for the current placement."
+    )
+    moved_replicas: int | None = Field(
+        default=None, description="Slots whose expert changes against the current placement."
+    )
+    moved_replicas_unaligned: int | None = Field(
+        default=None, description="The same without aligning the new slots with the old ones."
+    )
+    layers_adopted: list[int] | None = Field(
+        default=None, description="Layers whose placement changes (window mode)."
+    )
+    notes: list[str] = Field(default_factory=list, description="What the reader assumed/dropped.")
+    format: str = Field(default="moesched", description="The runtime format of runtime_file.")
+    runtime_file: dict[str, Any] | None = Field(
+        default=None, description="What the runtime loads, in its own names (see format)."
+    )
 
     @model_validator(mode="after")
     def _summarize(self) -> EplbResponse:
@@ -592,11 +719,15 @@ class EpSessionCreate(BaseModel):
         default=0.02,
         ge=0,
         le=1,
-        description="A new placement must beat the current one by this much routed balancedness "
-        "over the window, plus move_cost per moved replica, to be adopted.",
+        description="A layer's new placement must beat its current one by this much routed "
+        "balancedness over the window, plus move_cost per replica it moves, to be adopted "
+        "(decided per layer, gain and cost both in balancedness).",
     )
     move_cost: float = Field(
-        default=0.0005, ge=0, le=1, description="Balancedness a moved replica must pay for."
+        default=0.0005,
+        ge=0,
+        le=1,
+        description="Balancedness a moved replica must pay for, in its layer.",
     )
     deadline_s: float = Field(default=2.0, gt=0, le=600, description="Budget of each re-placement.")
 
@@ -627,6 +758,20 @@ class EpRouting(BaseModel):
     replace_started: bool = Field(description="Whether this batch started a re-placement.")
 
 
+class EpReplaceDecision(BaseModel):
+    """The last re-placement a session considered, and why it was (not) adopted."""
+
+    at_batch: int = Field(description="Batches routed when the window was taken.")
+    adopted: bool = Field(description="Whether any layer took its new placement.")
+    gain: float = Field(
+        description="Window balancedness gained (mean over layers, routed, over the window)."
+    )
+    moved: int = Field(description="Replicas moved (slots whose expert changed).")
+    moved_unaligned: int = Field(description="Replicas the fit would move without alignment.")
+    layers_adopted: list[int] = Field(description="Layers that took their new placement.")
+    why: str = Field(description="The rule and the figures that decided.")
+
+
 class EpSessionInfo(BaseModel):
     """An EP session's placement."""
 
@@ -635,3 +780,6 @@ class EpSessionInfo(BaseModel):
     num_batches: int = Field(description="Batches routed so far.")
     physical_to_logical: list[list[int]] = Field(description="[num_layers, num_replicas].")
     moved_replicas_last: int = Field(description="Replicas the last adopted re-placement moved.")
+    last_replace: EpReplaceDecision | None = Field(
+        default=None, description="The last re-placement considered (kept in memory)."
+    )

@@ -15,8 +15,6 @@ from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.errors import DomainError
 from service.schemas import (
-    EplbRequest,
-    EplbResponse,
     LayerAccountOut,
     OrderingRequest,
     OrderingResponse,
@@ -31,9 +29,7 @@ from service.schemas import (
     SimulateResponse,
 )
 from service.settings import Settings
-from solvers.eplb.model import EplbProblem
 from solvers.eplb.routing import even_split_loads, route_batch
-from solvers.eplb.solve import solve_eplb
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 from solvers.ordering.solve import solve_order
 from solvers.placement.solve import solve_placement
@@ -134,45 +130,6 @@ def place(
             for s in solution.layers
         ],
         report=report,
-    )
-
-
-def eplb(request: EplbRequest, settings: Settings) -> EplbResponse:
-    """Solve the EPLB-compatible problem."""
-    widths = {len(row) for row in request.weights}
-    if len(widths) != 1:
-        raise DomainError(422, "validation", "body.weights", "rows must have equal length")
-    weight = np.asarray(request.weights, dtype=np.float64)
-    problem = EplbProblem(
-        weight, request.num_replicas, request.num_groups, request.num_nodes, request.num_gpus
-    )
-    problems = problem.check()
-    if problems:
-        field, _, reason = problems[0].partition(": ")
-        raise DomainError(422, "validation", f"body.{field}", reason)
-    if weight.shape[1] > settings.max_experts or weight.shape[0] > settings.max_layers:
-        raise DomainError(
-            413, "too_large", "body.weights", "more experts or layers than the limits"
-        )
-    sol = solve_eplb(
-        problem,
-        request.backend,
-        min(request.deadline_s, settings.max_deadline_s),
-        settings.solver_workers,
-    )
-    return EplbResponse(
-        physical_to_logical=sol.phy2log.tolist(),
-        logical_to_physical=sol.log2phy.tolist(),
-        logical_replica_count=sol.logcnt.tolist(),
-        gpu_loads=sol.gpu_loads.tolist(),
-        balancedness=sol.balancedness.tolist(),
-        balancedness_mean=float(sol.balancedness.mean()),
-        max_load=sol.max_load.tolist(),
-        max_load_bound=sol.max_load_bound.tolist(),
-        backend=sol.backend,
-        status=sol.status,
-        wall_time_s=sol.wall_time_s,
-        fallback_reason=sol.fallback_reason,
     )
 
 

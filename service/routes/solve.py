@@ -9,7 +9,13 @@ from fastapi import APIRouter, Body, Request, Response
 from service import jobs
 from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
-from service.examples import eplb_example, ordering_example, placement_example, route_example
+from service.examples import (
+    eplb_example,
+    eplb_window_example,
+    ordering_example,
+    placement_example,
+    route_example,
+)
 from service.pictures import PICTURE_RESPONSES, FormatQuery, as_response
 from service.schemas import (
     EplbRequest,
@@ -81,7 +87,13 @@ async def post_eplb(
     request: Annotated[
         EplbRequest,
         Body(
-            openapi_examples={"readme": {"summary": "EPLB README example", "value": eplb_example()}}
+            openapi_examples={
+                "readme": {"summary": "EPLB README example", "value": eplb_example()},
+                "window": {
+                    "summary": "A window of batches and the current map -> SGLang's file",
+                    "value": eplb_window_example(),
+                },
+            }
         ),
     ],
     settings: SettingsDep,

@@ -75,7 +75,11 @@ class DepProblem:
     Options: ``fp8_dispatch`` (A2E in FP8 with scales, E2A in BF16), ``dedup_per_node``
     (a token crosses the network once per expert node and chunk it is routed to, DeepEP's
     node-level forwarding), ``expert_load`` (share of routed rows per logical expert, e.g. a
-    trace's histogram; None: balanced), ``expert_gpus_per_node`` (for the dedup).
+    trace's histogram; None: balanced), ``expert_gpus_per_node`` (for the dedup),
+    ``expert_load_by_layer`` (one load per layer). Caveat of the last, measured on the ESFT
+    trace: the representative expert GPU follows each layer's hottest GPU, so its NIC ports
+    change from layer to layer and their contention across layers is under-counted (a
+    NIC-bound run came out faster than with balanced routing); the benchmark leaves it out.
     """
 
     hardware: Hardware
@@ -620,7 +624,10 @@ def _neighbours(s: Shape, max_m: int, max_k: int, max_p: int) -> Iterable[Shape]
     for m in (s.m - 1, s.m + 1):
         if 1 <= m <= max_m:
             yield Shape(m, s.k, s.p, s.template)
-    for k in {s.k - 1, s.k + 1, s.k * 2, s.k // 2}:
+    divisors = [d for d in range(1, max_k + 1) if max_k % d == 0]
+    up = next((d for d in divisors if d > s.k), s.k)
+    down = next((d for d in reversed(divisors) if d < s.k), s.k)
+    for k in sorted({s.k - 1, s.k + 1, s.k * 2, s.k // 2, up, down}):
         if 1 <= k <= max_k and k != s.k:
             yield Shape(s.m, k, s.p, s.template)
     for q in (s.p - 1, s.p + 1):
@@ -634,9 +641,11 @@ def search_shapes(
     builder: _Builder, max_m: int = MAX_MICRO_BATCHES, seeds: Sequence[Shape] = ()
 ) -> SearchLog:
     """Local search over (m, k, p, template) on the forward pass: from each seed, move to the
-    best neighbour (m +- 1; k +- 1, x2, /2; p +- 1; the other template) while it improves.
-    FinDEP's linear alpha + beta * x costs make the surface near-unimodal in m and k, so a few
-    seeds reach the optimum of the grid at a fraction of its size (the tests compare)."""
+    best neighbour (m +- 1; k +- 1, x2, /2 and the next divisors of E/G up and down, where
+    chunks are equal; p +- 1; the other template) while it improves. FinDEP's linear
+    alpha + beta * x costs make the surface near-unimodal in m and k (uneven chunks make dents
+    in k, hence the divisor moves), so a few seeds reach the optimum of the grid at a fraction
+    of its size (the tests compare)."""
     p = builder.p
     max_k = p.experts_per_gpu
     max_p = MAX_SHARED_PIECES if p.model.num_shared_experts else 1
@@ -693,7 +702,29 @@ def _one_machine_bounds(builder: _Builder, shape: Shape) -> dict[str, int]:
         work[x.resource] = work.get(x.resource, 0) + weight * g.duration[i]
         first[x.resource] = min(first.get(x.resource, head[i]), head[i])
         last[x.resource] = min(last.get(x.resource, after[i]), after[i])
-    return {r: first[r] + work[r] + last[r] for r in work}
+    out = {r: first[r] + work[r] + last[r] for r in work}
+    out[CRITICAL_PATH] = _critical_path(g, head, dur, layers if periodic else None)
+    return out
+
+
+CRITICAL_PATH = "critical path"
+
+
+def _critical_path(g: DepGraph, head: list[int], dur: list[int], layers: int | None) -> int:
+    """The longest dependency chain (resources ignored, shared experts as zero). Micro-batch
+    i's layers form one chain: attention of layer l + 1 waits on layer l's combine, so with
+    D_i = the head of layer 1's attention of i (layer 0's is 0) and T_i the longest path
+    within layer 0, a run of L layers is (L - 1) * D_i + T_i. ``layers`` None: ``g`` is the
+    whole run, read directly."""
+    if layers is None:
+        return max((h + d for h, d in zip(head, dur, strict=True)), default=0)
+    best = 0
+    for i in {x.mb for x in g.nodes}:
+        attn1 = next(j for j, x in enumerate(g.nodes) if x.kind == "attn" and x.layer == 1
+                     and x.mb == i)  # fmt: skip
+        t0 = max(head[j] + dur[j] for j, x in enumerate(g.nodes) if x.layer == 0 and x.mb == i)
+        best = max(best, (layers - 1) * head[attn1] + t0)
+    return best
 
 
 def _serial_layers_bound(builder: _Builder) -> int:

@@ -56,3 +56,37 @@ def test_ep_session_routes_replaces_and_persists(tmp_path: Path, traces: Path) -
     with TestClient(create_app(settings)) as c:  # a restart keeps the adopted placement
         again = c.get(f"/v1/ep-sessions/{sid}").json()
         assert again["version"] == 2 and again["physical_to_logical"] == info["physical_to_logical"]
+
+
+def test_default_policy_adopts_a_replacement_within_64_batches(
+    tmp_path: Path, traces: Path
+) -> None:
+    """Issue 18: with the default policy, a real model's session re-places within 64 batches
+    of 64 tokens (per-layer adoption, aligned slots) and says what moved and why."""
+    trace = load_esft(traces / ESFT_FILES["law"])
+    spec = {"num_layers": 26, "num_experts": 64, "num_gpus": 8, "num_replicas": 72}
+    with TestClient(create_app(Settings(db_path=tmp_path / "ep.db"))) as c:
+        created = c.post("/v1/ep-sessions", json=spec).json()
+        sid, first = created["id"], np.asarray(created["physical_to_logical"])
+        info = created
+        for k in range(64):
+            hist = trace.histogram(slice(64 * k, 64 * (k + 1)))
+            body = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": hist.tolist()})
+            if body.json()["replace_started"]:
+                # let the background re-placement finish before the next batch
+                deadline = time.monotonic() + 120
+                info = c.get(f"/v1/ep-sessions/{sid}").json()
+                while info["last_replace"] is None or info["last_replace"]["at_batch"] != k + 1:
+                    assert time.monotonic() < deadline, "re-placement did not finish"
+                    time.sleep(0.2)
+                    info = c.get(f"/v1/ep-sessions/{sid}").json()
+            if info["version"] > 1:
+                break
+        assert info["version"] == 2, info["last_replace"]
+        last = info["last_replace"]
+        assert last["adopted"] and last["at_batch"] <= 64 and last["gain"] > 0.02
+        now = np.asarray(info["physical_to_logical"])
+        assert last["moved"] == int((now != first).sum()) == info["moved_replicas_last"]
+        assert last["moved"] < last["moved_unaligned"]
+        assert "min_gain" in last["why"] and last["layers_adopted"]
+        assert all(len(set(row.tolist())) == 64 for row in now)

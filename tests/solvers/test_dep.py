@@ -15,6 +15,7 @@ from hwmodel.presets import dep_hardware, hardware_preset, model_preset
 from hwmodel.spec import AttentionSpec, Device, Hardware, Link, Memory, ModelSpec
 from solvers import timing
 from solvers.ordering.dep import (
+    CRITICAL_PATH,
     DepProblem,
     Shape,
     _Builder,
@@ -343,4 +344,6 @@ def test_lower_bound_of_the_toy_by_hand() -> None:
     assert _one_machine_bounds(b, Shape(2, 1))["e"] == 15_000
     assert _one_machine_bounds(b, Shape(2, 2))["e"] == 15_000
     assert _one_machine_bounds(b, Shape(2, 2))["a2e"] == 1_000 + 8_000 + 4_500
+    # One micro-batch's chain at k = 1: attention 1 + A2E 3 + GEMM 4 + E2A 3 us.
+    assert _one_machine_bounds(b, Shape(2, 1))[CRITICAL_PATH] == 11_000
     assert lower_bound(b, 16)[0] <= solve_dep(p, "greedy").makespan_cycles
