@@ -143,9 +143,14 @@ def latency_job(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False, trace: Path | None = None) -> BenchResult:
+def run(
+    quick: bool = False, trace: Path | None = None, traces: list[Path] | None = None
+) -> BenchResult:
+    """``trace`` / ``traces``: run on these routing trace files instead of the shared ones."""
     result = BenchResult("cache")
-    if trace is not None:
+    if traces:
+        paths = [Path(t) for t in traces]
+    elif trace is not None:
         paths = [Path(trace)]
     elif quick:
         paths = [traces_dir() / FLAME_FILE]

@@ -75,7 +75,7 @@ def test_bench_trace_option(tmp_path: Path, traces: Path) -> None:
     missing = CliRunner().invoke(
         app, ["bench", "cache", "--json", out, "--trace", str(tmp_path / "nope.jsonl.gz")]
     )
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    assert missing.exit_code == 2 and "not a file" in missing.output
 
 
 def test_ndp_bench_quick(tmp_path: Path, traces: Path) -> None:
