@@ -54,6 +54,7 @@ BENCHMARK_HELP = {
     "ndp": "the GPU-NDP reproduction",
     "sweep": "a design-space sweep on Ray, 1 vs 2 workers",
     "cli": "command-line start-up vs python -c pass",
+    "runtimes": "runtime dumps in, placements out, at DeepSeek-V3 scale",
 }
 BENCHMARKS_WITHOUT_TRACES = frozenset({"dep", "cli"})
 
@@ -482,7 +483,12 @@ def eplb(
         )
         if out is not None and request.format == "moesched":
             raise ValueError("--out: name the runtime with --format sglang|vllm|deepseek")
-        response = solve_eplb_request(request, get_settings())
+    if url is not None:
+        with bad_input(url), client(url, api_key) as c:
+            response = c.eplb(request)
+    else:
+        with bad_input(dump_path or weights):
+            response = solve_eplb_request(request, get_settings())
     if json_path is not None:
         json_path.write_text(response.model_dump_json(indent=1))
     if out is not None:
