@@ -8,7 +8,9 @@ applies the one rule:
 
 1. greedy first (always available);
 2. the exact backend (``cpsat`` for ``auto``) hinted with greedy's solution, under the budget;
-   a backend that raises is caught and its error becomes the fallback reason;
+   a backend that raises is caught and its error becomes the fallback reason. ``auto`` stops
+   here, without running it, when greedy's valid solution already meets the lower bound
+   (nothing can beat it: status ``optimal``, winner ``greedy``);
 3. the better *validated* solution wins (ties keep greedy's: it is the hint); greedy's is
    checked only when it is kept, and not at all when greedy runs alone (the caller's executor
    run checks the plan it returns);
@@ -117,7 +119,9 @@ def run(portfolio: Portfolio[S], backend: str, budget: Budget) -> Result[S]:
     bound = portfolio.bound
     reason: str | None = None
     failed = proven = False
-    if backend != "greedy":
+    # auto stops early when greedy meets the bound: no exact backend can do better.
+    met = backend == "auto" and bound >= best_obj - portfolio.tolerance
+    if backend != "greedy" and not (met and not portfolio.check(greedy)):
         exact = "cpsat" if backend == "auto" else backend
         try:
             out = portfolio.exact[exact](greedy, budget)
