@@ -186,13 +186,31 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
     return ExpertCounts(raw=json.loads(path.read_text()), source=path.name)
 
 
+def _first_line(path: Path) -> str:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return str(f.readline(1 << 16))
+
+
 def load_trace(path: str | Path) -> RoutingTrace:
-    """Load any per-token trace file by its format (ESFT .jsonl.gz or FLAME .json)."""
+    """Load any per-token trace file by its format: ESFT ``.jsonl.gz`` (a ``{"meta": ...}``
+    first line), FLAME ``.json``, or a serving engine's routing log (``.jsonl`` or
+    ``.jsonl.gz`` of ``{"type": "route", ...}`` lines: ``runtime_formats.read_routing_log``,
+    engine steps kept)."""
     p = Path(path)
-    if p.name.endswith(".jsonl.gz"):
-        return load_esft(p)
+    if p.name.endswith(".jsonl.gz") or p.name.endswith(".jsonl"):
+        head = _first_line(p)
+        if head.startswith('{"meta"'):
+            return load_esft(p)
+        if '"type"' in head:
+            from hwmodel.runtime_formats import read_routing_log
+
+            return read_routing_log(p)
     if p.suffix == ".json":
         head = p.read_text()[:4096]
         if '"indices"' in head or ('"layers"' in head and '"models"' not in head):
             return load_flame(p)
-    raise ValueError(f"{p.name}: not a per-token routing trace (ESFT .jsonl.gz or FLAME .json)")
+    raise ValueError(
+        f"{p.name}: not a per-token routing trace (ESFT .jsonl.gz, FLAME .json or a "
+        'routing log of {"type": "route", ...} lines)'
+    )

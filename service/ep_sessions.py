@@ -258,8 +258,7 @@ class EpSessions:
                 old = ep.placement.copy()
                 at_batch = ep.num_batches
             spec = ep.spec
-            share = min(spec.deadline_s, self.settings.max_deadline_s) / spec.num_layers
-            decision, new = decide_replacement(window, old, spec, share, at_batch)
+            decision, new = decide_replacement(window, old, spec, at_batch)
             # Publish and persist together: a reader never sees a placement not yet stored.
             with ep.lock:
                 ep.last_replace = decision
@@ -278,10 +277,12 @@ class EpSessions:
 
 
 def decide_replacement(
-    window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, search_s: float, at_batch: int
+    window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, at_batch: int
 ) -> tuple[EpReplaceDecision, np.ndarray]:
     """Per layer: fit to the window, align with the current slots, and adopt the layer when its
     routed balancedness over the window gains at least ``min_gain + move_cost * moved``.
+    The fit runs on a move budget (``REPLACE_MOVES`` per layer), never on the clock, so the
+    same window gives the same decision on an idle and a busy machine.
 
     Args:
         window: ``[W, L, E]`` the recent batch histograms; ``old``: ``[L, R]`` current slots.

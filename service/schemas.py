@@ -729,7 +729,14 @@ class EpSessionCreate(BaseModel):
         le=1,
         description="Balancedness a moved replica must pay for, in its layer.",
     )
-    deadline_s: float = Field(default=2.0, gt=0, le=600, description="Budget of each re-placement.")
+    deadline_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        deprecated=True,
+        description="Accepted for older clients and not used: a re-placement runs on a fixed "
+        "move budget per layer, never on the clock, so its decision does not depend on load.",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> EpSessionCreate:

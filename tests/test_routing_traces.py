@@ -97,3 +97,28 @@ def test_sampled_trace_follows_the_histogram_and_says_so(traces: Path) -> None:
 def test_non_trace_file_is_refused(traces: Path) -> None:
     with pytest.raises(ValueError, match="not a per-token routing trace"):
         load_trace(traces / COUNTS_FILE)
+
+
+def test_load_trace_recognises_a_serving_engines_routing_log(tmp_path: Path) -> None:
+    """A vLLM-style route log (``.jsonl.gz`` and plain ``.jsonl``) loads through ``load_trace``
+    as ``read_routing_log`` reads it (engine steps kept, warm-up pass dropped), so
+    ``bench balance --trace`` takes it; the ESFT trace still loads as ESFT."""
+    import gzip
+    import shutil
+
+    from hwmodel.runtime_formats import read_routing_log
+
+    log = Path(__file__).parent / "fixtures" / "runtimes" / "vllm_routes.jsonl.gz"
+    want = read_routing_log(log)
+    plain = tmp_path / "routes.jsonl"
+    with gzip.open(log, "rb") as src, plain.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for path in (log, plain):
+        got = load_trace(path)
+        assert got.step_ids is not None and len(got.steps()) == len(want.steps()) > 1
+        np.testing.assert_array_equal(got.expert_ids, want.expert_ids)
+        np.testing.assert_array_equal(got.histogram(), want.histogram())
+    bad = tmp_path / "other.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    with pytest.raises(ValueError, match="not a per-token routing trace"):
+        load_trace(bad)

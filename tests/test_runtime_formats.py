@@ -95,6 +95,11 @@ def test_sglang_detail_maps_physical_ids_to_logical(tmp_path: Path) -> None:
 
 
 def test_real_torch_save_fixtures_are_read_without_torch() -> None:
+    # The fixtures are torch.save's own output (make_torch_fixtures.py, torch 2.13.0+cpu):
+    # they carry the members torch writes and write_torch_file does not.
+    for name in ("sglang_stat", "sglang_detail", "vllm_window"):
+        members = zipfile.ZipFile(FIXTURES / f"{name}.pt").namelist()
+        assert {f"{name}/.data/serialization_id", f"{name}/.format_version"} <= set(members)
     stat = read_sglang_dump(FIXTURES / "sglang_stat.pt")
     assert stat.logical_loads.shape == (12, 4, 64)
     # every step holds 8 real ESFT tokens x top-6 in each layer
