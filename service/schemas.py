@@ -733,9 +733,8 @@ class EpSessionCreate(BaseModel):
         default=2.0,
         gt=0,
         le=600,
-        deprecated=True,
-        description="Accepted for older clients and not used: a re-placement runs on a fixed "
-        "move budget per layer, never on the clock, so its decision does not depend on load.",
+        description="Wall-clock limit on creating the session (its first placement, in a solve "
+        "slot). Re-placements run on a fixed move budget per layer, not on the clock.",
     )
 
     @model_validator(mode="after")
