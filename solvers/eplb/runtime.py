@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from solvers.eplb import deepseek
-from solvers.eplb.batch_placement import place_for_batches
-from solvers.eplb.routing import route_batch
+from solvers.eplb.batch_placement import batch_balancedness, place_for_batches
 
 
 def _to_numpy(x: Any) -> tuple[np.ndarray, bool]:
@@ -183,12 +182,9 @@ def collections_counter(values: np.ndarray) -> dict[int, int]:
 def routed_balancedness_per_batch(
     phy2log: np.ndarray, num_gpus: int, batches: np.ndarray
 ) -> np.ndarray:
-    """mean / max GPU load after per-batch routing, for each batch ``[B]`` (1.0 when empty)."""
-    out = np.empty(len(batches))
-    for i, b in enumerate(batches):
-        r = route_batch(phy2log, num_gpus, np.rint(b).astype(np.int64))
-        out[i] = r.gpu_loads.mean() / r.max_load if r.max_load else 1.0
-    return out
+    """mean / max GPU load after per-batch routing, for each batch ``[B]`` (1.0 when empty);
+    ``batches [B, num_logical]`` tokens (rounded). One router serves all batches."""
+    return batch_balancedness(phy2log, num_gpus, np.rint(np.asarray(batches)).astype(np.int64))
 
 
 def evaluation_batches(num_samples: int, sample: int) -> np.ndarray:
@@ -318,13 +314,16 @@ def rebalance_window(
                 seen[key] = float(routed_balancedness_per_batch(p2l, num_gpus, b).mean())
             return seen[key]
 
-        fit = place_for_batches(
-            np.rint(window[:, layer]).astype(np.int64),
-            num_phy,
-            num_gpus,
-            max_moves=search_moves_per_layer,
-            seed=seed,
-        )
+        # With no move budget the window fit is EPLB on the window's sum: skip re-deriving it.
+        fit = eplb[layer]
+        if search_moves_per_layer > 0:
+            fit = place_for_batches(
+                np.rint(window[:, layer]).astype(np.int64),
+                num_phy,
+                num_gpus,
+                max_moves=search_moves_per_layer,
+                seed=seed,
+            )
         s_fit, s_eplb = score(fit), score(eplb[layer])
         bal_eplb[layer] = s_eplb
         fresh, s_fresh = (fit, s_fit) if s_fit >= s_eplb else (eplb[layer], s_eplb)
