@@ -142,6 +142,8 @@ def evaluate(
                 rec["moves_adopted"] = fit.moves_adopted
                 rec["replicas_moved"] = fit.replicas_moved
                 rec["validated_gain"] = fit.validated_balancedness - fit.validated_eplb_balancedness
+                rec["fold_gains"] = [round(g, 6) for g in fit.fold_gains]
+                rec["validated_gain_se"] = fit.validated_gain_se
                 per_layer.append(rec)
                 if extra == 8 and layer == layers[0]:
                     times[size] = _router_times(eplb, scored[:, layer], NUM_GPUS)
