@@ -1,4 +1,4 @@
-"""The start-up benchmark's pseudo-terminal probe: it sees a process's terminal output and stops it."""
+"""The start-up benchmark's pseudo-terminal probe: it sees terminal output and stops the process."""
 
 from __future__ import annotations
 
