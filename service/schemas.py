@@ -733,8 +733,9 @@ class EpSessionCreate(BaseModel):
         default=2.0,
         gt=0,
         le=600,
-        description="Wall-clock limit on creating the session (its first placement, in a solve "
-        "slot). Re-placements run on a fixed move budget per layer, not on the clock.",
+        description="Wall-clock limit on creating the session (its first placement) and on each "
+        "re-placement's worker, which is stopped at it; what a re-placement decides comes from "
+        "a fixed move budget per layer, not from the clock.",
     )
 
     @model_validator(mode="after")
