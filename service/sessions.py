@@ -15,24 +15,29 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.errors import DomainError
 from service.schemas import (
     Observation,
     ObservationAck,
-    PlacementOptions,
-    PlacementRequest,
     PlacementResponse,
     SessionCreate,
     SessionInfo,
 )
 from service.settings import Settings
-from service.solving import place
+from service.solving import (
+    PlacementCase,
+    check_limits,
+    layout_granules,
+    named_layout,
+    place_case,
+)
 from service.store import SessionRow, SessionStore
 
 if TYPE_CHECKING:
@@ -85,7 +90,7 @@ class _Live:
     """What an observation needs, kept in memory (the store stays the source of truth)."""
 
     spec: SessionCreate
-    top_k: int
+    case: PlacementCase  # the session's problem, resolved once; each re-solve swaps the workload
     plan_counts: np.ndarray
     version: int
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,40 +121,46 @@ class SessionManager:
             return live
         row = self._row(session_id)
         spec = SessionCreate.model_validate_json(row.spec_json)
-        live = _Live(spec, spec.resolved_model().top_k, row.plan_counts, row.version)
+        live = _Live(spec, self.session_case(spec, row.plan_counts), row.plan_counts, row.version)
         with self._lock:
             return self._live.setdefault(session_id, live)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def plan_request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
-        """The placement request a plan for these counts ``[L, E]`` is solved from."""
-        model = spec.resolved_model()
-        return PlacementRequest(
-            hardware=spec.hardware,
-            hardware_preset=spec.hardware_preset,
-            model=spec.model,
-            model_preset=spec.model_preset,
-            workload=expected_workload(counts, spec.policy.plan_batch_tokens, model.top_k),
-            layout=spec.layout,
-            cached_experts=spec.cached_experts,
-            options=PlacementOptions(
-                backend=spec.policy.backend,
-                deadline_s=spec.policy.deadline_s,
-                num_granules=spec.policy.num_granules,
-            ),
-        )
+    def session_case(
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        resolved: tuple[Hardware, ModelSpec] | None = None,
+    ) -> PlacementCase:
+        """A session's placement problem for counts ``[L, E]``, resolved from its spec once
+        (presets unless ``resolved`` gives them, granules, the layout's residency, the
+        policy's options)."""
+        hardware, model = resolved or (spec.resolved_hardware(), spec.resolved_model())
+        granules = layout_granules(hardware, model, spec.layout, spec.policy.num_granules)
+        case = PlacementCase(
+            hardware, model, self.workload_of(spec, model.top_k, counts),
+            named_layout(hardware, model, spec.layout, spec.cached_experts, granules), granules,
+            spec.policy.backend, min(spec.policy.deadline_s, self.settings.max_deadline_s),
+        )  # fmt: skip
+        check_limits(self.settings, hardware, model, case.workload)
+        return case
+
+    @staticmethod
+    def workload_of(spec: SessionCreate, top_k: int, counts: np.ndarray) -> Workload:
+        """The batch a plan for counts ``[L, E]`` is solved for."""
+        return expected_workload(counts, spec.policy.plan_batch_tokens, top_k)
 
     def create(self, spec: SessionCreate) -> SessionInfo:
         """Validate, solve the first plan here, store (the HTTP route solves in a worker)."""
-        counts = self.prepare(spec)
-        return self.finish(spec, counts, place(self.plan_request(spec, counts), self.settings))
+        counts, case = self.prepare(spec)
+        return self.finish(spec, counts, place_case(case, self.settings), case)
 
-    def prepare(self, spec: SessionCreate) -> np.ndarray:
-        """Check a new session and make room for it; its seed counts ``[L, E]``."""
-        model = spec.resolved_model()
-        spec.resolved_hardware()
+    def prepare(self, spec: SessionCreate) -> tuple[np.ndarray, PlacementCase]:
+        """Check a new session and make room for it; its seed counts ``[L, E]`` and the
+        placement problem its first plan is solved from."""
+        hardware, model = spec.resolved_hardware(), spec.resolved_model()
         shape = (model.num_moe_layers, model.num_routed_experts)
         if model.num_moe_layers > self.settings.max_layers:
             raise DomainError(
@@ -166,13 +177,18 @@ class SessionManager:
                 )
         else:
             counts = np.ones(shape)
+        case = self.session_case(spec, counts, (hardware, model))
         self.make_room()
-        return counts
+        return counts, case
 
     def finish(
-        self, spec: SessionCreate, counts: np.ndarray, response: PlacementResponse
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        response: PlacementResponse,
+        case: PlacementCase | None = None,
     ) -> SessionInfo:
-        """Store a new session with its first plan."""
+        """Store a new session with its first plan (and keep ``case``, its resolved problem)."""
         row = SessionRow(
             uuid.uuid4().hex,
             spec.model_dump_json(),
@@ -183,6 +199,9 @@ class SessionManager:
             0,
         )
         self.store.create(row)
+        if case is not None:
+            with self._lock:
+                self._live.setdefault(row.id, _Live(spec, case, counts.copy(), 1))
         return self._info(row)
 
     def make_room(self) -> None:
@@ -225,7 +244,7 @@ class SessionManager:
 
     def observe(self, session_id: str, obs: Observation) -> ObservationAck:
         live = self._session(session_id)
-        hist = self._histogram(obs, live.plan_counts.shape, live.top_k)
+        hist = self._histogram(obs, live.plan_counts.shape, live.case.model.top_k)
         with live.lock:  # one writer per session: concurrent observations lose no counts
             got = self.store.observe(
                 session_id, hist, live.spec.policy.decay, COUNT_CAP, obs.observation_id
@@ -298,7 +317,8 @@ class SessionManager:
             if drift(row.counts, row.plan_counts) <= live.spec.policy.drift_threshold:
                 return  # another replica re-solved for these counts already
             counts = row.counts
-            response = place(self.plan_request(live.spec, counts), self.settings)
+            workload = self.workload_of(live.spec, live.case.model.top_k, counts)
+            response = place_case(replace(live.case, workload=workload), self.settings)
             if response.report.valid:
                 with live.lock:
                     version = self.store.swap_plan(session_id, response.model_dump_json(), counts)

@@ -66,12 +66,12 @@ async def create_session(
     """Register hardware, model and policy; the first plan is solved from the seed counts
     (in a solve slot, with the policy's deadline)."""
     admission.refuse_when_full("solve")
-    counts = await run_in_threadpool(manager.prepare, spec)
+    counts, case = await run_in_threadpool(manager.prepare, spec)
     response = await admission.run(
         http, "solve", spec.policy.deadline_s, "body.policy.deadline_s",
-        jobs.place, manager.plan_request(spec, counts), manager.settings,
+        jobs.place_case, case, manager.settings,
     )  # fmt: skip
-    return await run_in_threadpool(manager.finish, spec, counts, response)
+    return await run_in_threadpool(manager.finish, spec, counts, response, case)
 
 
 @router.post(
