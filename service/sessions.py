@@ -121,7 +121,8 @@ class SessionManager:
             return live
         row = self._row(session_id)
         spec = SessionCreate.model_validate_json(row.spec_json)
-        live = _Live(spec, self.session_case(spec, row.plan_counts), row.plan_counts, row.version)
+        case = self.session_case(spec, row.plan_counts, new=False)
+        live = _Live(spec, case, row.plan_counts, row.version)
         with self._lock:
             return self._live.setdefault(session_id, live)
 
@@ -133,10 +134,12 @@ class SessionManager:
         spec: SessionCreate,
         counts: np.ndarray,
         resolved: tuple[Hardware, ModelSpec] | None = None,
+        new: bool = True,
     ) -> PlacementCase:
         """A session's placement problem for counts ``[L, E]``, resolved from its spec once
         (presets unless ``resolved`` gives them, granules, the layout's residency, the
-        policy's options)."""
+        policy's options). A ``new`` session is held to the server's limits (413); one
+        already stored was held to them when it was created."""
         hardware, model = resolved or (spec.resolved_hardware(), spec.resolved_model())
         granules = layout_granules(hardware, model, spec.layout, spec.policy.num_granules)
         case = PlacementCase(
@@ -144,7 +147,8 @@ class SessionManager:
             named_layout(hardware, model, spec.layout, spec.cached_experts, granules), granules,
             spec.policy.backend, min(spec.policy.deadline_s, self.settings.max_deadline_s),
         )  # fmt: skip
-        check_limits(self.settings, hardware, model, case.workload)
+        if new:
+            check_limits(self.settings, hardware, model, case.workload)
         return case
 
     @staticmethod
