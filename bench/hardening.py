@@ -25,7 +25,7 @@ import numpy as np
 from bench import numeric_fuzz
 from bench.live import Server, fuzz
 from hwmodel.presets import gpu_ndp, model_preset
-from service.examples import seed_ep_session, simulate_example
+from service.examples import response_models, seed_ep_session, simulate_example
 
 HEAVY_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
 SMALL_EP = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "window": 8}
@@ -197,7 +197,7 @@ def big_answers_loop_cpu(db: Path, runs: int = 3) -> dict[str, Any]:
     loop. Neither depends on machine load."""
     import time as _time
 
-    from service.schemas import EpSessionInfo
+    EpSessionInfo = response_models()["/v1/ep-sessions"]  # the answer type of the route
 
     server = Server(db, env={"MOESCHED_MAX_DEADLINE_S": "120", "MOESCHED_DEFAULT_DEADLINE_S": "60"})
     server.start()
