@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit openapi fuzz mutants planted clean
+.PHONY: serve test lint typecheck unit openapi fuzz mutants planted load-check clean
 
 $(BIN)/moesched: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ mutants: $(BIN)/moesched
 
 planted: $(BIN)/moesched
 	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json
+
+# The deterministic benchmarks' --quick figures as the machine is and beside 2 CPU burners:
+# every figure but the timings must be equal (exit 1 otherwise); docs/load_independence.json.
+load-check: $(BIN)/moesched
+	nice -n 10 $(BIN)/python -m tests.load_independence --json docs/load_independence.json
 
 openapi: $(BIN)/moesched
 	$(BIN)/python -m service.openapi_export
