@@ -34,10 +34,11 @@ fuzz: $(BIN)/moesched
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py
 
 # Mutation testing and planted bugs (slow, not in CI): docs/mutants.json, docs/planted_bugs.json.
-# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch).
+# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch);
+# MUTANT_SAMPLE a glob on mutant names (e.g. '*__mutmut_*[05]' for 1 in 5).
 mutants: $(BIN)/moesched
 	$(BIN)/python -m pip install --quiet -e '.[mutants]'
-	nice -n 15 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS))
+	nice -n 10 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS)) $(if $(MUTANT_SAMPLE),--sample '$(MUTANT_SAMPLE)')
 
 planted: $(BIN)/moesched
 	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json

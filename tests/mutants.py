@@ -35,8 +35,10 @@ EXECUTOR_TESTS = [
     "tests/test_executor_timeline.py",
     "tests/test_costs_golden.py",
 ]
+GOLDEN = ["tests/test_quality_golden.py", "tests/test_quality_pinned.py"]
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
-    # name: (paths to mutate, tests)
+    # name: (paths to mutate, tests); mutmut runs, for each mutant, only the tests among these
+    # that called the mutated function in its clean run.
     "executor": (
         ["hwmodel/executor.py"],
         [
@@ -47,13 +49,36 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "costs": (["hwmodel/costs.py"], EXECUTOR_TESTS),
     "placement": (
         ["solvers/placement/"],
-        ["tests/solvers/test_placement.py", "tests/test_quality_golden.py"],
+        [*GOLDEN, "tests/solvers/test_placement.py", "tests/test_honest_bounds.py"],
     ),
-    "eplb": (["solvers/eplb/"], ["tests/solvers/test_eplb.py", "tests/solvers/test_routing.py"]),
-    "ordering": (["solvers/ordering/"], ["tests/solvers/test_ordering.py"]),
+    "eplb": (
+        ["solvers/eplb/"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_eplb.py",
+            "tests/solvers/test_routing.py",
+            "tests/solvers/test_eplb_runtime.py",
+            "tests/test_honest_bounds.py",
+        ],
+    ),
+    "ordering": (
+        ["solvers/ordering/"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_ordering.py",
+            "tests/solvers/test_dep.py",
+            "tests/test_honest_bounds.py",
+        ],
+    ),
     "prefetch": (
         ["solvers/prefetch/"],
-        ["tests/solvers/test_prefetch_select.py", "tests/solvers/test_cache.py"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_prefetch_select.py",
+            "tests/solvers/test_cache.py",
+            "tests/solvers/test_predict.py",
+            "tests/test_honest_bounds.py",
+        ],
     ),
 }
 # Tests too slow to rerun per mutant (real-trace CP-SAT proofs); the rest of each file runs.

@@ -30,6 +30,7 @@ from hwmodel.routing_traces import traces_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_SUITE = [
+    "tests/test_quality_pinned.py",
     "tests/test_costs_golden.py",
     "tests/test_executor_records.py",
     "tests/test_quality_golden.py",
@@ -42,18 +43,22 @@ FAST_SUITE = [
 ]
 # The slowest real-trace tests stay out of stages 1 and 2 (stage 3 runs them).
 DESELECT = "not real_trace and not real_histograms"
-# Plant kind -> the test files that pin it (stage 1).
+# Plant kind -> the test files that pin it (stage 1, after the fast pinned cases).
+PINNED = "tests/test_quality_pinned.py"
 TARGETED: dict[str, list[str]] = {
-    "greedy balance": ["tests/test_quality_golden.py", "tests/solvers/test_placement.py"],
-    "DEP search": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
-    "DEP overlap": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
-    "EPLB tie-break": ["tests/test_quality_golden.py", "tests/solvers/test_eplb.py"],
-    "bound validity": ["tests/test_honest_bounds.py"],
-    "prefetch": ["tests/test_quality_golden.py", "tests/solvers/test_prefetch_select.py",
-                 "tests/solvers/test_decode_loop.py"],
-    "decay": ["tests/test_quality_golden.py", "tests/solvers/test_predict.py"],
-    "cycle-0 capacity": ["tests/test_quality_golden.py", "tests/test_executor_violations.py"],
-    "cost model": ["tests/test_costs_golden.py"],
+    kind: [PINNED, *files]
+    for kind, files in {
+        "greedy balance": ["tests/test_quality_golden.py", "tests/solvers/test_placement.py"],
+        "DEP search": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
+        "DEP overlap": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
+        "EPLB tie-break": ["tests/test_quality_golden.py", "tests/solvers/test_eplb.py"],
+        "bound validity": ["tests/test_honest_bounds.py"],
+        "prefetch": ["tests/test_quality_golden.py", "tests/solvers/test_prefetch_select.py",
+                     "tests/solvers/test_decode_loop.py"],
+        "decay": ["tests/test_quality_golden.py", "tests/solvers/test_predict.py"],
+        "cycle-0 capacity": ["tests/test_quality_golden.py", "tests/test_executor_violations.py"],
+        "cost model": ["tests/test_costs_golden.py"],
+    }.items()
 }  # fmt: skip
 
 
@@ -261,7 +266,7 @@ def stages(plant: Plant, suite: list[str] | None) -> list[tuple[str, list[str]]]
     ]
 
 
-def replay(plant: Plant, suite: list[str] | None = None) -> dict[str, object]:
+def replay(plant: Plant, suite: list[str] | None = None, max_stage: int = 3) -> dict[str, object]:
     """Plant, run the stages in the scratch copy until one fails, and say what happened."""
     with tempfile.TemporaryDirectory(prefix="moesched-plant-") as tmp:
         scratch = Path(tmp)
@@ -288,7 +293,7 @@ def replay(plant: Plant, suite: list[str] | None = None) -> dict[str, object]:
         assert where.startswith(str(scratch)), f"{module} imported from {where}"
         cpu0 = os.times()
         caught_at: str | None = None
-        for stage, cmd in stages(plant, suite):
+        for stage, cmd in stages(plant, suite)[:max_stage]:
             run = subprocess.run(
                 cmd, cwd=scratch, capture_output=True, text=True, env=env, check=False
             )
@@ -309,6 +314,7 @@ def replay(plant: Plant, suite: list[str] | None = None) -> dict[str, object]:
         )
         return asdict(plant) | {
             "result": "caught" if caught_at else "not caught",
+            "stages_run": [name for name, _ in stages(plant, suite)[:max_stage]],
             "stage": caught_at,
             "failed_test": _first_failure(run.stdout),
             "cpu_s": round(cpu_s, 1),
@@ -320,15 +326,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--suite", default=None, help="pytest arguments to run instead of stages")
+    parser.add_argument(
+        "--max-stage", type=int, default=3, help="stop after this stage (1: targeted, 2: fast)"
+    )
+    parser.add_argument("--no-control", action="store_true", help="skip the unplanted run")
     args = parser.parse_args()
     plants = [p for p in PLANTS if args.only is None or p.id in args.only]
     suite = shlex.split(args.suite) if args.suite else None
-    control = replay(CONTROL, suite)
+    control = replay(CONTROL, suite) if not args.no_control else {"result": "not caught"}
     if control["result"] != "not caught":
         raise SystemExit(f"the unplanted copy fails {control['failed_test']}: fix that first")
     rows = []
     for plant in plants:
-        row = replay(plant, suite)
+        row = replay(plant, suite, args.max_stage)
         print(
             f"{plant.id:34s} {row['result']:11s} {row['stage'] or '':10s} "
             f"{row['failed_test'] or ''}",
