@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -143,13 +144,22 @@ def _commit() -> str:
 
 
 def _group_record(
-    name: str, scratch: Path, sample: str | None, mutmut: Path, env: dict[str, str], final: bool
+    name: str,
+    scratch: Path,
+    sample: str | None,
+    mutmut: Path,
+    env: dict[str, str],
+    final: bool,
+    only: set[str] | None = None,
 ) -> dict[str, object]:
-    """The group's counts from the meta files mutmut has written so far (diffs when final)."""
+    """The group's counts from the meta files mutmut has written so far (diffs when final);
+    ``sample`` (a glob) or ``only`` (names) restrict them to the mutants that were asked for."""
     paths, tests = GROUPS[name]
     codes = _results(scratch)
     if sample:
         codes = {k: c for k, c in codes.items() if fnmatch.fnmatch(k, sample)}
+    if only is not None:
+        codes = {k: codes.get(k) for k in only}
     killed = sorted(k for k, c in codes.items() if c in _KILLED)
     survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
     no_tests = sorted(k for k, c in codes.items() if c in (5, 33))
@@ -176,12 +186,36 @@ def _group_record(
     }
 
 
+def sampled_names(scratch: Path, paths: list[str], fraction: float) -> list[str]:
+    """A deterministic sample of about ``fraction`` of the group's mutants: those whose name's
+    SHA-1 falls in the first ``fraction`` of the hash range (uniform over functions and mutation
+    kinds, unlike a glob on the mutant number, which favours long functions)."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    files = (
+        [f for p in paths for f in sorted((scratch / p).rglob("*.py"))]
+        if any(p.endswith("/") for p in paths)
+        else [scratch / p for p in paths]
+    )
+    cut = int(fraction * 16**8)
+    out = []
+    for f in files:
+        module = f.relative_to(scratch).with_suffix("").as_posix().replace("/", ".")
+        mutated = mutate_file_contents(str(f.relative_to(scratch)), f.read_text())
+        for short in mutated.mutant_names:
+            full = f"{module.removesuffix('.__init__')}.{short}"
+            if int(hashlib.sha1(full.encode()).hexdigest()[:8], 16) < cut:
+                out.append(full)
+    return sorted(out)
+
+
 def run_group(
     name: str,
     jobs: int,
     sample: str | None = None,
     names: list[str] | None = None,
     on_progress: Callable[[dict[str, object]], None] | None = None,
+    fraction: float | None = None,
 ) -> dict[str, object]:
     """Mutate one group and run its tests; ``sample``: a glob on mutant names (mutmut's own
     selection, e.g. ``*_mutmut_?0`` for every tenth), None for all; ``names``: rerun exactly
@@ -198,6 +232,12 @@ def run_group(
             "PYTHONDONTWRITEBYTECODE": "1",
             "MOESCHED_TRACES_DIR": str(traces_dir()),
         }
+        total = None
+        if fraction is not None and not names:
+            names = sampled_names(scratch, paths, fraction)
+            total = len(sampled_names(scratch, paths, 1.0))
+            sample = None
+        only = set(names) if names else None
         selection = names or ([sample] if sample else [])
         log = (scratch / "mutmut.log").open("w")
         proc = subprocess.Popen(
@@ -210,27 +250,26 @@ def run_group(
                 break
             except subprocess.TimeoutExpired:
                 if on_progress is not None and (scratch / "mutants").exists():
-                    on_progress(_group_record(name, scratch, sample, mutmut, env, final=False))
+                    on_progress(
+                        _group_record(name, scratch, sample, mutmut, env, False, only)
+                        | _sample_note(fraction, only, total)
+                    )
         log.close()
-        record = _group_record(name, scratch, sample, mutmut, env, final=True)
-        if names:
-            record = _restrict(record, set(names))
+        record = _group_record(name, scratch, sample, mutmut, env, True, only)
+        record |= _sample_note(fraction, only, total)
         if not record["mutants"]:
             tail = (scratch / "mutmut.log").read_text()[-3000:]
             return {"group": name, "paths": paths, "error": tail, "status": "error"}
         return record
 
 
-def _restrict(record: dict[str, object], names: set[str]) -> dict[str, object]:
-    """A recheck's record: only the named mutants count."""
-    survived = [k for k in record["survived_all"] if k in names]  # type: ignore[attr-defined]
-    return record | {
-        "sample": f"recheck of {len(names)} named mutants",
-        "mutants": len(names),
-        "killed": len(names) - len(survived) - 0,
-        "survived_all": survived,
-        "no_tests": [k for k in record["no_tests"] if k in names],  # type: ignore[attr-defined]
-    }
+def _sample_note(fraction: float | None, only: set[str] | None, total: int | None) -> dict:
+    if fraction is not None and only is not None:
+        return {"sample": f"{len(only)} of {total} mutants: SHA-1(name) in the first "
+                f"{fraction:g} of the range"}  # fmt: skip
+    if only is not None:
+        return {"sample": f"recheck of {len(only)} named mutants"}
+    return {}
 
 
 def _public(g: dict[str, object]) -> dict[str, object]:
@@ -293,6 +332,10 @@ def main() -> None:
         "--sample", default=None, help="glob on mutant names, e.g. '*_mutmut_?0' (every tenth)"
     )
     parser.add_argument(
+        "--fraction", type=float, default=None,
+        help="run a deterministic sample of this fraction of each group's mutants",
+    )  # fmt: skip
+    parser.add_argument(
         "--recheck", action="store_true",
         help="rerun each group's recorded survivors only (after new tests) and update them",
     )  # fmt: skip
@@ -307,6 +350,13 @@ def main() -> None:
             names = [e["mutant"] for e in prev["survivors"]]  # type: ignore[attr-defined]
             if not names:
                 continue
+            # The names mean the same mutants only on the same source (new tests are fine).
+            base = str(prev["commit"]).removesuffix("+dirty")
+            moved = subprocess.run(
+                ["git", "diff", "--quiet", base, "--", *GROUPS[name][0]], cwd=ROOT, check=False
+            ).returncode
+            if moved:
+                raise SystemExit(f"{name}: {GROUPS[name][0]} changed since {base}: rerun it")
             got = run_group(name, args.jobs, names=names)
             still = set(got.get("survived_all", []))  # type: ignore[call-overload]
             diffs = {e["mutant"]: e["diff"] for e in prev["survivors"]}  # type: ignore[attr-defined]
@@ -325,7 +375,10 @@ def main() -> None:
                 _write(args.json, groups)
 
             groups[name] = _public(
-                run_group(name, args.jobs, args.sample, on_progress=progress) | {"commit": commit}
+                run_group(
+                    name, args.jobs, args.sample, on_progress=progress, fraction=args.fraction
+                )
+                | {"commit": commit}
             )
         _write(args.json, groups)
         print(json.dumps({k: v for k, v in groups[name].items() if k != "survivors"})[:2000],
