@@ -86,7 +86,19 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 DESELECT = "not esft and not real_histograms and not real_trace"
 
 # Mutant name -> why it is equivalent (no input can tell it from the original).
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "hwmodel.costs.x_tile_pipeline_s__mutmut_12": (
+        "int(a // b) -> int(a / b) for positive a, b: the float quotient rounds up to a whole "
+        "number only when a is within half an ulp of a multiple of b, and then a is that multiple"
+        " (a representable k*b); no input differs"
+    ),
+    "hwmodel.costs.x_tile_pipeline_s__mutmut_28": (
+        "last_bytes <= 1e-9 -> < 1e-9: differs only when the bytes past the last full tile are "
+        "exactly 1e-9; weight bytes are whole multiples of bytes_per_weight (>= 1/8 byte). (At "
+        "weight_bytes in (0, 1e-9] the original enters the full-tile branch with zero full tiles "
+        "and returns a wrong time: noted, not reachable)"
+    ),
+}
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code): a failing test (1, 3), a timeout
 # (24, 36, 152, 255, -24) or a crash (-9, -11) kills a mutant; 0 is a survivor, and so is a

@@ -43,20 +43,32 @@ FAST_SUITE = [
 ]
 # The slowest real-trace tests stay out of stages 1 and 2 (stage 3 runs them).
 DESELECT = "not real_trace and not real_histograms"
-# Plant kind -> the test files that pin it (stage 1, after the fast pinned cases).
+# Plant kind -> the tests that pin it (stage 1): the fast pinned cases, the golden tests of
+# that kind (node ids, so the slow real-trace proofs run only where they are the pin), files.
 PINNED = "tests/test_quality_pinned.py"
+GOLDEN = "tests/test_quality_golden.py::test_"
 TARGETED: dict[str, list[str]] = {
     kind: [PINNED, *files]
     for kind, files in {
-        "greedy balance": ["tests/test_quality_golden.py", "tests/solvers/test_placement.py"],
-        "DEP search": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
-        "DEP overlap": ["tests/test_quality_golden.py", "tests/solvers/test_dep.py"],
-        "EPLB tie-break": ["tests/test_quality_golden.py", "tests/solvers/test_eplb.py"],
+        "greedy balance": [GOLDEN + "greedy_placement_on_real_esft_layers",
+                           "tests/solvers/test_placement.py"],
+        "DEP search": [GOLDEN + "dep_overlapping_the_shared_expert_with_the_dispatch_wins",
+                       GOLDEN + "dep_pipelining_two_micro_batches_wins_on_a_slow_link",
+                       "tests/solvers/test_dep.py"],
+        "DEP overlap": [GOLDEN + "dep_overlapping_the_shared_expert_with_the_dispatch_wins",
+                        GOLDEN + "dep_pipelining_two_micro_batches_wins_on_a_slow_link",
+                        "tests/solvers/test_dep.py"],
+        "EPLB tie-break": [GOLDEN + "eplb_global_ties_follow_deepseek",
+                           GOLDEN + "eplb_hierarchical_ties_follow_deepseek",
+                           GOLDEN + "eplb_packing_ties_and_balancedness",
+                           "tests/solvers/test_eplb.py"],
         "bound validity": ["tests/test_honest_bounds.py"],
-        "prefetch": ["tests/test_quality_golden.py", "tests/solvers/test_prefetch_select.py",
-                     "tests/solvers/test_decode_loop.py"],
-        "decay": ["tests/test_quality_golden.py", "tests/solvers/test_predict.py"],
-        "cycle-0 capacity": ["tests/test_quality_golden.py", "tests/test_executor_violations.py"],
+        "prefetch": [GOLDEN + "prefetch_set_is_the_knapsack_answer",
+                     "tests/solvers/test_prefetch_select.py", "tests/solvers/test_decode_loop.py"],
+        "decay": [GOLDEN + "session_drift_after_decayed_observations",
+                  GOLDEN + "predictor_counts_decay_per_token", "tests/solvers/test_predict.py"],
+        "cycle-0 capacity": [GOLDEN + "residency_over_capacity_at_cycle_0_is_a_violation",
+                             "tests/test_executor_violations.py"],
         "cost model": ["tests/test_costs_golden.py"],
     }.items()
 }  # fmt: skip
@@ -255,7 +267,8 @@ def stages(plant: Plant, suite: list[str] | None) -> list[tuple[str, list[str]]]
     if suite is not None:
         return [("suite", [*pytest, "-k", DESELECT, *suite])]
     if plant is CONTROL:  # stages 1 and 2 of every plant, unplanted
-        every = sorted({t for ts in TARGETED.values() for t in ts} | set(FAST_SUITE))
+        every = sorted({t for ts in TARGETED.values() for t in ts if "::" not in t}
+                       | set(FAST_SUITE))  # fmt: skip
         return [("control", [*pytest, "-k", DESELECT, *every])]
     targeted = TARGETED[plant.kind]
     rest = [t for t in FAST_SUITE if t not in targeted]
