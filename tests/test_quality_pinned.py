@@ -6,10 +6,12 @@ from __future__ import annotations
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.spec import Hardware, Link, Memory, ModelSpec
 from solvers.common import Budget
+from solvers.decode_loop import DecodeRun, LoopConfig
 from solvers.placement.problem import PlacementInstance, PlacementProblem
 from solvers.placement.solve import solve_layer
+from tests.solvers.test_decode_loop import HOST, roomy, trace_of
 from tests.solvers.test_placement import brute_force
-from tests.tiny import tiny_device
+from tests.tiny import tiny_device, tiny_hardware, tiny_model
 
 # ---------------------------------------------------------------- greedy split holders
 
@@ -61,3 +63,25 @@ def test_greedy_splits_onto_the_least_loaded_holders() -> None:
     busy = {d.device_id: d.busy_cycles for d in sol.instance.simulate(sol.assignment).devices}
     assert busy == {"gpu": 120_000, "a": 120_000, "b": 120_000, "c": 120_000}
     assert sol.account.objective_cycles == best == 240_015
+
+
+# ------------------------------------------------ the decode loop stages its prefetch
+
+
+def test_decode_loop_stages_what_it_prefetches() -> None:
+    """Tiny setting of tests/solvers/test_decode_loop.py (an expert loads in 4,000 cycles,
+    computes one token in 6,000, reduces in 200), one cache line per layer. The prompt routes
+    (0, 0), (1, 1) twice, so layer 1 follows layer 0's expert; decode routes (1, 1), (0, 0),
+    (1, 1), (0, 0). Layer 0 misses every step (10,200 cycles: load, compute, reduce); layer 1's
+    expert is staged during layer 0 and hits (6,200): 16,400 a step, 4 hits and 4 demand loads.
+    A loop that chose the prefetch set but staged none of it misses both: 20,400, 0 hits."""
+    trace = trace_of([[[0], [0]], [[1], [1]]] * 2 + [[[1], [1]], [[0], [0]]] * 2, 2)
+    for cache in ("lru", "moesched"):
+        cfg = LoopConfig(capacity_experts=1, cache=cache, prefetch=True, dispatch="demand")
+        run = DecodeRun(
+            roomy(tiny_hardware()), tiny_model(), HOST, cfg, trace, slice(0, 4), slice(4, 8)
+        )
+        result = run.run()
+        assert [round(s.latency_s * 1e9) for s in result.steps] == [16_400] * 4, cache
+        assert result.stats.hits == 4 and result.stats.loads == 4, cache
+        assert result.stats.prefetches >= 4 and result.violations == 0, cache
