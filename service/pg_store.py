@@ -20,7 +20,6 @@ int32 ``[L, E]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -42,6 +41,8 @@ from service.store import (
     StoreBusy,
     StoreDamaged,
     StoreError,
+    decode_ep_row,
+    placement_text,
 )
 
 log = logging.getLogger("moesched.pg_store")
@@ -253,12 +254,18 @@ class PostgresStore(SessionStore):
 
     # ------------------------------------------------------------------ EP sessions
 
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
         with self._tx() as con:
             con.execute(
                 "INSERT INTO ep_sessions (id, spec, placement, version, num_batches, moved_last, "
                 "touched_s) VALUES (%s, %s, %s, 1, 0, 0, %s)",
-                (session_id, spec_json, json.dumps(placement.tolist()), time.time()),
+                (session_id, spec_json, placement_text(placement, placement_json), time.time()),
             )
 
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
@@ -273,15 +280,7 @@ class PostgresStore(SessionStore):
             hists = con.execute(
                 "SELECT hist FROM ep_batches WHERE session_id = %s ORDER BY seq", (session_id,)
             ).fetchall()
-        sid, spec, placement, version, nbatches, moved = r
-        try:
-            win = np.zeros((len(hists), *shape), dtype=np.int64)
-            for i, (h,) in enumerate(hists):
-                win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
-            place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
-        except (ValueError, TypeError) as exc:
-            raise StoreDamaged(f"{self._where}: EP session {sid} does not decode: {exc}") from None
-        return EpRow(sid, spec, place, win, version, nbatches, moved)
+        return decode_ep_row(self._where, tuple(r), [bytes(h) for (h,) in hists], shape)
 
     def ep_spec(self, session_id: str) -> str | None:
         rows = self._read("SELECT spec FROM ep_sessions WHERE id = %s", (session_id,))
@@ -306,13 +305,20 @@ class PostgresStore(SessionStore):
             )
             return True
 
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
         with self._tx() as con:
             return (
                 con.execute(
                     "UPDATE ep_sessions SET placement = %s, version = %s, moved_last = %s "
                     "WHERE id = %s",
-                    (json.dumps(placement.tolist()), version, moved, session_id),
+                    (placement_text(placement, placement_json), version, moved, session_id),
                 ).rowcount
                 > 0
             )

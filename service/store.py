@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,31 @@ class EpRow:
     version: int
     num_batches: int
     moved_last: int
+
+
+def decode_ep_row(
+    where: str, row: tuple[Any, ...], hists: list[bytes], shape: tuple[int, int]
+) -> EpRow:
+    """An EP session from its stored cells, in either store.
+
+    Args:
+        where: the database, for the error.
+        row: (id, spec, placement JSON, version, num_batches, moved_last).
+        hists: the window's batches, oldest first, each an int32 [layers, experts] blob.
+        shape: (layers, experts).
+
+    Raises:
+        StoreDamaged: a cell that does not decode to those shapes.
+    """
+    sid, spec, placement, version, nbatches, moved = row
+    try:
+        win = np.zeros((len(hists), *shape), dtype=np.int64)
+        for i, h in enumerate(hists):
+            win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
+        place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
+    except (ValueError, TypeError) as exc:
+        raise StoreDamaged(f"{where}: EP session {sid} does not decode: {exc}") from None
+    return EpRow(sid, spec, place, win, version, nbatches, moved)
 
 
 class StoreError(Exception):
@@ -139,8 +165,15 @@ class SessionStore(ABC):
         """Forget a session; False when there was none."""
 
     @abstractmethod
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
-        """Insert a new EP session: version 1, no batches."""
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
+        """Insert a new EP session: version 1, no batches (``placement_json``: the placement
+        already encoded, by the worker that made it)."""
 
     @abstractmethod
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
@@ -156,8 +189,16 @@ class SessionStore(ABC):
         batch count to ``seq``; one transaction. False when the session is gone."""
 
     @abstractmethod
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
-        """Install a placement with its version; False when the session is gone."""
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
+        """Install a placement with its version (``placement_json`` as for ``ep_create``);
+        False when the session is gone."""
 
     @abstractmethod
     def ep_delete(self, session_id: str) -> bool:
@@ -229,6 +270,11 @@ def wal_damage(wal: bytes) -> str | None:
             return f"frame {later[0]} of {count} fails its checksum"
         return None
     return None
+
+
+def placement_text(placement: np.ndarray, encoded: bytes | None = None) -> str:
+    """An EP placement ``[L, R]`` as stored (JSON): ``encoded`` when a worker encoded it."""
+    return encoded.decode() if encoded is not None else json.dumps(placement.tolist())
 
 
 def _blob(a: np.ndarray, dtype: type = np.float64) -> bytes:
@@ -534,29 +580,27 @@ class SQLiteStore(SessionStore):
 
     # ------------------------------------------------------------------ EP sessions
 
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
         with self._writing() as con:
             con.execute(
                 "INSERT INTO ep_sessions VALUES (?, ?, ?, 1, 0, 0, ?)",
-                (session_id, spec_json, json.dumps(placement.tolist()), time.time()),
+                (session_id, spec_json, placement_text(placement, placement_json), time.time()),
             )
 
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
         rows = self._read("SELECT * FROM ep_sessions WHERE id = ?", (session_id,))
         if not rows:
             return None
-        sid, spec, placement, version, nbatches, moved, _ = rows[0]
         hists = self._read(
             "SELECT hist FROM ep_batches WHERE session_id = ? ORDER BY seq", (session_id,)
         )
-        try:
-            win = np.zeros((len(hists), *shape), dtype=np.int64)
-            for i, (h,) in enumerate(hists):
-                win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
-            place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
-        except (ValueError, TypeError) as exc:
-            raise StoreDamaged(f"{self.path}: EP session {sid} does not decode: {exc}") from None
-        return EpRow(sid, spec, place, win, version, nbatches, moved)
+        return decode_ep_row(str(self.path), rows[0][:6], [h for (h,) in hists], shape)
 
     def ep_spec(self, session_id: str) -> str | None:
         rows = self._read("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))
@@ -580,13 +624,20 @@ class SQLiteStore(SessionStore):
             )
             return True
 
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
         with self._writing() as con:
             return (
                 con.execute(
                     "UPDATE ep_sessions SET placement = ?, version = ?, moved_last = ? "
                     "WHERE id = ?",
-                    (json.dumps(placement.tolist()), version, moved, session_id),
+                    (placement_text(placement, placement_json), version, moved, session_id),
                 ).rowcount
                 > 0
             )
