@@ -35,10 +35,11 @@ fuzz: $(BIN)/moesched
 
 # Mutation testing and planted bugs (slow, not in CI): docs/mutants.json, docs/planted_bugs.json.
 # MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch);
-# MUTANT_SAMPLE a glob on mutant names (e.g. '*__mutmut_*[05]' for 1 in 5).
+# MUTANT_SAMPLE a glob on mutant names (e.g. '*__mutmut_*[05]' for 1 in 5); MUTANT_FRACTION a
+# deterministic sample by name hash (e.g. 0.02), uniform over functions.
 mutants: $(BIN)/moesched
 	$(BIN)/python -m pip install --quiet -e '.[mutants]'
-	nice -n 10 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS)) $(if $(MUTANT_SAMPLE),--sample '$(MUTANT_SAMPLE)')
+	nice -n 10 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS)) $(if $(MUTANT_SAMPLE),--sample '$(MUTANT_SAMPLE)') $(if $(MUTANT_FRACTION),--fraction $(MUTANT_FRACTION))
 
 planted: $(BIN)/moesched
 	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json
