@@ -240,8 +240,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for r in rows
         ),
         "hit_rate_substitution_min": min(r["moesched_sub"]["all"]["hit_rate"] for r in rows),
+        "hit_rate_substitution_scored_min": min(
+            r["moesched_sub"]["scored"]["hit_rate"] for r in rows
+        ),
+        "hit_rate_substitution_scored": {
+            r["trace"]: r["moesched_sub"]["scored"]["hit_rate"] for r in rows
+        },
         "substituted_gate_mass_max": max(
             r["moesched_sub"]["all"]["substituted_gate_mass"] for r in rows
+        ),
+        "substituted_gate_mass_scored_max": max(
+            r["moesched_sub"]["scored"]["substituted_gate_mass"] for r in rows
         ),
         "decode_steps_min": min(r["decode_steps"] for r in rows),
         "decode_latency_reduction_vs_lru_cpu_mean": mean(

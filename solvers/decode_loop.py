@@ -43,6 +43,7 @@ from hwmodel.plan_builder import effective_granules
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
+from solvers.common import Budget
 from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
@@ -566,7 +567,8 @@ class DecodeRun:
             link_budget_cycles=max(0, ready - free),
         )
         started = time.process_time()
-        choice = select(problem, "greedy")
+        # Greedy under a work budget: nothing here may depend on how fast the machine runs.
+        choice = select(problem, "greedy", budget=Budget.work(1.0, workers=1))
         st.solve_s += time.process_time() - started
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
