@@ -230,6 +230,13 @@ def decode_point(
         "bound_per_token_s": float(np.mean([s.bound_s for s in steps])),
         "over_bound": float(np.mean(decode_s))
         / max(float(np.mean([s.bound_s for s in steps])), 1e-15),
+        "bound_layers_per_token_s": float(np.mean([s.bound_layers_s for s in steps])),
+        "bound_step_per_token_s": float(np.mean([s.bound_step_s for s in steps])),
+        # Where decode time goes: busy seconds per token by resource, over the decode latency.
+        "busy_share": {
+            k: float(np.mean([s.busy_s[k] for s in steps])) / max(float(np.mean(decode_s)), 1e-15)
+            for k in steps[0].busy_s
+        },
         "solve_cpu_per_token_s": float(np.mean([s.solve_s for s in steps])),
         "prefill_s": pre.latency_s,
         "decode_per_token_s": float(np.mean(decode_s)),

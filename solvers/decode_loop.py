@@ -105,6 +105,8 @@ class StepRecord:
     bound_s: float = 0.0  # a lower bound on latency_s for this step's cache states
     bound_layers_s: float = 0.0  # its per-layer part
     bound_step_s: float = 0.0  # its whole-step part (links shared with the step's prefetch)
+    # Busy seconds by resource class in this step's timeline (``_Step.busy_s``).
+    busy_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -307,7 +309,39 @@ class DecodeRun:
             bound_s=max(st.bound_s, self._step_bound_s(st)) if st.step >= 0 else 0.0,
             bound_layers_s=st.bound_s,
             bound_step_s=self._step_bound_s(st) if st.step >= 0 else 0.0,
+            busy_s=self._busy_s(st),
         )
+
+    def _busy_s(self, st: _Step) -> dict[str, float]:
+        """Where a step's time goes, from its timeline (seconds busy): ``attention`` and
+        ``gpu`` (all of the home GPU's compute, attention included); ``ndp_mean`` /
+        ``ndp_max`` over the NDP units (``ndp_max - ndp_mean``: their imbalance); the links
+        into the GPU by purpose (``link_in_demand``, ``link_in_prefetch``, ``link_in_data``:
+        returned partial sums) and the links out of it (``link_out``: dispatched
+        activations)."""
+        clock = self.hardware.clock_hz
+        ndp = {d.id: 0.0 for d in self.hardware.devices if d.kind == "ndp"}
+        into = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
+        out = {"attention": 0.0, "gpu": 0.0, "link_in_demand": 0.0, "link_in_prefetch": 0.0,
+               "link_in_data": 0.0, "link_out": 0.0}  # fmt: skip
+        for t in st.tasks:
+            start, end = st.timeline.times[t.id]
+            sec = (end - start) / clock
+            if isinstance(t, ComputeTask):
+                if t.device_id == self.home:
+                    out["gpu"] += sec
+                    out["attention"] += sec if t.op == "attention" else 0.0
+                elif t.device_id in ndp:
+                    ndp[t.device_id] += sec
+            elif isinstance(t, TransferTask):
+                if t.link_id in into and t.dst_device_id == self.home:
+                    kind = t.purpose if t.purpose in ("demand", "prefetch") else "data"
+                    out[f"link_in_{kind}"] += sec
+                else:
+                    out["link_out"] += sec
+        out["ndp_mean"] = float(np.mean(list(ndp.values()))) if ndp else 0.0
+        out["ndp_max"] = max(ndp.values(), default=0.0)
+        return out
 
     def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
         """The prompt as one batch through every layer (``histogram [L, E]`` tokens per expert),
