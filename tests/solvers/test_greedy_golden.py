@@ -12,7 +12,7 @@ import json
 import pytest
 
 from solvers.common import Budget
-from solvers.placement.greedy import solve_greedy
+from solvers.placement.greedy import exact_estimate, solve_greedy, solve_greedy_estimated
 from solvers.placement.problem import PlacementInstance
 from solvers.placement.solve import solve_layer
 from tests.solvers.greedy_golden_cases import FIXTURE, cases, to_json
@@ -33,3 +33,13 @@ def test_greedy_plan_is_the_pinned_one(name: str, problem: object) -> None:
     sol = solve_layer(problem, "greedy", budget=Budget.work(0.0))  # type: ignore[arg-type]
     assert sol.assignment == a
     assert sol.account.objective_cycles == GOLDEN[name]["makespan_cycles"]
+
+
+@pytest.mark.parametrize(("name", "problem"), CASES, ids=[n for n, _ in CASES])
+def test_greedy_estimate_is_the_prediction(name: str, problem: object) -> None:
+    """On single-lane links the greedy's own estimate is exact, so ``solve_layer`` may skip
+    the prediction of the greedy's plan (it reports the estimate as the objective)."""
+    inst = PlacementInstance(problem)  # type: ignore[arg-type]
+    assert exact_estimate(inst)
+    a, estimate = solve_greedy_estimated(inst)
+    assert estimate == inst.predict(a) == GOLDEN[name]["makespan_cycles"]
