@@ -8,6 +8,7 @@ identical but for host time, which the summary checks.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def run(quick: bool = False) -> BenchResult:
     result = BenchResult("sweep")
     s = spec(quick)
     outcomes = {}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for workers in (1, 2):
             got = run_sweep(s, Path(tmp) / f"w{workers}.csv", num_cpus=workers)
@@ -49,5 +51,8 @@ def run(quick: bool = False) -> BenchResult:
         "speedup_2_over_1_workers": outcomes[1].wall_s / outcomes[2].wall_s,
         "target_speedup": 1.7,
         "rows_identical": same,
+        # Wall times depend on what else runs: the 1-minute load average around the runs.
+        "load_avg_1m_before": load_before,
+        "load_avg_1m_after": os.getloadavg()[0],
     }
     return result

@@ -42,6 +42,7 @@ from service.store import (
     StoreBusy,
     StoreDamaged,
     StoreError,
+    decode_ep_row,
 )
 
 log = logging.getLogger("moesched.pg_store")
@@ -273,15 +274,7 @@ class PostgresStore(SessionStore):
             hists = con.execute(
                 "SELECT hist FROM ep_batches WHERE session_id = %s ORDER BY seq", (session_id,)
             ).fetchall()
-        sid, spec, placement, version, nbatches, moved = r
-        try:
-            win = np.zeros((len(hists), *shape), dtype=np.int64)
-            for i, (h,) in enumerate(hists):
-                win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
-            place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
-        except (ValueError, TypeError) as exc:
-            raise StoreDamaged(f"{self._where}: EP session {sid} does not decode: {exc}") from None
-        return EpRow(sid, spec, place, win, version, nbatches, moved)
+        return decode_ep_row(self._where, tuple(r), [bytes(h) for (h,) in hists], shape)
 
     def ep_spec(self, session_id: str) -> str | None:
         rows = self._read("SELECT spec FROM ep_sessions WHERE id = %s", (session_id,))

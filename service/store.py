@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,31 @@ class EpRow:
     version: int
     num_batches: int
     moved_last: int
+
+
+def decode_ep_row(
+    where: str, row: tuple[Any, ...], hists: list[bytes], shape: tuple[int, int]
+) -> EpRow:
+    """An EP session from its stored cells, in either store.
+
+    Args:
+        where: the database, for the error.
+        row: (id, spec, placement JSON, version, num_batches, moved_last).
+        hists: the window's batches, oldest first, each an int32 [layers, experts] blob.
+        shape: (layers, experts).
+
+    Raises:
+        StoreDamaged: a cell that does not decode to those shapes.
+    """
+    sid, spec, placement, version, nbatches, moved = row
+    try:
+        win = np.zeros((len(hists), *shape), dtype=np.int64)
+        for i, h in enumerate(hists):
+            win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
+        place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
+    except (ValueError, TypeError) as exc:
+        raise StoreDamaged(f"{where}: EP session {sid} does not decode: {exc}") from None
+    return EpRow(sid, spec, place, win, version, nbatches, moved)
 
 
 class StoreError(Exception):
@@ -545,18 +571,10 @@ class SQLiteStore(SessionStore):
         rows = self._read("SELECT * FROM ep_sessions WHERE id = ?", (session_id,))
         if not rows:
             return None
-        sid, spec, placement, version, nbatches, moved, _ = rows[0]
         hists = self._read(
             "SELECT hist FROM ep_batches WHERE session_id = ? ORDER BY seq", (session_id,)
         )
-        try:
-            win = np.zeros((len(hists), *shape), dtype=np.int64)
-            for i, (h,) in enumerate(hists):
-                win[i] = np.frombuffer(h, dtype=np.int32).reshape(shape)
-            place = np.asarray(json.loads(placement), dtype=np.int64).reshape(shape[0], -1)
-        except (ValueError, TypeError) as exc:
-            raise StoreDamaged(f"{self.path}: EP session {sid} does not decode: {exc}") from None
-        return EpRow(sid, spec, place, win, version, nbatches, moved)
+        return decode_ep_row(str(self.path), rows[0][:6], [h for (h,) in hists], shape)
 
     def ep_spec(self, session_id: str) -> str | None:
         rows = self._read("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))

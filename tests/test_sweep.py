@@ -223,6 +223,40 @@ def test_a_killed_sweep_resumes_and_gives_the_rows_of_an_uninterrupted_one(tmp_p
     assert simulated([order[r["key"]] for r in fresh.rows]) == simulated(fresh.rows)
 
 
+def cli_sweep(spec_path: Path, out: Path, env: dict[str, str], *extra: str) -> list[dict[str, str]]:
+    """Run ``moesched sweep`` in a fresh process; the rows it wrote, in spec order."""
+    cmd = [sys.executable, "-m", "service.cli", "sweep", str(spec_path), "--out", str(out),
+           "--workers", "2", "--quiet", *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    with out.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ray_address(), reason="needs the Ray head tests/with_services.sh starts")
+def test_the_shipped_example_gives_the_same_rows_on_the_cluster_as_on_a_local_ray(
+    tmp_path: Path,
+) -> None:
+    """examples/ndp_design.yaml with its replay shortened, each axis cut to its first two values
+    and the cache share to its first (8 points)."""
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).parents[1] / "examples/ndp_design.yaml").read_text())
+    example["base"] |= {"prompt_tokens": 16, "decode_steps": 2}
+    axes = example["axes"]
+    example["axes"] = {name: v[: 1 if name == "cache_share" else 2] for name, v in axes.items()}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(example))
+    local_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    local = cli_sweep(spec_path, tmp_path / "local.csv", local_env)
+    cluster = cli_sweep(spec_path, tmp_path / "cluster.csv", dict(os.environ),
+                        "--address", str(ray_address()))  # fmt: skip
+    assert len(local) == 8 and all(r["status"] == "ok" for r in local)
+    by_key = {r["key"]: r for r in cluster}
+    assert simulated([by_key[r["key"]] for r in local]) == simulated(local)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
