@@ -224,8 +224,9 @@ def _open_options(
             cands = blocks.holders[(k * size, (k + 1) * size)] - used
             if not cands:
                 break
+            # The least-loaded holder, ties to the first by id.
             best = min(
-                sorted(cands), key=lambda d: state.compute[state.index[d]] + inst.shard[e][d][size]
+                cands, key=lambda d: (state.compute[state.index[d]] + inst.shard[e][d][size], d)
             )
             used.add(best)
             chosen.append((best, k * size, (k + 1) * size))
