@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ import httpx
 import numpy as np
 
 from bench import numeric_fuzz
-from bench.live import Server
+from bench.live import Server, fuzz
 from hwmodel.presets import gpu_ndp, model_preset
 from service.examples import simulate_example
 from service.store import SQLiteStore
@@ -73,11 +74,64 @@ def chunked_body(db: Path) -> dict[str, Any]:
     }
 
 
+LOOP_HISTOGRAMS = {
+    "loop_cpu": "moesched_loop_turn_cpu_seconds",
+    "other_threads_cpu": "moesched_loop_turn_other_threads_cpu_seconds",
+    "lag": "moesched_loop_lag_seconds",
+}
+
+
+def _buckets(metrics_text: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts, by upper bound."""
+    got: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            got[float(le)] = float(line.split()[-1])
+    return got
+
+
+def loop_figures(before: str, after: str) -> dict[str, Any]:
+    """The event-loop probe's histograms between two ``/metrics`` scrapes: for each (loop
+    thread CPU, other threads' CPU, wall lag) the turns over 10, 50 and 100 ms, and the
+    bucket bound the worst turn stayed under (inf: over the largest bucket)."""
+    out: dict[str, Any] = {}
+    for key, name in LOOP_HISTOGRAMS.items():
+        b0, b1 = _buckets(before, name), _buckets(after, name)
+        diff = {le: b1[le] - b0.get(le, 0.0) for le in sorted(b1)}
+        total = diff.get(float("inf"), 0.0)
+        out[f"{key}_turns"] = int(total)
+        for ms in (10, 50, 100):
+            out[f"{key}_turns_over_{ms}ms"] = int(total - diff.get(ms / 1000, total))
+        out[f"{key}_worst_under_s"] = next(
+            (le for le, n in diff.items() if n >= total), float("inf")
+        )
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health_under_load(db: Path, each: int = 48) -> dict[str, Any]:
-    """``each`` concurrent EP creations (each a 90-byte request costing tens of CPU seconds)
-    and ``each`` Gantt renders, while /healthz is polled; its latency percentiles."""
+    """``each`` concurrent EP creations (each a 90-byte request costing tens of CPU seconds,
+    answering a [256, 8192] placement) and ``each`` Gantt renders, while /healthz is polled.
+
+    Reported: /healthz latency percentiles (wall time: depends on machine load, quoted with
+    the load average), and what does not depend on load: the server's event-loop probe (CPU
+    seconds its loop thread, and its other threads, spent between two 10 ms turns; a turn's
+    CPU is what a quiet machine's /healthz would wait behind) and the server process's own
+    CPU seconds beside its workers'."""
     server = Server(db)
     server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:  # workers up before the clock
+        c.post("/v1/simulate", json=simulate_example())
+        time.sleep(1.0)
+        metrics_before = c.get("/metrics").text
+    cpu_before = _cpu_s(_pid(server))
+    load_before = os.getloadavg()[0]
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     stop = threading.Event()
@@ -112,6 +166,9 @@ def health_under_load(db: Path, each: int = 48) -> dict[str, Any]:
         time.sleep(0.5)
         stop.set()
         watcher.join()
+        server_cpu_s = _cpu_s(_pid(server)) - cpu_before
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            loop = loop_figures(metrics_before, c.get("/metrics").text)
     finally:
         server.stop()
     lat = np.asarray(latencies)
@@ -123,6 +180,60 @@ def health_under_load(db: Path, each: int = 48) -> dict[str, Any]:
         "health_p99_s": float(np.percentile(lat, 99)),
         "health_max_s": float(lat.max()),
         "bound_p99_s": 0.1,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "server_process_cpu_s": server_cpu_s,
+        **loop,
+    }
+
+
+BIG_ANSWER_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 8, "num_replicas": 2048}
+
+
+def big_answers_loop_cpu(db: Path, runs: int = 3) -> dict[str, Any]:
+    """Requests whose answers are big (an EP session of 256 layers x 2048 slots: its creation,
+    its placement read back, a batch routed over it), one at a time, while the server's
+    event-loop probe watches: the CPU its loop thread (and its other threads) spent in any
+    one 10 ms turn meanwhile. Beside it, the CPU (in this process, ``time.process_time``) that
+    validating and encoding the same placement answer as FastAPI does would have cost on the
+    loop. Neither depends on machine load."""
+    import time as _time
+
+    from service.schemas import EpSessionInfo
+
+    server = Server(db, env={"MOESCHED_MAX_DEADLINE_S": "120", "MOESCHED_DEFAULT_DEADLINE_S": "60"})
+    server.start()
+    rng = np.random.default_rng(0)
+    sizes: list[int] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            c.post("/v1/simulate", json=simulate_example())  # workers up
+            time.sleep(1.0)
+            before = c.get("/metrics").text
+            for _ in range(runs):
+                r = c.post("/v1/ep-sessions", json=BIG_ANSWER_EP | {"deadline_s": 120})
+                assert r.status_code == 201, r.text
+                sizes.append(len(r.content))
+                sid = r.json()["id"]
+                sizes.append(len(c.get(f"/v1/ep-sessions/{sid}").content))
+                hist = rng.integers(0, 64, (256, 1024)).tolist()
+                b = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": hist})
+                assert b.status_code == 200, b.text
+                sizes.append(len(b.content))
+            placement = r.json()["physical_to_logical"]
+            after = c.get("/metrics").text
+    finally:
+        server.stop()
+    started = _time.process_time()
+    info = EpSessionInfo(
+        id="x", version=1, num_batches=0, physical_to_logical=placement, moved_replicas_last=0
+    )
+    json.dumps(EpSessionInfo.model_validate(info).model_dump(mode="json"))
+    fastapi_path_cpu_s = _time.process_time() - started
+    return {
+        "requests": 3 * runs,
+        "largest_answer_bytes": max(sizes),
+        "fastapi_encode_on_loop_cpu_s": fastapi_path_cpu_s,
+        **loop_figures(before, after),
     }
 
 
@@ -446,6 +557,19 @@ def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
         server.stop()
         rows.append({"damage": name, "outcome": "started", "statuses": codes})
     return {"rows": rows}
+
+
+def schemathesis_fuzz(db: Path, examples: int = 200) -> dict[str, Any]:
+    """Schemathesis against the server's own OpenAPI with the default settings: ``examples``
+    per operation and generation mode (valid and invalid); 5xx, schema violations and the
+    slowest answer (bound 10 s)."""
+    server = Server(db)
+    server.start()
+    try:
+        got = fuzz(server.url, examples)
+    finally:
+        server.stop()
+    return got | {"examples_per_operation": examples, "bound_slowest_s": 10.0}
 
 
 def numeric_fuzz_live(db: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from bench import hardening
 from bench.common import BenchResult
-from bench.live import Server, fuzz
+from bench.live import Server
 from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, load_esft, traces_dir
@@ -187,12 +187,7 @@ def run(quick: bool = False) -> BenchResult:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         # Schemathesis with the default settings (issue 19: 200 examples per operation).
-        server = Server(d / "fuzz.db")
-        server.start()
-        try:
-            fz = fuzz(server.url, 5 if quick else 200)
-        finally:
-            server.stop()
+        fz = hardening.schemathesis_fuzz(d / "fuzz.db", 5 if quick else 200)
         props = _properties(4 if quick else 40)
         over = _overload(d / "over.db", 6 if quick else 12)
         kills = _kill9(d, 2 if quick else 5)
@@ -232,6 +227,17 @@ def run(quick: bool = False) -> BenchResult:
         "chunked_4x_rss_bound_bytes": hard["chunked_body"]["bound_bytes"],
         "health_under_load_p99_s": hard["health_under_load"]["health_p99_s"],
         "health_under_load_max_s": hard["health_under_load"]["health_max_s"],
+        "health_under_load_load_average": hard["health_under_load"]["load_average_1min"],
+        "health_under_load_loop_cpu_turns_over_50ms": hard["health_under_load"][
+            "loop_cpu_turns_over_50ms"
+        ],
+        "health_under_load_loop_cpu_worst_turn_under_s": hard["health_under_load"][
+            "loop_cpu_worst_under_s"
+        ],
+        "health_under_load_other_threads_cpu_turns_over_50ms": hard["health_under_load"][
+            "other_threads_cpu_turns_over_50ms"
+        ],
+        "health_under_load_server_process_cpu_s": hard["health_under_load"]["server_process_cpu_s"],
         "disconnect_slot_freed_max_s": hard["disconnect"]["max_s"],
         "deadline_0_5s_max_answer_s": hard["deadlines_at_caps"]["max_wall_s"],
         "deadline_0_5s_5xx": hard["deadlines_at_caps"]["server_errors"],

@@ -5,9 +5,10 @@ creation; ``route``: per-batch routing) or gets 503 + Retry-After at once. Its w
 worker process of that class, with a deadline (the request's own, capped by
 ``Settings.max_deadline_s``; ``Settings.default_deadline_s`` where the request has none). The
 worker is stopped (the process is terminated and replaced, which stops a CP-SAT search or a
-greedy loop alike) when the deadline plus ``Settings.deadline_grace_s`` passes, answering 422
-naming the deadline, or when the client disconnects; either way the slot is free again within
-one poll (0.1 s) of the event. The event loop only waits, so ``/healthz`` never queues behind
+greedy loop alike) when the deadline plus ``Settings.deadline_grace_s`` passes, counted from the
+request's arrival (reading and parsing its body count), answering 422 naming the deadline, or
+when the client disconnects (the ASGI disconnect event, not a poll); either way the slot is
+free again at once. The event loop only waits, so ``/healthz`` never queues behind
 this work.
 """
 
@@ -18,7 +19,7 @@ import contextlib
 import multiprocessing
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -34,8 +35,7 @@ from service.errors import ClientGone, DomainError
 from service.settings import Settings
 
 T = TypeVar("T")
-Kind = Literal["solve", "route"]
-POLL_S = 0.1
+Kind = Literal["solve", "route", "sweep"]
 
 
 @dataclass
@@ -43,6 +43,7 @@ class _Class:
     """The slots and worker processes of one class of work."""
 
     slots: int
+    has_workers: bool = True  # sweeps run on Ray: slots only
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     pool: ProcessPool | None = None
@@ -109,6 +110,8 @@ class Admission:
         self.classes: dict[str, _Class] = {
             "solve": _Class(settings.max_concurrent_solves),
             "route": _Class(settings.max_concurrent_routes),
+            # a sweep job holds its slot from submission to its end (its points run on Ray)
+            "sweep": _Class(settings.max_running_sweeps, has_workers=False),
         }
         self._finalizer = weakref.finalize(self, _stop, self.classes)
 
@@ -120,7 +123,8 @@ class Admission:
     def warm(self) -> None:
         """Start the worker processes now rather than at the first request."""
         for c in self.classes.values():
-            c.ensure_warm()
+            if c.has_workers:
+                c.ensure_warm()
 
     def close(self) -> None:
         self._finalizer()
@@ -128,17 +132,48 @@ class Admission:
     def busy(self, kind: Kind) -> int:
         return self.classes[kind].busy
 
+    def hold(self, kind: Kind) -> Callable[[], None]:
+        """Take a slot of ``kind`` for work that runs elsewhere (a sweep on Ray), or 503 at
+        once; returns the call that gives it back."""
+        cls = self.classes[kind]
+        if not cls.take():
+            raise _busy(cls, kind)
+        return cls.give
+
     def refuse_when_full(self, kind: Kind) -> None:
         """503 at once when every slot of ``kind`` is busy (before any other work is done);
         ``run`` still takes the slot itself."""
         cls = self.classes[kind]
         if cls.busy >= cls.slots:
             cls.refused += 1
-            raise HTTPException(
-                status_code=503,
-                detail=f"all {cls.slots} {kind} slots are busy; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise _busy(cls, kind)
+
+    def run_background(
+        self, kind: Kind, deadline_s: float | None, fn: Callable[..., T], *args: Any
+    ) -> T | None:
+        """``fn(*args)`` in a worker of class ``kind`` for a background thread (a session's
+        re-solve): the same slots, deadline and stop as a request; None when every slot is
+        busy (the caller tries again at its next trigger).
+
+        Raises:
+            TimeoutError: the deadline (+ grace) passed; the worker was stopped.
+            concurrent.futures.CancelledError: the server stopped the workers first.
+        """
+        cls = self.classes[kind]
+        if not cls.take():
+            return None
+        try:
+            cls.ensure_warm()
+            limit = self.deadline_s(deadline_s) + self.settings.deadline_grace_s
+            future = cls.workers().schedule(fn, args=args, timeout=limit)
+            try:
+                result: T = future.result()
+            except TimeoutError:
+                cls.stopped_by_deadline += 1
+                raise
+            return result
+        finally:
+            cls.give()
 
     async def run(
         self,
@@ -158,41 +193,74 @@ class Admission:
         """
         cls = self.classes[kind]
         if not cls.take():
-            raise HTTPException(
-                status_code=503,
-                detail=f"all {cls.slots} {kind} slots are busy; retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            raise _busy(cls, kind)
+        loop = asyncio.get_running_loop()
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            if not cls.warm:
-                await run_in_threadpool(cls.ensure_warm)
             limit = self.deadline_s(deadline_s)
+            # The clock started when the request arrived (``arrival_s``), not now: parsing,
+            # checks and waiting count against the deadline too.
+            stop_at = arrival_s(request) + limit + self.settings.deadline_grace_s
+            if not cls.warm:  # the first start of the workers is no request's deadline
+                warm_from = loop.time()
+                await run_in_threadpool(cls.ensure_warm)
+                stop_at += loop.time() - warm_from
             future = cls.workers().schedule(fn, args=args)
             waiting = asyncio.wrap_future(future)
-            loop = asyncio.get_running_loop()
-            stop_at = loop.time() + limit + self.settings.deadline_grace_s
-            while True:
-                done, _ = await asyncio.wait({waiting}, timeout=POLL_S)
-                if done:
-                    try:
-                        return waiting.result()
-                    except CancelledError:  # stopped below, raced with completion
-                        raise ClientGone from None
-                if await request.is_disconnected():
-                    future.cancel()
-                    cls.stopped_by_disconnect += 1
-                    raise ClientGone
-                if loop.time() >= stop_at:
-                    future.cancel()
-                    cls.stopped_by_deadline += 1
-                    raise DomainError(
-                        422, "deadline_exceeded", field_name,
-                        f"not answered within the deadline of {limit} s (capped by the "
-                        f"server at {self.settings.max_deadline_s} s): raise it or send a "
-                        "smaller problem",
-                    )  # fmt: skip
+            both: set[asyncio.Future[Any]] = {waiting, gone}
+            done, _ = await asyncio.wait(
+                both,
+                timeout=max(0.0, stop_at - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if waiting in done:
+                try:
+                    return waiting.result()
+                except CancelledError:  # stopped below, raced with completion
+                    raise ClientGone from None
+            future.cancel()
+            if gone in done:
+                cls.stopped_by_disconnect += 1
+                raise ClientGone
+            cls.stopped_by_deadline += 1
+            raise DomainError(
+                422, "deadline_exceeded", field_name,
+                f"not answered within the deadline of {limit} s (capped by the server at "
+                f"{self.settings.max_deadline_s} s): raise it or send a smaller problem",
+            )  # fmt: skip
         finally:
+            gone.cancel()
             cls.give()
+
+
+ARRIVAL_KEY = "moesched.arrival_s"
+
+
+def stamp_arrival(scope: MutableMapping[str, Any]) -> None:
+    """Note the loop time a request arrived (``service.main.Guard`` does, first thing)."""
+    scope.setdefault("state", {})[ARRIVAL_KEY] = asyncio.get_running_loop().time()
+
+
+def arrival_s(request: Request) -> float:
+    """The loop time the request arrived (now, for a request no ``Guard`` stamped)."""
+    arrived: float | None = request.scope.get("state", {}).get(ARRIVAL_KEY)
+    return asyncio.get_running_loop().time() if arrived is None else arrived
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects: the ASGI ``http.disconnect`` event, which the
+    server sends the moment the connection drops (the body was read before the route ran,
+    so nothing else is waiting on ``receive``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _busy(cls: _Class, kind: str) -> HTTPException:
+    return HTTPException(
+        status_code=503,
+        detail=f"all {cls.slots} {kind} slots are busy; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _noop() -> None:

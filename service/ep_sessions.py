@@ -23,9 +23,11 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service.answers import array_json, json_with
 from service.errors import DomainError
 from service.schemas import (
     EpBatch,
@@ -41,6 +43,9 @@ from solvers.eplb.batch_placement import routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
 from solvers.eplb.runtime import moved_replicas, rebalance_window
+
+if TYPE_CHECKING:
+    from service.admission import Admission
 
 
 def route_layers(
@@ -68,6 +73,7 @@ class _Ep:
     num_batches: int
     moved_last: int = 0
     last_replace: EpReplaceDecision | None = None
+    placement_json: bytes | None = None  # the placement encoded (by the worker that made it)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -82,6 +88,8 @@ class EpSessions:
         self._replacing: set[str] = set()
         self._lock = threading.Lock()
         self.sessions: SessionManager | None = None  # sharing the store (for expiry)
+        # Re-placements run in its worker processes when set (bounded, stoppable); else here.
+        self.admission: Admission | None = None
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -109,22 +117,26 @@ class EpSessions:
         self.prepare(spec)
         uniform = np.ones((spec.num_layers, spec.num_experts))
         placement, _, _ = rebalance_experts(uniform, spec.num_replicas, 1, 1, spec.num_gpus)
-        return self.adopt(spec, placement)
+        return self.info(self.adopt(spec, placement))
 
     def prepare(self, spec: EpSessionCreate) -> None:
         """Check a new session's window bound and make room for it (429 when full)."""
         self.check(spec)
         make_room(self.store, self.settings, self.sessions, self)
 
-    def adopt(self, spec: EpSessionCreate, placement: np.ndarray) -> EpSessionInfo:
-        """Store a new session with its first placement ``[L, R]``."""
+    def adopt(
+        self, spec: EpSessionCreate, placement: np.ndarray, placement_json: bytes | None = None
+    ) -> str:
+        """Store a new session with its first placement ``[L, R]`` (and that placement's JSON,
+        when a worker encoded it); its id."""
         sid = uuid.uuid4().hex
         keep = self.window_of(spec)
         ep = _Ep(spec, placement, deque(maxlen=keep), deque(maxlen=keep), 1, 0)
-        self.store.ep_create(sid, spec.model_dump_json(), placement)
+        ep.placement_json = placement_json
+        self.store.ep_create(sid, spec.model_dump_json(), placement, placement_json)
         with self._lock:
             self._live[sid] = ep
-        return self._info(sid, ep)
+        return sid
 
     def forget(self, session_ids: list[str]) -> None:
         """Drop the in-memory view of EP sessions the store no longer has."""
@@ -190,6 +202,19 @@ class EpSessions:
         with ep.lock:
             return self._info(sid, ep)
 
+    def info_json(self, sid: str) -> bytes:
+        """``info`` as JSON, the placement spliced in as the worker that made it encoded it
+        (encoded here once when the session was loaded from the store)."""
+        ep = self._get(sid)
+        with ep.lock:
+            if ep.placement_json is None:
+                ep.placement_json = array_json(ep.placement)
+            head = EpSessionInfo(
+                id=sid, version=ep.version, num_batches=ep.num_batches, physical_to_logical=[],
+                moved_replicas_last=ep.moved_last, last_replace=ep.last_replace,
+            )  # fmt: skip
+            return json_with(head, physical_to_logical=ep.placement_json)
+
     def batch(self, sid: str, batch: EpBatch) -> EpRouting:
         """Route one batch here and record it (the HTTP route routes in a worker)."""
         hist, placement, version, num_gpus = self.prepare_batch(sid, batch)
@@ -222,6 +247,17 @@ class EpSessions:
     ) -> EpRouting:
         """Store a routed batch (before it is acknowledged), add it to the window, and start a
         re-placement when the window's balance dropped."""
+        window_balance, started = self.record(sid, hist, per_layer)
+        return EpRouting(
+            tokens_per_slot=tokens_per_slot,
+            balancedness=per_layer,
+            version=version,
+            window_balancedness=window_balance,
+            replace_started=started,
+        )
+
+    def record(self, sid: str, hist: np.ndarray, per_layer: list[float]) -> tuple[float, bool]:
+        """Store, add to the window, maybe start a re-placement: (window balance, started)."""
         ep = self._get(sid)
         with ep.lock:
             # Stored before it is acknowledged (and before memory changes: a refused write
@@ -243,13 +279,7 @@ class EpSessions:
                     started = True
             if started:
                 self.pool.submit(self._replace, sid, ep)
-        return EpRouting(
-            tokens_per_slot=tokens_per_slot,
-            balancedness=per_layer,
-            version=version,
-            window_balancedness=window_balance,
-            replace_started=started,
-        )
+        return window_balance, started
 
     def _replace(self, sid: str, ep: _Ep) -> None:
         try:
@@ -258,16 +288,24 @@ class EpSessions:
                 old = ep.placement.copy()
                 at_batch = ep.num_batches
             spec = ep.spec
-            share = min(spec.deadline_s, self.settings.max_deadline_s) / spec.num_layers
-            decision, new = decide_replacement(window, old, spec, share, at_batch)
+            deadline_s = min(spec.deadline_s, self.settings.max_deadline_s)
+            args = (window, old, spec, deadline_s / spec.num_layers, at_batch)
+            if self.admission is None:
+                decision, new = decide_replacement(*args)
+                new_json, balance = None, [self._balance(new, spec.num_gpus, b) for b in window]
+            else:  # in a solve slot's worker, stopped at the deadline (None: no slot free)
+                got = self.admission.run_background("solve", deadline_s, replace_in_worker, *args)
+                if got is None:
+                    return  # every solve slot is busy: the next batch below the bar retries
+                decision, new, new_json, balance = got
             # Publish and persist together: a reader never sees a placement not yet stored.
             with ep.lock:
                 ep.last_replace = decision
                 if decision.adopted and self.store.ep_swap(
-                    sid, new, ep.version + 1, decision.moved
+                    sid, new, ep.version + 1, decision.moved, new_json
                 ):
-                    balance = [self._balance(new, spec.num_gpus, b) for b in window]
                     ep.placement, ep.version = new, ep.version + 1
+                    ep.placement_json = new_json
                     ep.moved_last = decision.moved
                     ep.balance = deque(balance, maxlen=ep.window.maxlen)
         except Exception:  # the old placement stays; the next drop tries again
@@ -275,6 +313,16 @@ class EpSessions:
         finally:
             with self._lock:
                 self._replacing.discard(sid)
+
+
+def replace_in_worker(
+    window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, search_s: float, at_batch: int
+) -> tuple[EpReplaceDecision, np.ndarray, bytes, list[float]]:
+    """``decide_replacement`` in a worker process, with what adopting needs: the new
+    placement's JSON and the window's balancedness under it (per batch)."""
+    decision, new = decide_replacement(window, old, spec, search_s, at_batch)
+    balance = [EpSessions._balance(new, spec.num_gpus, b) for b in window]
+    return decision, new, array_json(new), balance
 
 
 def decide_replacement(

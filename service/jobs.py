@@ -3,14 +3,17 @@ arguments (pydantic requests, settings, numpy arrays) returning picklable result
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from hwmodel.trace_export import chrome_trace, gantt
+from service.answers import Dumped, array_json, dump
 from service.ep_sessions import route_layers
 from service.eplb import eplb
 from service.schemas import EpSessionCreate, SimulateRequest
@@ -34,6 +37,7 @@ PRELOAD = (
 
 __all__ = [
     "answer_picture",
+    "dumped",
     "ep_initial_placement",
     "eplb",
     "gantt_png",
@@ -41,9 +45,11 @@ __all__ = [
     "place",
     "route",
     "route_layers",
+    "route_layers_json",
     "schedule",
     "simulate_plan",
     "trace_events",
+    "trace_json",
 ]
 
 
@@ -60,11 +66,30 @@ def gantt_png(request: SimulateRequest, settings: Settings) -> bytes:
         return Path(f.name).read_bytes()
 
 
-def ep_initial_placement(spec: EpSessionCreate) -> np.ndarray:
-    """An EP session's first placement ``[L, R]``: EPLB on uniform loads."""
+def dumped(fn: Callable[..., BaseModel], *args: Any) -> Dumped:
+    """``fn(*args)``'s answer, encoded here (see ``service.answers``)."""
+    return dump(fn(*args))
+
+
+def trace_json(request: SimulateRequest, settings: Settings) -> bytes:
+    """``trace_events``, encoded here."""
+    return json.dumps(trace_events(request, settings), separators=(",", ":")).encode()
+
+
+def ep_initial_placement(spec: EpSessionCreate) -> tuple[np.ndarray, bytes]:
+    """An EP session's first placement ``[L, R]``, EPLB on uniform loads, and its JSON."""
     uniform = np.ones((spec.num_layers, spec.num_experts))
     placement, _, _ = rebalance_experts(uniform, spec.num_replicas, 1, 1, spec.num_gpus)
-    return np.asarray(placement)
+    placement = np.asarray(placement)
+    return placement, array_json(placement)
+
+
+def route_layers_json(
+    placement: np.ndarray, num_gpus: int, hist: np.ndarray
+) -> tuple[bytes, list[float]]:
+    """``route_layers`` with the tokens per slot ``[L, R]`` encoded here."""
+    tokens, per_layer = route_layers(placement, num_gpus, hist)
+    return json.dumps(tokens, separators=(",", ":")).encode(), per_layer
 
 
 def answer_picture(what: str, fmt: str, request: Any, settings: Settings) -> tuple[bytes, str, str]:

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import Admission
+from service.admission import Admission, stamp_arrival
 from service.deps import key_matches, require_api_key
 from service.docs import install_docs
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse, install_error_handlers
+from service.loop_watch import watch_loop
 from service.metrics import Metrics
 from service.routes import health, presets, sessions, simulate, solve, sweeps
 from service.sessions import SessionManager, expire
@@ -71,6 +72,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        stamp_arrival(scope)
         status = 500
 
         async def record(message: Message) -> None:
@@ -199,9 +201,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.ep_sessions,
             app.state.sessions,
         )
-        app.state.sweeps = SweepJobs(boot)
+        app.state.sessions.admission = app.state.ep_sessions.admission = app.state.admission
+        app.state.sweeps = SweepJobs(boot, app.state.admission)
         app.openapi()  # built once now, not on the event loop of the first /openapi.json
         sweeper = asyncio.create_task(_sweep(app, boot))
+        watcher = asyncio.create_task(watch_loop(app.state.metrics))
         # Start the worker processes in the background (a daemon thread: a stop never waits
         # for it); the first request waits for them outside its deadline.
         threading.Thread(target=app.state.admission.warm, daemon=True).start()
@@ -212,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            watcher.cancel()
             app.state.sweeps.close()
             app.state.admission.close()
             app.state.sessions.close()

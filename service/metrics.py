@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hwmodel.plan import SolverAccount
+from service.answers import Dumped
 
 SOLVE_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
@@ -158,6 +159,27 @@ class Metrics:
         self.overloaded = Counter(
             "moesched_overloaded_total", "503 answers by cause.", ["cause"], registry=r
         )
+        loop_buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+        self.loop_lag = Histogram(
+            "moesched_loop_lag_seconds",
+            "Event-loop probe: how late each 10 ms turn woke (wall; includes machine load).",
+            buckets=loop_buckets,
+            registry=r,
+        )
+        self.loop_cpu = Histogram(
+            "moesched_loop_turn_cpu_seconds",
+            "Event-loop probe: CPU seconds the loop thread spent between two turns "
+            "(work on the loop; independent of machine load).",
+            buckets=loop_buckets,
+            registry=r,
+        )
+        self.loop_other_cpu = Histogram(
+            "moesched_loop_turn_other_threads_cpu_seconds",
+            "Event-loop probe: CPU seconds of the server's other threads between two turns "
+            "(they hold the GIL the loop needs; independent of machine load).",
+            buckets=loop_buckets,
+            registry=r,
+        )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 
@@ -169,6 +191,11 @@ class Metrics:
         if status == "fallback":
             self.fallbacks.labels(problem, fallback_kind(reason or "")).inc()
         self.solve_seconds.labels(problem).observe(wall_time_s)
+
+    def record_answer(self, problem: str, answer: Dumped) -> None:
+        """``record_solve`` from a worker's encoded answer (when it was a solve)."""
+        if answer.solve is not None:
+            self.record_solve(problem, *answer.solve)
 
     def record_account(self, problem: str, account: SolverAccount) -> None:
         """``record_solve`` from a solver's account."""

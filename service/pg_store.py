@@ -20,7 +20,6 @@ int32 ``[L, E]``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from service.store import (
     StoreDamaged,
     StoreError,
     decode_ep_row,
+    placement_text,
 )
 
 log = logging.getLogger("moesched.pg_store")
@@ -254,12 +254,18 @@ class PostgresStore(SessionStore):
 
     # ------------------------------------------------------------------ EP sessions
 
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
         with self._tx() as con:
             con.execute(
                 "INSERT INTO ep_sessions (id, spec, placement, version, num_batches, moved_last, "
                 "touched_s) VALUES (%s, %s, %s, 1, 0, 0, %s)",
-                (session_id, spec_json, json.dumps(placement.tolist()), time.time()),
+                (session_id, spec_json, placement_text(placement, placement_json), time.time()),
             )
 
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
@@ -299,13 +305,20 @@ class PostgresStore(SessionStore):
             )
             return True
 
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
         with self._tx() as con:
             return (
                 con.execute(
                     "UPDATE ep_sessions SET placement = %s, version = %s, moved_last = %s "
                     "WHERE id = %s",
-                    (json.dumps(placement.tolist()), version, moved, session_id),
+                    (placement_text(placement, placement_json), version, moved, session_id),
                 ).rowcount
                 > 0
             )

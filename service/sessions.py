@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hwmodel.workload import Workload
+from service.answers import json_with
 from service.errors import DomainError
 from service.schemas import (
     Observation,
@@ -36,6 +37,7 @@ from service.solving import place
 from service.store import SessionRow, SessionStore
 
 if TYPE_CHECKING:
+    from service.admission import Admission
     from service.ep_sessions import EpSessions
 
 log = logging.getLogger("moesched.sessions")
@@ -108,6 +110,8 @@ class SessionManager:
         # Longer than any re-solve may run; a holder that died frees it after this.
         self._lease_s = 2 * settings.max_deadline_s + 10.0
         self.ep: EpSessions | None = None  # the EP sessions sharing the store (for expiry)
+        # Re-solves run in its worker processes when set (bounded, stoppable); else here.
+        self.admission: Admission | None = None
 
     def _session(self, session_id: str) -> _Live:
         """The in-memory view of a session, loaded from the store on first use."""
@@ -173,17 +177,18 @@ class SessionManager:
         self, spec: SessionCreate, counts: np.ndarray, response: PlacementResponse
     ) -> SessionInfo:
         """Store a new session with its first plan."""
+        return self._info(self._store_new(spec, counts, response.model_dump_json()))
+
+    def finish_json(self, spec: SessionCreate, counts: np.ndarray, plan_json: bytes) -> bytes:
+        """``finish`` for a plan a worker encoded; the answer as JSON, that plan spliced in."""
+        return self._info_json(self._store_new(spec, counts, plan_json.decode()))
+
+    def _store_new(self, spec: SessionCreate, counts: np.ndarray, plan_json: str) -> SessionRow:
         row = SessionRow(
-            uuid.uuid4().hex,
-            spec.model_dump_json(),
-            counts,
-            counts.copy(),
-            response.model_dump_json(),
-            1,
-            0,
+            uuid.uuid4().hex, spec.model_dump_json(), counts, counts.copy(), plan_json, 1, 0
         )
         self.store.create(row)
-        return self._info(row)
+        return row
 
     def make_room(self) -> None:
         """Expire idle sessions; refuse (429) a new one when the store is still full."""
@@ -216,6 +221,23 @@ class SessionManager:
 
     def info(self, session_id: str) -> SessionInfo:
         return self._info(self._row(session_id))
+
+    def info_json(self, session_id: str) -> bytes:
+        """``info`` as JSON, the stored plan spliced in as stored (not decoded, re-encoded)."""
+        return self._info_json(self._row(session_id))
+
+    def _info_json(self, row: SessionRow) -> bytes:
+        assert row.plan_json is not None
+        with self._lock:
+            resolving = row.id in self._resolving
+        head = {
+            "id": row.id,
+            "version": row.version,
+            "num_observations": row.num_observations,
+            "drift": drift(row.counts, row.plan_counts),
+            "resolving": resolving,
+        }  # the fields of SessionInfo but its plan
+        return json_with(head, plan=row.plan_json.encode())
 
     def delete(self, session_id: str) -> None:
         with self._lock:
@@ -298,10 +320,19 @@ class SessionManager:
             if drift(row.counts, row.plan_counts) <= live.spec.policy.drift_threshold:
                 return  # another replica re-solved for these counts already
             counts = row.counts
-            response = place(self.plan_request(live.spec, counts), self.settings)
-            if response.report.valid:
+            request = self.plan_request(live.spec, counts)
+            if self.admission is None:
+                valid, plan_json = place_json(request, self.settings)
+            else:  # in a solve slot's worker, stopped at the deadline (None: no slot free)
+                got = self.admission.run_background(
+                    "solve", request.options.deadline_s, place_json, request, self.settings
+                )
+                if got is None:
+                    return  # every solve slot is busy: the next drift retries
+                valid, plan_json = got
+            if valid:
                 with live.lock:
-                    version = self.store.swap_plan(session_id, response.model_dump_json(), counts)
+                    version = self.store.swap_plan(session_id, plan_json, counts)
                     if version is not None:
                         live.plan_counts, live.version = counts, version
                 self.resolves += 1
@@ -312,6 +343,12 @@ class SessionManager:
                 self.store.release_lease(session_id, self.replica_id)
             with self._lock:
                 self._resolving.discard(session_id)
+
+
+def place_json(request: PlacementRequest, settings: Settings) -> tuple[bool, str]:
+    """A re-solve's plan (in a worker): whether it passed the executor, and its JSON."""
+    response = place(request, settings)
+    return response.report.valid, response.model_dump_json()
 
 
 def expire(

@@ -165,8 +165,15 @@ class SessionStore(ABC):
         """Forget a session; False when there was none."""
 
     @abstractmethod
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
-        """Insert a new EP session: version 1, no batches."""
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
+        """Insert a new EP session: version 1, no batches (``placement_json``: the placement
+        already encoded, by the worker that made it)."""
 
     @abstractmethod
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
@@ -182,8 +189,16 @@ class SessionStore(ABC):
         batch count to ``seq``; one transaction. False when the session is gone."""
 
     @abstractmethod
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
-        """Install a placement with its version; False when the session is gone."""
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
+        """Install a placement with its version (``placement_json`` as for ``ep_create``);
+        False when the session is gone."""
 
     @abstractmethod
     def ep_delete(self, session_id: str) -> bool:
@@ -255,6 +270,11 @@ def wal_damage(wal: bytes) -> str | None:
             return f"frame {later[0]} of {count} fails its checksum"
         return None
     return None
+
+
+def placement_text(placement: np.ndarray, encoded: bytes | None = None) -> str:
+    """An EP placement ``[L, R]`` as stored (JSON): ``encoded`` when a worker encoded it."""
+    return encoded.decode() if encoded is not None else json.dumps(placement.tolist())
 
 
 def _blob(a: np.ndarray, dtype: type = np.float64) -> bytes:
@@ -560,11 +580,17 @@ class SQLiteStore(SessionStore):
 
     # ------------------------------------------------------------------ EP sessions
 
-    def ep_create(self, session_id: str, spec_json: str, placement: np.ndarray) -> None:
+    def ep_create(
+        self,
+        session_id: str,
+        spec_json: str,
+        placement: np.ndarray,
+        placement_json: bytes | None = None,
+    ) -> None:
         with self._writing() as con:
             con.execute(
                 "INSERT INTO ep_sessions VALUES (?, ?, ?, 1, 0, 0, ?)",
-                (session_id, spec_json, json.dumps(placement.tolist()), time.time()),
+                (session_id, spec_json, placement_text(placement, placement_json), time.time()),
             )
 
     def ep_get(self, session_id: str, shape: tuple[int, int]) -> EpRow | None:
@@ -598,13 +624,20 @@ class SQLiteStore(SessionStore):
             )
             return True
 
-    def ep_swap(self, session_id: str, placement: np.ndarray, version: int, moved: int) -> bool:
+    def ep_swap(
+        self,
+        session_id: str,
+        placement: np.ndarray,
+        version: int,
+        moved: int,
+        placement_json: bytes | None = None,
+    ) -> bool:
         with self._writing() as con:
             return (
                 con.execute(
                     "UPDATE ep_sessions SET placement = ?, version = ?, moved_last = ? "
                     "WHERE id = ?",
-                    (json.dumps(placement.tolist()), version, moved, session_id),
+                    (placement_text(placement, placement_json), version, moved, session_id),
                 ).rowcount
                 > 0
             )

@@ -1,9 +1,10 @@
 """Sweeps as HTTP jobs: one background thread a job, the rows in a CSV under the sweep dir.
 
 A job is bounded: its points are capped by ``max_sweep_points``, their simulated tokens by
-``max_sweep_tokens``, and at most
-``max_running_sweeps`` run at once (more get 503); ``cancel`` stops it between points. Jobs
-live in this process (the CSV outlives it, so a re-submitted spec reuses finished points).
+``max_sweep_tokens``, and at most ``max_running_sweeps`` run at once: each holds a ``sweep``
+slot of the server's admission from submission to its end, and more get 503 + Retry-After like
+any full class. ``cancel`` stops it between points. Jobs live in this process (the CSV outlives
+it, so a re-submitted spec reuses finished points).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.sweep import SweepOutcome, SweepSpec, point_key, run_sweep
+from service.admission import Admission
 from service.errors import DomainError
 from service.settings import Settings
 
@@ -33,13 +36,15 @@ class SweepJob:
     started_s: float = field(default_factory=time.monotonic)
     outcome: SweepOutcome | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    release: Callable[[], None] = lambda: None  # gives back its admission slot
 
 
 class SweepJobs:
     """The process's sweep jobs."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
         self.settings = settings
+        self.admission = admission  # a running job holds one of its sweep slots
         self._jobs: dict[str, SweepJob] = {}
         self._lock = threading.Lock()
 
@@ -60,11 +65,14 @@ class SweepJobs:
             )  # fmt: skip
         with self._lock:
             running = sum(j.state in ("queued", "running") for j in self._jobs.values())
-            if running >= self.settings.max_running_sweeps:
+            if self.admission is None and running >= self.settings.max_running_sweeps:
                 raise DomainError(503, "busy", "spec", "a sweep is running; retry later")
+            release = self.admission.hold("sweep") if self.admission is not None else None
             digest = point_key(spec.kind, {"spec": spec.model_dump()})
             job = SweepJob(uuid.uuid4().hex[:16], spec, self.settings.sweep_dir / f"{digest}.csv")
             job.total = len(points)
+            if release is not None:
+                job.release = release
             self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), daemon=True, name=f"sweep-{job.id}").start()
         return job
@@ -84,6 +92,8 @@ class SweepJobs:
             job.state = "cancelled" if job.stop.is_set() else "done"
         except Exception as exc:  # the job reports it; the server goes on
             job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.release()
 
     def get(self, job_id: str) -> SweepJob:
         job = self._jobs.get(job_id)

@@ -77,7 +77,7 @@ def metrics(request: Request, settings: SettingsDep) -> Response:
         m.sessions.labels("ep_sessions").set(ep_sessions)
     m.session_ttl.set(settings.session_ttl_s)
     m.max_sessions.set(settings.max_sessions)
-    for cls in ("solve", "route"):
+    for cls in ("solve", "route", "sweep"):
         m.slots_busy.labels(cls).set(request.app.state.admission.busy(cls))
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST

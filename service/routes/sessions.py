@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import jobs
+from service.answers import json_response, json_with
 from service.deps import AdmissionDep
 from service.ep_sessions import EpSessions
 from service.errors import ErrorResponse
@@ -62,16 +63,17 @@ async def create_session(
     ],
     manager: Sessions,
     admission: AdmissionDep,
-) -> SessionInfo:
+) -> SessionInfo | Response:
     """Register hardware, model and policy; the first plan is solved from the seed counts
     (in a solve slot, with the policy's deadline)."""
     admission.refuse_when_full("solve")
     counts = await run_in_threadpool(manager.prepare, spec)
-    response = await admission.run(
+    answer = await admission.run(
         http, "solve", spec.policy.deadline_s, "body.policy.deadline_s",
-        jobs.place, manager.plan_request(spec, counts), manager.settings,
+        jobs.dumped, jobs.place, manager.plan_request(spec, counts), manager.settings,
     )  # fmt: skip
-    return await run_in_threadpool(manager.finish, spec, counts, response)
+    body = await run_in_threadpool(manager.finish_json, spec, counts, answer.body)
+    return json_response(body, 201)
 
 
 @router.post(
@@ -110,9 +112,9 @@ def observe(
 @router.get(
     "/{session_id}/plan", response_model=SessionInfo, responses=_ERRORS, summary="Current plan"
 )
-def current_plan(session_id: str, manager: Sessions) -> SessionInfo:
+def current_plan(session_id: str, manager: Sessions) -> SessionInfo | Response:
     """The current plan with its version (changes atomically when a re-solve lands)."""
-    return manager.info(session_id)
+    return json_response(manager.info_json(session_id))
 
 
 @router.delete("/{session_id}", status_code=204, responses=_ERRORS, summary="End a session")
@@ -155,16 +157,17 @@ async def create_ep_session(
     ],
     manager: EpManager,
     admission: AdmissionDep,
-) -> EpSessionInfo:
+) -> EpSessionInfo | Response:
     """Expert parallelism: the session routes every batch over its replicas and re-places them
     when routed balance over the window of recent batches drops. The first placement is
     found in a solve slot, with the spec's deadline."""
     admission.refuse_when_full("solve")
     await run_in_threadpool(manager.prepare, spec)
-    placement = await admission.run(
+    placement, placement_json = await admission.run(
         http, "solve", spec.deadline_s, "body.deadline_s", jobs.ep_initial_placement, spec
     )
-    return await run_in_threadpool(manager.adopt, spec, placement)
+    sid = await run_in_threadpool(manager.adopt, spec, placement, placement_json)
+    return json_response(await run_in_threadpool(manager.info_json, sid), 201)
 
 
 @ep_router.post(
@@ -183,7 +186,7 @@ async def route_ep_batch(
     ],
     manager: EpManager,
     admission: AdmissionDep,
-) -> EpRouting:
+) -> EpRouting | Response:
     """Tokens per replica slot for this batch (exact min-max routing), and the window's balance.
 
     Routed in a cheap-routing slot with the server's default deadline; the batch is stored
@@ -191,26 +194,28 @@ async def route_ep_batch(
     hist, placement, version, num_gpus = await run_in_threadpool(
         manager.prepare_batch, session_id, batch
     )
-    tokens, per_layer = await admission.run(
-        http, "route", None, "body.histogram", jobs.route_layers, placement, num_gpus, hist
+    tokens_json, per_layer = await admission.run(
+        http, "route", None, "body.histogram", jobs.route_layers_json, placement, num_gpus, hist
     )
-    routing = await run_in_threadpool(
-        manager.record_batch, session_id, hist, version, tokens, per_layer
-    )
+    window_balance, started = await run_in_threadpool(manager.record, session_id, hist, per_layer)
     metrics = http.app.state.metrics
     metrics.ep_batches.inc()
-    metrics.ep_balancedness.observe(routing.window_balancedness)
-    if routing.replace_started:
+    metrics.ep_balancedness.observe(window_balance)
+    if started:
         metrics.resolves_started.labels("ep_replace").inc()
-    return routing
+    head = EpRouting(
+        tokens_per_slot=[], balancedness=per_layer, version=version,
+        window_balancedness=window_balance, replace_started=started,
+    )  # fmt: skip
+    return json_response(json_with(head, tokens_per_slot=tokens_json))
 
 
 @ep_router.get(
     "/{session_id}", response_model=EpSessionInfo, responses=_ERRORS, summary="EP placement"
 )
-def ep_placement(session_id: str, manager: EpManager) -> EpSessionInfo:
+def ep_placement(session_id: str, manager: EpManager) -> EpSessionInfo | Response:
     """The current replica placement and its version."""
-    return manager.info(session_id)
+    return json_response(manager.info_json(session_id))
 
 
 @ep_router.delete("/{session_id}", status_code=204, responses=_ERRORS, summary="End an EP session")

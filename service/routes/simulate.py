@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request, Response
 
 from service import jobs
+from service.answers import json_response
 from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import simulate_example
@@ -20,6 +21,7 @@ _EXAMPLES = {"gpu-ndp": {"summary": "Decode step on 2 NDP-DIMMs", "value": simul
 
 @router.post(
     "/simulate/trace",
+    response_model=dict[str, Any],
     responses={
         200: {"content": {"application/json": {}}, "description": "Chrome trace events."},
         422: {"model": ErrorResponse, "description": "Invalid request."},
@@ -31,11 +33,10 @@ async def post_simulate_trace(
     request: Annotated[SimulateRequest, Body(openapi_examples=_EXAMPLES)],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> dict[str, Any]:
+) -> Response:
     """The simulated timeline as Chrome trace event JSON: open it in ui.perfetto.dev."""
-    return await admission.run(
-        http, "solve", None, "body.plan", jobs.trace_events, request, settings
-    )
+    body = await admission.run(http, "solve", None, "body.plan", jobs.trace_json, request, settings)
+    return json_response(body)
 
 
 @router.post(
@@ -72,9 +73,10 @@ async def post_simulate(
     ],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> SimulateResponse:
+) -> SimulateResponse | Response:
     """Run the plan on the executor model; violations are reported, not raised."""
-    return await admission.run(
+    answer = await admission.run(
         http, "solve", None, "body.plan",
-        jobs.simulate_plan, request, settings, request.include_timeline,
+        jobs.dumped, jobs.simulate_plan, request, settings, request.include_timeline,
     )  # fmt: skip
+    return answer.response()

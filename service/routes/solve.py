@@ -68,12 +68,12 @@ async def post_placement(
             http, "solve", request.options.deadline_s, "body.options.deadline_s",
             jobs.answer_picture, "placement", format, request, settings,
         ))  # fmt: skip
-    response = await admission.run(
+    answer = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.place, request, settings,
+        jobs.dumped, jobs.place, request, settings,
     )  # fmt: skip
-    http.app.state.metrics.record_account("placement", response.account)
-    return response
+    http.app.state.metrics.record_answer("placement", answer)
+    return answer.response()
 
 
 @router.post(
@@ -98,15 +98,14 @@ async def post_eplb(
     ],
     settings: SettingsDep,
     admission: AdmissionDep,
-) -> EplbResponse:
+) -> EplbResponse | Response:
     """Replicate hot experts into redundant slots and pack them onto GPUs (EPLB's shapes)."""
-    response = await admission.run(
-        http, "solve", request.deadline_s, "body.deadline_s", jobs.eplb, request, settings
-    )
-    http.app.state.metrics.record_solve(
-        "eplb", response.backend, response.status, response.fallback_reason, response.wall_time_s
-    )
-    return response
+    answer = await admission.run(
+        http, "solve", request.deadline_s, "body.deadline_s", jobs.dumped, jobs.eplb, request,
+        settings,
+    )  # fmt: skip
+    http.app.state.metrics.record_answer("eplb", answer)
+    return answer.response()
 
 
 @router.post(
@@ -137,12 +136,12 @@ async def post_ordering(
             http, "solve", request.options.deadline_s, "body.options.deadline_s",
             jobs.answer_picture, "ordering", format, request, settings,
         ))  # fmt: skip
-    response = await admission.run(
+    answer = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.order, request, settings,
+        jobs.dumped, jobs.order, request, settings,
     )  # fmt: skip
-    http.app.state.metrics.record_account("ordering", response.account)
-    return response
+    http.app.state.metrics.record_answer("ordering", answer)
+    return answer.response()
 
 
 @router.post(
@@ -174,12 +173,12 @@ async def post_schedule(
             http, "solve", request.options.deadline_s, "body.options.deadline_s",
             jobs.answer_picture, "schedule", format, request, settings,
         ))  # fmt: skip
-    response = await admission.run(
+    answer = await admission.run(
         http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.schedule, request, settings,
+        jobs.dumped, jobs.schedule, request, settings,
     )  # fmt: skip
-    http.app.state.metrics.record_account("schedule", response.account)
-    return response
+    http.app.state.metrics.record_answer("schedule", answer)
+    return answer.response()
 
 
 @router.post(
@@ -199,11 +198,14 @@ async def post_route(
         ),
     ],
     admission: AdmissionDep,
-) -> RouteResponse:
+) -> RouteResponse | Response:
     """Split each expert's tokens among its replicas (integers) so the busiest GPU is lightest.
 
     A cheap-routing slot (not a solve slot), with the server's default deadline."""
-    return await admission.run(http, "route", None, "body.loads", jobs.route, request)
+    answer = await admission.run(
+        http, "route", None, "body.loads", jobs.dumped, jobs.route, request
+    )
+    return answer.response()
 
 
 @router.get(

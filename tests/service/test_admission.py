@@ -6,7 +6,9 @@ has its worker stopped and its slot freed; a request past its deadline is stoppe
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -50,5 +52,18 @@ def test_a_disconnect_frees_the_slot_and_a_deadline_stops_the_work(tmp_path: Pat
             assert r.json()["error_type"] == "deadline_exceeded"
             assert r.json()["detail"][0]["field"] == "body.deadline_s"
             assert c.get("/healthz").status_code == 200
+
+            # The deadline counts from the request's arrival: a small request (answered in
+            # milliseconds) whose body took 2 s to arrive is past a 0.5 s deadline + 0.5 s grace.
+            def slow_body() -> Iterator[bytes]:
+                text = json.dumps(SMALL | {"deadline_s": 0.5}).encode()
+                yield text[:10]
+                time.sleep(2.0)
+                yield text[10:]
+
+            r = c.post(
+                "/v1/ep-sessions", content=slow_body(), headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 422 and r.json()["error_type"] == "deadline_exceeded", r.text
     finally:
         srv.stop()

@@ -47,6 +47,10 @@ def test_a_sweep_job_runs_to_the_end_with_its_rows(client: TestClient) -> None:
         assert r.status_code == 202, r.text
         job = r.json()
         assert job["points_total"] == 4 and job["state"] in ("queued", "running")
+        # The job holds the one sweep slot from its submission: a second gets 503 at once.
+        busy = client.post("/v1/sweeps", json=EXAMPLE)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+        assert 'moesched_slots_busy{cls="sweep"} 1.0' in client.get("/metrics").text
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             job = client.get(f"/v1/sweeps/{job['id']}").json()
@@ -61,6 +65,9 @@ def test_a_sweep_job_runs_to_the_end_with_its_rows(client: TestClient) -> None:
             (h, c) for h in ("gpu-ndp-2dimm", "gpu-ndp-4dimm") for c in (0.1, 0.3)
         }
         assert all(r["executor_violations"] == 0 and r["latency_s"] > 0 for r in rows)
+        while 'moesched_slots_busy{cls="sweep"} 0.0' not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the finished job kept its slot"
+            time.sleep(0.1)
         # The same spec again reuses every finished point.
         again = client.post("/v1/sweeps", json=EXAMPLE).json()
         while again["state"] in ("queued", "running"):
