@@ -37,7 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def sessions(request: Request) -> SessionManager:
+async def sessions(request: Request) -> SessionManager:
     manager: SessionManager = request.app.state.sessions
     return manager
 
@@ -127,7 +127,7 @@ def end_session(session_id: str, manager: Sessions) -> Response:
 ep_router = APIRouter(prefix="/v1/ep-sessions", tags=["sessions"])
 
 
-def ep_sessions(request: Request) -> EpSessions:
+async def ep_sessions(request: Request) -> EpSessions:
     manager: EpSessions = request.app.state.ep_sessions
     return manager
 
