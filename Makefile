@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit openapi fuzz mutants planted clean
+.PHONY: serve test lint typecheck unit openapi fuzz mutants planted load-check clean
 
 $(BIN)/moesched: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +34,20 @@ fuzz: $(BIN)/moesched
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50} $(BIN)/pytest tests/service/test_fuzz.py
 
 # Mutation testing and planted bugs (slow, not in CI): docs/mutants.json, docs/planted_bugs.json.
-# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch).
+# MUTANT_GROUPS picks module groups (executor costs placement eplb ordering prefetch);
+# MUTANT_SAMPLE a glob on mutant names (e.g. '*__mutmut_*[05]' for 1 in 5); MUTANT_FRACTION a
+# deterministic sample by name hash (e.g. 0.02), uniform over functions.
 mutants: $(BIN)/moesched
 	$(BIN)/python -m pip install --quiet -e '.[mutants]'
-	nice -n 15 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS))
+	nice -n 10 $(BIN)/python -m tests.mutants --json docs/mutants.json $(if $(MUTANT_GROUPS),--groups $(MUTANT_GROUPS)) $(if $(MUTANT_SAMPLE),--sample '$(MUTANT_SAMPLE)') $(if $(MUTANT_FRACTION),--fraction $(MUTANT_FRACTION))
 
 planted: $(BIN)/moesched
 	nice -n 10 $(BIN)/python -m tests.planted_bugs --json docs/planted_bugs.json
+
+# The deterministic benchmarks' --quick figures as the machine is and beside 2 CPU burners:
+# every figure but the timings must be equal (exit 1 otherwise); docs/load_independence.json.
+load-check: $(BIN)/moesched
+	nice -n 10 $(BIN)/python -m tests.load_independence --json docs/load_independence.json
 
 openapi: $(BIN)/moesched
 	$(BIN)/python -m service.openapi_export

@@ -73,7 +73,15 @@ PROMPT_TOKENS = 512
 OUTPUT_TOKENS = 512
 CACHE_SHARE = 0.2
 ABLATION_TRACE = "esft-law"  # the ablations run on this case (all cases in --quick)
-DECODE_STEPS = 8  # decode tokens simulated per run (the rest extrapolated at their mean)
+DECODE_STEPS = 32  # decode tokens simulated per run (the rest extrapolated at their mean)
+# The previous moesched's decode per token at 4 DIMMs (seconds), the mean over the first 96
+# decode tokens of each case (docs/bench_ndp.json of commit 80cc3ef, the code the issue's
+# "today's moesched" names); the full run decodes the same 96 tokens with today's code.
+PREVIOUS_STEPS = 96
+PREVIOUS_DECODE_S: dict[str, float] = {
+    "esft-law": 7.562e-3, "esft-intent": 7.050e-3, "flame": 0.814e-3,
+    "olmoe-sampled": 4.171e-3, "mixtral-sampled": 87.695e-3,
+}  # fmt: skip
 DIMMS = (4,)  # DIMM counts of the full run
 CONFIGS: dict[str, dict[str, Any]] = {
     "moesched": {"layout": "striped", "cache": "moesched", "prefetch": True, "dispatch": "solver"},
@@ -230,6 +238,13 @@ def decode_point(
         "bound_per_token_s": float(np.mean([s.bound_s for s in steps])),
         "over_bound": float(np.mean(decode_s))
         / max(float(np.mean([s.bound_s for s in steps])), 1e-15),
+        "bound_layers_per_token_s": float(np.mean([s.bound_layers_s for s in steps])),
+        "bound_step_per_token_s": float(np.mean([s.bound_step_s for s in steps])),
+        # Where decode time goes: busy seconds per token by resource, over the decode latency.
+        "busy_share": {
+            k: float(np.mean([s.busy_s[k] for s in steps])) / max(float(np.mean(decode_s)), 1e-15)
+            for k in steps[0].busy_s
+        },
         "solve_cpu_per_token_s": float(np.mean([s.solve_s for s in steps])),
         "prefill_s": pre.latency_s,
         "decode_per_token_s": float(np.mean(decode_s)),
@@ -271,6 +286,8 @@ def run(quick: bool = False) -> BenchResult:
             ablate = dimms == 4 and (quick or label == ABLATION_TRACE)
             names = MAIN + (ABLATIONS if ablate else ())
             jobs += [(model_name, label, dimms, name, decode_steps) for name in names]
+            if not quick and dimms == 4 and label in PREVIOUS_DECODE_S:
+                jobs.append((model_name, label, dimms, "moesched", PREVIOUS_STEPS))
     with multiprocessing.get_context("fork").Pool(2) as pool:
         done = tracked(pool.imap(run_one, jobs), "ndp: configurations run", len(jobs))
         outcomes = dict(zip(jobs, done, strict=True))
@@ -305,6 +322,14 @@ def run(quick: bool = False) -> BenchResult:
             for name in ABLATIONS:
                 if name in got:
                     row[f"speedup_{name}"] = base["latency_s"] / got[name]["latency_s"]
+            same = outcomes.get((model_name, label, dimms, "moesched", PREVIOUS_STEPS))
+            if same is not None:
+                # Today's code on the previous run's own tokens (the first 96 decoded).
+                row["decode_per_token_s_96"] = same["decode_per_token_s"]
+                row["decode_vs_previous_96"] = (
+                    same["decode_per_token_s"] / PREVIOUS_DECODE_S[label] - 1
+                )
+                row["over_bound_96"] = same["over_bound"]
             result.rows.append(row)
     rows = result.rows
     real = [r for r in rows if r["routing"] == "real"]
@@ -324,6 +349,14 @@ def run(quick: bool = False) -> BenchResult:
             f"{r['model']}/{r['trace']}": r["configs"]["moesched"]["decode_per_token_s"] * 1e3
             for r in rows
             if r["dimms"] == 4
+        },
+        "decode_vs_previous_96": {
+            f"{r['model']}/{r['trace']}": r["decode_vs_previous_96"]
+            for r in rows
+            if "decode_vs_previous_96" in r
+        },
+        "moesched_over_bound_by_row": {
+            f"{r['model']}/{r['trace']}": r["moesched_over_bound"] for r in rows
         },
         "speedup_vs_gpu_only_mean": float(np.mean([r["speedup_vs_gpu_only"] for r in rows])),
         "gpu_util_baseline_mean": float(

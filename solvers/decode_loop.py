@@ -40,9 +40,10 @@ from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, EvictTask, Plan, Residency, TransferTask, WeightSlice
 from hwmodel.plan_builder import effective_granules
-from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
+from solvers.common import Budget
 from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
@@ -101,7 +102,11 @@ class StepRecord:
     solve_s: float  # CPU time in the placement and prefetch solvers (not wall time)
     resolved: bool
     violations: list[str]
-    bound_s: float = 0.0
+    bound_s: float = 0.0  # a lower bound on latency_s for this step's cache states
+    bound_layers_s: float = 0.0  # its per-layer part
+    bound_step_s: float = 0.0  # its whole-step part (links shared with the step's prefetch)
+    # Busy seconds by resource class in this step's timeline (``_Step.busy_s``).
+    busy_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,7 +186,9 @@ class _Step:
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
         self.weight_bytes = 0.0
-        self.bound_s = 0.0
+        self.bound_s = 0.0  # the per-layer bounds, summed (``DecodeRun._bound_s``)
+        self.absent_bytes = 0.0  # weight bytes the step's layers ran that were not on the GPU
+        self.attention_s = 0.0  # the layers' attention, summed
 
     def emit(self, tasks: list[AnyTask]) -> None:
         self.tasks.extend(tasks)
@@ -299,8 +306,42 @@ class DecodeRun:
             solve_s=st.solve_s,
             resolved=resolved,
             violations=[f"{v.code}: {v.message}" for v in report.violations] if report else [],
-            bound_s=st.bound_s,
+            bound_s=max(st.bound_s, self._step_bound_s(st)) if st.step >= 0 else 0.0,
+            bound_layers_s=st.bound_s,
+            bound_step_s=self._step_bound_s(st) if st.step >= 0 else 0.0,
+            busy_s=self._busy_s(st),
         )
+
+    def _busy_s(self, st: _Step) -> dict[str, float]:
+        """Where a step's time goes, from its timeline (seconds busy): ``attention`` and
+        ``gpu`` (all of the home GPU's compute, attention included); ``ndp_mean`` /
+        ``ndp_max`` over the NDP units (``ndp_max - ndp_mean``: their imbalance); the links
+        into the GPU by purpose (``link_in_demand``, ``link_in_prefetch``, ``link_in_data``:
+        returned partial sums) and the links out of it (``link_out``: dispatched
+        activations)."""
+        clock = self.hardware.clock_hz
+        ndp = {d.id: 0.0 for d in self.hardware.devices if d.kind == "ndp"}
+        into = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
+        out = {"attention": 0.0, "gpu": 0.0, "link_in_demand": 0.0, "link_in_prefetch": 0.0,
+               "link_in_data": 0.0, "link_out": 0.0}  # fmt: skip
+        for t in st.tasks:
+            start, end = st.timeline.times[t.id]
+            sec = (end - start) / clock
+            if isinstance(t, ComputeTask):
+                if t.device_id == self.home:
+                    out["gpu"] += sec
+                    out["attention"] += sec if t.op == "attention" else 0.0
+                elif t.device_id in ndp:
+                    ndp[t.device_id] += sec
+            elif isinstance(t, TransferTask):
+                if t.link_id in into and t.dst_device_id == self.home:
+                    kind = t.purpose if t.purpose in ("demand", "prefetch") else "data"
+                    out[f"link_in_{kind}"] += sec
+                else:
+                    out["link_out"] += sec
+        out["ndp_mean"] = float(np.mean(list(ndp.values()))) if ndp else 0.0
+        out["ndp_max"] = max(ndp.values(), default=0.0)
+        return out
 
     def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
         """The prompt as one batch through every layer (``histogram [L, E]`` tokens per expert),
@@ -410,7 +451,7 @@ class DecodeRun:
             layer, want, gates, self.caches, self.predictor, stats,
             cfg.substitute_below, cfg.quality_budget,
         )  # fmt: skip
-        st.bound_s += self._bound_s(layer, run_experts, st.timeline.context_tokens)
+        st.bound_s += self._bound_s(st, layer, run_experts)
         started = time.process_time()
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
@@ -566,7 +607,8 @@ class DecodeRun:
             link_budget_cycles=max(0, ready - free),
         )
         started = time.process_time()
-        choice = select(problem, "greedy")
+        # Greedy under a work budget: nothing here may depend on how fast the machine runs.
+        choice = select(problem, "greedy", budget=Budget.work(1.0, workers=1))
         st.solve_s += time.process_time() - started
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
@@ -599,17 +641,30 @@ class DecodeRun:
             st.weight_bytes += self.model.expert_bytes(width)
         return out
 
-    def _bound_s(self, layer: int, run_experts: list[int], context_tokens: int) -> float:
-        """A lower bound on one token's layer with the cache as it stands (seconds): attention,
-        then the largest of (a) the shared experts on the GPU, (b) the absent experts' weight
-        bytes over every path that can serve them at once (each other weight-holding device
-        reading its memory, plus every link into the GPU, at full bandwidth), and (c) all the
-        layer's weight bytes over those paths plus the GPU's own memory bandwidth (a resident
-        expert may run on the GPU or on a unit that holds it)."""
+    def _bound_s(self, st: _Step, layer: int, run_experts: list[int]) -> float:
+        """A lower bound on one token's layer with the cache as it stands (seconds), under the
+        cost model (``hwmodel.costs``): attention, then the largest of
+
+        (a) the shared experts on the GPU;
+        (b) the absent experts' weight bytes ``A``: either all of them come over the links into
+            the GPU (``A / P``), or some weight-holding unit computes in place, and then the
+            layer waits at least ``f`` (the activations' trip to the unit and back, and one
+            launch) beside the unit's own time, while the links carry the rest at the same
+            time: ``(A + R f) / (R + P)``; the smaller of the two;
+        (c) all the layer's weight bytes over those paths plus the GPU's own memory.
+
+        ``R`` and the GPU's rate are effective rates (``_seconds_per_byte``: memory efficiency,
+        tile overheads, compute), what the cost model lets a unit reach, never the nominal
+        bandwidth; ``P`` is every link into the GPU at full bandwidth. Adds the layer's ``A``
+        and attention to ``st`` for the whole-step bound (``_step_bound_s``)."""
         home, model = self.hardware.device(self.home), self.model
         shared_s = costs.shared_expert_s(home, model, 1)
-        shared_bytes = costs.expert_bytes_read(
-            model, 1, model.num_shared_experts * model.shared_expert_ffn_size
+        shared_bytes = (
+            costs.expert_bytes_read(
+                model, 1, model.num_shared_experts * model.shared_expert_ffn_size
+            )
+            if model.num_shared_experts
+            else 0.0
         )
         absent_bytes = resident_bytes = 0.0
         for e in run_experts:
@@ -620,28 +675,67 @@ class DecodeRun:
                 share = 1.0 if missing is None else len(missing) / self.G
                 absent_bytes += share * model.expert_bytes()
                 resident_bytes += (1.0 - share) * model.expert_bytes()
-        paths = self._paths_bytes_per_s
-        everything = (shared_bytes + resident_bytes + absent_bytes) / (
-            paths + home.mem_bandwidth_bytes_per_s
-        )
-        attention = costs.attention_s(home, model, 1, context_tokens)
-        return attention + max(shared_s, absent_bytes / paths, everything)
+        readers, links, trip_s = self._paths
+        absent_s = 0.0
+        if absent_bytes > 0:
+            in_place = (absent_bytes + readers * trip_s) / max(readers + links, 1.0)
+            absent_s = min(absent_bytes / links, in_place) if links > 0 else in_place
+        home_rate = 1.0 / _seconds_per_byte(home, model)
+        everything = (shared_bytes + resident_bytes + absent_bytes) / (readers + links + home_rate)
+        attention = costs.attention_s(home, model, 1, st.timeline.context_tokens)
+        st.absent_bytes += absent_bytes
+        st.attention_s += attention
+        return attention + max(shared_s, absent_s, everything)
+
+    def _step_bound_s(self, st: _Step) -> float:
+        """A lower bound on the whole step (seconds) that counts the links into the GPU once:
+        the step's other transfers into the GPU (prefetch, returned partial sums: ``B`` bytes'
+        worth of link time, ``bandwidth x busy seconds``) use the same links as the absent
+        bytes' demand loads. With ``T`` the step, ``ATT`` its attention (no expert work runs
+        during a layer's attention: it waits on the layer before and the layer after waits on
+        it), the units compute at most ``R (T - ATT)`` bytes and the links carry at most
+        ``P T - B``, so ``sum(A) <= R (T - ATT) + P T - B``:
+        ``T >= (sum(A) + R ATT + B) / (R + P)``; never below the attention alone."""
+        readers, links, _ = self._paths
+        if readers + links <= 0:
+            return st.attention_s
+        into = {lk.id: lk for lk in self.hardware.links if self.home in lk.dst_device_ids}
+        clock = self.hardware.clock_hz
+        other_bytes = 0.0
+        for t in st.tasks:
+            if isinstance(t, TransferTask) and t.link_id in into and t.purpose != "demand":
+                start, end = st.timeline.times[t.id]
+                other_bytes += into[t.link_id].bandwidth_bytes_per_s * (end - start) / clock
+        need = st.absent_bytes + readers * st.attention_s + other_bytes
+        return max(st.attention_s, need / (readers + links))
 
     @functools.cached_property
-    def _paths_bytes_per_s(self) -> float:
-        """Bytes per second all paths to absent weights deliver at once (see ``_bound_s``)."""
+    def _paths(self) -> tuple[float, float, float]:
+        """(``R``: bytes per second every other weight-holding unit computes in place at once,
+        at its effective rate; ``P``: bytes per second every link into the GPU delivers at
+        once; ``f``: the shortest round trip of one token's activations to such a unit and
+        back plus its launch, seconds). See ``_bound_s``."""
         held = {m for m, slices in self.base.by_memory.items() if slices}
-        readers = sum(
-            d.mem_bandwidth_bytes_per_s
-            for d in self.hardware.devices
-            if d.id != self.home and d.memory_id in held
-        )
+        units = [d for d in self.hardware.devices if d.id != self.home and d.memory_id in held]
+        readers = sum(1.0 / _seconds_per_byte(d, self.model) for d in units)
         links = sum(
             lk.bandwidth_bytes_per_s * lk.num_lanes
             for lk in self.hardware.links
             if self.home in lk.dst_device_ids
         )
-        return max(readers + links, 1.0)
+        act = self.model.activation_bytes(1)
+        trips = []
+        for d in units:
+            down = [lk for lk in self.hardware.links
+                    if self.home in lk.src_device_ids and d.id in lk.dst_device_ids]  # fmt: skip
+            up = [lk for lk in self.hardware.links
+                  if d.id in lk.src_device_ids and self.home in lk.dst_device_ids]  # fmt: skip
+            trips.append(
+                min((costs.transfer_s(lk, act) for lk in down), default=0.0)
+                + d.launch_s
+                + min((costs.transfer_s(lk, act) for lk in up), default=0.0)
+            )
+        return readers, links, min(trips, default=0.0)
 
     def _auto_lookahead(self) -> int:
         """Layers ahead worth prefetching for: one expert's load over the fastest link into
@@ -698,6 +792,20 @@ def run_sequences(
         merged.plans_solved += result.plans_solved
         merged.plans_reused += result.plans_reused
     return merged
+
+
+def _seconds_per_byte(device: Device, model: ModelSpec) -> float:
+    """The least time per weight byte a device spends computing one token's expert, under
+    the cost model: a byte read at ``bandwidth x memory_efficiency``, plus on an NDP unit with
+    SRAM one tile overhead per ``sram_bytes / 2`` (every tile's load is serial), and never
+    faster than its compute (``flops x compute_efficiency``) allows. Launches excluded."""
+    width = model.expert_ffn_size
+    weight_bytes = model.expert_bytes(width)
+    flops_per_byte = costs.expert_flops(model, 1, width) / weight_bytes
+    memory = 1.0 / (device.mem_bandwidth_bytes_per_s * device.memory_efficiency)
+    if device.sram_bytes is not None:
+        memory += device.tile_overhead_s / (device.sram_bytes / 2)
+    return max(memory, flops_per_byte / (device.peak_flops_per_s * device.compute_efficiency))
 
 
 @functools.lru_cache(maxsize=1 << 16)

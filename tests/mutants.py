@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from hwmodel.routing_traces import traces_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +36,10 @@ EXECUTOR_TESTS = [
     "tests/test_executor_timeline.py",
     "tests/test_costs_golden.py",
 ]
+GOLDEN = ["tests/test_quality_golden.py", "tests/test_quality_pinned.py"]
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
-    # name: (paths to mutate, tests)
+    # name: (paths to mutate, tests); mutmut runs, for each mutant, only the tests among these
+    # that called the mutated function in its clean run.
     "executor": (
         ["hwmodel/executor.py"],
         [
@@ -44,20 +50,55 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "costs": (["hwmodel/costs.py"], EXECUTOR_TESTS),
     "placement": (
         ["solvers/placement/"],
-        ["tests/solvers/test_placement.py", "tests/test_quality_golden.py"],
+        [*GOLDEN, "tests/solvers/test_placement.py", "tests/test_honest_bounds.py"],
     ),
-    "eplb": (["solvers/eplb/"], ["tests/solvers/test_eplb.py", "tests/solvers/test_routing.py"]),
-    "ordering": (["solvers/ordering/"], ["tests/solvers/test_ordering.py"]),
+    "eplb": (
+        ["solvers/eplb/"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_eplb.py",
+            "tests/solvers/test_routing.py",
+            "tests/solvers/test_eplb_runtime.py",
+            "tests/test_honest_bounds.py",
+        ],
+    ),
+    "ordering": (
+        ["solvers/ordering/"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_ordering.py",
+            "tests/solvers/test_dep.py",
+            "tests/test_honest_bounds.py",
+        ],
+    ),
     "prefetch": (
         ["solvers/prefetch/"],
-        ["tests/solvers/test_prefetch_select.py", "tests/solvers/test_cache.py"],
+        [
+            *GOLDEN,
+            "tests/solvers/test_prefetch_select.py",
+            "tests/solvers/test_cache.py",
+            "tests/solvers/test_predict.py",
+            "tests/test_honest_bounds.py",
+        ],
     ),
 }
 # Tests too slow to rerun per mutant (real-trace CP-SAT proofs); the rest of each file runs.
 DESELECT = "not esft and not real_histograms and not real_trace"
 
 # Mutant name -> why it is equivalent (no input can tell it from the original).
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "hwmodel.costs.x_tile_pipeline_s__mutmut_12": (
+        "int(a // b) -> int(a / b) for positive a, b: the float quotient rounds up to a whole "
+        "number only when a is within half an ulp of a multiple of b, and then a is that multiple"
+        " (a representable k*b); no input differs"
+    ),
+    "hwmodel.costs.x_tile_pipeline_s__mutmut_28": (
+        "last_bytes <= 1e-9 -> < 1e-9: differs only when the bytes past the last full tile are "
+        "exactly 1e-9; weight bytes are whole multiples of bytes_per_weight (>= 1/8 byte). (At "
+        "weight_bytes in (0, 1e-9] the original enters the full-tile branch with zero full tiles "
+        "and returns a wrong time: noted, not reachable)"
+    ),
+}
 
 # mutmut's exit codes (mutmut.stats.status_by_exit_code): a failing test (1, 3), a timeout
 # (24, 36, 152, 255, -24) or a crash (-9, -11) kills a mutant; 0 is a survivor, and so is a
@@ -102,79 +143,196 @@ def _results(scratch: Path) -> dict[str, int | None]:
     return out
 
 
-def run_group(name: str, jobs: int, sample: str | None = None) -> dict[str, object]:
+def _commit() -> str:
+    """The commit the scratch copies are taken from, with ``+dirty`` when the tree differs."""
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return head + ("+dirty" if dirty else "")
+
+
+def _group_record(
+    name: str,
+    scratch: Path,
+    sample: str | None,
+    mutmut: Path,
+    env: dict[str, str],
+    final: bool,
+    only: set[str] | None = None,
+) -> dict[str, object]:
+    """The group's counts from the meta files mutmut has written so far (diffs when final);
+    ``sample`` (a glob) or ``only`` (names) restrict them to the mutants that were asked for."""
+    paths, tests = GROUPS[name]
+    codes = _results(scratch)
+    if sample:
+        codes = {k: c for k, c in codes.items() if fnmatch.fnmatch(k, sample)}
+    if only is not None:
+        codes = {k: codes.get(k) for k in only}
+    killed = sorted(k for k, c in codes.items() if c in _KILLED)
+    survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
+    no_tests = sorted(k for k, c in codes.items() if c in (5, 33))
+    not_run = sorted(k for k, c in codes.items() if c not in _KILLED | _SURVIVED)
+    diffs: dict[str, str] = {}
+    if final:
+        for key in survived:
+            diffs[key] = subprocess.run(
+                [str(mutmut), "show", key], cwd=scratch, env=env,
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+    return {
+        "group": name,
+        "paths": paths,
+        "tests": tests,
+        "sample": sample or "all mutants",
+        "mutants": len(codes),
+        "killed": len(killed),
+        "survived_all": survived,
+        "no_tests": no_tests,
+        "not_run": len(not_run),
+        "diffs": diffs,
+        "status": "done" if final else "running",
+    }
+
+
+def sampled_names(scratch: Path, paths: list[str], fraction: float) -> list[str]:
+    """A deterministic sample of about ``fraction`` of the group's mutants: those whose name's
+    SHA-1 falls in the first ``fraction`` of the hash range (uniform over functions and mutation
+    kinds, unlike a glob on the mutant number, which favours long functions)."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    files = (
+        [f for p in paths for f in sorted((scratch / p).rglob("*.py"))]
+        if any(p.endswith("/") for p in paths)
+        else [scratch / p for p in paths]
+    )
+    cut = int(fraction * 16**8)
+    out = []
+    for f in files:
+        module = f.relative_to(scratch).with_suffix("").as_posix().replace("/", ".")
+        mutated = mutate_file_contents(str(f.relative_to(scratch)), f.read_text())
+        for short in mutated.mutant_names:
+            full = f"{module.removesuffix('.__init__')}.{short}"
+            if int(hashlib.sha1(full.encode()).hexdigest()[:8], 16) < cut:
+                out.append(full)
+    return sorted(out)
+
+
+def run_group(
+    name: str,
+    jobs: int,
+    sample: str | None = None,
+    names: list[str] | None = None,
+    on_progress: Callable[[dict[str, object]], None] | None = None,
+    fraction: float | None = None,
+) -> dict[str, object]:
     """Mutate one group and run its tests; ``sample``: a glob on mutant names (mutmut's own
-    selection, e.g. ``*_mutmut_?0`` for every tenth), None for all."""
+    selection, e.g. ``*_mutmut_?0`` for every tenth), None for all; ``names``: rerun exactly
+    these mutants (a recheck of survivors after new tests). ``on_progress`` gets the partial
+    record about once a minute while mutmut runs."""
     paths, tests = GROUPS[name]
     with tempfile.TemporaryDirectory(prefix=f"moesched-mutants-{name}-") as tmp:
         scratch = Path(tmp)
         _copy_tree(scratch)
         (scratch / "setup.cfg").write_text(_config(paths, tests))
         mutmut = Path(sys.executable).parent / "mutmut"
-        env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(jobs), *([sample] if sample else [])],
-            cwd=scratch, env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        codes = _results(scratch)
-        if sample:
-            codes = {k: c for k, c in codes.items() if fnmatch.fnmatch(k, sample)}
-        if not codes:
-            return {"group": name, "paths": paths, "error": (proc.stdout + proc.stderr)[-3000:]}
-        killed = sorted(k for k, c in codes.items() if c in _KILLED)
-        survived = sorted(k for k, c in codes.items() if c in _SURVIVED)
-        other = sorted(k for k, c in codes.items() if c not in _KILLED | _SURVIVED)
-        diffs = {}
-        for key in survived:
-            diff = subprocess.run(
-                [str(mutmut), "show", key], cwd=scratch, env=env,
-                capture_output=True, text=True, check=False,
-            ).stdout  # fmt: skip
-            diffs[key] = diff
-        return {
-            "group": name,
-            "paths": paths,
-            "tests": tests,
-            "sample": sample or "all mutants",
-            "killed": len(killed),
-            "survived_all": survived,
-            "not_run": other,
-            "diffs": diffs,
+        # The real traces sit beside the repository (../shared/traces), not beside the copy.
+        env = os.environ | {
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MOESCHED_TRACES_DIR": str(traces_dir()),
         }
+        total = None
+        if fraction is not None and not names:
+            names = sampled_names(scratch, paths, fraction)
+            total = len(sampled_names(scratch, paths, 1.0))
+            sample = None
+        only = set(names) if names else None
+        selection = names or ([sample] if sample else [])
+        log = (scratch / "mutmut.log").open("w")
+        proc = subprocess.Popen(
+            [str(mutmut), "run", "--max-children", str(jobs), *selection],
+            cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        while True:
+            try:
+                proc.wait(timeout=60)
+                break
+            except subprocess.TimeoutExpired:
+                if on_progress is not None and (scratch / "mutants").exists():
+                    on_progress(
+                        _group_record(name, scratch, sample, mutmut, env, False, only)
+                        | _sample_note(fraction, only, total)
+                    )
+        log.close()
+        record = _group_record(name, scratch, sample, mutmut, env, True, only)
+        record |= _sample_note(fraction, only, total)
+        if not record["mutants"]:
+            tail = (scratch / "mutmut.log").read_text()[-3000:]
+            return {"group": name, "paths": paths, "error": tail, "status": "error"}
+        return record
 
 
-def summarize(groups: list[dict[str, object]]) -> dict[str, object]:
-    killed = sum(int(g.get("killed", 0)) for g in groups)  # type: ignore[call-overload]
-    survivors, equivalent = [], []
-    for g in groups:
-        for key in g.get("survived_all", []):  # type: ignore[attr-defined]
-            diff = g["diffs"][key]  # type: ignore[index]
-            entry = {"mutant": key, "group": g["group"], "diff": diff}
-            if key in EQUIVALENT:
-                equivalent.append(entry | {"why_equivalent": EQUIVALENT[key]})
-            else:
-                survivors.append(entry)
-    non_equivalent = killed + len(survivors)
+def _sample_note(fraction: float | None, only: set[str] | None, total: int | None) -> dict:
+    if fraction is not None and only is not None:
+        return {"sample": f"{len(only)} of {total} mutants: SHA-1(name) in the first "
+                f"{fraction:g} of the range"}  # fmt: skip
+    if only is not None:
+        return {"sample": f"recheck of {len(only)} named mutants"}
+    return {}
+
+
+def _public(g: dict[str, object]) -> dict[str, object]:
+    """A group's record as docs/mutants.json keeps it."""
+    survived = list(g.get("survived_all", []))  # type: ignore[call-overload]
+    diffs: dict[str, str] = g.get("diffs", {})  # type: ignore[assignment]
+    out = {k: v for k, v in g.items() if k not in ("diffs", "survived_all")}
+    out["survived"] = len(survived)
+    out["survivors"] = [
+        {"mutant": k, "diff": diffs.get(k, "")}
+        | ({"why_equivalent": EQUIVALENT[k]} if k in EQUIVALENT else {})
+        for k in survived
+    ]
+    return out
+
+
+def summarize(groups: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Totals over the groups' public records (each as ``_public`` writes it)."""
+    killed = survived = equivalent = 0
+    survivors, equivalents, by_group = [], [], {}
+    for name, g in groups.items():
+        entries: list[dict[str, str]] = g.get("survivors", [])  # type: ignore[assignment]
+        equiv = [e for e in entries if "why_equivalent" in e]
+        live = [e for e in entries if "why_equivalent" not in e]
+        k = int(g.get("killed", 0))  # type: ignore[call-overload]
+        killed, survived, equivalent = killed + k, survived + len(live), equivalent + len(equiv)
+        by_group[name] = round(k / (k + len(live)), 4) if k + len(live) else None
+        survivors += [e | {"group": name} for e in live]
+        equivalents += [e | {"group": name} for e in equiv]
+    non_equivalent = killed + survived
     return {
         "killed": killed,
-        "survived": len(survivors),
-        "equivalent": len(equivalent),
+        "survived": survived,
+        "equivalent": equivalent,
         "kill_rate": round(killed / non_equivalent, 4) if non_equivalent else None,
-        "covered": [g["paths"] for g in groups if "killed" in g],
+        "kill_rate_by_group": by_group,
         "not_covered": sorted(
-            p
-            for name, (paths, _) in GROUPS.items()
-            for p in paths
-            if name not in {g["group"] for g in groups if "killed" in g}
+            p for name, (paths, _) in GROUPS.items() for p in paths if name not in groups
         ),
-        "groups": [
-            {k: v for k, v in g.items() if k not in ("diffs", "survived_all")}
-            | {"survived": len(g.get("survived_all", []))}  # type: ignore[arg-type]
-            for g in groups
-        ],
         "survivors": survivors,
-        "equivalent_mutants": equivalent,
+        "equivalent_mutants": equivalents,
     }
+
+
+def _write(path: Path, groups: dict[str, dict[str, object]]) -> None:
+    doc = {
+        "tool": "mutmut 3.8.1 (pytest) via tests/mutants.py (make mutants); kill rate = killed / "
+        "(killed + survived), equivalent mutants (EQUIVALENT, with the reason) left out",
+        "groups": groups,
+    } | summarize(groups)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main() -> None:
@@ -185,13 +343,58 @@ def main() -> None:
     parser.add_argument(
         "--sample", default=None, help="glob on mutant names, e.g. '*_mutmut_?0' (every tenth)"
     )
+    parser.add_argument(
+        "--fraction", type=float, default=None,
+        help="run a deterministic sample of this fraction of each group's mutants",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recheck", action="store_true",
+        help="rerun each group's recorded survivors only (after new tests) and update them",
+    )  # fmt: skip
     args = parser.parse_args()
-    done: list[dict[str, object]] = []
+    old = json.loads(args.json.read_text()) if args.json.exists() else {}
+    groups: dict[str, dict[str, object]] = dict(old.get("groups", {}))
+    commit = _commit()
     for name in args.groups:
         print(f"mutants: {name} ...", flush=True)
-        done.append(run_group(name, args.jobs, args.sample))
-        args.json.write_text(json.dumps(summarize(done), indent=1) + "\n")
-        print(json.dumps({k: v for k, v in done[-1].items() if k != "diffs"})[:2000], flush=True)
+        if args.recheck:
+            prev = groups[name]
+            names = [e["mutant"] for e in prev["survivors"]]  # type: ignore[attr-defined]
+            if not names:
+                continue
+            # The names mean the same mutants only on the same source (new tests are fine).
+            base = str(prev["commit"]).removesuffix("+dirty")
+            moved = subprocess.run(
+                ["git", "diff", "--quiet", base, "--", *GROUPS[name][0]], cwd=ROOT, check=False
+            ).returncode
+            if moved:
+                raise SystemExit(f"{name}: {GROUPS[name][0]} changed since {base}: rerun it")
+            got = run_group(name, args.jobs, names=names)
+            still = set(got.get("survived_all", []))  # type: ignore[call-overload]
+            diffs = {e["mutant"]: e["diff"] for e in prev["survivors"]}  # type: ignore[attr-defined]
+            rechecked = prev | {
+                "killed": int(prev["killed"]) + len(names) - len(still),  # type: ignore[call-overload]
+                "survived_all": [n for n in names if n in still],
+                "diffs": diffs,
+                "rechecked_at": commit,
+            }
+            rechecked = {k: v for k, v in rechecked.items() if k != "survivors"}
+            groups[name] = _public(rechecked)
+        else:
+
+            def progress(partial: dict[str, object], name: str = name) -> None:
+                groups[name] = _public(partial | {"commit": commit})
+                _write(args.json, groups)
+
+            groups[name] = _public(
+                run_group(
+                    name, args.jobs, args.sample, on_progress=progress, fraction=args.fraction
+                )
+                | {"commit": commit}
+            )
+        _write(args.json, groups)
+        print(json.dumps({k: v for k, v in groups[name].items() if k != "survivors"})[:2000],
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

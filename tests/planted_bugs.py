@@ -1,12 +1,16 @@
-"""Replay planted bugs: plant each one alone in a scratch copy of the repository, run the fast
-suite there, record whether a test failed (caught) or the suite stayed green (not caught).
+"""Replay planted bugs: plant each one alone in a scratch copy of the repository, run the tests
+there, record whether a test failed (caught) or the suite stayed green (not caught).
 
     .venv/bin/python -m tests.planted_bugs [--json docs/planted_bugs.json] [--only ID ...]
 
 Each plant replaces one exact piece of source text; when the text is no longer there (the code
-moved on) the plant is reported ``stale`` and must be re-aimed, not dropped silently. The fast
-suite is ``FAST_SUITE`` below (``make test`` runs a superset of it, so a plant caught here is
-caught there). Slow: about a minute of CPU per plant; not run by CI.
+moved on) the plant is reported ``stale`` and must be re-aimed, not dropped silently. The tests
+run in stages, each with ``pytest -x`` (stop at the first failure), and the replay stops at the
+first stage that fails: 1. the test files that cover the plant's kind (``TARGETED``); 2. the
+rest of ``FAST_SUITE``; 3. the whole suite as ``make test`` runs it (beside Ray and PostgreSQL,
+``tests/with_services.sh``). Every stage is a subset of ``make test``, so a plant caught at any
+stage is caught there, and one that survives stage 3 is not caught by ``make test``. Not run by
+CI (one to a few minutes of CPU per plant).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hwmodel.routing_traces import traces_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST_SUITE = [
+    "tests/test_quality_pinned.py",
     "tests/test_costs_golden.py",
     "tests/test_executor_records.py",
     "tests/test_quality_golden.py",
@@ -34,8 +41,37 @@ FAST_SUITE = [
     "tests/solvers/test_prefetch_select.py",
     "tests/solvers/test_decode_loop.py",
 ]
-# The slowest real-trace tests stay out of the fast suite (make test still runs them).
+# The slowest real-trace tests stay out of stages 1 and 2 (stage 3 runs them).
 DESELECT = "not real_trace and not real_histograms"
+# Plant kind -> the tests that pin it (stage 1): the fast pinned cases, the golden tests of
+# that kind (node ids, so the slow real-trace proofs run only where they are the pin), files.
+PINNED = "tests/test_quality_pinned.py"
+GOLDEN = "tests/test_quality_golden.py::test_"
+TARGETED: dict[str, list[str]] = {
+    kind: [PINNED, *files]
+    for kind, files in {
+        "greedy balance": [GOLDEN + "greedy_placement_on_real_esft_layers",
+                           "tests/solvers/test_placement.py"],
+        "DEP search": [GOLDEN + "dep_overlapping_the_shared_expert_with_the_dispatch_wins",
+                       GOLDEN + "dep_pipelining_two_micro_batches_wins_on_a_slow_link",
+                       "tests/solvers/test_dep.py"],
+        "DEP overlap": [GOLDEN + "dep_overlapping_the_shared_expert_with_the_dispatch_wins",
+                        GOLDEN + "dep_pipelining_two_micro_batches_wins_on_a_slow_link",
+                        "tests/solvers/test_dep.py"],
+        "EPLB tie-break": [GOLDEN + "eplb_global_ties_follow_deepseek",
+                           GOLDEN + "eplb_hierarchical_ties_follow_deepseek",
+                           GOLDEN + "eplb_packing_ties_and_balancedness",
+                           "tests/solvers/test_eplb.py"],
+        "bound validity": ["tests/test_honest_bounds.py"],
+        "prefetch": [GOLDEN + "prefetch_set_is_the_knapsack_answer",
+                     "tests/solvers/test_prefetch_select.py", "tests/solvers/test_decode_loop.py"],
+        "decay": [GOLDEN + "session_drift_after_decayed_observations",
+                  GOLDEN + "predictor_counts_decay_per_token", "tests/solvers/test_predict.py"],
+        "cycle-0 capacity": [GOLDEN + "residency_over_capacity_at_cycle_0_is_a_violation",
+                             "tests/test_executor_violations.py"],
+        "cost model": ["tests/test_costs_golden.py"],
+    }.items()
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,8 +115,8 @@ PLANTS = [
         "dep-worst-candidate",
         "DEP search",
         "solvers/ordering/dep.py",
-        "best = min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
-        "best = max(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
+        "return min(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
+        "return max(cands, key=lambda c: (c.makespan_cycles, c.shape.m, c.shape.k))",
         "the DEP search returns its worst candidate (micro-batch count, chunks, order)",
     ),
     Plant(
@@ -159,8 +195,8 @@ PLANTS = [
         "session-no-decay",
         "decay",
         "service/store.py",
-        ".reshape(r[1], r[2]) * decay + hist",
-        ".reshape(r[1], r[2]) + hist",
+        "counts = np.minimum(old * decay + hist, cap)",
+        "counts = np.minimum(old + hist, cap)",
         "a session's running counts never decay",
     ),
     Plant(
@@ -197,6 +233,10 @@ PLANTS = [
     ),
 ]
 
+# No bug: the stages must pass on the unplanted copy, or a "caught" means nothing (a copy that
+# cannot find the real traces fails every trace test, planted or not).
+CONTROL = Plant("control", "none", "hwmodel/costs.py", "", "", "nothing planted")
+
 
 def _copy_tree(dst: Path) -> None:
     """The repository's tracked and untracked (not ignored) files, without the venv."""
@@ -213,17 +253,49 @@ def _copy_tree(dst: Path) -> None:
         shutil.copy2(src, out)
 
 
-def replay(plant: Plant, suite: list[str]) -> dict[str, object]:
-    """Plant, run the suite in the scratch copy, and say what happened."""
+def _first_failure(stdout: str) -> str | None:
+    for prefix in ("FAILED ", "ERROR "):
+        for line in stdout.splitlines():
+            if line.startswith(prefix):
+                return line.split(" ")[1]
+    return None
+
+
+def stages(plant: Plant, suite: list[str] | None) -> list[tuple[str, list[str]]]:
+    """(stage name, command) in the order they run; ``suite`` replaces them all by one run."""
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    if suite is not None:
+        return [("suite", [*pytest, "-k", DESELECT, *suite])]
+    if plant is CONTROL:  # stages 1 and 2 of every plant, unplanted
+        every = sorted({t for ts in TARGETED.values() for t in ts if "::" not in t}
+                       | set(FAST_SUITE))  # fmt: skip
+        return [("control", [*pytest, "-k", DESELECT, *every])]
+    targeted = TARGETED[plant.kind]
+    rest = [t for t in FAST_SUITE if t not in targeted]
+    return [
+        ("targeted", [*pytest, "-k", DESELECT, *targeted]),
+        ("fast suite", [*pytest, "-k", DESELECT, *rest]),
+        ("make test", ["bash", "tests/with_services.sh", *pytest]),
+    ]
+
+
+def replay(plant: Plant, suite: list[str] | None = None, max_stage: int = 3) -> dict[str, object]:
+    """Plant, run the stages in the scratch copy until one fails, and say what happened."""
     with tempfile.TemporaryDirectory(prefix="moesched-plant-") as tmp:
         scratch = Path(tmp)
         _copy_tree(scratch)
+        (scratch / ".venv").symlink_to(ROOT / ".venv")  # tests/with_services.sh finds it there
         target = scratch / plant.path
         text = target.read_text()
-        if text.count(plant.old) != 1:
-            return asdict(plant) | {"result": "stale", "failed_test": None}
-        target.write_text(text.replace(plant.old, plant.new))
-        env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+        if plant is not CONTROL:
+            if text.count(plant.old) != 1:
+                return asdict(plant) | {"result": "stale", "failed_test": None, "stage": None}
+            target.write_text(text.replace(plant.old, plant.new))
+        # The real traces sit beside the repository (../shared/traces), not beside the copy.
+        env = os.environ | {
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MOESCHED_TRACES_DIR": str(traces_dir()),
+        }
         # The venv's editable install points at ROOT; from the scratch root, its own modules
         # come first on sys.path (pytest's pythonpath = ["."]). Checked, not assumed:
         module = plant.path.removesuffix(".py").replace("/", ".")
@@ -232,58 +304,77 @@ def replay(plant: Plant, suite: list[str]) -> dict[str, object]:
             cwd=scratch, capture_output=True, text=True, env=env, check=True,
         ).stdout.strip()  # fmt: skip
         assert where.startswith(str(scratch)), f"{module} imported from {where}"
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", DESELECT,
-             *suite],
-            cwd=scratch, capture_output=True, text=True, env=env, check=False,
-        )  # fmt: skip
-        failed = next(
-            (line.split(" ")[1] for line in run.stdout.splitlines() if line.startswith("FAILED ")),
-            None,
-        )
-        if failed is None:
-            failed = next(
-                (
-                    line.split(" ")[1]
-                    for line in run.stdout.splitlines()
-                    if line.startswith("ERROR ")
-                ),
-                None,
+        cpu0 = os.times()
+        caught_at: str | None = None
+        for stage, cmd in stages(plant, suite)[:max_stage]:
+            run = subprocess.run(
+                cmd, cwd=scratch, capture_output=True, text=True, env=env, check=False
             )
-        result = "caught" if run.returncode != 0 else "not caught"
-        return asdict(plant) | {"result": result, "failed_test": failed}
+            # pytest: 1 a test failed, 2 collection stopped on an error (an import the plant
+            # broke); 3-5 (internal error, usage, nothing collected) are the replay's own bug.
+            if run.returncode not in (0, 1, 2):
+                raise RuntimeError(
+                    f"{plant.id} {stage}: pytest exit {run.returncode}\n"
+                    + run.stdout[-2000:]
+                    + run.stderr[-2000:]
+                )
+            if run.returncode != 0:
+                caught_at = stage
+                break
+        cpu1 = os.times()
+        cpu_s = (cpu1.children_user - cpu0.children_user) + (
+            cpu1.children_system - cpu0.children_system
+        )
+        return asdict(plant) | {
+            "result": "caught" if caught_at else "not caught",
+            "stages_run": [name for name, _ in stages(plant, suite)[:max_stage]],
+            "stage": caught_at,
+            "failed_test": _first_failure(run.stdout),
+            "cpu_s": round(cpu_s, 1),
+        }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", nargs="*", default=None)
-    parser.add_argument("--exclude-tests", nargs="*", default=[])
-    parser.add_argument("--suite", default=None, help="pytest arguments to run instead")
+    parser.add_argument("--suite", default=None, help="pytest arguments to run instead of stages")
+    parser.add_argument(
+        "--max-stage", type=int, default=3, help="stop after this stage (1: targeted, 2: fast)"
+    )
+    parser.add_argument("--no-control", action="store_true", help="skip the unplanted run")
     args = parser.parse_args()
     plants = [p for p in PLANTS if args.only is None or p.id in args.only]
+    suite = shlex.split(args.suite) if args.suite else None
+    control = replay(CONTROL, suite) if not args.no_control else {"result": "not caught"}
+    if control["result"] != "not caught":
+        raise SystemExit(f"the unplanted copy fails {control['failed_test']}: fix that first")
     rows = []
     for plant in plants:
-        suite = (
-            shlex.split(args.suite)
-            if args.suite
-            else [t for t in FAST_SUITE if t not in args.exclude_tests]
+        row = replay(plant, suite, args.max_stage)
+        print(
+            f"{plant.id:34s} {row['result']:11s} {row['stage'] or '':10s} "
+            f"{row['failed_test'] or ''}",
+            flush=True,
         )
-        row = replay(plant, suite) | {"suite": suite}
-        print(f"{plant.id:34s} {row['result']:11s} {row['failed_test'] or ''}", flush=True)
         rows.append(row)
-    live = [r for r in rows if r["result"] != "stale"]
-    caught = sum(r["result"] == "caught" for r in live)
-    summary = {
-        "planted": len(live),
-        "caught": caught,
-        "stale": len(rows) - len(live),
-        "caught_fraction": round(caught / len(live), 3) if live else None,
-        "suite": FAST_SUITE,
-    }
+        live = [r for r in rows if r["result"] != "stale"]
+        caught = sum(r["result"] == "caught" for r in live)
+        summary = {
+            "planted": len(PLANTS),
+            "replayed": len(live),
+            "caught": caught,
+            "not_caught": len(live) - caught,
+            "stale": len(rows) - len(live),
+            "caught_fraction": round(caught / len(live), 3) if live else None,
+            "stages": "targeted (TARGETED[kind]) -> rest of FAST_SUITE -> make test's pytest; "
+            "each -x, stopping at the first that fails",
+            "fast_suite": FAST_SUITE,
+            "deselect_in_stages_1_2": DESELECT,
+        }
+        if args.json is not None:  # after every plant: a stopped run keeps what it measured
+            args.json.write_text(json.dumps({"summary": summary, "plants": rows}, indent=1) + "\n")
     print(json.dumps(summary))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"summary": summary, "plants": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -645,7 +645,8 @@ def search_shapes(
     chunks are equal; p +- 1; the other template) while it improves. FinDEP's linear
     alpha + beta * x costs make the surface near-unimodal in m and k (uneven chunks make dents
     in k, hence the divisor moves), so a few seeds reach the optimum of the grid at a fraction
-    of its size (the tests compare)."""
+    of its size (the tests compare); then every k at the best (m, p, template), and a last
+    descent from there if that found a better point."""
     p = builder.p
     max_k = p.experts_per_gpu
     max_p = MAX_SHARED_PIECES if p.model.num_shared_experts else 1
@@ -663,13 +664,23 @@ def search_shapes(
         Shape(2, max(1, max_k // 2)),
         Shape(min(4, max_m), min(4, max_k)),
     ]
-    for seed in starts:
-        here = seed
+
+    def descend(here: Shape) -> Shape:
         while True:
             best = min(_neighbours(here, max_m, max_k, max_p), key=lambda s: (score(s), s.m, s.k))
             if score(best) >= score(here):
-                break
+                return here
             here = best
+
+    for seed in starts:
+        descend(seed)
+    # Every k at the best (m, p, template): uneven chunks dent the k axis deeper than the
+    # moves reach (Qwen3-235B on H20 at 4k context: k = 4 a local optimum, k = 6 better).
+    top = log.best(1)[0]
+    for k in range(1, max_k + 1):
+        score(Shape(top.m, k, top.p, top.template))
+    if log.best(1)[0] != top:
+        descend(log.best(1)[0])
     return log
 
 
@@ -704,10 +715,12 @@ def _one_machine_bounds(builder: _Builder, shape: Shape) -> dict[str, int]:
         last[x.resource] = min(last.get(x.resource, after[i]), after[i])
     out = {r: first[r] + work[r] + last[r] for r in work}
     out[CRITICAL_PATH] = _critical_path(g, head, dur, layers if periodic else None)
+    out[CHAIN] = _chain_bound(g, dur, layers if periodic else None)
     return out
 
 
 CRITICAL_PATH = "critical path"
+CHAIN = "micro-batch chain"
 
 
 def _critical_path(g: DepGraph, head: list[int], dur: list[int], layers: int | None) -> int:
@@ -725,6 +738,107 @@ def _critical_path(g: DepGraph, head: list[int], dur: list[int], layers: int | N
         t0 = max(head[j] + dur[j] for j, x in enumerate(g.nodes) if x.layer == 0 and x.mb == i)
         best = max(best, (layers - 1) * head[attn1] + t0)
     return best
+
+
+FLOW_SHOP_STATES = 20_000
+"""Most job-count vectors the exact flow-shop DP visits; beyond it the chain falls back to
+the one-machine bounds within the layer (valid, weaker)."""
+
+
+def _flow_shop_cycles(jobs: Sequence[tuple[int, int, int]]) -> int | None:
+    """Least makespan (cycles) of a three-machine flow shop: job j runs ``jobs[j][0]`` on
+    machine 1, then ``[1]`` on machine 2, then ``[2]`` on machine 3, each machine one job at a
+    time. For three machines a permutation schedule is optimal (Johnson 1954; Conway, Maxwell
+    and Miller, Theory of Scheduling, 1967, 6-3), so a DP over how many jobs of each distinct
+    type are sequenced, keeping the Pareto set of (machine 2, machine 3) completion times
+    (machine 1's is fixed by the set), is exact. None when the state space exceeds
+    ``FLOW_SHOP_STATES`` (many distinct job types)."""
+    types = sorted(set(jobs))
+    counts = [sum(1 for j in jobs if j == t) for t in types]
+    if math.prod(c + 1 for c in counts) > FLOW_SHOP_STATES:
+        return None
+    fronts: dict[tuple[int, ...], list[tuple[int, int]]] = {tuple([0] * len(types)): [(0, 0)]}
+    for _ in range(len(jobs)):
+        nxt: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for state, front in fronts.items():
+            c1 = sum(n * t[0] for n, t in zip(state, types, strict=True))
+            for q, t in enumerate(types):
+                if state[q] == counts[q]:
+                    continue
+                s2 = (*state[:q], state[q] + 1, *state[q + 1 :])
+                e1 = c1 + t[0]
+                nxt.setdefault(s2, []).extend(
+                    (e2, max(c3, e2) + t[2]) for c2, c3 in front for e2 in (max(c2, e1) + t[1],)
+                )
+        fronts = {s: _pareto(f) for s, f in nxt.items()}
+    return min(c3 for front in fronts.values() for _, c3 in front) if jobs else 0
+
+
+def _pareto(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The points no other point is <= in both coordinates (smaller is better)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(set(points)):
+        if not out or b < out[-1][1]:
+            out.append((a, b))
+    return out
+
+
+def _layer_chain(g: DepGraph, idx: list[int], dur: list[int]) -> int:
+    """Least time (cycles) from the start of one micro-batch's attention in one layer to the
+    end of that layer's work of the micro-batch (``idx``: its tasks; ``dur`` with shared
+    experts as zero), resources counted but other micro-batches ignored: the attention, then
+    the k chunks A2E_j -> GEMM_j -> E2A_j as an exact three-machine flow shop when the chunks
+    use one port, the expert GPU and one port, all distinct; otherwise the best one-machine
+    bound within the layer (head + work + tail on each resource)."""
+    nodes = g.nodes
+    inside = set(idx)
+    attn = [i for i in idx if nodes[i].kind == "attn"]
+    e2a = [i for i in idx if nodes[i].kind == "e2a"]
+    jobs: list[tuple[int, int, int]] = []
+    machines: set[tuple[str, str, str]] = set()
+    for z in e2a:
+        gm = nodes[z].preds[0]
+        x = nodes[gm].preds[0]
+        jobs.append((dur[x], dur[gm], dur[z]))
+        machines.add((nodes[x].resource, nodes[gm].resource, nodes[z].resource))
+    clean = len(attn) == 1 and len(machines) <= 1 and all(len(set(ms)) == 3 for ms in machines)
+    if clean and all(nodes[q].kind in ("attn", "shared") for x in idx if nodes[x].kind == "a2e"
+                     for q in nodes[x].preds):  # fmt: skip
+        shop = _flow_shop_cycles(jobs)
+        if shop is not None:
+            return dur[attn[0]] + shop
+    head = {i: 0 for i in idx}
+    for i in idx:  # idx is in emission order, a data-flow order
+        head[i] = max((head[q] + dur[q] for q in nodes[i].preds if q in inside), default=0)
+    tail = {i: 0 for i in idx}
+    for i in reversed(idx):
+        for q in nodes[i].preds:
+            if q in inside:
+                tail[q] = max(tail[q], dur[i] + tail[i])
+    by_res: dict[str, list[int]] = {}
+    for i in idx:
+        by_res.setdefault(nodes[i].resource, []).append(i)
+    best = max(head[i] + dur[i] + tail[i] for i in idx)
+    for ts in by_res.values():
+        best = max(best, min(head[i] for i in ts) + sum(dur[i] for i in ts)
+                   + min(tail[i] for i in ts))  # fmt: skip
+    return best
+
+
+def _chain_bound(g: DepGraph, dur: list[int], layers: int | None) -> int:
+    """The longest micro-batch chain with each layer's resources counted: the attention of
+    micro-batch i in layer l + 1 waits for all of i's combine in layer l, and each layer of i
+    takes at least ``_layer_chain`` from the start of its attention, so the run takes at least
+    the sum over layers for every i. ``layers`` given: ``g`` holds two layers of a run of that
+    many identical layers (layer 0's chain stands for each); None: ``g`` is the whole run."""
+    per: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(g.nodes):
+        if layers is None or x.layer == 0:
+            per.setdefault((x.mb, x.layer), []).append(i)
+    total: dict[int, int] = {}
+    for (mb, _), idx in per.items():
+        total[mb] = total.get(mb, 0) + _layer_chain(g, idx, dur)
+    return max(total.values(), default=0) * (layers or 1)
 
 
 def _serial_layers_bound(builder: _Builder) -> int:
@@ -752,19 +866,25 @@ def lower_bound(builder: _Builder, max_m: int = MAX_MICRO_BATCHES) -> tuple[int,
     """A bound on the makespan of every plan moesched can express (m <= max_m equal
     micro-batches, k <= E/G chunks, any shared pieces, template and order), and what sets it.
 
-    For each (m, k) with m >= 2: the largest over resources of the one-machine bound
-    (``_one_machine_bounds``: its work plus the fill it cannot avoid at that granularity:
-    more chunks shorten the fill and add launches and latencies). m = 1:
-    ``_serial_layers_bound``. The bound is the least over all (m, k): no plan beats it.
+    For each (m, k): the largest of the one-machine bounds (``_one_machine_bounds``: each
+    resource's work plus the fill it cannot avoid at that granularity: more chunks shorten
+    the fill and add launches and latencies), the critical path and the micro-batch chain
+    (``_chain_bound``: a micro-batch's layers in sequence, each one's chunks an exact flow
+    shop); at m = 1 also ``_serial_layers_bound``. The bound is the least over all (m, k): no
+    plan beats it.
     """
     p = builder.p
-    best = (_serial_layers_bound(builder), "serial layers (m=1)")
-    for m in range(2, min(max_m, p.sequences_per_attention_gpu) + 1):
+    serial = _serial_layers_bound(builder)
+    best: tuple[int, str] | None = None
+    for m in range(1, min(max_m, p.sequences_per_attention_gpu) + 1):
         for k in range(1, p.experts_per_gpu + 1):
             bounds = _one_machine_bounds(builder, Shape(m, k, 1))
+            if m == 1:
+                bounds["serial layers (m=1)"] = serial
             res = max(bounds, key=lambda r: (bounds[r], r))
-            if bounds[res] < best[0]:
+            if best is None or bounds[res] < best[0]:
                 best = (bounds[res], res)
+    assert best is not None
     return best
 
 

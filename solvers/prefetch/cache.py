@@ -338,16 +338,18 @@ def replay(
         warm(caches, predictor)
     for step in range(steps):
         loads_now = 0
+        if policy == "moesched":
+            # Every layer's rankings at once: the memory and the counts change only when the
+            # token has been served (``observe``), so nothing here sees the token's future.
+            # Row l is prefetch_probability(l, {l-3..l-1}) and probability(l, ids[l-1]).
+            pf_all, p_all = predictor.step_probabilities(ids[step])
         for layer in range(layers):
             if policy == "moesched":
-                known = {lay: ids[step, lay] for lay in range(max(0, layer - 3), layer)}
-                pf = predictor.prefetch_probability(layer, known)
-                for e_in, e_out, _ in caches.swaps(layer, pf)[:prefetch_limit]:
+                for e_in, e_out, _ in caches.swaps(layer, pf_all[layer])[:prefetch_limit]:
                     caches.insert(layer, e_in, e_out)
                     stats.prefetches += 1
                     loads_now += 1
-                prev = ids[step, layer - 1] if layer > 0 else None
-                p = predictor.probability(layer, prev, live=True)  # eviction ranks
+                p = p_all[layer]  # eviction ranks
             else:
                 p = None
             _, misses = serve(

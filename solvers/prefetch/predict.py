@@ -96,6 +96,43 @@ class TransitionMemory:
             weight_sum += w
         return total / weight_sum if weight_sum > 0 else None
 
+    def distributions(
+        self, ids: np.ndarray, lag_weights: Sequence[float], num_known: int
+    ) -> np.ndarray:
+        """``distribution`` for every layer of one token at once: row ``l`` is
+        ``distribution(l, {j: ids[j] for j in l - num_known .. l - 1}, lag_weights)``, the
+        same floating-point operations in the same order (identical figures, one numpy pass
+        per lag instead of one call per layer), NaN where that is None.
+
+        Args:
+            ids: the token's experts, ``[L, k]`` expert ids.
+            num_known: how many layers before each layer are known (1 to ``max_lag``).
+
+        Returns:
+            ``[L, E]``: each row sums to 1, or is NaN (row 0 always).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        L, E = self.L, self.E
+        total = np.zeros((L, E))
+        weight_sum = np.zeros(L)
+        # The nearest known layer is always l - 1, so lag d takes lag_weights[d - 1]; the
+        # farthest lag first, as ``distribution`` walks ``known`` from its earliest layer.
+        for d in range(min(num_known, self.max_lag, len(lag_weights)), 0, -1):
+            rows = self.counts[d - 1][np.arange(L - d)[:, None], ids[: L - d]]  # [L-d, k, E]
+            sums = rows.sum(axis=2, keepdims=True)
+            ok = (sums > 0).any(axis=(1, 2))
+            if not ok.any():
+                continue
+            cond = (rows[ok] / np.maximum(sums[ok], 1e-12)).sum(axis=1)  # [n, E]
+            w = lag_weights[d - 1]
+            target = np.flatnonzero(ok) + d
+            total[target] += w * cond / cond.sum(axis=1, keepdims=True)
+            weight_sum[target] += w
+        out = np.full((L, E), np.nan)
+        has = weight_sum > 0
+        out[has] = total[has] / weight_sum[has, None]
+        return out
+
 
 class Predictor:
     """Running statistics of one request's routing, ``L`` layers of ``E`` experts, top-``k``.
@@ -150,11 +187,18 @@ class Predictor:
         """One decoded token: ``ids``/``gates [L, k]``; decay, then count."""
         self.counts *= self.decay
         self.mass *= self.decay
-        for layer in range(self.L):
-            row = ids[layer]
-            self.counts[layer, row] += 1
-            np.add.at(self.mass[layer], row, gates[layer])
-            self.coact[layer][np.ix_(row, row)] += 1
+        ids = np.asarray(ids, dtype=np.int64)
+        layers = np.arange(self.L)[:, None]
+        if (np.diff(np.sort(ids, axis=1), axis=1) > 0).all():  # distinct per layer: one pass
+            self.counts[layers, ids] += 1
+            self.mass[layers, ids] += gates
+            self.coact[layers[:, :, None], ids[:, :, None], ids[:, None, :]] += 1
+        else:
+            for layer in range(self.L):
+                row = ids[layer]
+                self.counts[layer, row] += 1
+                np.add.at(self.mass[layer], row, gates[layer])
+                self.coact[layer][np.ix_(row, row)] += 1
         self.memory.learn(ids)
 
     def drift(self) -> float:
@@ -204,6 +248,36 @@ class Predictor:
             return np.minimum(f * self.k, 1.0)
         w = self.frequency_tie_weight
         return np.minimum((t + w * f) / (1 + w) * self.k, 1.0)
+
+    def step_probabilities(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both rankings for every layer of one token whose experts ``ids [L, k]`` are known
+        layer by layer (the counting replay): row ``l`` of the first is
+        ``prefetch_probability(l, {l-3..l-1})``, of the second ``probability(l, ids[l - 1],
+        live=True)``, with identical figures (``TransitionMemory.distributions``).
+
+        Returns:
+            (prefetch ``[L, E]``, eviction ``[L, E]``), each in [0, 1].
+        """
+        k = self.k
+        t_pf = self.memory.distributions(ids, self.lag_weights, 3)
+        counts_total = self.counts.sum(axis=1)
+        f = np.full((self.L, self.E), 1.0 / self.E)
+        pos = counts_total > 0
+        f[pos] = self.counts[pos] / counts_total[pos, None]
+        w = self.frequency_tie_weight
+        known = ~np.isnan(t_pf[:, 0])
+        pf = f * k
+        pf[known] = (t_pf[known] + w * f[known]) / (1 + w) * k
+        mass_total = self.mass.sum(axis=1)
+        p = np.full((self.L, self.E), 1.0 / self.E)
+        pos = mass_total > 0
+        p[pos] = self.mass[pos] / mass_total[pos, None]
+        if self.transition_weight > 0:
+            t_ev = self.memory.distributions(ids, (1.0,), 1)
+            has = ~np.isnan(t_ev[:, 0])
+            tw = self.transition_weight
+            p[has] = (p[has] + tw * t_ev[has]) / (1 + tw)
+        return np.minimum(pf, 1.0), np.minimum(p * k, 1.0)
 
     def most_similar(self, layer: int, expert: int, resident: list[int]) -> int | None:
         """The resident expert whose co-activation profile is closest (cosine) to ``expert``'s,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,3 +180,50 @@ def test_prefill_by_hand() -> None:
     step = run.prefill(trace.histogram(slice(0, 2)))
     assert round(step.latency_s * 1e9) == 12_400 + 12_400 == round(step.predicted_s * 1e9)
     assert step.weight_bytes == 3_000 and step.violations == []
+
+
+def test_step_bound_by_hand() -> None:
+    """The CPU-assisted step above (13,900 cycles) and its lower bound. Unit 'a' computes in
+    place at 2 ns per weight byte (6,000 FLOP per 3,000 bytes at 1 GFLOP/s): R = 0.5 GB/s; the
+    bus into the GPU P = 1 GB/s; the shortest round trip to 'a' f = 100 (down_a) + 1,100 (bus)
+    = 1,200 ns. Layer 0 (expert 1 absent, 3,000 bytes): min(A / P = 3,000, (A + R f) / (R + P)
+    = 3,600 / 1.5 = 2,400) = 2,400 ns; layer 1 (resident): all bytes over every path and the
+    GPU (0.5 GB/s) = 3,000 / 2 = 1,500 ns: 3,900 ns per layer. The whole step counts the bus
+    once: its four activation trips (4 x 1,100 ns = 4,400 bytes of bus time) share it with the
+    demand loads: (3,000 + 0 + 4,400) / 1.5 GB/s = 4,933 ns, the bound."""
+    trace = trace_of([[[0], [0]]] * 2 + [[[1], [0]]], 2)
+    cfg = LoopConfig(capacity_experts=1, cache="lru", prefetch=False, dispatch="solver")
+    run = DecodeRun(roomy(tiny_hardware()), tiny_model(), HOST, cfg, trace, slice(0, 2),
+                    slice(2, 3))  # fmt: skip
+    step = run.run().steps[0]
+    assert round(step.latency_s * 1e9) == 13_900
+    assert abs(step.bound_layers_s - 3.9e-6) < 1e-15
+    assert abs(step.bound_step_s - 7_400 / 1.5e9) < 1e-15
+    assert step.bound_s == max(step.bound_layers_s, step.bound_step_s) <= step.latency_s
+
+
+def test_figures_do_not_depend_on_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machine load cannot move a figure: with every clock the loop could read running 1,000
+    times slower than the work (each reading 10 s after the last, as on an overloaded
+    machine), a configuration with prefetch and placement gives the same latencies, bounds,
+    hits and prefetches as with the real clocks; only the reported planning time changes."""
+    import time
+
+    routes = [[[0, 1], [2, 3], [1, 2]], [[0, 2], [2, 3], [0, 1]], [[1, 3], [0, 2], [2, 3]]] * 3
+    trace = trace_of(routes, 4)
+    cfg = LoopConfig(capacity_experts=1, drift_threshold=0.0)
+
+    def figures() -> list[tuple[float, float, int, int]]:
+        run = DecodeRun(roomy(tiny_hardware()), wide_model(), HOST, cfg, trace, slice(0, 2),
+                        slice(2, len(routes)))  # fmt: skip
+        result = run.run()
+        s = result.stats
+        return [(x.latency_s, x.bound_s, s.hits, s.prefetches) for x in result.steps]
+
+    calm = figures()
+    ticks = iter(range(1, 10**9))
+    for name in ("perf_counter", "process_time", "monotonic", "time"):
+        real = getattr(time, name)
+        monkeypatch.setattr(time, name, lambda real=real: real() + 10.0 * next(ticks))
+    assert figures() == calm
+    assert any(s > 0 for _, _, _, s in calm)  # something was prefetched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,10 @@ from hwmodel.plan import ComputeTask, Plan
 from hwmodel.presets import dep_hardware, hardware_preset, model_preset
 from hwmodel.spec import AttentionSpec, Device, Hardware, Link, Memory, ModelSpec
 from solvers import timing
+from solvers.common import Budget
+from solvers.ordering import dep as dep_module
 from solvers.ordering.dep import (
+    CHAIN,
     CRITICAL_PATH,
     DepProblem,
     Shape,
@@ -205,20 +209,23 @@ def _grid_optimum(p: DepProblem, max_m: int) -> int:
 
 
 @pytest.mark.parametrize(
-    ("cluster", "model", "seqs"),
-    [("dep-h800", "qwen3-235b-a22b", 148), ("dep-h20", "deepseek-v2", 256),
-     ("dep-a6000-100g", "qwen3-30b-a3b", 40)],
+    ("cluster", "model", "seqs", "context"),
+    [("dep-h800", "qwen3-235b-a22b", 148, 2048), ("dep-h20", "deepseek-v2", 256, 2048),
+     ("dep-a6000-100g", "qwen3-30b-a3b", 40, 2048), ("dep-h20", "qwen3-235b-a22b", 64, 4096)],
 )  # fmt: skip
-def test_local_search_reaches_the_grid_optimum(cluster: str, model: str, seqs: int) -> None:
-    """The (m, k, p, template) local search finds the best point of the whole grid (m <= 6)
-    while evaluating a fraction of it."""
+def test_local_search_reaches_the_grid_optimum(
+    cluster: str, model: str, seqs: int, context: int
+) -> None:
+    """The (m, k, p, template) search finds the best point of the whole grid (m <= 6) while
+    evaluating at most half of it. The last case needs the k scan at the best m: the moves
+    alone stop at m = 1, k = 8 (957,216 cycles) above k = 6 (957,068)."""
     hw = dep_hardware(cluster, 24, 8) if cluster.startswith("dep-a6000") else dep_hardware(cluster)
-    p = DepProblem(hw, model_preset(model), seqs * len(hw.groups["attention"]), 2, 2048)
+    p = DepProblem(hw, model_preset(model), seqs * len(hw.groups["attention"]), 2, context)
     log = search_shapes(_Builder(p), 6)
     best = log.best(1)[0]
     assert log.cycles[best] == _grid_optimum(p, 6)
     grid = 6 * p.experts_per_gpu * (8 if p.model.num_shared_experts else 1)
-    assert len(log.cycles) < grid / 3
+    assert len(log.cycles) <= grid / 2
 
 
 def test_moesched_beats_both_baselines_where_chunks_pay() -> None:
@@ -271,6 +278,44 @@ def test_every_shape_is_valid_and_above_the_bound(
                       context_tokens=2048)  # fmt: skip
     assert report.valid, report.violations[:2]
     assert report.makespan_cycles == g.makespan()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [Shape(2, 3, 2, "after"), Shape(3, 4, 3, "deferred"), Shape(3, 1, 1, "after", True)],
+)
+def test_every_task_waits_on_exactly_its_inputs(shape: Shape) -> None:
+    """The data flow of DeepSeek-V2 (2 shared experts) over 3 layers: GEMM_j waits on A2E_j
+    alone, E2A_j on GEMM_j alone, A2E_j on the attention (on the shared pieces when they run
+    before dispatch), and micro-batch i's attention in layer l + 1 on every E2A chunk and
+    every shared piece of i in layer l, nothing else: the overlap is no looser and no
+    tighter than the model."""
+    p = DepProblem(dep_hardware("dep-h20", 6, 10), model_preset("deepseek-v2"), 6 * 64, 3)
+    tasks = _Builder(p).build(shape).tasks()
+    by_id = {t.id: t for t in tasks}
+    for t in tasks:
+        layer, mb, kind = t.id.split(".")
+        pre = f"{layer}.{mb}"
+        if kind.startswith("gemm"):
+            assert t.after == (f"{pre}.a2e{kind[4:]}",)
+        elif kind.startswith("e2a"):
+            assert t.after == (f"{pre}.gemm{kind[3:]}",)
+        elif kind.startswith("a2e"):
+            want = (
+                tuple(f"{pre}.shared{q}" for q in range(shape.p))
+                if shape.shared_before_a2e
+                else (f"{pre}.attn",)
+            )
+            assert t.after == want
+        elif kind.startswith("shared"):
+            assert t.after == (f"{pre}.attn",)
+        elif layer != "L0":
+            prev = f"L{int(layer[1:]) - 1}.{mb}"
+            want_set = {x for x in by_id if x.startswith(prev + ".shared") or
+                        x.startswith(prev + ".e2a")}  # fmt: skip
+            assert set(t.after) == want_set and len(want_set) == shape.p + shape.k
+        else:
+            assert t.after == ()
 
 
 def test_expert_ingress_port_carries_the_wider_side() -> None:
@@ -333,17 +378,127 @@ def test_dep_problem_rejects_bad_options() -> None:
 
 
 def test_lower_bound_of_the_toy_by_hand() -> None:
-    """1 us launch and latency, one layer. m = 1: attention (1 us) + the busiest expert-side
-    resource's work at k = 1 (5 us) = 6 us. m = 2 (500 sequences each), k = 1: the expert
-    GPU waits for attention (1 us) and a 500-row A2E (3 us), works 2 x 4 us, then a 3 us E2A
-    follows: 15 us; k = 2: 1 + 2 us before, 4 x 2.5 us, 2 us after: 15 us. The bound is the
-    least: 6 us, below the 13 us plan."""
+    """1 us launch and latency, one layer. m = 1, k = 1: attention 1 + A2E 5 + GEMM 5 + E2A
+    5 = 16 us on every bound. m = 1, k = 2: the micro-batch chain is attention 1 us + a flow
+    shop of two (3, 3, 3) us chunks, 3 + 3 + 3 + 3 = 12 us: 13 us (the serial-layers bound
+    says only 1 + 5 = 6 us). m = 2 (500 sequences each), k = 1: the expert GPU waits for
+    attention (1 us) and a 500-row A2E (3 us), works 2 x 4 us, then a 3 us E2A follows:
+    15 us; k = 2: 1 + 2 us before, 4 x 2.5 us, 2 us after: 15 us. The bound is the least,
+    13 us, and the plan's 13 us meets it: optimal."""
     p = _toy(1e-6, 1e-6)
     b = _Builder(p)
-    assert lower_bound(b, 16) == (6_000, "serial layers (m=1)")
+    assert lower_bound(b, 16) == (13_000, CHAIN)
+    assert _one_machine_bounds(b, Shape(1, 1))[CHAIN] == 16_000
+    assert _one_machine_bounds(b, Shape(1, 2))[CHAIN] == 13_000
     assert _one_machine_bounds(b, Shape(2, 1))["e"] == 15_000
     assert _one_machine_bounds(b, Shape(2, 2))["e"] == 15_000
     assert _one_machine_bounds(b, Shape(2, 2))["a2e"] == 1_000 + 8_000 + 4_500
     # One micro-batch's chain at k = 1: attention 1 + A2E 3 + GEMM 4 + E2A 3 us.
     assert _one_machine_bounds(b, Shape(2, 1))[CRITICAL_PATH] == 11_000
-    assert lower_bound(b, 16)[0] <= solve_dep(p, "greedy").makespan_cycles
+    assert _one_machine_bounds(b, Shape(2, 1))[CHAIN] == 11_000
+    # k = 2, m = 2: attention 1 + a flow shop of two (2, 2.5, 2) us chunks, 2 + 2.5 + 2.5 + 2.
+    assert _one_machine_bounds(b, Shape(2, 2))[CHAIN] == 10_000
+    assert lower_bound(b, 16)[0] == solve_dep(p, "greedy").makespan_cycles
+
+
+def _brute_flow_shop(jobs: list[tuple[int, int, int]]) -> int:
+    best = None
+    for perm in set(itertools.permutations(jobs)):
+        c1 = c2 = c3 = 0
+        for x, g, z in perm:
+            c1 += x
+            c2 = max(c2, c1) + g
+            c3 = max(c3, c2) + z
+        best = c3 if best is None else min(best, c3)
+    return best or 0
+
+
+def _cpsat_flow_shop(jobs: list[tuple[int, int, int]]) -> int:
+    """The optimum over every schedule (not only permutations), by CP-SAT to optimality."""
+    from ortools.sat.python import cp_model
+
+    m = cp_model.CpModel()
+    horizon = sum(sum(j) for j in jobs)
+    ends = []
+    machines: list[list[cp_model.IntervalVar]] = [[], [], []]
+    for j, durs in enumerate(jobs):
+        prev = None
+        for q, d in enumerate(durs):
+            s = m.new_int_var(0, horizon, f"s{j}{q}")
+            machines[q].append(m.new_fixed_size_interval_var(s, d, f"i{j}{q}"))
+            if prev is not None:
+                m.add(s >= prev)
+            prev = s + d
+        ends.append(prev)
+    for ivs in machines:
+        m.add_no_overlap(ivs)
+    mk = m.new_int_var(0, horizon, "mk")
+    for e in ends:
+        m.add(mk >= e)
+    m.minimize(mk)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 0
+    assert solver.solve(m) == cp_model.OPTIMAL
+    return int(solver.objective_value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    jobs=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9), st.integers(0, 9)),
+                  min_size=1, max_size=5),
+)  # fmt: skip
+def test_flow_shop_dp_is_the_optimum_of_every_schedule(jobs: list[tuple[int, int, int]]) -> None:
+    """The chain's flow shop equals the best permutation (brute force) and the best schedule
+    of any kind (CP-SAT, machines free to reorder): the bound it gives is exact, not more."""
+    got = dep_module._flow_shop_cycles(jobs)
+    assert got == _brute_flow_shop(jobs) == _cpsat_flow_shop(jobs)
+
+
+def test_flow_shop_dp_of_two_chunk_sizes_by_hand() -> None:
+    """Chunks (1, 4, 1) and (4, 1, 4): the small one first ends at 1, 5, 6 / 5, 6, 10: 10;
+    the big one first at 4, 5, 8 / 5, 9, 10: 10. Two smalls and a big: the big one in the
+    middle, 1, 5, 6 / 5, 6, 10 / 6, 10, 11: 11."""
+    assert dep_module._flow_shop_cycles([(1, 4, 1), (4, 1, 4)]) == 10
+    assert dep_module._flow_shop_cycles([(1, 4, 1), (4, 1, 4), (1, 4, 1)]) == 11
+    assert dep_module._flow_shop_cycles([]) == 0
+
+
+def _shape_bound(b: _Builder, shape: Shape) -> int:
+    return max(_one_machine_bounds(b, shape).values())
+
+
+def _small_dep(name: str) -> DepProblem:
+    if name == "toy":
+        toy = _toy(1e-6, 1e-6)
+        return replace(toy, num_layers=2, model=toy.model.model_copy(update={"num_moe_layers": 2}))
+    if name == "deepseek-v2-h20":  # shared experts, 2 pieces, 6:10 split
+        return DepProblem(dep_hardware("dep-h20", 6, 10), model_preset("deepseek-v2"), 6 * 64, 2)
+    return DepProblem(hardware_preset("dep-h800"), model_preset("qwen3-235b-a22b"), 8 * 148, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "m", "k"),
+    [("toy", 1, 2), ("toy", 2, 1), ("toy", 2, 2), ("toy", 3, 2), ("deepseek-v2-h20", 2, 1),
+     ("deepseek-v2-h20", 2, 3), ("deepseek-v2-h20", 3, 2), ("qwen3-235b-h800", 2, 2),
+     ("qwen3-235b-h800", 2, 3)],
+)  # fmt: skip
+def test_shape_bound_is_below_the_cpsat_optimum_of_that_shape(name: str, m: int, k: int) -> None:
+    """Two layers (uneven micro-batches at m = 3): every order of the shape's tasks (CP-SAT,
+    proven optimal) ends at or after the shape's bound, and the bound is not vacuous (within
+    15% of that optimum; measured: equal on 6 of these 9, at most 14.7% below)."""
+    from solvers.ordering.cpsat import solve_order_cpsat
+    from solvers.ordering.graph import TaskGraph
+
+    p = _small_dep(name)
+    b = _Builder(p)
+    shape = Shape(m, k, 2 if p.model.num_shared_experts else 1)
+    tasks = b.build(shape).tasks()
+    graph = TaskGraph.of(p.hardware, p.model, tasks, p.context_tokens)
+    horizon = b.makespan(shape)
+    out = solve_order_cpsat(graph, None, horizon, Budget.work(20.0, workers=1))
+    assert out.status == "optimal", out.status
+    optimum = max(s + d for s, d in zip(out.starts or [], graph.duration, strict=True))
+    bound = _shape_bound(b, shape)
+    assert bound <= optimum <= horizon
+    assert optimum <= 1.15 * bound

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 from hwmodel.workload import RoutingTrace
 from solvers.prefetch.cache import replay, replay_runs
@@ -78,3 +80,57 @@ def test_real_trace_transitions_beat_frequency(traces: Path) -> None:
     assert both > lag1
     ahead = float(np.mean(prefetch_precision(t, runs, lookahead=2)))
     assert freq < ahead < both
+
+
+def _per_layer(pred: Predictor, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: both rankings one layer at a time, as the replay computed them before
+    ``step_probabilities`` (prefetch from layers l-3..l-1, eviction from layer l-1)."""
+    pf = [
+        pred.prefetch_probability(layer, {j: ids[j] for j in range(max(0, layer - 3), layer)})
+        for layer in range(pred.L)
+    ]
+    ev = [
+        pred.probability(layer, ids[layer - 1] if layer else None, live=True)
+        for layer in range(pred.L)
+    ]
+    return np.array(pf), np.array(ev)
+
+
+def test_step_probabilities_equal_the_per_layer_rankings_bit_for_bit(traces: Path) -> None:
+    """On real ESFT law routing, after the memory has learned 3 sequences, every decode token
+    of the 4th gets, from the one-pass ``step_probabilities``, exactly (bit for bit) the
+    per-layer rankings; including a memory with nothing on some layers (fresh, token 0)."""
+    from hwmodel.routing_traces import ESFT_FILES, load_esft
+
+    t = load_esft(traces / ESFT_FILES["law"])
+    runs = t.decode_runs(0.25, 40, 4)
+    memory = TransitionMemory(t.num_layers, t.num_experts)
+    for start, _mid, end in runs[:3]:
+        memory.learn(t.expert_ids[start:end])
+    start, mid, end = runs[3]
+    fresh = Predictor(t.num_layers, t.num_experts, t.top_k)
+    pred = Predictor(t.num_layers, t.num_experts, t.top_k, memory=memory)
+    pred.seed(t, slice(start, mid))
+    ids = t.expert_ids[mid:end].astype(np.int64)
+    gates = t.gate_weights[mid:end] if t.gate_weights is not None else np.ones(ids.shape)
+    for p in (fresh, pred):
+        for step in range(ids.shape[0]):
+            got, want = p.step_probabilities(ids[step]), _per_layer(p, ids[step])
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            p.observe(ids[step], gates[step])
+
+
+def test_replay_figures_unchanged_by_the_one_pass_rankings(
+    traces: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counting replay of 3 real law sequences (with substitution) gives the same counts
+    with ``step_probabilities`` as with the per-layer rankings patched in its place."""
+    from hwmodel.routing_traces import ESFT_FILES, load_esft
+
+    t = load_esft(traces / ESFT_FILES["law"])
+    runs = t.decode_runs(0.25, 30, 3)
+    kw: dict[str, Any] = {"prefetch_limit": 2, "substitute_below": 0.1, "quality_budget": 0.05}
+    fast = replay_runs(t, runs, 16, "moesched", **kw)
+    monkeypatch.setattr(Predictor, "step_probabilities", _per_layer)
+    slow = replay_runs(t, runs, 16, "moesched", **kw)
+    assert fast == slow and fast.prefetches > 0 and fast.substitutions > 0
