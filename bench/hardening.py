@@ -25,8 +25,7 @@ import numpy as np
 from bench import numeric_fuzz
 from bench.live import Server, fuzz
 from hwmodel.presets import gpu_ndp, model_preset
-from service.examples import simulate_example
-from service.store import SQLiteStore
+from service.examples import response_models, seed_ep_session, simulate_example
 
 HEAVY_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
 SMALL_EP = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "window": 8}
@@ -198,7 +197,7 @@ def big_answers_loop_cpu(db: Path, runs: int = 3) -> dict[str, Any]:
     loop. Neither depends on machine load."""
     import time as _time
 
-    from service.schemas import EpSessionInfo
+    EpSessionInfo = response_models()["/v1/ep-sessions"]  # the answer type of the route
 
     server = Server(db, env={"MOESCHED_MAX_DEADLINE_S": "120", "MOESCHED_DEFAULT_DEADLINE_S": "60"})
     server.start()
@@ -312,12 +311,9 @@ def deadlines_at_caps(db: Path) -> dict[str, Any]:
     """Every POST route at (or near) its caps, with the server's deadline cap at 0.5 s and a
     grace of 1 s: the wall time of each answer (bound 2 s)."""
     ep_db = db.with_name("caps-ep.db")
-    store = SQLiteStore(ep_db)
-    spec = HEAVY_EP | {"window": 4}
     reps = HEAVY_EP["num_replicas"] // HEAVY_EP["num_experts"]
     placement = np.tile(np.arange(HEAVY_EP["num_experts"]), (HEAVY_EP["num_layers"], reps))
-    store.ep_create("caps", json.dumps(spec | _ep_defaults()), placement)
-    store.close()
+    seed_ep_session(ep_db, "caps", HEAVY_EP | {"window": 4}, placement)
     server = Server(
         ep_db,
         env={
@@ -404,14 +400,6 @@ def deadlines_at_caps(db: Path) -> dict[str, Any]:
         "server_errors": sum(1 for r in rows if r["status"] >= 500),
         "bound_s": 2.0,
     }
-
-
-def _ep_defaults() -> dict[str, Any]:
-    from service.schemas import EpSessionCreate
-
-    return EpSessionCreate.model_validate(SMALL_EP).model_dump(
-        exclude={"num_layers", "num_experts", "num_gpus", "num_replicas", "window"}
-    )
 
 
 def kill9_ep(db_dir: Path, runs: int = 20, seed: int = 0) -> dict[str, Any]:

@@ -21,36 +21,14 @@ from service.examples import (
     observation_example,
     ordering_example,
     placement_example,
+    response_models,
     route_example,
     session_example,
     simulate_example,
 )
-from service.schemas import (
-    EplbResponse,
-    EpRouting,
-    EpSessionInfo,
-    ObservationAck,
-    OrderingResponse,
-    PlacementResponse,
-    RouteResponse,
-    ScheduleResponse,
-    SessionInfo,
-    SimulateResponse,
-)
 
 # What a 200 must parse as (a null where a number is declared fails).
-RESPONSES: dict[str, type[BaseModel]] = {
-    "/v1/placement": PlacementResponse,
-    "/v1/schedule": ScheduleResponse,
-    "/v1/simulate": SimulateResponse,
-    "/v1/ordering": OrderingResponse,
-    "/v1/eplb": EplbResponse,
-    "/v1/route": RouteResponse,
-    "/v1/sessions": SessionInfo,
-    "/v1/sessions/{id}/observations": ObservationAck,
-    "/v1/ep-sessions": EpSessionInfo,
-    "/v1/ep-sessions/{id}/batches": EpRouting,
-}
+RESPONSES: dict[str, type[BaseModel]] = response_models()
 
 # The list: NaN, +-Inf, +-1e308, 1e-308, 5e-324, 0, -1, 2**63, 10**400.
 VALUES: tuple[Any, ...] = (

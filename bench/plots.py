@@ -128,7 +128,7 @@ def plot_solvers(r: Result, ax: Any) -> None:
             label=label, s=14,
         )  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("wall time per layer (ms)")
+    ax.set_xlabel("CPU time per layer (ms)")
     ax.set_ylabel("gap to best bound")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

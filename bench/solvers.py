@@ -26,7 +26,8 @@ from solvers.placement.problem import PlacementProblem
 from solvers.placement.solve import solve_layer
 
 
-def _instances(quick: bool) -> list[tuple[str, PlacementProblem]]:
+def instances(quick: bool) -> list[tuple[str, PlacementProblem]]:
+    """The benchmark's layers by name (``quick``: layer 5, batches 1 and 64 only)."""
     trace = load_esft(traces_dir() / ESFT_FILES["law"])
     prefill = trace.histogram(slice(0, 512))
     layers = [5] if quick else [3, 12, 20]
@@ -65,23 +66,25 @@ def _instances(quick: bool) -> list[tuple[str, PlacementProblem]]:
 def run(quick: bool = False) -> BenchResult:
     """Greedy, auto (0.1 work units) and a reference CP-SAT run per instance.
 
-    Budgets are CP-SAT work units (deterministic time), so every figure but the wall times is
-    the same on an idle machine and a loaded one; the wall times are measured beside.
+    Times (``*_ms``) are CPU time (``time.process_time``: every thread of this process, so
+    CP-SAT's workers count), independent of what else runs on the machine; wall times are
+    measured beside (``*_wall_ms``). Budgets are CP-SAT work units (deterministic time), so
+    every figure but the times is the same on an idle machine and a loaded one.
     """
     result = BenchResult("solvers")
     reference_s = 2.0 if quick else 8.0
-    for name, problem in tracked(list(_instances(quick)), "solvers: instances"):
+    for name, problem in tracked(list(instances(quick)), "solvers: instances"):
         runs = {}
         for label, backend, work in (
             ("greedy", "greedy", 0.0),
             ("auto", "auto", 0.1),
             ("reference", "cpsat", reference_s),
         ):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sol = solve_layer(problem, backend, budget=Budget.work(work))  # type: ignore[arg-type]
-            runs[label] = (time.perf_counter() - t0, sol.account)
-        bound = max(a.lower_bound_cycles or 0 for _, a in runs.values())
-        best = min(a.objective_cycles or 0 for _, a in runs.values())
+            runs[label] = (time.process_time() - c0, time.perf_counter() - t0, sol.account)
+        bound = max(a.lower_bound_cycles or 0 for _, _, a in runs.values())
+        best = min(a.objective_cycles or 0 for _, _, a in runs.values())
         row: dict[str, object] = {
             "instance": name,
             "hardware": problem.hardware.name,
@@ -94,12 +97,14 @@ def run(quick: bool = False) -> BenchResult:
             "best_objective_cycles": best,
             "proven_optimal": bound >= best,
         }
-        for label, (wall, acc) in runs.items():
+        for label, (cpu, wall, acc) in runs.items():
             obj = acc.objective_cycles or 0
-            row[f"{label}_ms"] = wall * 1e3
+            row[f"{label}_ms"] = cpu * 1e3
+            row[f"{label}_wall_ms"] = wall * 1e3
             row[f"{label}_objective_cycles"] = obj
             row[f"{label}_status"] = acc.status
             row[f"{label}_gap"] = (obj - bound) / obj if obj else 0.0
+            row[f"{label}_over_best"] = (obj - best) / best if best else 0.0
         result.rows.append(row)
 
     def col(key: str) -> list[float]:
@@ -107,8 +112,12 @@ def run(quick: bool = False) -> BenchResult:
 
     proven = [r for r in result.rows if r["proven_optimal"]]
     decode = [r for r in result.rows if str(r["instance"]).endswith("/b1")]
+    decode_64x9 = [r for r in decode if r["num_devices"] == 9 and "deepseek" in str(r["instance"])]
     result.summary = {
         "instances": len(result.rows),
+        "greedy_p50_ms_decode_64x9": percentile([float(r["greedy_ms"]) for r in decode_64x9], 50),
+        "auto_over_best_max": max(col("auto_over_best")),
+        "greedy_over_best_max": max(col("greedy_over_best")),
         "greedy_p50_ms_decode": percentile([float(r["greedy_ms"]) for r in decode], 50),
         "auto_p50_ms_decode": percentile([float(r["auto_ms"]) for r in decode], 50),
         "greedy_gap_max_proven": max((float(r["greedy_gap"]) for r in proven), default=0.0),
@@ -126,6 +135,13 @@ def run(quick: bool = False) -> BenchResult:
         / len(result.rows),
         "reference_work_units": reference_s,
         "auto_work_units": 0.1,
-        "targets": {"greedy_p50_ms": 2.0, "auto_p50_ms": 100.0, "auto_gap_p95": 0.01},
+        "time": "CPU time of the solving process (time.process_time, every thread); *_wall_ms "
+        "in the rows are wall time beside",
+        "targets": {
+            "greedy_p50_ms_decode_64x9": 1.0,
+            "greedy_p50_ms": 5.0,
+            "auto_over_best_max": 0.01,
+            "auto_p50_ms": 100.0,
+        },
     }
     return result

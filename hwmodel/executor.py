@@ -536,104 +536,158 @@ class _Simulation:
                 cycle,
             )
 
-    # ---------------------------------------------------------------- checks after the run
-
     def check_initial_capacity(self) -> None:
+        """Hard: what every memory holds at cycle 0 fits in it."""
         for mem_id, used in self.mem.used.items():
             self._check_capacity(mem_id, used, None, 0)
 
-    def check_coverage(self) -> None:
-        """Hard: every routed token of every (layer, expert) computed exactly once per column."""
-        if self.workload is None:
-            return
-        expected: dict[tuple[int, int], int] = {}
-        for layer, row in zip(
-            self.workload.layer_ids, self.workload.tokens_per_expert, strict=True
-        ):
-            for e, n in enumerate(row):
+
+# ---------------------------------------------------------------- checks after the run
+# One function per rule; each returns the violations it finds, in the order of the runs.
+
+
+def _violation(
+    code: ViolationCode,
+    message: str,
+    task_id: str | None = None,
+    resource_id: str | None = None,
+    cycle: int | None = None,
+) -> Violation:
+    return Violation(
+        code=code, message=message, task_id=task_id, resource_id=resource_id, cycle=cycle
+    )
+
+
+def check_coverage(
+    runs: list[_Run], model: ModelSpec, workload: Workload | None
+) -> list[Violation]:
+    """Hard: every routed token of every (layer, expert) computed exactly once per column."""
+    if workload is None:
+        return []
+    expected: dict[tuple[int, int], int] = {}
+    for layer, row in zip(workload.layer_ids, workload.tokens_per_expert, strict=True):
+        for e, n in enumerate(row):
+            if n > 0:
+                expected[(layer, e)] = n
+    shards: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+    for run in runs:
+        t = run.task
+        if isinstance(t, ComputeTask) and t.op == "expert" and t.num_tokens > 0:
+            assert t.expert is not None
+            rows = t.group_rows or (t.num_tokens,)
+            for (expert, start, end), n in zip(_expert_pieces(model, t), rows, strict=True):
                 if n > 0:
-                    expected[(layer, e)] = n
-        shards: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
-        for run in self.runs:
-            t = run.task
-            if isinstance(t, ComputeTask) and t.op == "expert" and t.num_tokens > 0:
-                assert t.expert is not None
-                rows = t.group_rows or (t.num_tokens,)
-                for (expert, start, end), n in zip(
-                    _expert_pieces(self.model, t), rows, strict=True
-                ):
-                    if n > 0:
-                        shards[(t.layer, expert)].append((start, end, n))
-        width = self.model.expert_ffn_size
-        for key in sorted(set(expected) | set(shards)):
-            want = expected.get(key, 0)
-            pieces = shards.get(key, [])
-            cuts = sorted({0, width, *(p[0] for p in pieces), *(p[1] for p in pieces)})
-            for lo, hi in itertools.pairwise(cuts):
-                got = sum(n for s, e, n in pieces if s <= lo and e >= hi)
-                if got != want:
-                    self._flag(
+                    shards[(t.layer, expert)].append((start, end, n))
+    width = model.expert_ffn_size
+    found = []
+    for key in sorted(set(expected) | set(shards)):
+        want = expected.get(key, 0)
+        pieces = shards.get(key, [])
+        cuts = sorted({0, width, *(p[0] for p in pieces), *(p[1] for p in pieces)})
+        for lo, hi in itertools.pairwise(cuts):
+            got = sum(n for s, e, n in pieces if s <= lo and e >= hi)
+            if got != want:
+                found.append(
+                    _violation(
                         "coverage",
                         f"layer {key[0]} expert {key[1]} cols [{lo}, {hi}): {got} tokens computed, "
                         f"{want} routed",
                     )
-                    break
+                )
+                break
+    return found
 
-    def check_dependencies(self) -> None:
-        """Hard: dispatch before remote compute before its result returns; layers in order."""
-        home = self.hw.home_device_id
-        arrivals: dict[tuple[str, int, int], list[int]] = defaultdict(list)  # dst -> end cycles
-        departures: dict[tuple[str, int, int], list[int]] = defaultdict(list)  # src -> starts
-        layer_span: dict[tuple[int, int], list[int]] = {}  # (micro_batch, layer) -> [start, end]
-        partial_end: dict[tuple[str, int, int], int] = {}  # (dst, layer, mb) -> last arrival
-        for run in self.runs:
+
+@dataclass
+class _DataFlow:
+    """When the data transfers of a run moved, indexed for the dependency checks.
+
+    ``arrivals[(dst, layer, mb)]``: end cycles of activations/partial sums into dst;
+    ``departures[(src, layer, mb)]``: their start cycles out of src; ``layer_span[(mb,
+    layer)]``: [first start, last end] of the layer's compute and data transfers;
+    ``partial_end[(dst, layer, mb)]``: the last partial sum's arrival.
+    """
+
+    arrivals: dict[tuple[str, int, int], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    departures: dict[tuple[str, int, int], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    layer_span: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    partial_end: dict[tuple[str, int, int], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, runs: list[_Run]) -> _DataFlow:
+        flow = cls()
+        for run in runs:
             t = run.task
             if run.start_cycle < 0:
                 continue
             if isinstance(t, TransferTask):
                 if t.payload not in _DATA_PAYLOADS:
                     continue
-                arrivals[(t.dst_device_id, t.layer, t.micro_batch)].append(run.end_cycle)
+                flow.arrivals[(t.dst_device_id, t.layer, t.micro_batch)].append(run.end_cycle)
                 if t.payload == "partial_sums":
                     key3 = (t.dst_device_id, t.layer, t.micro_batch)
-                    partial_end[key3] = max(partial_end.get(key3, -1), run.end_cycle)
-                departures[(t.src_device_id, t.layer, t.micro_batch)].append(run.start_cycle)
+                    flow.partial_end[key3] = max(flow.partial_end.get(key3, -1), run.end_cycle)
+                flow.departures[(t.src_device_id, t.layer, t.micro_batch)].append(run.start_cycle)
             elif not isinstance(t, ComputeTask):
                 continue
-            span = layer_span.setdefault((t.micro_batch, t.layer), [run.start_cycle, run.end_cycle])
+            span = flow.layer_span.setdefault(
+                (t.micro_batch, t.layer), [run.start_cycle, run.end_cycle]
+            )
             span[0] = min(span[0], run.start_cycle)
             span[1] = max(span[1], run.end_cycle)
-        for run in self.runs:
-            t = run.task
-            if not (isinstance(t, ComputeTask) and t.op == "expert" and t.device_id != home):
-                continue
-            if run.start_cycle < 0 or t.num_tokens == 0:
-                continue
-            key = (t.device_id, t.layer, t.micro_batch)
-            if not any(end <= run.start_cycle for end in arrivals.get(key, [])):
-                self._flag(
+        return flow
+
+
+def check_remote_shards(runs: list[_Run], flow: _DataFlow, home: str) -> list[Violation]:
+    """Hard: a shard away from the home device starts after its activations arrive, and its
+    result is sent back after it ends."""
+    found = []
+    for run in runs:
+        t = run.task
+        if not (isinstance(t, ComputeTask) and t.op == "expert" and t.device_id != home):
+            continue
+        if run.start_cycle < 0 or t.num_tokens == 0:
+            continue
+        key = (t.device_id, t.layer, t.micro_batch)
+        if not any(end <= run.start_cycle for end in flow.arrivals.get(key, [])):
+            found.append(
+                _violation(
                     "dependency",
                     f"shard on '{t.device_id}' starts before its activations arrive",
                     t.id,
                     t.device_id,
                     run.start_cycle,
                 )
-            if not any(start >= run.end_cycle for start in departures.get(key, [])):
-                self._flag(
+            )
+        if not any(start >= run.end_cycle for start in flow.departures.get(key, [])):
+            found.append(
+                _violation(
                     "dependency",
                     f"result of the shard on '{t.device_id}' is never sent back after it ends",
                     t.id,
                     t.device_id,
                     run.end_cycle,
                 )
-        by_mb: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
-        for (mb, layer), span in layer_span.items():
-            by_mb[mb].append((layer, span))
-        for mb, spans in by_mb.items():
-            spans.sort()
-            for (la, a), (lb, b) in itertools.pairwise(spans):
-                if b[0] < a[1]:
-                    self._flag(
+            )
+    return found
+
+
+def check_layer_order(flow: _DataFlow) -> list[Violation]:
+    """Hard: within a micro-batch, a layer starts only after the one before it has ended."""
+    by_mb: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    for (mb, layer), span in flow.layer_span.items():
+        by_mb[mb].append((layer, span))
+    found = []
+    for mb, spans in by_mb.items():
+        spans.sort()
+        for (la, a), (lb, b) in itertools.pairwise(spans):
+            if b[0] < a[1]:
+                found.append(
+                    _violation(
                         "dependency",
                         f"micro-batch {mb}: layer {lb} starts at {b[0]} before layer {la} ends at "
                         f"{a[1]}",
@@ -641,94 +695,137 @@ class _Simulation:
                         None,
                         b[0],
                     )
-        for run in self.runs:
-            t = run.task
-            if not (isinstance(t, ComputeTask) and t.op == "reduce") or run.start_cycle < 0:
-                continue
-            last = partial_end.get((t.device_id, t.layer, t.micro_batch), -1)
-            if last > run.start_cycle:
-                self._flag(
+                )
+    return found
+
+
+def check_reduce_after_partials(runs: list[_Run], flow: _DataFlow) -> list[Violation]:
+    """Hard: a reduce starts after every partial sum it combines has arrived."""
+    found = []
+    for run in runs:
+        t = run.task
+        if not (isinstance(t, ComputeTask) and t.op == "reduce") or run.start_cycle < 0:
+            continue
+        last = flow.partial_end.get((t.device_id, t.layer, t.micro_batch), -1)
+        if last > run.start_cycle:
+            found.append(
+                _violation(
                     "dependency",
                     f"reduce starts at {run.start_cycle} before its partial sums arrive at {last}",
                     t.id,
                     t.device_id,
                     run.start_cycle,
                 )
+            )
+    return found
 
-    # ---------------------------------------------------------------- report
 
-    def report(self, include_timeline: bool) -> Report:
-        makespan = max((r.end_cycle for r in self.runs if r.end_cycle >= 0), default=0)
-        busy: dict[str, int] = defaultdict(int)
-        expert_busy: dict[str, int] = defaultdict(int)
-        count: dict[str, int] = defaultdict(int)
-        link_bytes: dict[str, float] = defaultdict(float)
-        for r in self.runs:
+def check_dependencies(runs: list[_Run], home: str) -> list[Violation]:
+    """Hard: dispatch before remote compute before its result returns; layers in order; a
+    reduce after its partial sums."""
+    flow = _DataFlow.of(runs)
+    return [
+        *check_remote_shards(runs, flow, home),
+        *check_layer_order(flow),
+        *check_reduce_after_partials(runs, flow),
+    ]
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class _Usage:
+    """Per resource: busy cycles, expert-compute cycles, tasks run, bytes moved."""
+
+    busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    expert_busy: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    link_bytes: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @classmethod
+    def of(cls, runs: list[_Run]) -> _Usage:
+        u = cls()
+        for r in runs:
             if r.start_cycle < 0:
                 continue
             t = r.task
-            busy[r.resource] += r.duration_cycles
-            count[r.resource] += 1
+            u.busy[r.resource] += r.duration_cycles
+            u.count[r.resource] += 1
             if isinstance(t, ComputeTask) and t.op == "expert":
-                expert_busy[r.resource] += r.duration_cycles
+                u.expert_busy[r.resource] += r.duration_cycles
             if isinstance(t, TransferTask):
-                link_bytes[r.resource] += r.num_bytes
-        span = max(makespan, 1)
-        devices = tuple(
-            DeviceStats(
-                device_id=d.id,
-                kind=d.kind,
-                busy_cycles=busy[d.id],
-                expert_busy_cycles=expert_busy[d.id],
-                utilization=busy[d.id] / span,
-                num_tasks=count[d.id],
+                u.link_bytes[r.resource] += r.num_bytes
+        return u
+
+
+def _imbalance(hw: Hardware, u: _Usage) -> tuple[Imbalance, ...]:
+    """Expert-compute imbalance across the devices of each kind (max over mean, CV)."""
+    out = []
+    for kind in ("gpu", "ndp", "cpu"):
+        loads = [u.expert_busy[d.id] for d in hw.devices if d.kind == kind]
+        if not loads:
+            continue
+        mean = sum(loads) / len(loads)
+        std = math.sqrt(sum((x - mean) ** 2 for x in loads) / len(loads))
+        out.append(
+            Imbalance(
+                kind=kind,
+                num_devices=len(loads),
+                max_over_mean=max(loads) / mean if mean > 0 else 1.0,
+                cv=std / mean if mean > 0 else 0.0,
             )
-            for d in self.hw.devices
         )
-        links = tuple(
-            LinkStats(
-                link_id=lk.id,
-                bytes_moved=link_bytes[lk.id],
-                busy_cycles=busy[lk.id],
-                utilization=busy[lk.id] / (lk.num_lanes * span),
-                num_transfers=count[lk.id],
-            )
-            for lk in self.hw.links
+    return tuple(out)
+
+
+def build_report(sim: _Simulation, include_timeline: bool) -> Report:
+    """The report of a finished run: makespan, per-device and per-link statistics, imbalance,
+    memory peaks, cache hits, the violations, and (``include_timeline``) every task's span."""
+    hw, runs = sim.hw, sim.runs
+    makespan = max((r.end_cycle for r in runs if r.end_cycle >= 0), default=0)
+    u = _Usage.of(runs)
+    span = max(makespan, 1)
+    devices = tuple(
+        DeviceStats(
+            device_id=d.id,
+            kind=d.kind,
+            busy_cycles=u.busy[d.id],
+            expert_busy_cycles=u.expert_busy[d.id],
+            utilization=u.busy[d.id] / span,
+            num_tasks=u.count[d.id],
         )
-        imbalance = []
-        for kind in ("gpu", "ndp", "cpu"):
-            loads = [expert_busy[d.id] for d in self.hw.devices if d.kind == kind]
-            if not loads:
-                continue
-            mean = sum(loads) / len(loads)
-            std = math.sqrt(sum((x - mean) ** 2 for x in loads) / len(loads))
-            imbalance.append(
-                Imbalance(
-                    kind=kind,
-                    num_devices=len(loads),
-                    max_over_mean=max(loads) / mean if mean > 0 else 1.0,
-                    cv=std / mean if mean > 0 else 0.0,
-                )
-            )
-        timeline: tuple[TaskSpan, ...] = ()
-        if include_timeline:
-            timeline = tuple(_span(r) for r in self.runs if r.start_cycle >= 0)
-        return Report(
-            valid=not self.violations,
-            makespan_cycles=makespan,
-            makespan_s=makespan / self.hw.clock_hz,
-            clock_hz=self.hw.clock_hz,
-            num_tasks=len(self.runs),
-            devices=devices,
-            links=links,
-            imbalance=tuple(imbalance),
-            bytes_moved=sum(link_bytes.values()),
-            peak_memory_bytes=dict(self.mem.peak),
-            cache_hits=self.cache_hits,
-            cache_misses=self.cache_misses,
-            violations=tuple(self.violations),
-            timeline=timeline,
+        for d in hw.devices
+    )
+    links = tuple(
+        LinkStats(
+            link_id=lk.id,
+            bytes_moved=u.link_bytes[lk.id],
+            busy_cycles=u.busy[lk.id],
+            utilization=u.busy[lk.id] / (lk.num_lanes * span),
+            num_transfers=u.count[lk.id],
         )
+        for lk in hw.links
+    )
+    timeline: tuple[TaskSpan, ...] = ()
+    if include_timeline:
+        timeline = tuple(_span(r) for r in runs if r.start_cycle >= 0)
+    return Report(
+        valid=not sim.violations,
+        makespan_cycles=makespan,
+        makespan_s=makespan / hw.clock_hz,
+        clock_hz=hw.clock_hz,
+        num_tasks=len(runs),
+        devices=devices,
+        links=links,
+        imbalance=_imbalance(hw, u),
+        bytes_moved=sum(u.link_bytes.values()),
+        peak_memory_bytes=dict(sim.mem.peak),
+        cache_hits=sim.cache_hits,
+        cache_misses=sim.cache_misses,
+        violations=tuple(sim.violations),
+        timeline=timeline,
+    )
 
 
 def _span(r: _Run) -> TaskSpan:
@@ -784,6 +881,6 @@ def simulate(
     sim.check_initial_capacity()
     sim.prepare()
     sim.run()
-    sim.check_coverage()
-    sim.check_dependencies()
-    return sim.report(include_timeline)
+    sim.violations += check_coverage(sim.runs, model, workload)
+    sim.violations += check_dependencies(sim.runs, hardware.home_device_id)
+    return build_report(sim, include_timeline)

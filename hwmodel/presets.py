@@ -11,6 +11,7 @@ Presets are built by functions and looked up by lower-case name; ``HARDWARE_PRES
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from pydantic import Field
@@ -585,8 +586,10 @@ MODEL_PRESETS: dict[str, Callable[[], ModelSpec]] = {
 }  # fmt: skip
 
 
+@functools.cache
 def hardware_preset(name: str) -> Hardware:
-    """The hardware preset of that name (KeyError listing the known names)."""
+    """The hardware preset of that name (KeyError listing the known names); built once per
+    process (a frozen model, so every caller may share it)."""
     try:
         return HARDWARE_PRESETS[name]()
     except KeyError:
@@ -595,8 +598,10 @@ def hardware_preset(name: str) -> Hardware:
         ) from None
 
 
+@functools.cache
 def model_preset(name: str) -> ModelSpec:
-    """The model preset of that name (KeyError listing the known names)."""
+    """The model preset of that name (KeyError listing the known names); built once per
+    process."""
     try:
         return MODEL_PRESETS[name]()
     except KeyError:

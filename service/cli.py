@@ -388,9 +388,10 @@ def simulate_body(data: dict[str, Any], request: Any, response: Any) -> dict[str
         ).residency()  # fmt: skip
         body["context_tokens"] = request.context_tokens
     else:
-        from service.solving import residency_of
+        from service.settings import get_settings
+        from service.solving import resolve_placement
 
-        residency = residency_of(request)
+        residency = resolve_placement(request, get_settings()).residency
         body["workload"] = request.workload.model_dump(mode="json", exclude_none=True)
     body["residency"] = residency.model_dump(mode="json", exclude_none=True)
     body["plan"] = response.plan.model_dump(mode="json", exclude_none=True)

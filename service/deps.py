@@ -14,8 +14,8 @@ from service.settings import Settings, get_settings
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def admission(request: Request) -> Admission:
-    """The app's admission (slots and worker processes)."""
+async def admission(request: Request) -> Admission:
+    """The app's admission (slots and worker processes); async (no I/O), so no thread hop."""
     got: Admission = request.app.state.admission
     return got
 
@@ -38,13 +38,14 @@ def key_matches(expected: str | None, given: str | bytes | None) -> bool:
     return secrets.compare_digest(given_bytes, expected.encode())
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep, x_api_key: Annotated[str | None, Depends(API_KEY)] = None
 ) -> None:
     """Refuse with 401 when the server has an API key and the request lacks it or differs.
 
     The ``Guard`` middleware checks the same before any body is read; this dependency
     documents the key in the OpenAPI schema and guards an app mounted without the middleware.
+    Async: it does no I/O, and a sync dependency costs every request a thread-pool hop.
     """
     if not key_matches(settings.api_key, x_api_key):
         raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
 
 from hwmodel.plan_builder import (
     chain_layers,
@@ -139,3 +144,41 @@ def ep_session_example() -> dict[str, Any]:
 def ep_batch_example() -> dict[str, Any]:
     """One batch for ``ep_session_example``: the FlashLB loads in layer 0, a flat layer 1."""
     return {"histogram": [route_example()["loads"], [180] * 8]}
+
+
+def response_models() -> dict[str, type[BaseModel]]:
+    """What a 200 from each POST route must parse as (a null where a number is declared
+    fails): the public answer types, for clients and fuzzers outside the service."""
+    from service import schemas
+
+    return {
+        "/v1/placement": schemas.PlacementResponse,
+        "/v1/schedule": schemas.ScheduleResponse,
+        "/v1/simulate": schemas.SimulateResponse,
+        "/v1/ordering": schemas.OrderingResponse,
+        "/v1/eplb": schemas.EplbResponse,
+        "/v1/route": schemas.RouteResponse,
+        "/v1/sessions": schemas.SessionInfo,
+        "/v1/sessions/{id}/observations": schemas.ObservationAck,
+        "/v1/ep-sessions": schemas.EpSessionInfo,
+        "/v1/ep-sessions/{id}/batches": schemas.EpRouting,
+    }
+
+
+def seed_ep_session(
+    db_path: Path, session_id: str, spec: dict[str, Any], placement: np.ndarray
+) -> None:
+    """Write an EP session straight into the SQLite store a server at ``db_path`` will open,
+    with its placement ``[num_layers, num_replicas]`` given instead of solved: for benchmarks
+    that need a session at the caps, whose creation through the API would spend a solve.
+    Fields ``spec`` leaves out take the defaults of ``POST /v1/ep-sessions``."""
+    from service.schemas import EpSessionCreate
+    from service.store import SQLiteStore
+
+    shape = {"num_layers", "num_experts", "num_gpus", "num_replicas", "window"}
+    defaults = EpSessionCreate.model_validate(ep_session_example()).model_dump(exclude=shape)
+    store = SQLiteStore(db_path)
+    try:
+        store.ep_create(session_id, json.dumps(spec | defaults), placement)
+    finally:
+        store.close()

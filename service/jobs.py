@@ -18,7 +18,18 @@ from service.ep_sessions import route_layers
 from service.eplb import eplb
 from service.schemas import EpSessionCreate, SimulateRequest
 from service.settings import Settings
-from service.solving import order, place, route, schedule, simulate_plan
+from service.solving import (
+    order,
+    order_resolved,
+    place,
+    place_case,
+    resolve_placement,
+    resolve_problem,
+    route,
+    schedule,
+    schedule_case,
+    simulate_plan,
+)
 from solvers.eplb.deepseek import rebalance_experts
 
 # Imported once by the forkserver every worker is forked from (solvers import their backends
@@ -43,6 +54,7 @@ __all__ = [
     "gantt_png",
     "order",
     "place",
+    "place_case",
     "route",
     "route_layers",
     "route_layers_json",
@@ -94,12 +106,18 @@ def route_layers_json(
 
 def answer_picture(what: str, fmt: str, request: Any, settings: Settings) -> tuple[bytes, str, str]:
     """Solve ``request`` (placement, ordering or schedule) with its timeline and draw it:
-    (body, media type, file name) for ``?format=fmt``."""
+    (body, media type, file name) for ``?format=fmt``. The request is resolved once."""
     from service.pictures import render
 
-    solvers: dict[str, Callable[..., Any]] = {
-        "placement": place, "ordering": order, "schedule": schedule,
-    }  # fmt: skip
-    solve = solvers[what]
-    response = solve(request, settings, True)
-    return render(response, fmt, what, request.resolved_hardware(), request.resolved_model())
+    response: Any
+    if what == "ordering":
+        hardware, model = resolve_problem(request, settings)
+        response = order_resolved(request, hardware, model, settings, True)
+    else:
+        case = resolve_placement(request, settings)
+        hardware, model = case.hardware, case.model
+        if what == "placement":
+            response = place_case(case, settings, True)
+        else:
+            response = schedule_case(case, "ordering" in request.problems, settings, True)
+    return render(response, fmt, what, hardware, model)

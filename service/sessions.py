@@ -15,25 +15,30 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.answers import json_with
 from service.errors import DomainError
 from service.schemas import (
     Observation,
     ObservationAck,
-    PlacementOptions,
-    PlacementRequest,
     PlacementResponse,
     SessionCreate,
     SessionInfo,
 )
 from service.settings import Settings
-from service.solving import place
+from service.solving import (
+    PlacementCase,
+    check_limits,
+    layout_granules,
+    named_layout,
+    place_case,
+)
 from service.store import SessionRow, SessionStore
 
 if TYPE_CHECKING:
@@ -87,7 +92,7 @@ class _Live:
     """What an observation needs, kept in memory (the store stays the source of truth)."""
 
     spec: SessionCreate
-    top_k: int
+    case: PlacementCase  # the session's problem, resolved once; each re-solve swaps the workload
     plan_counts: np.ndarray
     version: int
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -120,40 +125,50 @@ class SessionManager:
             return live
         row = self._row(session_id)
         spec = SessionCreate.model_validate_json(row.spec_json)
-        live = _Live(spec, spec.resolved_model().top_k, row.plan_counts, row.version)
+        case = self.session_case(spec, row.plan_counts, new=False)
+        live = _Live(spec, case, row.plan_counts, row.version)
         with self._lock:
             return self._live.setdefault(session_id, live)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def plan_request(self, spec: SessionCreate, counts: np.ndarray) -> PlacementRequest:
-        """The placement request a plan for these counts ``[L, E]`` is solved from."""
-        model = spec.resolved_model()
-        return PlacementRequest(
-            hardware=spec.hardware,
-            hardware_preset=spec.hardware_preset,
-            model=spec.model,
-            model_preset=spec.model_preset,
-            workload=expected_workload(counts, spec.policy.plan_batch_tokens, model.top_k),
-            layout=spec.layout,
-            cached_experts=spec.cached_experts,
-            options=PlacementOptions(
-                backend=spec.policy.backend,
-                deadline_s=spec.policy.deadline_s,
-                num_granules=spec.policy.num_granules,
-            ),
-        )
+    def session_case(
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        resolved: tuple[Hardware, ModelSpec] | None = None,
+        new: bool = True,
+    ) -> PlacementCase:
+        """A session's placement problem for counts ``[L, E]``, resolved from its spec once
+        (presets unless ``resolved`` gives them, granules, the layout's residency, the
+        policy's options). A ``new`` session is held to the server's limits (413); one
+        already stored was held to them when it was created."""
+        hardware, model = resolved or (spec.resolved_hardware(), spec.resolved_model())
+        granules = layout_granules(hardware, model, spec.layout, spec.policy.num_granules)
+        case = PlacementCase(
+            hardware, model, self.workload_of(spec, model.top_k, counts),
+            named_layout(hardware, model, spec.layout, spec.cached_experts, granules), granules,
+            spec.policy.backend, min(spec.policy.deadline_s, self.settings.max_deadline_s),
+        )  # fmt: skip
+        if new:
+            check_limits(self.settings, hardware, model, case.workload)
+        return case
+
+    @staticmethod
+    def workload_of(spec: SessionCreate, top_k: int, counts: np.ndarray) -> Workload:
+        """The batch a plan for counts ``[L, E]`` is solved for."""
+        return expected_workload(counts, spec.policy.plan_batch_tokens, top_k)
 
     def create(self, spec: SessionCreate) -> SessionInfo:
         """Validate, solve the first plan here, store (the HTTP route solves in a worker)."""
-        counts = self.prepare(spec)
-        return self.finish(spec, counts, place(self.plan_request(spec, counts), self.settings))
+        counts, case = self.prepare(spec)
+        return self.finish(spec, counts, place_case(case, self.settings), case)
 
-    def prepare(self, spec: SessionCreate) -> np.ndarray:
-        """Check a new session and make room for it; its seed counts ``[L, E]``."""
-        model = spec.resolved_model()
-        spec.resolved_hardware()
+    def prepare(self, spec: SessionCreate) -> tuple[np.ndarray, PlacementCase]:
+        """Check a new session and make room for it; its seed counts ``[L, E]`` and the
+        placement problem its first plan is solved from."""
+        hardware, model = spec.resolved_hardware(), spec.resolved_model()
         shape = (model.num_moe_layers, model.num_routed_experts)
         if model.num_moe_layers > self.settings.max_layers:
             raise DomainError(
@@ -170,24 +185,44 @@ class SessionManager:
                 )
         else:
             counts = np.ones(shape)
+        case = self.session_case(spec, counts, (hardware, model))
         self.make_room()
-        return counts
+        return counts, case
 
     def finish(
-        self, spec: SessionCreate, counts: np.ndarray, response: PlacementResponse
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        response: PlacementResponse,
+        case: PlacementCase | None = None,
     ) -> SessionInfo:
-        """Store a new session with its first plan."""
-        return self._info(self._store_new(spec, counts, response.model_dump_json()))
+        """Store a new session with its first plan (and keep ``case``, its resolved problem)."""
+        return self._info(self._store_new(spec, counts, response.model_dump_json(), case))
 
-    def finish_json(self, spec: SessionCreate, counts: np.ndarray, plan_json: bytes) -> bytes:
+    def finish_json(
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        plan_json: bytes,
+        case: PlacementCase | None = None,
+    ) -> bytes:
         """``finish`` for a plan a worker encoded; the answer as JSON, that plan spliced in."""
-        return self._info_json(self._store_new(spec, counts, plan_json.decode()))
+        return self._info_json(self._store_new(spec, counts, plan_json.decode(), case))
 
-    def _store_new(self, spec: SessionCreate, counts: np.ndarray, plan_json: str) -> SessionRow:
+    def _store_new(
+        self,
+        spec: SessionCreate,
+        counts: np.ndarray,
+        plan_json: str,
+        case: PlacementCase | None = None,
+    ) -> SessionRow:
         row = SessionRow(
             uuid.uuid4().hex, spec.model_dump_json(), counts, counts.copy(), plan_json, 1, 0
         )
         self.store.create(row)
+        if case is not None:
+            with self._lock:
+                self._live.setdefault(row.id, _Live(spec, case, counts.copy(), 1))
         return row
 
     def make_room(self) -> None:
@@ -247,7 +282,7 @@ class SessionManager:
 
     def observe(self, session_id: str, obs: Observation) -> ObservationAck:
         live = self._session(session_id)
-        hist = self._histogram(obs, live.plan_counts.shape, live.top_k)
+        hist = self._histogram(obs, live.plan_counts.shape, live.case.model.top_k)
         with live.lock:  # one writer per session: concurrent observations lose no counts
             got = self.store.observe(
                 session_id, hist, live.spec.policy.decay, COUNT_CAP, obs.observation_id
@@ -320,12 +355,13 @@ class SessionManager:
             if drift(row.counts, row.plan_counts) <= live.spec.policy.drift_threshold:
                 return  # another replica re-solved for these counts already
             counts = row.counts
-            request = self.plan_request(live.spec, counts)
+            workload = self.workload_of(live.spec, live.case.model.top_k, counts)
+            case = replace(live.case, workload=workload)
             if self.admission is None:
-                valid, plan_json = place_json(request, self.settings)
+                valid, plan_json = place_json(case, self.settings)
             else:  # in a solve slot's worker, stopped at the deadline (None: no slot free)
                 got = self.admission.run_background(
-                    "solve", request.options.deadline_s, place_json, request, self.settings
+                    "solve", case.deadline_s, place_json, case, self.settings
                 )
                 if got is None:
                     return  # every solve slot is busy: the next drift retries
@@ -345,9 +381,9 @@ class SessionManager:
                 self._resolving.discard(session_id)
 
 
-def place_json(request: PlacementRequest, settings: Settings) -> tuple[bool, str]:
+def place_json(case: PlacementCase, settings: Settings) -> tuple[bool, str]:
     """A re-solve's plan (in a worker): whether it passed the executor, and its JSON."""
-    response = place(request, settings)
+    response = place_case(case, settings)
     return response.report.valid, response.model_dump_json()
 
 

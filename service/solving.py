@@ -1,4 +1,12 @@
-"""From requests to solver calls and back, shared by the HTTP routes and the CLI.
+"""From requests to solver calls and back, shared by the HTTP routes, the CLI and sessions.
+
+A request is resolved once, at the edge, into domain objects (``resolve_problem``,
+``resolve_placement``): its hardware and model presets are looked up there and nowhere
+below, and what travels down is a ``PlacementCase`` (hardware, model, workload, residency,
+granules, solving options), never the request. One deadline per request: its stages
+(placement, then ordering) share it. Each answer's whole plan is simulated once, with the
+timeline when one is asked for; only when an ordered plan fails the executor is the unordered
+one simulated as well, to be returned instead.
 
 Every plan returned here has passed the executor (the portfolio validates every layer's plan
 before it wins); when no valid plan exists the caller gets a DomainError (a 4xx), never a 5xx.
@@ -6,11 +14,19 @@ before it wins); when no valid plan exists the caller gets a DomainError (a 4xx)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from hwmodel.executor import simulate
 from hwmodel.plan import Plan, Residency
-from hwmodel.plan_builder import effective_granules, layout_residency, stripe_granules
+from hwmodel.plan_builder import (
+    Layout,
+    effective_granules,
+    layout_residency,
+    stripe_granules,
+)
+from hwmodel.report import Report
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
 from service.errors import DomainError
@@ -29,21 +45,22 @@ from service.schemas import (
     SimulateResponse,
 )
 from service.settings import Settings
+from solvers.common import Backend, Budget
 from solvers.eplb.routing import even_split_loads, route_batch
 from solvers.ordering.dep import DepProblem, solve_dep, throughput_tokens_per_s
 from solvers.ordering.solve import solve_order
-from solvers.placement.solve import solve_placement
+from solvers.placement.solve import PlacementSolution, solve_placement
 
 
-def check_problem(
-    request: ProblemRequest,
+def check_limits(
     settings: Settings,
+    hardware: Hardware,
+    model: ModelSpec,
     workload: Workload | None = None,
     num_tasks: int | None = None,
-) -> tuple[Hardware, ModelSpec]:
-    """Resolve hardware and model, refuse (413) what exceeds the server's limits before any
-    solver or simulation runs, and refuse (422) a workload that does not fit the model."""
-    hardware, model = request.resolved_hardware(), request.resolved_model()
+) -> None:
+    """Refuse (413) what exceeds the server's limits before any solver or simulation runs,
+    and refuse (422) a workload that does not fit the model."""
     limits = [
         ("body.hardware.devices", len(hardware.devices), settings.max_devices),
         ("body.model.num_routed_experts", model.num_routed_experts, settings.max_experts),
@@ -60,71 +77,122 @@ def check_problem(
         if problems:
             field, _, reason = problems[0].partition(": ")
             raise DomainError(422, "validation", f"body.workload.{field}", reason)
+
+
+def resolve_problem(
+    request: ProblemRequest,
+    settings: Settings,
+    workload: Workload | None = None,
+    num_tasks: int | None = None,
+) -> tuple[Hardware, ModelSpec]:
+    """The request's hardware and model (presets looked up here, once), within the limits."""
+    hardware, model = request.resolved_hardware(), request.resolved_model()
+    check_limits(settings, hardware, model, workload, num_tasks)
     return hardware, model
 
 
-def granules_of(request: PlacementRequest) -> int:
-    """The granule count to solve with: the requested one, raised for a striped layout to the
-    grid on which its stripes fall evenly (``stripe_granules``), so every stripe is runnable."""
-    model = request.resolved_model()
-    g = effective_granules(model.expert_ffn_size, request.options.num_granules)
-    if request.residency is None and request.layout == "striped":
-        ndps = sum(1 for d in request.resolved_hardware().devices if d.kind == "ndp")
+@dataclass(frozen=True)
+class PlacementCase:
+    """A placement problem as the solvers take it: the request resolved into domain objects.
+
+    ``num_granules`` is the grid actually solved on (raised for a striped layout so every
+    stripe is runnable); ``deadline_s`` the wall-clock budget already capped by the server.
+    """
+
+    hardware: Hardware
+    model: ModelSpec
+    workload: Workload
+    residency: Residency
+    num_granules: int
+    backend: Backend
+    deadline_s: float
+    allow_loads: bool = True
+    attention: bool = False
+
+
+def layout_granules(
+    hardware: Hardware, model: ModelSpec, layout: str | None, requested: int
+) -> int:
+    """The granule count to solve with: the requested one (rounded to a divisor of the FFN),
+    raised for a striped layout to the grid on which its stripes fall evenly
+    (``stripe_granules``), so every stripe is runnable."""
+    g = effective_granules(model.expert_ffn_size, requested)
+    if layout == "striped":
+        ndps = sum(1 for d in hardware.devices if d.kind == "ndp")
         if ndps:
             g = stripe_granules(model.expert_ffn_size, ndps, least=g)
     return g
 
 
-def residency_of(request: PlacementRequest) -> Residency:
-    """The request's residency, or the one its named layout gives."""
-    if request.residency is not None:
-        return request.residency
-    assert request.layout is not None
+def named_layout(
+    hardware: Hardware,
+    model: ModelSpec,
+    layout: Layout,
+    cached_experts: tuple[int, ...],
+    num_granules: int,
+) -> Residency:
+    """The residency a named layout gives (422 naming ``body.layout`` when it cannot)."""
     try:
-        return layout_residency(
-            request.resolved_hardware(),
-            request.resolved_model(),
-            request.layout,
-            request.cached_experts,
-            num_granules=granules_of(request),
-        )
+        return layout_residency(hardware, model, layout, cached_experts, num_granules=num_granules)
     except ValueError as exc:
         raise DomainError(422, "validation", "body.layout", str(exc)) from None
 
 
-def place(
-    request: PlacementRequest, settings: Settings, include_timeline: bool = False
-) -> PlacementResponse:
-    """Solve placement, validate the plan with the executor, and report."""
-    hardware, model = check_problem(request, settings, request.workload)
-    residency = residency_of(request)
+def resolve_placement(request: PlacementRequest, settings: Settings) -> PlacementCase:
+    """Resolve a placement request once: presets, limits, granules, residency, deadline."""
+    hardware, model = resolve_problem(request, settings, request.workload)
     opts = request.options
-    deadline = min(opts.deadline_s, settings.max_deadline_s)
+    layout = request.layout if request.residency is None else None
+    granules = layout_granules(hardware, model, layout, opts.num_granules)
+    if request.residency is not None:
+        residency = request.residency
+    else:
+        assert request.layout is not None
+        residency = named_layout(hardware, model, request.layout, request.cached_experts, granules)
+    return PlacementCase(
+        hardware, model, request.workload, residency, granules, opts.backend,
+        min(opts.deadline_s, settings.max_deadline_s), opts.allow_loads, opts.attention,
+    )  # fmt: skip
 
+
+def solve_case(case: PlacementCase, settings: Settings, budget: Budget) -> PlacementSolution:
+    """Solve a resolved placement under ``budget``; 422 when some layer is infeasible."""
     solution = solve_placement(
-        hardware,
-        model,
-        request.workload,
-        residency,
-        opts.backend,
-        deadline,
+        case.hardware,
+        case.model,
+        case.workload,
+        case.residency,
+        case.backend,
         workers=settings.solver_workers,
-        num_granules=granules_of(request),
-        allow_loads=opts.allow_loads,
-        attention=opts.attention,
+        num_granules=case.num_granules,
+        allow_loads=case.allow_loads,
+        attention=case.attention,
+        budget=budget,
     )
     if solution.account.status == "infeasible":
         raise DomainError(
             422, "infeasible", "body.residency", solution.account.fallback_reason or "infeasible"
         )
-    report = simulate(hardware, model, solution.plan, request.workload, residency)
+    return solution
+
+
+def checked(case: PlacementCase, plan: Plan, include_timeline: bool) -> Report:
+    """The executor's report on a case's whole plan (422 when the plan breaks a rule)."""
+    report = simulate(
+        case.hardware, case.model, plan, case.workload, case.residency, include_timeline
+    )
     if not report.valid:
         raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
-    if include_timeline:
-        report = simulate(hardware, model, solution.plan, request.workload, residency, True)
+    return report
+
+
+def placement_response(
+    solution: PlacementSolution, plan: Plan, report: Report
+) -> PlacementResponse:
+    """The answer: the plan, its account, every layer's account and the executor's report."""
     return PlacementResponse(
-        plan=solution.plan,
-        account=solution.account,
+        plan=plan,
+        account=plan.account,
         layers=[
             LayerAccountOut(layer=s.instance.problem.layer, account=s.account)
             for s in solution.layers
@@ -133,11 +201,31 @@ def place(
     )
 
 
-def order(
-    request: OrderingRequest, settings: Settings, include_timeline: bool = False
+def place_case(
+    case: PlacementCase, settings: Settings, include_timeline: bool = False
+) -> PlacementResponse:
+    """Solve a resolved placement and validate its plan with the executor (one run)."""
+    solution = solve_case(case, settings, Budget.wall(case.deadline_s, settings.solver_workers))
+    return placement_response(
+        solution, solution.plan, checked(case, solution.plan, include_timeline)
+    )
+
+
+def place(
+    request: PlacementRequest, settings: Settings, include_timeline: bool = False
+) -> PlacementResponse:
+    """Solve placement, validate the plan with the executor, and report."""
+    return place_case(resolve_placement(request, settings), settings, include_timeline)
+
+
+def order_resolved(
+    request: OrderingRequest,
+    hardware: Hardware,
+    model: ModelSpec,
+    settings: Settings,
+    include_timeline: bool = False,
 ) -> OrderingResponse:
-    """Solve the DEP pipeline and validate the plan with the executor."""
-    hardware, model = check_problem(request, settings)
+    """Solve the DEP pipeline on resolved hardware and model; validate it with the executor."""
     problem = DepProblem(
         hardware,
         model,
@@ -182,34 +270,65 @@ def order(
     )
 
 
+def order(
+    request: OrderingRequest, settings: Settings, include_timeline: bool = False
+) -> OrderingResponse:
+    """Solve the DEP pipeline and validate the plan with the executor."""
+    hardware, model = resolve_problem(request, settings)
+    return order_resolved(request, hardware, model, settings, include_timeline)
+
+
+def schedule_case(
+    case: PlacementCase,
+    ordering: bool,
+    settings: Settings,
+    include_timeline: bool = False,
+) -> ScheduleResponse:
+    """Placement, then (``ordering``) the order of the whole plan, under the case's one
+    deadline: placement may spend half of it, ordering what is left.
+
+    The ordered plan is kept when its predicted makespan (the forward pass, which the executor
+    reproduces) is no worse than the unordered plan's; the kept plan is simulated once. Should
+    the executor reject an ordered plan, the unordered one is simulated and returned instead.
+    """
+    budget = Budget.wall(case.deadline_s, settings.solver_workers)
+    placed = solve_case(case, settings, budget.part(2, 2) if ordering else budget)
+    if not ordering:
+        report = checked(case, placed.plan, include_timeline)
+        return ScheduleResponse(
+            **placement_response(placed, placed.plan, report).model_dump(), ordering=None
+        )
+    ordered = solve_order(
+        case.hardware, case.model, placed.plan.tasks, case.backend,
+        context_tokens=case.workload.context_tokens, workers=settings.solver_workers,
+        budget=budget.part(2, 1),
+    )  # fmt: skip
+    placed_cycles = placed.account.predicted_makespan_cycles
+    if placed_cycles is None or ordered.makespan_cycles <= placed_cycles:
+        account = placed.account.model_copy(
+            update={"predicted_makespan_cycles": ordered.makespan_cycles}
+        )
+        plan = Plan(tasks=tuple(ordered.tasks), account=account)
+        report = simulate(
+            case.hardware, case.model, plan, case.workload, case.residency, include_timeline
+        )
+        if report.valid:
+            return ScheduleResponse(
+                **placement_response(placed, plan, report).model_dump(),
+                ordering=ordered.account,
+            )
+    report = checked(case, placed.plan, include_timeline)
+    return ScheduleResponse(
+        **placement_response(placed, placed.plan, report).model_dump(), ordering=ordered.account
+    )
+
+
 def schedule(
     request: ScheduleRequest, settings: Settings, include_timeline: bool = False
 ) -> ScheduleResponse:
     """Placement, then ordering of the whole plan; the result has passed the executor."""
-    placed = place(request, settings, include_timeline)
-    if "ordering" not in request.problems:
-        return ScheduleResponse(**placed.model_dump(), ordering=None)
-    hardware, model = request.resolved_hardware(), request.resolved_model()
-    residency = residency_of(request)
-    ctx = request.workload.context_tokens
-    ordered = solve_order(
-        hardware, model, placed.plan.tasks, request.options.backend,
-        min(request.options.deadline_s, settings.max_deadline_s), ctx, settings.solver_workers,
-    )  # fmt: skip
-    plan = Plan(tasks=tuple(ordered.tasks), account=placed.account)
-    report = simulate(hardware, model, plan, request.workload, residency, include_timeline)
-    if not report.valid or report.makespan_cycles > placed.report.makespan_cycles:
-        return ScheduleResponse(**placed.model_dump(), ordering=ordered.account)
-    account = placed.account.model_copy(
-        update={"predicted_makespan_cycles": ordered.makespan_cycles}
-    )
-    return ScheduleResponse(
-        plan=plan.model_copy(update={"account": account}),
-        account=account,
-        layers=placed.layers,
-        report=report,
-        ordering=ordered.account,
-    )
+    case = resolve_placement(request, settings)
+    return schedule_case(case, "ordering" in request.problems, settings, include_timeline)
 
 
 def route(request: RouteRequest) -> RouteResponse:
@@ -247,7 +366,7 @@ def route(request: RouteRequest) -> RouteResponse:
 
 def simulate_plan(request: SimulateRequest, settings: Settings, timeline: bool) -> SimulateResponse:
     """Check a client's plan and simulate it; violations are reported, not raised."""
-    hardware, model = check_problem(request, settings, request.workload, len(request.plan.tasks))
+    hardware, model = resolve_problem(request, settings, request.workload, len(request.plan.tasks))
     report = simulate(
         hardware, model, request.plan, request.workload, request.residency, timeline,
         request.context_tokens,

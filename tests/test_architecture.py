@@ -49,3 +49,36 @@ def test_ortools_and_pulp_only_in_backend_modules() -> None:
                 assert path.name.startswith("cpsat"), path
             if "pulp" in r:
                 assert path.name.startswith("milp"), path
+
+
+def test_bench_imports_of_the_service_are_its_examples_only() -> None:
+    """bench drives the service over HTTP and takes its public examples, nothing else."""
+    for path, names in imported_modules("bench").items():
+        service = {n for n in names if roots({n}) == {"service"}}
+        assert service <= {"service.examples"}, (path, service)
+
+
+MAX_FUNCTION_LINES = 120
+# Over the limit and being edited by other engineers this session (#17, #18): to be split by
+# their owners. A function fixed or renamed must leave this list (the test says so).
+KNOWN_LONG: set[tuple[str, str]] = {
+    ("solvers/eplb/batch_placement.py", "fit_placement"),
+    ("solvers/eplb/runtime.py", "rebalance_window"),
+}
+
+
+def long_functions(package: str) -> set[tuple[str, str, int]]:
+    """(path, name, lines) of every function or method of ``package`` over the limit."""
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.add((str(path.relative_to(ROOT)), node.name, lines))
+    return found
+
+
+def test_no_function_in_hwmodel_or_solvers_is_over_120_lines() -> None:
+    long = long_functions("hwmodel") | long_functions("solvers")
+    assert {(p, n) for p, n, _ in long} == KNOWN_LONG, sorted(long)

@@ -37,7 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def sessions(request: Request) -> SessionManager:
+async def sessions(request: Request) -> SessionManager:
     manager: SessionManager = request.app.state.sessions
     return manager
 
@@ -67,12 +67,12 @@ async def create_session(
     """Register hardware, model and policy; the first plan is solved from the seed counts
     (in a solve slot, with the policy's deadline)."""
     admission.refuse_when_full("solve")
-    counts = await run_in_threadpool(manager.prepare, spec)
+    counts, case = await run_in_threadpool(manager.prepare, spec)
     answer = await admission.run(
         http, "solve", spec.policy.deadline_s, "body.policy.deadline_s",
-        jobs.dumped, jobs.place, manager.plan_request(spec, counts), manager.settings,
+        jobs.dumped, jobs.place_case, case, manager.settings,
     )  # fmt: skip
-    body = await run_in_threadpool(manager.finish_json, spec, counts, answer.body)
+    body = await run_in_threadpool(manager.finish_json, spec, counts, answer.body, case)
     return json_response(body, 201)
 
 
@@ -127,7 +127,7 @@ def end_session(session_id: str, manager: Sessions) -> Response:
 ep_router = APIRouter(prefix="/v1/ep-sessions", tags=["sessions"])
 
 
-def ep_sessions(request: Request) -> EpSessions:
+async def ep_sessions(request: Request) -> EpSessions:
     manager: EpSessions = request.app.state.ep_sessions
     return manager
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from hwmodel import costs
+from hwmodel import cost_tables, costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, covers
 from hwmodel.plan_builder import (
@@ -32,7 +33,7 @@ from hwmodel.plan_builder import (
     lower_layer,
 )
 from hwmodel.report import Report
-from hwmodel.spec import Device, Hardware, Link, ModelSpec
+from hwmodel.spec import Hardware, Link, ModelSpec
 from hwmodel.workload import Workload
 from solvers import timing
 
@@ -96,70 +97,64 @@ class PlacementInstance:
         self.devices = [d.id for d in hw.devices if d.id in reachable]
         self.remote = [d for d in self.devices if d != self.home]
         mem_of = {d.id: d.memory_id for d in hw.devices}
-        # holders[e][g]: devices whose memory holds granule g of expert e. Residency is read
-        # once per memory: the slices that can concern this layer, then per expert.
-        layer_slices = {
-            d: [
-                sl
-                for sl in problem.residency.by_memory.get(mem_of[d], ())
-                if sl.layer in (None, problem.layer)
-            ]
-            for d in self.devices
-        }
+        tab = cost_tables.tables(hw, model)
+        self._tables = tab
+        # Residency is read once per memory: the column pieces that concern this layer, those
+        # of every expert (wildcards) apart from those of one expert.
+        every: dict[str, list[tuple[int, int]]] = {}
+        one: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        for d in self.devices:
+            every[d], one[d] = [], {}
+            for sl in problem.residency.by_memory.get(mem_of[d], ()):
+                if sl.layer not in (None, problem.layer):
+                    continue
+                piece = (sl.ffn_start, ffn if sl.ffn_end is None else sl.ffn_end)
+                if sl.expert is None:
+                    every[d].append(piece)
+                else:
+                    one[d].setdefault(sl.expert, []).append(piece)
+        # holders[e][g]: devices whose memory holds granule g of expert e; experts laid out
+        # alike share the list (callers must not modify it), and their load pieces.
         self.holders: dict[int, list[list[str]]] = {}
         self._cols: dict[int, dict[str, list[tuple[int, int]]]] = {}
+        pieces_of: dict[int, list[tuple[str, int, int]] | None] = {}
+        devices, remote = tuple(self.devices), tuple(self.remote)
         for e in self.experts:
             cols = self._cols[e] = {
-                d: sorted(
-                    (sl.ffn_start, ffn if sl.ffn_end is None else sl.ffn_end)
-                    for sl in layer_slices[d]
-                    if sl.expert in (None, e)
-                )
+                d: sorted(every[d] + one[d][e]) if e in one[d] else sorted(every[d])
                 for d in self.devices
             }
-            held: list[list[str]] = [[] for _ in range(self.G)]
-            for d in self.devices:
-                for lo, hi in _merged(cols[d]):
-                    for g in range(-(-lo // self.width), hi // self.width):
-                        held[g].append(d)
-            self.holders[e] = held
+            key = tuple(tuple(cols[d]) for d in self.devices)
+            self.holders[e], pieces_of[e] = _layout(
+                devices, remote, self.home, key, ffn, self.width, self.G
+            )
         # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G). Devices with the
         # same figures share a row, and so do experts with the same token count.
-        compute = {
-            d: hw.device(d).model_copy(update={"id": "_", "memory_id": "_", "source": ""})
-            for d in self.devices
-        }
-        self.shard: dict[int, dict[str, list[int]]] = {
-            e: {
-                d: _shard_row(compute[d], model, self.tokens[e], self.G, hw.clock_hz)
-                for d in self.devices
-            }
-            for e in self.experts
-        }
+        self.shard: dict[int, dict[str, list[int]]] = {}
+        by_tokens: dict[int, dict[str, list[int]]] = {}
+        for e in self.experts:
+            t = self.tokens[e]
+            if t not in by_tokens:
+                by_tokens[t] = {d: tab.shard_row(d, t, self.G) for d in self.devices}
+            self.shard[e] = by_tokens[t]
         # load_parts[e]: (source, first column, end column, link cycles) pieces that bring
         # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
         self.load_parts: dict[int, list[tuple[str, int, int, int]]] = {}
         self.load_cycles: dict[int, int] = {}
         if problem.allow_loads:
+            parts_of: dict[int, list[tuple[str, int, int, int]]] = {}  # by id of the pieces
             for e in self.experts:
-                pieces = self._load_pieces(e)
+                pieces = pieces_of[e]
                 if pieces is None:
                     continue
-                self.load_parts[e] = [
-                    (
-                        src,
-                        c0,
-                        c1,
-                        costs.to_cycles(
-                            costs.transfer_s(
-                                self.link(src, self.home), model.expert_bytes(c1 - c0)
-                            ),
-                            hw.clock_hz,
-                        ),
-                    )
-                    for src, c0, c1 in pieces
-                ]
-                self.load_cycles[e] = sum(part[3] for part in self.load_parts[e])
+                parts = parts_of.get(id(pieces))
+                if parts is None:
+                    parts = parts_of[id(pieces)] = [
+                        (src, c0, c1, tab.weight_cycles(self.link(src, self.home), c1 - c0))
+                        for src, c0, c1 in pieces
+                    ]
+                self.load_parts[e] = parts
+                self.load_cycles[e] = sum(part[3] for part in parts)
         home_mem = hw.device(self.home).memory_id
         capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
         home_slices = problem.residency.by_memory.get(home_mem, ())
@@ -183,34 +178,7 @@ class PlacementInstance:
     @cached_property
     def reduce(self) -> list[int]:
         """reduce[p]: cycles of the home reduce over p partial sums (p = 0..#devices)."""
-        hw, model = self.problem.hardware, self.problem.model
-        home = hw.device(self.home)
-        return [0] + [
-            costs.to_cycles(costs.reduce_s(home, model, self.problem.num_tokens, p), hw.clock_hz)
-            for p in range(1, len(self.devices) + 1)
-        ]
-
-    def _load_pieces(self, e: int) -> list[tuple[str, int, int]] | None:
-        """Column pieces (source, start, end) that complete expert e at home from remote
-        holders (only the columns home lacks), or None when the home already holds it all or
-        some missing column is held by no remote device."""
-        ffn = self.problem.model.expert_ffn_size
-        cols = self._cols[e]
-        if covers(cols[self.home], 0, ffn):
-            return None
-        points = sorted({0, ffn, *(c for d in self.devices for piece in cols[d] for c in piece)})
-        pieces: list[tuple[str, int, int]] = []
-        for c0, c1 in itertools.pairwise(points):
-            if covers(cols[self.home], c0, c1):
-                continue
-            src = next((d for d in self.remote if covers(cols[d], c0, c1)), None)
-            if src is None:
-                return None
-            if pieces and pieces[-1][0] == src and pieces[-1][2] == c0:
-                pieces[-1] = (src, pieces[-1][1], c1)
-            else:
-                pieces.append((src, c0, c1))
-        return pieces
+        return self._tables.reduce_row(self.home, self.problem.num_tokens, len(self.devices))
 
     def link(self, src: str, dst: str) -> Link:
         """The link the lowering uses from src to dst."""
@@ -219,16 +187,13 @@ class PlacementInstance:
         return link
 
     def _transfer_table(self, to_home: bool) -> dict[str, list[int]]:
-        hw, model = self.problem.hardware, self.problem.model
-        out = {}
-        for d in self.remote:
-            link = hw.link_between(d, self.home) if to_home else hw.link_between(self.home, d)
-            assert link is not None
-            out[d] = [0] + [
-                costs.to_cycles(costs.transfer_s(link, model.activation_bytes(r)), hw.clock_hz)
-                for r in range(1, self.problem.num_tokens + 1)
-            ]
-        return out
+        n = self.problem.num_tokens
+        return {
+            d: self._tables.activation_row(
+                self.link(d, self.home) if to_home else self.link(self.home, d), n
+            )
+            for d in self.remote
+        }
 
     def whole_holders_home(self) -> list[int]:
         """Activated experts the home device holds whole."""
@@ -365,31 +330,85 @@ class PlacementInstance:
             return 0
         work = 0.0
         resources: set[str] = set()
+        # Experts with the same token count share shard rows (as do devices with the same
+        # figures), and experts laid out alike share holder lists: per-granule minima are
+        # computed once per (holders, tokens, load) and added in order.
+        row_rate: dict[int, float] = {}  # by id of a shard row
+        rates: dict[int, dict[str, float]] = {}  # by token count
+        per_granule: dict[tuple[int, int, int | None], tuple[list[float], set[str]]] = {}
+        G, home = self.G, self.home
         for e in self.experts:
-            rate = {
-                d: min(self.shard[e][d][n] / n for n in range(1, self.G + 1)) for d in self.devices
-            }
-            load_rate = self.load_cycles[e] / self.G if e in self.load_parts else None
-            for g in range(self.G):
-                options = {d: rate[d] for d in self.holders[e][g]}
-                if load_rate is not None and self.home not in options:
-                    options["load"] = rate[self.home] + load_rate
-                    resources |= {self.home, "load-link"}
-                resources |= set(self.holders[e][g])
-                work += min(options.values())
+            load = self.load_cycles[e] if e in self.load_parts else None
+            key = (id(self.holders[e]), self.tokens[e], load)
+            if key not in per_granule:
+                rate = rates.get(self.tokens[e])
+                if rate is None:
+                    rate = rates[self.tokens[e]] = {}
+                    for d in self.devices:
+                        row = self.shard[e][d]
+                        if id(row) not in row_rate:
+                            row_rate[id(row)] = min(row[n] / n for n in range(1, G + 1))
+                        rate[d] = row_rate[id(row)]
+                load_rate = None if load is None else rate[home] + load / G
+                minima, used = [], set()
+                for held in self.holders[e]:
+                    best = min([rate[d] for d in held]) if held else math.inf
+                    if load_rate is not None and home not in held:
+                        best = min(best, load_rate)
+                        used |= {home, "load-link"}
+                    used.update(held)
+                    minima.append(best)
+                per_granule[key] = (minima, used)
+            minima, used = per_granule[key]
+            resources |= used
+            for m in minima:
+                work += m
         return int(work // max(len(resources), 1)) + self.reduce[1]
 
 
 @functools.lru_cache(maxsize=4096)
-def _shard_row(device: Device, model: ModelSpec, tokens: int, G: int, clock_hz: float) -> list[int]:
-    """Cycles of n = 0..G contiguous granules of one expert for ``tokens`` tokens on a device
-    (shared by every instance: devices with the same figures and experts with the same token
-    count share a row; callers must not modify it)."""
-    width = model.expert_ffn_size // G
-    return [0] + [
-        costs.to_cycles(costs.expert_shard_s(device, model, tokens, n * width), clock_hz)
-        for n in range(1, G + 1)
-    ]
+def _layout(
+    devices: tuple[str, ...],
+    remote: tuple[str, ...],
+    home: str,
+    cols: tuple[tuple[tuple[int, int], ...], ...],
+    ffn: int,
+    width: int,
+    G: int,
+) -> tuple[list[list[str]], list[tuple[str, int, int]] | None]:
+    """One expert's holders per granule and its load pieces, from the sorted column pieces
+    ``cols[i]`` that ``devices[i]`` holds (shared by every instance: callers must not modify
+    them)."""
+    held: list[list[str]] = [[] for _ in range(G)]
+    for d, pieces in zip(devices, cols, strict=True):
+        for lo, hi in _merged(list(pieces)):
+            for g in range(-(-lo // width), hi // width):
+                held[g].append(d)
+    by_device = {d: list(pieces) for d, pieces in zip(devices, cols, strict=True)}
+    return held, _load_pieces(by_device, remote, home, ffn)
+
+
+def _load_pieces(
+    cols: dict[str, list[tuple[int, int]]], remote: tuple[str, ...], home: str, ffn: int
+) -> list[tuple[str, int, int]] | None:
+    """Column pieces (source, start, end) that complete an expert at home from remote holders
+    (only the columns home lacks), or None when the home already holds it all or some missing
+    column is held by no remote device. ``cols[d]``: the sorted column pieces d holds."""
+    if covers(cols[home], 0, ffn):
+        return None
+    points = sorted({0, ffn, *(c for d in cols for piece in cols[d] for c in piece)})
+    pieces: list[tuple[str, int, int]] = []
+    for c0, c1 in itertools.pairwise(points):
+        if covers(cols[home], c0, c1):
+            continue
+        src = next((d for d in remote if covers(cols[d], c0, c1)), None)
+        if src is None:
+            return None
+        if pieces and pieces[-1][0] == src and pieces[-1][2] == c0:
+            pieces[-1] = (src, pieces[-1][1], c1)
+        else:
+            pieces.append((src, c0, c1))
+    return pieces
 
 
 def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:

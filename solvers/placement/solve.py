@@ -8,6 +8,7 @@ nobody holds and no load possible) is reported as such, with no plan.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask
@@ -16,7 +17,7 @@ from hwmodel.workload import Workload
 from solvers import portfolio, timing
 from solvers.common import Backend, Budget, Deadline, budget_of
 from solvers.common import account as make_account
-from solvers.placement.greedy import solve_greedy
+from solvers.placement.greedy import exact_estimate, solve_greedy_estimated
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 
 # Building the CP-SAT model costs about 0.1 ms per granule variable (measured on 2 cores);
@@ -42,7 +43,9 @@ def validate(inst: PlacementInstance, a: Assignment) -> list[str]:
     return [f"{v.code}: {v.message}" for v in inst.simulate(a).violations]
 
 
-def _exact(backend: str, inst: PlacementInstance) -> portfolio.Exact[Assignment]:
+def _exact(
+    backend: str, inst: PlacementInstance, objective: Callable[[Assignment], int]
+) -> portfolio.Exact[Assignment]:
     """CP-SAT or CBC on one layer, hinted with (and bounded by) the hint's makespan.
 
     Under a wall-clock budget the model's build time is taken off the search time, and the
@@ -50,7 +53,7 @@ def _exact(backend: str, inst: PlacementInstance) -> portfolio.Exact[Assignment]
     """
 
     def solve(hint: Assignment, budget: Budget) -> portfolio.Outcome[Assignment]:
-        horizon = inst.predict(hint)
+        horizon = objective(hint)
         if not budget.deterministic:
             left = budget.deadline.left()
             build_s = _BUILD_S_PER_VAR * sum(len(h) for e in inst.experts for h in inst.holders[e])
@@ -81,13 +84,28 @@ def _exact(backend: str, inst: PlacementInstance) -> portfolio.Exact[Assignment]
 def placement_portfolio(inst: PlacementInstance) -> portfolio.Portfolio[Assignment]:
     """One layer's placement as the portfolio sees it: makespan in cycles, checked by the
     executor, bounded by ``PlacementInstance.lower_bound``."""
+    known: list[tuple[Assignment, int]] = []  # the greedy's plan and its exact estimate
+
+    def greedy() -> Assignment:
+        a, estimate = solve_greedy_estimated(inst)
+        if exact_estimate(inst):
+            known.append((a, estimate))
+        return a
+
+    def objective(a: Assignment) -> int:
+        # The greedy's estimate is the prediction on single-lane links: no second pass.
+        for plan, makespan_cycles in known:
+            if plan is a:
+                return makespan_cycles
+        return inst.predict(a)
+
     return portfolio.Portfolio(
         name="placement",
-        greedy=lambda: solve_greedy(inst),
-        objective=inst.predict,
+        greedy=greedy,
+        objective=objective,
         check=lambda a: validate(inst, a),
         bound=inst.lower_bound(),
-        exact={"cpsat": _exact("cpsat", inst), "milp": _exact("milp", inst)},
+        exact={"cpsat": _exact("cpsat", inst, objective), "milp": _exact("milp", inst, objective)},
     )
 
 
