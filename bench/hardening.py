@@ -591,14 +591,19 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         for name in names:
-            started = time.perf_counter()
+            started, load = time.perf_counter(), os.getloadavg()[0]
             fn = globals()[name]
             arg = d if name in ("kill9_ep", "damaged_databases") else d / f"{name}.db"
             try:
                 result = fn(arg)
             except Exception as exc:  # reported, not hidden: the part failed to run
                 result = {"error": repr(exc)}
-            row = {"part": name, "wall_s": time.perf_counter() - started, **result}
+            row = {
+                "part": name,
+                "wall_s": time.perf_counter() - started,
+                "load_average_1min_before_after": [load, os.getloadavg()[0]],
+                **result,
+            }
             with out.open("a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
 

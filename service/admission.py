@@ -205,23 +205,24 @@ class Admission:
                 warm_from = loop.time()
                 await run_in_threadpool(cls.ensure_warm)
                 stop_at += loop.time() - warm_from
-            future = cls.workers().schedule(fn, args=args)
-            waiting = asyncio.wrap_future(future)
-            both: set[asyncio.Future[Any]] = {waiting, gone}
-            done, _ = await asyncio.wait(
-                both,
-                timeout=max(0.0, stop_at - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if waiting in done:
-                try:
-                    return waiting.result()
-                except CancelledError:  # stopped below, raced with completion
-                    raise ClientGone from None
-            future.cancel()
-            if gone in done:
-                cls.stopped_by_disconnect += 1
-                raise ClientGone
+            if loop.time() < stop_at:  # else past its deadline already: no work started
+                future = cls.workers().schedule(fn, args=args)
+                waiting = asyncio.wrap_future(future)
+                both: set[asyncio.Future[Any]] = {waiting, gone}
+                done, _ = await asyncio.wait(
+                    both,
+                    timeout=max(0.0, stop_at - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if waiting in done:
+                    try:
+                        return waiting.result()
+                    except CancelledError:  # stopped below, raced with completion
+                        raise ClientGone from None
+                future.cancel()
+                if gone in done:
+                    cls.stopped_by_disconnect += 1
+                    raise ClientGone
             cls.stopped_by_deadline += 1
             raise DomainError(
                 422, "deadline_exceeded", field_name,
