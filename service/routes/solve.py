@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 
 from service import jobs
+from service.admission import Admission
 from service.deps import AdmissionDep, SettingsDep
 from service.errors import ErrorResponse
 from service.examples import (
@@ -29,6 +31,7 @@ from service.schemas import (
     ScheduleRequest,
     ScheduleResponse,
 )
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["solve"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,6 +41,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "Invalid or infeasible request, or not answered within its deadline.",
     },
 }
+
+
+async def solve_answer(
+    http: Request,
+    admission: Admission,
+    settings: Settings,
+    request: PlacementRequest | OrderingRequest | ScheduleRequest,
+    format: str,
+    problem: str,
+    job: Callable[..., Any],
+) -> Response:
+    """Run ``job`` (or, for ``format`` other than json, the plan's picture) in a solve slot under
+    the request's deadline, count the answer, and send it."""
+    if format != "json":
+        return as_response(await admission.run(
+            http, "solve", request.options.deadline_s, "body.options.deadline_s",
+            jobs.answer_picture, problem, format, request, settings,
+        ))  # fmt: skip
+    answer = await admission.run(
+        http, "solve", request.options.deadline_s, "body.options.deadline_s",
+        jobs.dumped, job, request, settings,
+    )  # fmt: skip
+    http.app.state.metrics.record_answer(problem, answer)
+    return answer.response()
 
 
 @router.post(
@@ -63,17 +90,7 @@ async def post_placement(
     """Which devices compute which slices of which experts, per layer; validated by the executor.
 
     `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
-    if format != "json":
-        return as_response(await admission.run(
-            http, "solve", request.options.deadline_s, "body.options.deadline_s",
-            jobs.answer_picture, "placement", format, request, settings,
-        ))  # fmt: skip
-    answer = await admission.run(
-        http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.dumped, jobs.place, request, settings,
-    )  # fmt: skip
-    http.app.state.metrics.record_answer("placement", answer)
-    return answer.response()
+    return await solve_answer(http, admission, settings, request, format, "placement", jobs.place)
 
 
 @router.post(
@@ -131,17 +148,7 @@ async def post_ordering(
     """Micro-batch count and every resource's task order, beside PPPipe and serial.
 
     `?format=png|svg|perfetto|html` answers with the plan's timeline instead of the JSON."""
-    if format != "json":
-        return as_response(await admission.run(
-            http, "solve", request.options.deadline_s, "body.options.deadline_s",
-            jobs.answer_picture, "ordering", format, request, settings,
-        ))  # fmt: skip
-    answer = await admission.run(
-        http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.dumped, jobs.order, request, settings,
-    )  # fmt: skip
-    http.app.state.metrics.record_answer("ordering", answer)
-    return answer.response()
+    return await solve_answer(http, admission, settings, request, format, "ordering", jobs.order)
 
 
 @router.post(
@@ -168,17 +175,7 @@ async def post_schedule(
 
     `?format=png|svg|perfetto|html` answers with the schedule's timeline instead of the JSON:
     a Gantt chart, a Perfetto trace (open it in ui.perfetto.dev) or an interactive page."""
-    if format != "json":
-        return as_response(await admission.run(
-            http, "solve", request.options.deadline_s, "body.options.deadline_s",
-            jobs.answer_picture, "schedule", format, request, settings,
-        ))  # fmt: skip
-    answer = await admission.run(
-        http, "solve", request.options.deadline_s, "body.options.deadline_s",
-        jobs.dumped, jobs.schedule, request, settings,
-    )  # fmt: skip
-    http.app.state.metrics.record_answer("schedule", answer)
-    return answer.response()
+    return await solve_answer(http, admission, settings, request, format, "schedule", jobs.schedule)
 
 
 @router.post(
