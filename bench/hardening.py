@@ -143,6 +143,7 @@ def health_under_load(
         time.sleep(1.0)
         metrics_before = c.get("/metrics").text
     cpu_before = _cpu_s(_pid(server))
+    client_cpu_before = time.process_time()
     load_before = os.getloadavg()[0]
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -179,6 +180,7 @@ def health_under_load(
         stop.set()
         watcher.join()
         server_cpu_s = _cpu_s(_pid(server)) - cpu_before
+        client_cpu_s = time.process_time() - client_cpu_before
         with httpx.Client(base_url=server.url, timeout=60) as c:
             loop = loop_figures(metrics_before, c.get("/metrics").text)
     finally:
@@ -194,7 +196,14 @@ def health_under_load(
         "bound_p99_s": 0.1,
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "server_process_cpu_s": server_cpu_s,
+        # this load generator's own CPU on the same cores (96 clients and the watcher)
+        "client_process_cpu_s": client_cpu_s,
         **loop,
+        # the loop's lag beyond its own CPU and its wait for a CPU: the loop blocked (the
+        # GIL held by another thread, or a blocking call)
+        "lag_not_cpu_nor_runqueue_s": loop["lag_total_s"]
+        - loop["runqueue_total_s"]
+        - loop["loop_cpu_total_s"],
     }
 
 
