@@ -589,8 +589,9 @@ def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
 def schemathesis_fuzz(db: Path, examples: int = 200) -> dict[str, Any]:
     """Schemathesis against the server's own OpenAPI with the default settings: ``examples``
     per operation and generation mode (valid and invalid); 5xx, schema violations and the
-    slowest answer (bound 10 s)."""
-    server = Server(db)
+    slowest answer (bound 10 s). Only the sweeps' output directory is not the default (a
+    temporary one, not the working directory)."""
+    server = Server(db, env={"MOESCHED_SWEEP_DIR": str(db.with_suffix(".sweeps"))})
     server.start()
     try:
         got = fuzz(server.url, examples)
@@ -601,7 +602,8 @@ def schemathesis_fuzz(db: Path, examples: int = 200) -> dict[str, Any]:
 
 def numeric_fuzz_live(db: Path) -> dict[str, Any]:
     """All numeric-leaf fuzz cases against a live server."""
-    server = Server(db, env={"MOESCHED_MAX_DEADLINE_S": "1"})
+    env = {"MOESCHED_MAX_DEADLINE_S": "1", "MOESCHED_SWEEP_DIR": str(db.with_suffix(".sweeps"))}
+    server = Server(db, env=env)
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=120) as c:
@@ -616,7 +618,8 @@ def numeric_fuzz_live(db: Path) -> dict[str, Any]:
                 ep = c.post("/v1/ep-sessions", json=bodies["/v1/ep-sessions"]).json()["id"]
                 return sid, ep
 
-            return numeric_fuzz.run(post, make_ids)
+            settle = numeric_fuzz.end_sweep(lambda url: c.get(url).json(), c.delete)
+            return numeric_fuzz.run(post, make_ids, settle=settle)
     finally:
         server.stop()
 

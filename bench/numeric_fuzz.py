@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +36,16 @@ VALUES: tuple[Any, ...] = (
     math.nan, math.inf, -math.inf, 1e308, -1e308, 1e-308, 5e-324, 0, -1, 2**63, 10**400,
 )  # fmt: skip
 EP_SPEC = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "window": 4}
+# A sweep job of 1 point (one decode step); every accepted one is cancelled and waited
+# for before the next case, so the one sweep slot is free again (``settle`` in ``run``).
+SWEEP_SPEC = {
+    "name": "fuzz",
+    "kind": "decode",
+    "base": {"model": "deepseek-v2-lite", "trace": "esft-law", "prompt_tokens": 4,
+             "decode_steps": 1, "cache_share": 0.2},
+    "axes": {"hardware": ["gpu-ndp-2dimm"]},
+}  # fmt: skip
+BACKGROUND_ROUTES = ("/v1/sweeps",)  # a 2xx started work that goes on after the answer
 
 
 def _inline(body: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +76,7 @@ def bodies() -> dict[str, dict[str, Any]]:
         "/v1/sessions/{id}/observations": observation_example(),
         "/v1/ep-sessions": EP_SPEC,
         "/v1/ep-sessions/{id}/batches": {"histogram": [[3, 1, 0, 0, 2, 0, 1, 1]] * 2},
+        "/v1/sweeps": SWEEP_SPEC,
     }
 
 
@@ -114,9 +126,12 @@ def run(
     post: Callable[[str, str], tuple[int, bytes]],
     make_ids: Callable[[], tuple[str, str]],
     every: int = 1,
+    settle: Callable[[str, bytes], None] | None = None,
 ) -> dict[str, Any]:
     """Send every ``every``-th case through ``post(url, json_text) -> (status, body)``;
-    ``make_ids()`` gives a live (session id, EP session id) for the per-session routes.
+    ``make_ids()`` gives a live (session id, EP session id) for the per-session routes;
+    ``settle(route, answer)`` ends the background work a 2xx of ``BACKGROUND_ROUTES``
+    started (a sweep job) before the next case.
 
     Returns the counts by status class, the failures (5xx, or a non-finite number in a 200
     JSON answer) and their first few."""
@@ -133,9 +148,11 @@ def run(
         code, content = post(url, text)
         done += 1
         status[f"{code // 100}xx"] = status.get(f"{code // 100}xx", 0) + 1
+        if settle is not None and 200 <= code < 300 and route in BACKGROUND_ROUTES:
+            settle(route, content)
         if code >= 500:
             failures.append(f"{route} {path}={value!r}: {code} {content[:200]!r}")
-        elif code in (200, 201) and not route.endswith("gantt"):
+        elif code in (200, 201, 202) and not route.endswith("gantt"):
             try:
                 parsed = json.loads(content)  # Python's parser reads NaN: caught below
             except ValueError:
@@ -149,8 +166,27 @@ def run(
                 except ValidationError as exc:
                     failures.append(f"{route} {path}={value!r}: answer off its schema: {exc}")
     return {
+        "routes": sorted({route for route, *_ in cases()}),
         "cases": done,
         "status": status,
         "failures": len(failures),
         "first_failures": failures[:10],
     }
+
+
+def end_sweep(
+    get: Callable[[str], dict[str, Any]], delete: Callable[[str], Any]
+) -> Callable[[str, bytes], None]:
+    """A ``settle`` for ``run``: cancel the sweep job a 202 answered and wait (at most 300 s)
+    until it has ended; ``get(url)`` reads a JSON answer, ``delete(url)`` sends a DELETE."""
+
+    def settle(route: str, content: bytes) -> None:
+        url = f"{route}/{json.loads(content)['id']}"
+        delete(url)
+        give_up = time.monotonic() + 300
+        while get(url + "?rows=false")["state"] in ("queued", "running"):
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"{url}: still running 300 s after its cancel")
+            time.sleep(0.1)
+
+    return settle

@@ -15,7 +15,9 @@ from service.settings import Settings
 
 
 def test_extreme_numbers_never_give_a_5xx(tmp_path: Path) -> None:
-    app = create_app(Settings(db_path=tmp_path / "f.db", max_deadline_s=1.0))
+    app = create_app(
+        Settings(db_path=tmp_path / "f.db", max_deadline_s=1.0, sweep_dir=tmp_path / "sweeps")
+    )
     with TestClient(app) as c:
 
         def post(url: str, text: str) -> tuple[int, bytes]:
@@ -28,7 +30,9 @@ def test_extreme_numbers_never_give_a_5xx(tmp_path: Path) -> None:
             ep = c.post("/v1/ep-sessions", json=bodies["/v1/ep-sessions"]).json()["id"]
             return sid, ep
 
-        got = numeric_fuzz.run(post, make_ids, every=9)
+        settle = numeric_fuzz.end_sweep(lambda url: c.get(url).json(), c.delete)
+        got = numeric_fuzz.run(post, make_ids, every=9, settle=settle)
+    assert "/v1/sweeps" in got["routes"]
     assert got["cases"] > 250
     assert got["status"].get("4xx", 0) > 100  # the refusals are exercised, not skipped
     assert got["failures"] == 0, got
