@@ -426,7 +426,7 @@ def deadlines_at_caps(db: Path) -> dict[str, Any]:
 
 def kill9_ep(db_dir: Path, runs: int = 20, seed: int = 0) -> dict[str, Any]:
     """EP batches streamed while the server is killed (SIGKILL): each run kills it a random
-    0-20 ms after a random number (50-400) of batches were acknowledged, so that every run
+    0-20 ms after a random number (20-200) of batches were acknowledged, so that every run
     acknowledges many (a kill at a random wall time hit most runs of a loaded machine
     before their first answer). After a restart the session must hold every acknowledged
     batch, and at most the one in flight beyond them."""
@@ -438,7 +438,7 @@ def kill9_ep(db_dir: Path, runs: int = 20, seed: int = 0) -> dict[str, Any]:
     hist = {"histogram": [[3, 1, 0, 0, 2, 0, 1, 1]] * 2}
     try:
         for _ in range(runs):
-            target, after_s = int(rng.integers(50, 401)), float(rng.uniform(0.0, 0.02))
+            target, after_s = int(rng.integers(20, 201)), float(rng.uniform(0.0, 0.02))
             acked = [0]
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 sid = c.post("/v1/ep-sessions", json=SMALL_EP).json()["id"]
@@ -586,7 +586,9 @@ def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def schemathesis_fuzz(db: Path, examples: int = 200) -> dict[str, Any]:
+def schemathesis_fuzz(
+    db: Path, examples: int = 200, progress: Path | None = None
+) -> dict[str, Any]:
     """Schemathesis against the server's own OpenAPI with the default settings: ``examples``
     per operation and generation mode (valid and invalid); 5xx, schema violations and the
     slowest answer (bound 10 s). Only the sweeps' output directory is not the default (a
@@ -594,7 +596,7 @@ def schemathesis_fuzz(db: Path, examples: int = 200) -> dict[str, Any]:
     server = Server(db, env={"MOESCHED_SWEEP_DIR": str(db.with_suffix(".sweeps"))})
     server.start()
     try:
-        got = fuzz(server.url, examples)
+        got = fuzz(server.url, examples, progress=progress)
     finally:
         server.stop()
     return got | {"examples_per_operation": examples, "bound_slowest_s": 10.0}
@@ -636,8 +638,11 @@ def main(argv: list[str]) -> None:
             started, load = time.perf_counter(), os.getloadavg()[0]
             fn = globals()[name]
             arg = d if name in ("kill9_ep", "damaged_databases") else d / f"{name}.db"
+            kwargs: dict[str, Any] = {}
+            if name == "schemathesis_fuzz":  # per operation, as each ends
+                kwargs["progress"] = out.with_suffix(".schemathesis.jsonl")
             try:
-                result = fn(arg)
+                result = fn(arg, **kwargs)
             except Exception as exc:  # reported, not hidden: the part failed to run
                 result = {"error": repr(exc)}
             row = {

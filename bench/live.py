@@ -3,6 +3,7 @@ schemathesis fuzzing loop run against it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -64,8 +65,10 @@ class Server:
         self.proc = None
 
 
-def fuzz(url: str, examples: int) -> dict[str, Any]:
+def fuzz(url: str, examples: int, progress: Path | None = None) -> dict[str, Any]:
     """Fuzz every operation of the live schema, valid and invalid inputs (schemathesis).
+
+    With ``progress``, one JSON line per (operation, mode) is appended there as it ends.
 
     Returns counts: cases, server_errors (5xx but a 503 with Retry-After), busy_503 (those),
     schema_violations (responses that do not
@@ -120,10 +123,18 @@ def fuzz(url: str, examples: int) -> dict[str, Any]:
     for result in schema.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]  # an invalid schema raises here
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            started, before = time.perf_counter(), dict(counts)
             try:
                 runner(operation, mode)()
             except Unsatisfiable:  # no invalid input exists (e.g. GET /healthz has none)
                 continue
+            finally:
+                if progress is not None:  # a long run keeps what it measured
+                    row = {k: counts[k] - before[k] for k in before}
+                    row |= {"operation": operation.label, "mode": str(mode)}
+                    row["wall_s"] = time.perf_counter() - started
+                    with progress.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
     counts["slowest_response_s"] = slowest[0]
     counts["first_failures"] = failures[:5]
     return counts
