@@ -207,6 +207,25 @@ def health_under_load(
     }
 
 
+def health_worker_nice_ab(db: Path, each: int = 48) -> dict[str, Any]:
+    """``health_under_load`` twice, back to back: workers at the server's own priority
+    (``MOESCHED_WORKER_NICE=0``) and at the default (10 below it). On a quiet machine the
+    difference is what the workers' priority does to the loop's run-queue wait."""
+    rows = {}
+    for nice in ("0", "10"):
+        got = health_under_load(db.with_name(f"{db.stem}-nice{nice}.db"), each, {
+            "MOESCHED_WORKER_NICE": nice
+        })  # fmt: skip
+        rows[f"worker_nice_{nice}"] = {
+            k: v
+            for k, v in got.items()
+            if k.startswith(("health_", "load_", "statuses", "client_", "server_"))
+            or k.endswith("_total_s")
+            or "over_100ms" in k
+        }
+    return rows
+
+
 BIG_ANSWER_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 8, "num_replicas": 2048}
 
 
