@@ -21,6 +21,7 @@ rows that do not decode; a write-ahead log whose current frames fail their check
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("moesched.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every numeric blob carries a seal (``_seal``)
 
 
 @dataclass
@@ -277,8 +278,32 @@ def placement_text(placement: np.ndarray, encoded: bytes | None = None) -> str:
     return encoded.decode() if encoded is not None else json.dumps(placement.tolist())
 
 
-def _blob(a: np.ndarray, dtype: type = np.float64) -> bytes:
-    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+SEAL_BYTES = 8
+
+
+def _seal(data: bytes, tag: int) -> bytes:
+    """A checksum (blake2b, 8 bytes) of a numeric blob's bytes and the integer stored beside
+    it (an observation count, a version, a batch number): random damage to the file that
+    SQLite's own checks miss changes numbers silently; this catches it."""
+    return hashlib.blake2b(data + struct.pack("<q", tag), digest_size=SEAL_BYTES).digest()
+
+
+def _blob(a: np.ndarray, tag: int, dtype: type = np.float64) -> bytes:
+    """An array's bytes (C order, ``dtype``) followed by its seal over them and ``tag``."""
+    data = np.ascontiguousarray(a, dtype=dtype).tobytes()
+    return data + _seal(data, tag)
+
+
+def _unseal(where: str, blob: bytes, tag: int) -> bytes:
+    """A sealed blob's bytes, checked.
+
+    Raises:
+        StoreDamaged: the seal does not match (the blob, or its tag, changed on disk).
+    """
+    data, seal = blob[:-SEAL_BYTES], blob[-SEAL_BYTES:]
+    if len(blob) < SEAL_BYTES or _seal(data, tag) != seal:
+        raise StoreDamaged(f"{where}: stored numbers fail their checksum (changed on disk)")
+    return data
 
 
 _TABLES = (
@@ -381,6 +406,21 @@ class SQLiteStore(SessionStore):
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version >= SCHEMA_VERSION:
             return
+        if version < 2:  # seal the numeric blobs written before there were seals
+            for sid, counts, plan_counts, v, nobs in con.execute(
+                "SELECT id, counts, plan_counts, version, num_observations FROM sessions"
+            ).fetchall():
+                con.execute(
+                    "UPDATE sessions SET counts = ?, plan_counts = ? WHERE id = ?",
+                    (counts + _seal(counts, nobs), plan_counts + _seal(plan_counts, v), sid),
+                )
+            for sid, seq, hist in con.execute(
+                "SELECT session_id, seq, hist FROM ep_batches"
+            ).fetchall():
+                con.execute(
+                    "UPDATE ep_batches SET hist = ? WHERE session_id = ? AND seq = ?",
+                    (hist + _seal(hist, seq), sid, seq),
+                )
         cols = {r[1] for r in con.execute("PRAGMA table_info(sessions)")}
         if "touched_s" not in cols:
             con.execute("ALTER TABLE sessions ADD COLUMN touched_s REAL NOT NULL DEFAULT 0")
@@ -394,7 +434,7 @@ class SQLiteStore(SessionStore):
                 for i, hist in enumerate(win):
                     con.execute(
                         "INSERT INTO ep_batches VALUES (?, ?, ?)",
-                        (sid, i + 1, _blob(hist, np.int32)),
+                        (sid, i + 1, _blob(hist, i + 1, np.int32)),
                     )
             con.execute("ALTER TABLE ep_sessions DROP COLUMN window")
         for col in ("moved_last INTEGER NOT NULL DEFAULT 0", "touched_s REAL NOT NULL DEFAULT 0"):
@@ -415,19 +455,20 @@ class SQLiteStore(SessionStore):
                 json.loads(r[1])
                 if r[6] is not None:
                     json.loads(r[6])
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, StoreDamaged):
                 bad.append(str(r[0]))
         for sid, spec, placement, *_ in con.execute("SELECT * FROM ep_sessions"):
             try:
                 s = json.loads(spec)
                 np.asarray(json.loads(placement), dtype=np.int64).reshape(s["num_layers"], -1)
-                want = 4 * s["num_layers"] * s["num_experts"]
-                sizes = con.execute(
-                    "SELECT length(hist) FROM ep_batches WHERE session_id = ?", (sid,)
-                ).fetchall()
-                if any(size != want for (size,) in sizes):
-                    raise ValueError("window batch of the wrong size")
-            except (ValueError, TypeError, KeyError):
+                want = 4 * s["num_layers"] * s["num_experts"] + SEAL_BYTES
+                for seq, hist in con.execute(
+                    "SELECT seq, hist FROM ep_batches WHERE session_id = ?", (sid,)
+                ):
+                    if len(hist) != want:
+                        raise ValueError("window batch of the wrong size")
+                    _unseal(self.path, hist, seq)
+            except (ValueError, TypeError, KeyError, StoreDamaged):
                 bad.append(str(sid))
         if bad:
             raise StoreError(
@@ -496,13 +537,15 @@ class SQLiteStore(SessionStore):
 
     def _row(self, r: tuple) -> SessionRow:
         sid, spec, num_layers, num_experts, counts, plan_counts, plan, version, nobs, _ = r
-        shape = (num_layers, num_experts)
+        shape, where = (num_layers, num_experts), f"{self.path}: session {sid}"
         try:
             return SessionRow(
                 sid,
                 spec,
-                np.frombuffer(counts, dtype=np.float64).reshape(shape).copy(),
-                np.frombuffer(plan_counts, dtype=np.float64).reshape(shape).copy(),
+                np.frombuffer(_unseal(where, counts, nobs), np.float64).reshape(shape).copy(),
+                np.frombuffer(_unseal(where, plan_counts, version), np.float64)
+                .reshape(shape)
+                .copy(),
                 plan,
                 version,
                 nobs,
@@ -516,7 +559,8 @@ class SQLiteStore(SessionStore):
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.id, row.spec_json, row.counts.shape[0], row.counts.shape[1],
-                    _blob(row.counts), _blob(row.plan_counts), row.plan_json, row.version,
+                    _blob(row.counts, row.num_observations), _blob(row.plan_counts, row.version),
+                    row.plan_json, row.version,
                     row.num_observations, time.time(),
                 ),
             )  # fmt: skip
@@ -542,9 +586,12 @@ class SQLiteStore(SessionStore):
             if r is None:
                 return None
             blob, num_layers, num_experts, nobs, plan_blob, version = r
+            where = f"{self.path}: session {session_id}"
             try:
-                old = np.frombuffer(blob, dtype=np.float64).reshape(num_layers, num_experts)
-                plan = np.frombuffer(plan_blob, dtype=np.float64).reshape(old.shape).copy()
+                old = np.frombuffer(_unseal(where, blob, nobs), dtype=np.float64)
+                old = old.reshape(num_layers, num_experts)
+                plan = np.frombuffer(_unseal(where, plan_blob, version), dtype=np.float64)
+                plan = plan.reshape(old.shape).copy()
             except ValueError as exc:
                 raise StoreDamaged(f"{self.path}: session {session_id}: {exc}") from None
             if observation_id is not None:
@@ -561,18 +608,21 @@ class SQLiteStore(SessionStore):
             counts = np.minimum(old * decay + hist, cap)
             con.execute(
                 "UPDATE sessions SET counts = ?, num_observations = ?, touched_s = ? WHERE id = ?",
-                (_blob(counts), nobs + 1, time.time(), session_id),
+                (_blob(counts, nobs + 1), nobs + 1, time.time(), session_id),
             )
             return CountsUpdate(counts, nobs + 1, plan, version, counted=True)
 
     def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
         with self._writing() as con:
-            r = con.execute(
-                "UPDATE sessions SET plan = ?, plan_counts = ?, version = version + 1 WHERE id = ? "
-                "RETURNING version",
-                (plan_json, _blob(plan_counts), session_id),
-            ).fetchone()
-            return None if r is None else int(r[0])
+            r = con.execute("SELECT version FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if r is None:
+                return None
+            version = int(r[0]) + 1
+            con.execute(
+                "UPDATE sessions SET plan = ?, plan_counts = ?, version = ? WHERE id = ?",
+                (plan_json, _blob(plan_counts, version), version, session_id),
+            )
+            return version
 
     def delete(self, session_id: str) -> bool:
         with self._writing() as con:
@@ -599,9 +649,11 @@ class SQLiteStore(SessionStore):
         if not rows:
             return None
         hists = self._read(
-            "SELECT hist FROM ep_batches WHERE session_id = ? ORDER BY seq", (session_id,)
+            "SELECT seq, hist FROM ep_batches WHERE session_id = ? ORDER BY seq", (session_id,)
         )
-        return decode_ep_row(str(self.path), rows[0][:6], [h for (h,) in hists], shape)
+        where = f"{self.path}: EP session {session_id}"
+        window = [_unseal(where, h, seq) for seq, h in hists]
+        return decode_ep_row(str(self.path), rows[0][:6], window, shape)
 
     def ep_spec(self, session_id: str) -> str | None:
         rows = self._read("SELECT spec FROM ep_sessions WHERE id = ?", (session_id,))
@@ -617,7 +669,7 @@ class SQLiteStore(SessionStore):
                 return False
             con.execute(
                 "INSERT OR REPLACE INTO ep_batches VALUES (?, ?, ?)",
-                (session_id, seq, _blob(hist, np.int32)),
+                (session_id, seq, _blob(hist, seq, np.int32)),
             )
             con.execute(
                 "DELETE FROM ep_batches WHERE session_id = ? AND seq <= ?",

@@ -179,13 +179,22 @@ def test_each_damaged_database_is_refused_naming_the_file(tmp_path: Path, damage
         SQLiteStore(db)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_byte_flips_are_refused_by_name_or_every_session_serves(
-    tmp_path: Path, seed: int
-) -> None:
+def _rows(db: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT * FROM sessions ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_byte_flips_are_refused_by_name_or_change_nothing(tmp_path: Path, seed: int) -> None:
     """64 random bytes inverted in the main file: either a refusal naming the file, or a
-    start that reports what it found and answers every stored session without a 5xx."""
+    start that reports what it found, with every stored session as it was, answered
+    without a 5xx (never numbers silently changed: seed 2 changed 7 of the 40 sessions'
+    counts before the blobs carried seals)."""
     db = _clean(_filled(tmp_path))
+    before = _rows(db)
     _flip(db, 64, seed)
     try:
         store = SQLiteStore(db)
@@ -194,10 +203,35 @@ def test_random_byte_flips_are_refused_by_name_or_every_session_serves(
         return
     assert store.found.startswith("opened: ")
     store.close()
+    assert _rows(db) == before
     app = create_app(Settings(db_path=db))
     with TestClient(app) as c:
         for i in range(40):
             assert c.get(f"/v1/sessions/s{i}/plan").status_code < 500
+
+
+def test_a_changed_number_is_refused_at_start_up(tmp_path: Path) -> None:
+    """One count changed on disk (a valid float, so SQLite sees nothing wrong) and one EP
+    batch: each is refused at start-up, naming the file and the session."""
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db)
+    store.create(_row("a"))
+    store.ep_create("e", SPEC, np.array([[0, 1, 2], [2, 1, 0]]))
+    assert store.ep_append("e", 1, np.ones((2, 3)), 4)
+    store.close()
+    con = sqlite3.connect(db, isolation_level=None)
+    (counts,) = con.execute("SELECT counts FROM sessions").fetchone()
+    changed = np.frombuffer(counts[:-8], np.float64).copy()
+    changed[0] = 2.0
+    con.execute("UPDATE sessions SET counts = ?", (changed.tobytes() + counts[-8:],))
+    with pytest.raises(StoreError, match=re.escape(f"{db}: 1 stored sessions") + ".*'a'"):
+        SQLiteStore(db)
+    con.execute("UPDATE sessions SET counts = ?", (counts,))
+    (hist,) = con.execute("SELECT hist FROM ep_batches").fetchone()
+    con.execute("UPDATE ep_batches SET hist = ?", (b"\x02" + hist[1:],))
+    con.close()
+    with pytest.raises(StoreError, match=re.escape(f"{db}: 1 stored sessions") + ".*'e'"):
+        SQLiteStore(db)
 
 
 def test_a_clean_stop_leaves_everything_in_the_main_file(tmp_path: Path) -> None:
