@@ -157,10 +157,18 @@ def health_under_load(
                 latencies.append(time.perf_counter() - t if ok else 30.0)
                 time.sleep(0.02)
 
-    def post(path: str, body: dict[str, Any]) -> None:
-        with httpx.Client(base_url=server.url, timeout=300) as c:
-            code = str(c.post(path, json=body).status_code)
-            statuses[code] = statuses.get(code, 0) + 1
+    # One client for all the load, its connections and the bodies made before the clock: 96
+    # clients made at once (an SSL context each) cost this process 6 s of CPU on the cores
+    # the server needs, which was load of the benchmark's own making.
+    limits = httpx.Limits(max_connections=2 * each, max_keepalive_connections=2 * each)
+    loader = httpx.Client(base_url=server.url, timeout=300, limits=limits)
+    gantt_body = json.dumps(simulate_example()).encode()
+    ep_body = json.dumps(HEAVY_EP).encode()
+
+    def post(path: str, body: bytes) -> None:
+        r = loader.post(path, content=body, headers={"content-type": "application/json"})
+        code = str(r.status_code)
+        statuses[code] = statuses.get(code, 0) + 1
 
     try:
         watcher = threading.Thread(target=watch)
@@ -168,10 +176,8 @@ def health_under_load(
         time.sleep(1.0)
         work: list[threading.Thread] = []
         for _ in range(each):
-            work.append(threading.Thread(target=post, args=("/v1/ep-sessions", HEAVY_EP)))
-            work.append(
-                threading.Thread(target=post, args=("/v1/simulate/gantt", simulate_example()))
-            )
+            work.append(threading.Thread(target=post, args=("/v1/ep-sessions", ep_body)))
+            work.append(threading.Thread(target=post, args=("/v1/simulate/gantt", gantt_body)))
         for t in work:
             t.start()
         for t in work:
@@ -184,6 +190,7 @@ def health_under_load(
         with httpx.Client(base_url=server.url, timeout=60) as c:
             loop = loop_figures(metrics_before, c.get("/metrics").text)
     finally:
+        loader.close()
         server.stop()
     lat = np.asarray(latencies)
     return {

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import HTTPException, Request
 
-__all__ = ["Admission", "ClientGone"]
+__all__ = ["Admission", "ClientGone", "Kind"]
 from pebble import ProcessPool
 from starlette.concurrency import run_in_threadpool
 
@@ -153,6 +153,14 @@ class Admission:
         if not cls.take():
             raise _busy(cls, kind)
         return cls.give
+
+    def full(self, kind: Kind) -> bool:
+        """True (and counted as a refusal) when every slot of ``kind`` is busy."""
+        cls = self.classes[kind]
+        if cls.busy >= cls.slots:
+            cls.refused += 1
+            return True
+        return False
 
     def refuse_when_full(self, kind: Kind) -> None:
         """503 at once when every slot of ``kind`` is busy (before any other work is done);

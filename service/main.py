@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.admission import Admission, stamp_arrival
+from service.admission import Admission, Kind, stamp_arrival
 from service.deps import key_matches, require_api_key
 from service.docs import install_docs
 from service.ep_sessions import EpSessions
@@ -45,6 +46,28 @@ schedule](/v1/schedule/example).
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
+# POST routes whose work takes an admission slot, by class: when every slot of the class is
+# busy, the Guard answers 503 before reading or parsing the body (parsing and validating a
+# body on the loop cost up to ~10 ms of its CPU per refused request; 96 at once held the loop
+# for over 100 ms).
+_SOLVE: Kind = "solve"
+SLOT_ROUTES: dict[str, Kind] = {
+    path: _SOLVE
+    for path in (
+        "/v1/placement", "/v1/schedule", "/v1/ordering", "/v1/eplb", "/v1/simulate",
+        "/v1/simulate/trace", "/v1/simulate/gantt", "/v1/sessions", "/v1/ep-sessions",
+    )
+}  # fmt: skip
+SLOT_ROUTES["/v1/route"] = "route"
+EP_BATCHES = re.compile(r"/v1/ep-sessions/[^/]+/batches")
+
+
+def slot_class(method: str, path: str) -> Kind | None:
+    """The admission class a request's work takes a slot of (None: it takes none)."""
+    if method != "POST":
+        return None
+    return SLOT_ROUTES.get(path) or ("route" if EP_BATCHES.fullmatch(path) else None)
+
 
 class _TooLarge(Exception):
     pass
@@ -63,9 +86,10 @@ class Guard:
     (Starlette's BaseHTTPMiddleware costs about a millisecond a request; this does not.)
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, admission: Admission) -> None:
         self.app = app
         self.metrics = metrics
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,6 +124,13 @@ class Guard:
             await _error(401, "x-api-key: missing or wrong X-API-Key header", "unauthorized")(
                 scope, receive, send
             )
+            return
+        kind = slot_class(scope.get("method", ""), scope["path"])
+        if kind is not None and self.admission.full(kind):
+            self.metrics.overloaded.labels(f"{kind}_slots").inc()
+            busy = _error(503, f"all {kind} slots are busy; retry shortly", "overloaded")
+            busy.headers["Retry-After"] = "1"
+            await busy(scope, receive, send)
             return
         limit = settings.max_body_bytes
         length = headers.get(b"content-length")
@@ -251,5 +282,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.ep_router, dependencies=v1)
     app.include_router(sweeps.router, dependencies=v1)
 
-    app.add_middleware(Guard, metrics=app.state.metrics)
+    app.add_middleware(Guard, metrics=app.state.metrics, admission=app.state.admission)
     return app

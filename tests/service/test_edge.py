@@ -5,6 +5,7 @@ empty key and warn about an open bind without one, health answered on the event 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -71,3 +72,32 @@ def test_health_runs_on_the_event_loop() -> None:
 
     assert inspect.iscoroutinefunction(health.healthz)
     assert inspect.iscoroutinefunction(health.readyz)
+
+
+def test_a_full_slot_class_is_a_503_before_the_body_is_read(tmp_path: Path) -> None:
+    """With every solve slot busy, a solve route answers 503 + Retry-After before reading
+    its body (an unparsable body, a 422 otherwise, gets the 503; so does a chunked one over
+    the limit); cheap routes and the other class still pass; the key still comes first."""
+    app = create_app(Settings(db_path=tmp_path / "e.db", max_body_bytes=2**16, api_key="k"))
+    key = {"x-api-key": "k"}
+    with TestClient(app) as c:
+        solve = app.state.admission.classes["solve"]
+        assert c.post("/v1/placement", content=b"{", headers=key).status_code == 422
+        solve.busy = solve.slots  # as if every solve were running
+        try:
+            for path in ("/v1/placement", "/v1/simulate/gantt", "/v1/ep-sessions"):
+                r = c.post(path, content=b"{", headers=key)
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert r.json()["error_type"] == "overloaded"
+            r = c.post("/v1/eplb", content=_chunks(2**18), headers=key)
+            assert r.status_code == 503
+            assert c.post("/v1/placement", content=b"{").status_code == 401
+            # the route class is free: its routes parse (and refuse the bad body) as usual
+            assert c.post("/v1/route", content=b"{", headers=key).status_code == 422
+            r = c.post("/v1/ep-sessions/nope/batches", content=b"{", headers=key)
+            assert r.status_code == 422
+            assert c.get("/v1/presets/hardware", headers=key).status_code == 200
+            assert c.get("/healthz").status_code == 200
+        finally:
+            solve.busy = 0
+        assert "moesched_overloaded_total" in c.get("/metrics").text
