@@ -66,6 +66,7 @@ class _Static:
         self.remotes = list(
             zip(range(len(self.remote_i)), self.remote_i, self.down, self.up, strict=True)
         )
+        self.rows = list(zip(self.remote_i, self.disp, self.gath, strict=True))
         # Each load's link cycles summed per link (in first-use order): a load is done when
         # its last piece on any link is, and pieces on one link end in the order they run.
         by_parts: dict[int, list[tuple[int, int]]] = {}  # by id of the shared pieces
@@ -224,7 +225,7 @@ class _State:
             j, u = static.down[0], static.up[0]
             down_end, up_end = link_end[j], link_end[u]
             num_ready = 0
-            for k, i, _, _ in static.remotes:
+            for i, disp_i, gath_i in static.rows:
                 extra = adds.get(i)
                 if extra is None:
                     r = routed_now[i]
@@ -236,9 +237,9 @@ class _State:
                     if r == 0:
                         continue
                 rows = n if r > n else r
-                down_end += disp[k][rows]
+                down_end += disp_i[rows]
                 end = down_end + compute[i] + extra
-                up_end = (up_end if up_end > end else end) + gath[k][rows]
+                up_end = (up_end if up_end > end else end) + gath_i[rows]
                 num_ready += 1
             if num_ready and up_end > worst:
                 worst = up_end
@@ -513,15 +514,23 @@ def solve_greedy_estimated(inst: PlacementInstance) -> tuple[Assignment, int]:
     Assumes ``inst.feasible()`` is None.
     """
 
+    # Experts with one token count share their shard rows: the minima are taken once per row set.
+    minima: dict[int, tuple[int, int]] = {}
+
+    def away_weight(e: int) -> tuple[int, int]:
+        rows = inst.shard[e]
+        got = minima.get(id(rows))
+        if got is None:
+            whole = [(d, rows[d][inst.G]) for d in inst.devices]
+            away = min(c for d, c in whole if d != inst.home) if len(whole) > 1 else 0
+            got = minima[id(rows)] = (away, min(c for _, c in whole))
+        return got
+
     def away(e: int) -> int:
-        return (
-            min(inst.shard[e][d][inst.G] for d in inst.devices if d != inst.home)
-            if len(inst.devices) > 1
-            else 0
-        )
+        return away_weight(e)[0]
 
     def weight(e: int) -> int:
-        return min(inst.shard[e][d][inst.G] for d in inst.devices)
+        return away_weight(e)[1]
 
     order = sorted(inst.experts, key=lambda e: (-weight(e), e))
     blocks = {e: _block_holders(inst, e) for e in inst.experts}
