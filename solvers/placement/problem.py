@@ -89,16 +89,11 @@ class PlacementInstance:
         self.width = ffn // self.G
         self.experts = [e for e, t in enumerate(problem.tokens_per_expert) if t > 0]
         self.tokens = {e: problem.tokens_per_expert[e] for e in self.experts}
-        reachable = {self.home} | {
-            d.id
-            for d in hw.devices
-            if hw.link_between(self.home, d.id) and hw.link_between(d.id, self.home)
-        }
-        self.devices = [d.id for d in hw.devices if d.id in reachable]
-        self.remote = [d for d in self.devices if d != self.home]
-        mem_of = {d.id: d.memory_id for d in hw.devices}
         tab = cost_tables.tables(hw, model)
         self._tables = tab
+        self.devices = list(tab.reachable(self.home))
+        self.remote = [d for d in self.devices if d != self.home]
+        mem_of = {d.id: d.memory_id for d in hw.devices}
         # Residency is read once per memory: the column pieces that concern this layer, those
         # of every expert (wildcards) apart from those of one expert.
         every: dict[str, list[tuple[int, int]]] = {}
@@ -188,7 +183,7 @@ class PlacementInstance:
 
     def link(self, src: str, dst: str) -> Link:
         """The link the lowering uses from src to dst."""
-        link = self.problem.hardware.link_between(src, dst)
+        link = self._tables.link_between(src, dst)
         assert link is not None
         return link
 
