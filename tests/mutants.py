@@ -45,6 +45,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["hwmodel/executor.py"],
         [
             *EXECUTOR_TESTS,
+            "tests/test_executor_records.py",
             "tests/test_quality_golden.py::test_residency_over_capacity_at_cycle_0_is_a_violation",
         ],
     ),
@@ -84,6 +85,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/solvers/test_prefetch_select.py",
             "tests/solvers/test_cache.py",
             "tests/solvers/test_predict.py",
+            "tests/solvers/test_kills_prefetch.py",
             "tests/test_honest_bounds.py",
         ],
     ),
