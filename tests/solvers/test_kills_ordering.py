@@ -113,3 +113,20 @@ def test_dep_problem_names_each_option_it_cannot_model() -> None:
     assert too_big.check() == [
         "hardware.groups: 1 experts x 1 layers per expert GPU need 0.0 GB > 0.0 GB"
     ]
+
+
+def test_chain_bound_is_the_flow_shop_of_unequal_chunks() -> None:
+    """tests/solvers/test_dep.py's toy without launches or latencies, 3 experts and 1,200
+    sequences (400 rows each), k = 2: chunks of 2 and 1 experts. A2E and E2A move 1,000 B a
+    row at 250 GB/s, the GEMM reads 1 MB of weights and 2,000 B a row at 1 TB/s: jobs
+    (3.2, 3.6, 3.2) and (1.6, 1.8, 1.6) us. The flow shop takes 11.6 us in either order
+    (big first: the E2A port runs 6.8..10.0 then 10.0..11.6); the one-machine bounds within
+    the layer say only 10.0 (the big chunk's path), 8.6 (GEMM: 1.6 + 5.4 + 1.6) and 8.2."""
+    from solvers.ordering.dep import CHAIN, Shape, _Builder, _one_machine_bounds
+    from tests.solvers.test_dep import _toy
+
+    toy = _toy(0.0, 0.0)
+    model = toy.model.model_copy(update={"num_routed_experts": 3})
+    bounds = _one_machine_bounds(_Builder(DepProblem(toy.hardware, model, 1200, 1, 0)), Shape(1, 2))
+    assert bounds[CHAIN] == 11_600
+    assert (bounds["e"], bounds["a2e"], bounds["e2a"]) == (8_600, 8_200, 8_200)
