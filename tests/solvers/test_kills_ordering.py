@@ -130,3 +130,34 @@ def test_chain_bound_is_the_flow_shop_of_unequal_chunks() -> None:
     bounds = _one_machine_bounds(_Builder(DepProblem(toy.hardware, model, 1200, 1, 0)), Shape(1, 2))
     assert bounds[CHAIN] == 11_600
     assert (bounds["e"], bounds["a2e"], bounds["e2a"]) == (8_600, 8_200, 8_200)
+
+
+def test_deferring_the_shared_expert_lets_the_next_dispatch_leave_sooner() -> None:
+    """The golden DEP model with a shared expert of FFN width 1 (1,000 + 600 cycles a token),
+    100 MB/s links (dispatch and combine 2,000 for one token), routed expert 600; two
+    micro-batches of one token. After (shared right after its attention): attention GPU
+    att0 0-1,000, shared0 -2,600, att1 -3,600, shared1 -5,200; A2E0 1,000-3,000, A2E1
+    3,600-5,600; experts 3,000-3,600 and 5,600-6,200; E2A 3,600-5,600 and 6,200-8,200:
+    8,200. Deferred (shared0 after att1): att1 1,000-2,000, so A2E1 follows A2E0 at
+    3,000-5,000, expert 5,000-5,600, E2A1 5,600-7,600; shared1 ends at 5,200: 7,600."""
+    from solvers.ordering.dep import Shape, _Builder
+
+    model = DEP_MODEL.model_copy(update={"shared_expert_ffn_size": 1})
+    builder = _Builder(DepProblem(dep_hardware(1e8), model, 2, 1, 0))
+    assert builder.build(Shape(2, 1, 1, "after")).makespan() == 8_200
+    assert builder.build(Shape(2, 1, 1, "deferred")).makespan() == 7_600
+
+
+def test_attention_port_rows_count_every_routed_copy() -> None:
+    """tests/solvers/test_dep.py's toy with top-2 of its 2 experts: each of 1,000 sequences
+    sends a row to both, so the attention port carries 2,000 rows for the whole expert side
+    and 1,000 for one expert's chunk (its half of the load)."""
+    from solvers.ordering.dep import _Builder
+    from tests.solvers.test_dep import _toy
+
+    toy = _toy(0.0, 0.0)
+    model = toy.model.model_copy(update={"top_k": 2})
+    b = _Builder(DepProblem(toy.hardware, model, 1000, 1, 0))
+    rows = b.expert_rows(1000)
+    assert b.port_rows(1000, (0, 2), rows) == (2000, 2000)
+    assert b.port_rows(1000, (0, 1), rows) == (1000, 1000)
