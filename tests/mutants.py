@@ -415,6 +415,7 @@ def main() -> None:
             rechecked = prev | {
                 "killed": int(prev["killed"]) + len(names) - len(still),  # type: ignore[call-overload]
                 "survived_all": [n for n in names if n in still],
+                "no_tests": [n for n in prev.get("no_tests", []) if n in still],  # type: ignore[attr-defined]
                 "diffs": diffs,
                 "rechecked_at": commit,
                 "moved_since_run": moved,
