@@ -189,6 +189,9 @@ class _Step:
         self.bound_s = 0.0  # the per-layer bounds, summed (``DecodeRun._bound_s``)
         self.absent_bytes = 0.0  # weight bytes the step's layers ran that were not on the GPU
         self.attention_s = 0.0  # the layers' attention, summed
+        # Per layer with absent bytes, the least time every weight-holding unit streams
+        # nothing in it (``DecodeRun._bound_s``), summed.
+        self.unit_idle_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
         self.tasks.extend(tasks)
@@ -656,7 +659,10 @@ class DecodeRun:
         ``R`` and the GPU's rate are effective rates (``_seconds_per_byte``: memory efficiency,
         tile overheads, compute), what the cost model lets a unit reach, never the nominal
         bandwidth; ``P`` is every link into the GPU at full bandwidth. Adds the layer's ``A``
-        and attention to ``st`` for the whole-step bound (``_step_bound_s``)."""
+        and attention to ``st`` for the whole-step bound (``_step_bound_s``), and, when
+        ``A > 0``, ``min(f, A / P)``: the least time in this layer's expert window that every
+        weight-holding unit streams nothing (one computing in place waits for its activations'
+        trip and its launch; when none does, the layer lasts ``A / P`` with every unit idle)."""
         home, model = self.hardware.device(self.home), self.model
         shared_s = costs.shared_expert_s(home, model, 1)
         shared_bytes = (
@@ -685,6 +691,8 @@ class DecodeRun:
         attention = costs.attention_s(home, model, 1, st.timeline.context_tokens)
         st.absent_bytes += absent_bytes
         st.attention_s += attention
+        if absent_bytes > 0 and readers > 0:
+            st.unit_idle_s += min(trip_s, absent_bytes / links) if links > 0 else trip_s
         return attention + max(shared_s, absent_s, everything)
 
     def _step_bound_s(self, st: _Step) -> float:
@@ -693,9 +701,11 @@ class DecodeRun:
         worth of link time, ``bandwidth x busy seconds``) use the same links as the absent
         bytes' demand loads. With ``T`` the step, ``ATT`` its attention (no expert work runs
         during a layer's attention: it waits on the layer before and the layer after waits on
-        it), the units compute at most ``R (T - ATT)`` bytes and the links carry at most
-        ``P T - B``, so ``sum(A) <= R (T - ATT) + P T - B``:
-        ``T >= (sum(A) + R ATT + B) / (R + P)``; never below the attention alone."""
+        it) and ``W`` the units' least idle time in the layers' expert windows (``min(f, A_l /
+        P)`` per layer with absent bytes, ``_bound_s``; windows of different layers do not
+        overlap), the units compute at most ``R (T - ATT - W)`` bytes and the links carry at
+        most ``P T - B``, so ``sum(A) <= R (T - ATT - W) + P T - B``:
+        ``T >= (sum(A) + R (ATT + W) + B) / (R + P)``; never below the attention alone."""
         readers, links, _ = self._paths
         if readers + links <= 0:
             return st.attention_s
@@ -706,7 +716,7 @@ class DecodeRun:
             if isinstance(t, TransferTask) and t.link_id in into and t.purpose != "demand":
                 start, end = st.timeline.times[t.id]
                 other_bytes += into[t.link_id].bandwidth_bytes_per_s * (end - start) / clock
-        need = st.absent_bytes + readers * st.attention_s + other_bytes
+        need = st.absent_bytes + readers * (st.attention_s + st.unit_idle_s) + other_bytes
         return max(st.attention_s, need / (readers + links))
 
     @functools.cached_property
