@@ -218,7 +218,13 @@ def decode_point(
     in_flight = model.num_routed_experts
     lines = cache_lines(hw, model, cache_share)
     num_ndp = len(hw.devices_of_kind("ndp"))
-    granules = stripe_granules(model.expert_ffn_size, num_ndp) if layout == "striped" else 1
+    # At least two granules per DIMM, so that a DIMM can give the top of its stripe to the
+    # GPU over the link (``LoopConfig.split_loads``).
+    granules = (
+        stripe_granules(model.expert_ffn_size, num_ndp, least=2 * num_ndp)
+        if layout == "striped"
+        else 1
+    )
     base: Residency = layout_residency(hw, model, layout, num_granules=granules)
     prompt, decode = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + decode_steps)
     started = time.process_time()
@@ -255,6 +261,7 @@ def decode_point(
         "bytes_moved": pre.bytes_moved + float(sum(s.bytes_moved for s in steps)),
         "weight_bytes": pre.weight_bytes + float(sum(s.weight_bytes for s in steps)),
         "hit_rate": got.stats.hit_rate,
+        "split_loads_per_token": got.stats.split_loads / max(len(steps), 1),
         "resolves": got.resolves,
         "plans_solved": got.plans_solved,
         "plans_reused": got.plans_reused,

@@ -72,6 +72,9 @@ class LoopConfig:
         global_lines: when set, the GPU holds this many cache lines in all, allocated across
             layers by the prompt's global top-k (layer, expert) cells (``global_allocation``);
             ``capacity_experts`` is then ignored.
+        split_loads: (``solver`` dispatch, granules > 1) load granules of the layer's absent
+            experts over the link while the units compute the rest, as many as lower the
+            layer's estimated finish (``DecodeRun._split_loads``); freed after use.
     """
 
     capacity_experts: int
@@ -86,6 +89,7 @@ class LoopConfig:
     num_granules: int = 4
     lookahead_layers: int = 0
     global_lines: int | None = None
+    split_loads: bool = True
 
 
 @dataclass
@@ -382,11 +386,19 @@ class DecodeRun:
             hot = np.argsort(-self.predictor.plan_counts[layer], kind="stable")
             self.caches.pin(layer, [int(e) for e in hot])
 
-    def _residency(self, layers: range | list[int] | None = None) -> Residency:
+    def _residency(
+        self,
+        layers: range | list[int] | None = None,
+        extra: dict[int, list[tuple[str, int, int]]] | None = None,
+    ) -> Residency:
         """The base layout plus the cache lines of ``layers`` (default: all) on the GPU: whole
-        experts, and the granules already staged of lines still being staged."""
+        experts, and the granules already staged of lines still being staged; plus ``extra``
+        (one layer's split loads: expert -> (source, first column, end column))."""
         width = self.model.expert_ffn_size // self.G
         lines: list[WeightSlice] = []
+        for e, pieces in (extra or {}).items():
+            assert layers is not None and len(layers) == 1
+            lines += [_piece(layers[0], e, c0, c1) for _, c0, c1 in pieces]
         for layer in range(self.model.num_moe_layers) if layers is None else layers:
             lines += [_line(layer, e) for e in self.caches.resident(layer)]
             for e, missing in self.caches.partial(layer).items():
@@ -405,17 +417,24 @@ class DecodeRun:
         return Residency(by_memory=by_memory)
 
     def _instance(
-        self, layer: int, experts: list[int], tokens: list[int] | None = None, batch: int = 1
+        self,
+        layer: int,
+        experts: list[int],
+        tokens: list[int] | None = None,
+        batch: int = 1,
+        extra: dict[int, list[tuple[str, int, int]]] | None = None,
     ) -> PlacementInstance:
         """The placement problem of one layer for a one-token batch over ``experts`` (or a
-        ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU."""
+        ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU
+        (and ``extra``: its split loads, ``_residency``)."""
         if tokens is None:
             tokens = [0] * self.model.num_routed_experts
             for e in experts:
                 tokens[e] = 1
         others = sum(len(lines) for lines in self.caches.lines) - len(self.caches.lines[layer])
         problem = PlacementProblem(
-            self.hardware, self.model, layer, tuple(tokens), batch, self._residency([layer]),
+            self.hardware, self.model, layer, tuple(tokens), batch,
+            self._residency([layer], extra),
             self.config.num_granules, home_reserved_bytes=others * self.model.expert_bytes(),
         )  # fmt: skip
         return PlacementInstance(problem)
@@ -458,11 +477,30 @@ class DecodeRun:
         started = time.process_time()
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
+        split: dict[int, list[tuple[str, int, int]]] = {}
+        if cfg.split_loads and cfg.dispatch == "solver" and self.G > 1:
+            split, a = self._split_loads(st, inst, a)
+            if split:  # the same layer with the split granules at home, for the lowering
+                inst = self._instance(layer, run_experts, extra=split)
         st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
         attn = lw.attention.id
         shared = self._shared(layer, attn)
+        split_tasks: list[AnyTask] = []
+        for e, pieces in split.items():
+            for src, c0, c1 in pieces:
+                tid = f"L{layer}.split.e{e}.{c0}"
+                st.staged.setdefault((layer, e), []).append(tid)
+                split_tasks.append(
+                    TransferTask(
+                        id=tid, link_id=inst.link(src, self.home).id, src_device_id=src,
+                        dst_device_id=self.home, payload="weights", layer=layer,
+                        purpose="demand", weights=_piece(layer, e, c0, c1), after=(attn,),
+                    )
+                )  # fmt: skip
+                st.weight_bytes += self.model.expert_bytes(c1 - c0)
+                stats.split_loads += 1
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
         p = self.predictor.probability(
@@ -497,19 +535,188 @@ class DecodeRun:
             if sh.device_id == self.home:
                 wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
         tasks = lw.tasks()
+        if split:  # on the GPU, split pieces after its resident shards, before loaded experts'
+            late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
+            ids = {t.id for t in late}
+            rest = [t for t in tasks if t.id not in ids]
+            loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
+            at = next(
+                (i for i, t in enumerate(rest) if t.id in loaded_ids),
+                len(rest) - len(lw.gathers) - (lw.reduce is not None),
+            )
+            tasks = [*rest[:at], *late, *rest[at:]]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         # Cut before the returns (gathers), or after everything when there are none.
         cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
-        st.emit([*head[:1], *shared, *evicts, *head[1:]])
+        # Split loads follow the placement's loads and the dispatches (a link both share
+        # carries the activations first).
+        early = {t.id for t in (*lw.loads, *lw.dispatches)}
+        at = 1 + sum(1 for t in head[1:] if t.id in early)
+        st.emit([*head[:1], *shared, *evicts, *head[1:at], *split_tasks, *head[at:]])
         if cfg.prefetch and layer + 1 < self.model.num_moe_layers:
             st.emit(self._prefetch(st, layer, waited[cut : cut + len(lw.gathers)], attn))
         st.emit(waited[cut:])
+        if cfg.prefetch and lw.gathers and layer + 1 < self.model.num_moe_layers:
+            # The link is idle again after the returns, through the reduce and the next
+            # layer's attention: a second round stages in that gap.
+            st.emit(self._prefetch(st, layer, [], attn))
+        for e, pieces in split.items():  # split loads leave after their expert's shards
+            users = (*st.staged[(layer, e)], *(t.id for t in lw.shards_of(e)))
+            for _, c0, c1 in pieces:
+                frees.append(
+                    EvictTask(
+                        id=f"L{layer}.splitfree.e{e}.{c0}", memory_id=self.home_mem,
+                        weights=_piece(layer, e, c0, c1), after=users,
+                    )
+                )  # fmt: skip
         st.emit(frees)
         st.after = [*lw.waits, *(t.id for t in shared)]
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _split_loads(
+        self, st: _Step, inst: PlacementInstance, a: Assignment
+    ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
+        """Granules of the layer's absent experts to load over the links into the GPU while
+        the units compute the rest, on top of the placement ``a``: (expert -> (source, first
+        column, end column) of its one load, and the assignment with those granules at home).
+
+        Each expert the placement runs over NDP units (absent from the GPU) can give the top
+        granules of one unit's stripe to the GPU (a host CPU gives none: the CPU-assisted
+        offload loop of ``bench cache`` is left as it was measured); a unit gives from one expert at a time. Every
+        round moves one granule from each of the busiest units (``t_u`` each at the unit's
+        effective rate) to the link (``t_l`` each, after the placement's own loads; the last
+        granule is also computed on the GPU) while that lowers the estimate ``max(busiest unit,
+        link + GPU tail)``: a water-filling on granules, with the layer's own routing known
+        (never a prediction). Capped by the GPU memory left beside every expert of the layer
+        loaded whole. Estimates only: the timeline and the executor time the plan."""
+        link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
+        attention = costs.task_cycles(
+            self.hardware, self.model,
+            ComputeTask(id="probe", device_id=self.home, op="attention",
+                        layer=inst.problem.layer, num_tokens=1),
+            st.timeline.context_tokens,
+        )[1]  # fmt: skip
+        attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
+        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)])
+        got = self._water_fill(inst, a, busy / self.hardware.clock_hz)
+        return ({}, a) if got is None else got
+
+    def _water_fill(
+        self, inst: PlacementInstance, a: Assignment, link_busy_s: float
+    ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment] | None:
+        """``_split_loads``' rounds (``link_busy_s``: how long the links into the GPU are
+        still busy after this layer's attention): (the split, the assignment), or None when
+        nothing is split."""
+        model, G, clock = self.model, inst.G, self.hardware.clock_hz
+        width = model.expert_ffn_size // G
+        granule_bytes = model.expert_bytes(width)
+        layer = inst.problem.layer
+        runs = dict(a.runs)
+        loaded = a.loaded
+        # Per unit: the experts it runs a stripe of (expert, first, end granule).
+        stripes: dict[str, list[tuple[int, int, int]]] = {}
+        for e in sorted(runs):
+            if e in self.caches.lines[layer] or any(d == self.home for d, _, _ in runs[e]):
+                continue
+            for d, g0, g1 in runs[e]:
+                if self.hardware.device(d).kind == "ndp":
+                    stripes.setdefault(d, []).append((e, g0, g1))
+        links = {d: self.hardware.link_between(d, self.home) for d in stripes}
+        stripes = {d: v for d, v in stripes.items() if links[d] is not None}
+        if not stripes:
+            return None
+        _, _, trip_s = self._paths
+        # Every unit's work (the shards of resident experts it runs included), from its trip.
+        units = {d for e in runs for d, _, _ in runs[e] if d != self.home}
+        unit_s = {
+            d: _seconds_per_byte(self.hardware.device(d), model) * granule_bytes for d in units
+        }
+        work = dict.fromkeys(units, trip_s)
+        for e in runs:
+            for d, g0, g1 in runs[e]:
+                if d != self.home:
+                    work[d] += (g1 - g0) * unit_s[d]
+        home = self.hardware.device(self.home)
+        # The GPU's own work in the window: the shared experts and its shards.
+        gpu = costs.shared_expert_s(home, model, 1) if model.num_shared_experts else 0.0
+        for e in runs:
+            for d, g0, g1 in runs[e]:
+                if d == self.home:
+                    gpu += inst.shard[e][self.home][g1 - g0] / clock
+        gpu += sum(inst.shard[e][self.home][G] for e in loaded) / clock
+        link = link_busy_s + sum(inst.load_cycles[e] for e in loaded) / clock
+        last = (link + inst.shard[max(loaded)][self.home][G] / clock) if loaded else 0.0
+        have = next(m.capacity_bytes for m in self.hardware.memories if m.id == self.home_mem)
+        lines = sum(len(x) for x in self.caches.lines)
+        room = have - (lines + len(inst.experts)) * model.expert_bytes()
+        most = int(max(0.0, room) // granule_bytes)
+        taken: dict[str, tuple[int, int, int, int]] = {}  # unit -> (expert, g0, g1, k)
+        done: set[int] = set()  # experts split (one unit each)
+        moved = 0
+
+        def next_pick(d: str, fresh: set[int]) -> tuple[int, int, int, int] | None:
+            if d not in stripes:
+                return None
+            cur = taken.get(d)
+            if cur is not None:  # one expert per unit, its stripe's top granules
+                return (cur[0], cur[1], cur[2], cur[3] + 1) if cur[3] < cur[2] - cur[1] else None
+            for e, g0, g1 in stripes[d]:
+                if e not in done and e not in fresh:
+                    return (e, g0, g1, 1)
+            return None
+
+        def piece(d: str, e: int, k: int) -> tuple[float, float]:
+            """(link seconds, GPU seconds) of expert e's piece of k granules from unit d."""
+            if k == 0:
+                return 0.0, 0.0
+            lk = links[d]
+            assert lk is not None
+            return costs.transfer_s(lk, k * granule_bytes), inst.shard[e][self.home][k] / clock
+
+        estimate = max(max(work.values()), last, gpu)
+        while moved < most:
+            top = max(work.values())
+            movers = [d for d in work if work[d] >= top - 1e-12]
+            picks: dict[str, tuple[int, int, int, int] | None] = {}
+            fresh: set[int] = set()  # experts a unit starts on this round
+            for d in movers:
+                pick = picks[d] = next_pick(d, fresh)
+                if pick is not None and d not in taken:
+                    fresh.add(pick[0])
+            if any(v is None for v in picks.values()) or moved + len(movers) > most:
+                break
+            after = {d: w - unit_s[d] if d in movers else w for d, w in work.items()}
+            after_link, after_gpu, after_last = link, gpu, last
+            for d, pick in picks.items():
+                assert pick is not None
+                e, _, _, k = pick
+                old_l, old_g = piece(d, e, k - 1)
+                new_l, new_g = piece(d, e, k)
+                after_link += new_l - old_l
+                after_gpu += new_g - old_g
+                after_last = max(after_last, after_link + new_g)
+            new = max(max(after.values()), after_last, after_gpu)
+            if new >= estimate:
+                break
+            for d, pick in picks.items():
+                assert pick is not None
+                taken[d] = pick
+                done.add(pick[0])
+            work, link, gpu, last, estimate = after, after_link, after_gpu, after_last, new
+            moved += len(movers)
+        if not taken:
+            return None
+        split: dict[int, list[tuple[str, int, int]]] = {}
+        for d, (e, g0, g1, k) in taken.items():
+            split[e] = [(d, (g1 - k) * width, g1 * width)]
+            keep = [r for r in runs[e] if r[0] != d]
+            if g1 - k > g0:
+                keep.append((d, g0, g1 - k))
+            runs[e] = (*keep, (self.home, g1 - k, g1))
+        return split, Assignment(runs=runs, loaded=loaded)
 
     def _shared(self, layer: int, attn: str, batch: int = 1) -> list[AnyTask]:
         """The layer's shared experts on the GPU (one task), if the model has any."""
