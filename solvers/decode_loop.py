@@ -585,13 +585,14 @@ class DecodeRun:
 
         Each expert the placement runs over NDP units (absent from the GPU) can give the top
         granules of one unit's stripe to the GPU (a host CPU gives none: the CPU-assisted
-        offload loop of ``bench cache`` is left as it was measured); a unit gives from one expert at a time. Every
-        round moves one granule from each of the busiest units (``t_u`` each at the unit's
-        effective rate) to the link (``t_l`` each, after the placement's own loads; the last
-        granule is also computed on the GPU) while that lowers the estimate ``max(busiest unit,
-        link + GPU tail)``: a water-filling on granules, with the layer's own routing known
-        (never a prediction). Capped by the GPU memory left beside every expert of the layer
-        loaded whole. Estimates only: the timeline and the executor time the plan."""
+        offload loop of ``bench cache`` is left as it was measured); a unit gives from one
+        expert at a time. Every round moves one granule from each of the busiest units (at the
+        unit's effective rate) to the link (one transfer per expert, after what the link
+        still carries and the placement's own loads; then one GPU shard) while that lowers
+        the estimate ``max(busiest unit, last piece's load + its GPU shard, GPU work)``: a
+        water-filling on granules, with the layer's own routing known (never a prediction).
+        Capped by the GPU memory left beside every expert of the layer loaded whole.
+        Estimates only: the timeline and the executor time the plan."""
         link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
         attention = costs.task_cycles(
             self.hardware, self.model,
