@@ -130,6 +130,134 @@ def _gain(diff: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
     return mean, (var / n_eff) ** 0.5
 
 
+@dataclass(frozen=True)
+class _Folds:
+    """The window cut in time into folds, the last one held out.
+
+    ``batches [N, num_logical]`` the kept batches, fold by fold; ``fold_of [N]`` each one's fold;
+    ``held [N]`` whether it is in the held-out fold; ``weight [N]`` its weight.
+    """
+
+    batches: np.ndarray
+    fold_of: np.ndarray
+    held: np.ndarray
+    weight: np.ndarray
+    num_folds: int
+
+    def mean_of(self, per_batch: np.ndarray, mask: np.ndarray) -> float:
+        """Weighted mean of ``per_batch [N]`` over the batches in ``mask [N]``."""
+        return float(np.dot(per_batch[mask], self.weight[mask]) / self.weight[mask].sum())
+
+    def fold_means(self, per_batch: np.ndarray) -> tuple[float, ...]:
+        """Weighted mean of ``per_batch [N]`` per fold, fit folds first, held-out last."""
+        return tuple(self.mean_of(per_batch, self.fold_of == f) for f in range(self.num_folds))
+
+
+def _time_folds(
+    window: np.ndarray, weights: np.ndarray, num_folds: int, max_fit_batches: int
+) -> _Folds:
+    """``num_folds`` contiguous folds of ``window [num_batches, num_logical]``; each fit fold
+    thinned evenly in time to ``max_fit_batches // (num_folds - 1)`` batches."""
+    num_batches = len(window)
+    bounds = np.linspace(0, num_batches, num_folds + 1).round().astype(int)
+    per_fold = max(1, max_fit_batches // (num_folds - 1))
+    idx_per_fold = []
+    for f in range(num_folds):
+        idx = np.arange(bounds[f], bounds[f + 1])
+        if f < num_folds - 1 and len(idx) > per_fold:
+            idx = idx[np.linspace(0, len(idx) - 1, per_fold).round().astype(int)]
+        idx_per_fold.append(idx)
+    idx_all = np.concatenate(idx_per_fold)
+    fold_of = np.concatenate([np.full(len(idx), f) for f, idx in enumerate(idx_per_fold)])
+    return _Folds(window[idx_all], fold_of, fold_of == num_folds - 1, weights[idx_all], num_folds)
+
+
+def _propose_move(
+    best: np.ndarray, gpu_of: np.ndarray, peak: np.ndarray, rng: np.random.Generator
+) -> np.ndarray | None:
+    """A candidate ``phy2log [num_replicas]`` one move from ``best``, or None when the drawn
+    move is not allowed (an expert would get two replicas on one GPU, or nothing changes).
+
+    Half the draws give a redundant replica to one of the 8 experts with most ``peak`` load
+    (``[num_logical]`` tokens) per replica; the rest swap two slots between GPUs.
+    """
+    num_replicas, num_log = len(best), len(peak)
+    cand = best.copy()
+    counts = np.bincount(cand, minlength=num_log)
+    if rng.random() < 0.5 and (counts > 1).any():
+        slot = int(rng.choice(np.flatnonzero(counts[cand] > 1)))
+        here = set(cand[gpu_of == gpu_of[slot]].tolist())
+        ranked = np.argsort(-(peak / counts), kind="stable")
+        choices = [int(e) for e in ranked[:8] if int(e) not in here]
+        if not choices:
+            return None
+        cand[slot] = choices[int(rng.integers(len(choices)))]
+        return cand
+    a, b = (int(v) for v in rng.choice(num_replicas, size=2, replace=False))
+    ea, eb = int(cand[a]), int(cand[b])
+    if gpu_of[a] == gpu_of[b] or ea == eb:
+        return None
+    if eb in cand[gpu_of == gpu_of[a]] or ea in cand[gpu_of == gpu_of[b]]:
+        return None
+    cand[a], cand[b] = eb, ea
+    return cand
+
+
+@dataclass(frozen=True)
+class _SearchRule:
+    """When a candidate move is adopted (the terms of ``fit_placement``'s docstring)."""
+
+    reg_per_replica: float
+    held_margin: float
+    z_score: float
+
+    def adopts(self, diff: np.ndarray, growth: int, folds: _Folds) -> bool:
+        """Whether per-batch gains ``diff [N]`` over the current best, with ``growth`` more
+        replicas away from EPLB's, clear the regularizer on the fit and held-out folds and
+        lose on no fit fold."""
+        margin = self.reg_per_replica * max(0, growth)
+        fit_gain, fit_se = _gain(diff[~folds.held], folds.weight[~folds.held])
+        held_gain, held_se = _gain(diff[folds.held], folds.weight[folds.held])
+        folds_ok = all(g >= 0 for g in folds.fold_means(diff)[:-1])
+        return (
+            fit_gain > margin + self.z_score * fit_se
+            and folds_ok
+            and held_gain > self.held_margin * margin + self.z_score * held_se
+        )
+
+
+def _fallback_reason(
+    adopted: int,
+    gain_over_eplb: np.ndarray,
+    folds: _Folds,
+    final_z: float,
+    drift_k: float,
+    scores: tuple[float, float],
+) -> str | None:
+    """Why EPLB's placement is returned instead of the searched one (None: it is not).
+
+    ``gain_over_eplb [N]`` per-batch balancedness of the result minus EPLB's; ``scores`` the
+    held-out balancedness of the result and of EPLB.
+    """
+    if not adopted:
+        return "no move gained on both the fit and the held-out batches"
+    final_gain, final_se = _gain(gain_over_eplb[folds.held], folds.weight[folds.held])
+    if final_gain <= final_z * final_se:
+        return (
+            f"validated balancedness {scores[0]:.4f} is not above EPLB's {scores[1]:.4f} by "
+            f"{final_z:g} standard errors ({final_se:.4f})"
+        )
+    fold_gains = folds.fold_means(gain_over_eplb)
+    spread = float(np.std(fold_gains))
+    if drift_k > 0 and min(fold_gains) <= drift_k * spread:
+        return (
+            f"the gain over EPLB does not hold over time: per fold "
+            f"{', '.join(f'{g:+.4f}' for g in fold_gains)}, the smallest is not above "
+            f"{drift_k:g} x their spread ({spread:.4f})"
+        )
+    return None
+
+
 def fit_placement(
     window: np.ndarray,
     num_replicas: int,
@@ -180,89 +308,32 @@ def fit_placement(
     if num_batches < 2 * num_folds:
         reason = f"window of {num_batches} batches is too short to hold out a fold"
         return BatchPlacement(eplb, eplb, reason, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, num_batches, 0, mix)
-    bounds = np.linspace(0, num_batches, num_folds + 1).round().astype(int)
-    folds, fold_w = [], []
-    per_fold = max(1, max_fit_batches // (num_folds - 1))
-    for f in range(num_folds):
-        idx = np.arange(bounds[f], bounds[f + 1])
-        if f < num_folds - 1 and len(idx) > per_fold:
-            idx = idx[np.linspace(0, len(idx) - 1, per_fold).round().astype(int)]
-        folds.append(window[idx])
-        fold_w.append(w_all[idx])
-
-    stacked = np.concatenate(folds)
-    fold_of = np.concatenate([np.full(len(f), i) for i, f in enumerate(folds)])
-    held = fold_of == num_folds - 1
-    w_stacked = np.concatenate(fold_w)
-
-    def per_batch(p2l: np.ndarray) -> np.ndarray:
-        return batch_balancedness(p2l, num_gpus, stacked)
-
-    def mean_of(bal: np.ndarray, mask: np.ndarray) -> float:
-        return float(np.dot(bal[mask], w_stacked[mask]) / w_stacked[mask].sum())
-
+    folds = _time_folds(window, w_all, num_folds, max_fit_batches)
     per = num_replicas // num_gpus
     gpu_of = np.arange(num_replicas) // per
     eplb_pairs = Counter(zip(eplb.tolist(), gpu_of.tolist(), strict=True))
     rng = np.random.default_rng(seed)
-    peak = np.percentile(stacked[~held], 90, axis=0) + 1e-9
-    best, best_bal, best_d = eplb.copy(), per_batch(eplb), 0
-    eplb_bal = best_bal.copy()
+    peak = np.percentile(folds.batches[~folds.held], 90, axis=0) + 1e-9
+    rule = _SearchRule(reg_per_replica, held_margin, z_score)
+    eplb_bal = batch_balancedness(eplb, num_gpus, folds.batches)
+    best, best_bal, best_d = eplb.copy(), eplb_bal.copy(), 0
     tried = adopted = 0
     while tried < max_moves:
         tried += 1
-        cand = best.copy()
-        counts = np.bincount(cand, minlength=num_log)
-        if rng.random() < 0.5 and (counts > 1).any():
-            # Give a redundant replica to an expert with much peak load per replica.
-            slot = int(rng.choice(np.flatnonzero(counts[cand] > 1)))
-            here = set(cand[gpu_of == gpu_of[slot]].tolist())
-            ranked = np.argsort(-(peak / counts), kind="stable")
-            choices = [int(e) for e in ranked[:8] if int(e) not in here]
-            if not choices:
-                continue
-            cand[slot] = choices[int(rng.integers(len(choices)))]
-        else:
-            a, b = (int(v) for v in rng.choice(num_replicas, size=2, replace=False))
-            ea, eb = int(cand[a]), int(cand[b])
-            if gpu_of[a] == gpu_of[b] or ea == eb:
-                continue
-            if eb in cand[gpu_of == gpu_of[a]] or ea in cand[gpu_of == gpu_of[b]]:
-                continue
-            cand[a], cand[b] = eb, ea
+        cand = _propose_move(best, gpu_of, peak, rng)
+        if cand is None:
+            continue
         dist = _distance(cand, eplb_pairs, per)
-        bal = per_batch(cand)
-        diff = bal - best_bal
-        margin = reg_per_replica * max(0, dist - best_d)
-        fit_gain, fit_se = _gain(diff[~held], w_stacked[~held])
-        held_gain, held_se = _gain(diff[held], w_stacked[held])
-        folds_ok = all(mean_of(diff, fold_of == f) >= 0 for f in range(num_folds - 1))
-        if (
-            fit_gain > margin + z_score * fit_se
-            and folds_ok
-            and held_gain > held_margin * margin + z_score * held_se
-        ):
+        bal = batch_balancedness(cand, num_gpus, folds.batches)
+        if rule.adopts(bal - best_bal, dist - best_d, folds):
             best, best_bal, best_d = cand, bal, dist
             adopted += 1
-    best_s = (mean_of(best_bal, ~held), mean_of(best_bal, held))
-    eplb_s = (mean_of(eplb_bal, ~held), mean_of(eplb_bal, held))
-    fallback = None
-    final_gain, final_se = _gain((best_bal - eplb_bal)[held], w_stacked[held])
-    fold_gains = tuple(mean_of(best_bal - eplb_bal, fold_of == f) for f in range(num_folds))
-    spread = float(np.std(fold_gains))
-    if not adopted:
-        fallback = "no move gained on both the fit and the held-out batches"
-    elif final_gain <= final_z * final_se:
-        fallback = (
-            f"validated balancedness {best_s[1]:.4f} is not above EPLB's {eplb_s[1]:.4f} by "
-            f"{final_z:g} standard errors ({final_se:.4f})"
-        )
-    elif drift_k > 0 and min(fold_gains) <= drift_k * spread:
-        fallback = (
-            f"the gain over EPLB does not hold over time: per fold "
-            f"{', '.join(f'{g:+.4f}' for g in fold_gains)}, the smallest is not above "
-            f"{drift_k:g} x their spread ({spread:.4f})"
-        )
+    best_s = (folds.mean_of(best_bal, ~folds.held), folds.mean_of(best_bal, folds.held))
+    eplb_s = (folds.mean_of(eplb_bal, ~folds.held), folds.mean_of(eplb_bal, folds.held))
+    gain_over_eplb = best_bal - eplb_bal
+    fallback = _fallback_reason(
+        adopted, gain_over_eplb, folds, final_z, drift_k, (best_s[1], eplb_s[1])
+    )
     if fallback is not None:
         best, best_s = eplb.copy(), eplb_s
     return BatchPlacement(
@@ -276,11 +347,11 @@ def fit_placement(
         moves_tried=tried,
         moves_adopted=adopted,
         replicas_moved=_distance(best, eplb_pairs, per),
-        num_fit_batches=int(sum(len(f) for f in folds[:-1])),
-        num_validation_batches=len(folds[-1]),
+        num_fit_batches=int((~folds.held).sum()),
+        num_validation_batches=int(folds.held.sum()),
         size_mix=mix,
-        fold_gains=fold_gains,
-        validated_gain_se=final_se,
+        fold_gains=folds.fold_means(gain_over_eplb),
+        validated_gain_se=_gain(gain_over_eplb[folds.held], folds.weight[folds.held])[1],
     )
 
 

@@ -239,6 +239,88 @@ def maps_from_phy2log(phy2log: np.ndarray, num_log: int) -> tuple[np.ndarray, np
     return deepseek.log2phy_from(phy2log, rank, logcnt), logcnt
 
 
+def _window_inputs(
+    load_window: Any, current_phy2log: Any | None, num_gpus: int, num_replicas: int | None
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``window [S, L, E]`` tokens (float), ``current [L, R]`` (or None) and ``R``, checked."""
+    window, _ = _to_numpy(load_window)
+    window = np.asarray(window, dtype=np.float64)
+    if window.ndim == 2:
+        window = window[None]
+    if window.ndim != 3:
+        raise ValueError("load_window: want [num_samples, num_layers, num_logical]")
+    _, num_layers, num_log = window.shape
+    current = None
+    if current_phy2log is not None:
+        current = np.asarray(_to_numpy(current_phy2log)[0], dtype=np.int64)
+        if current.ndim != 2 or current.shape[0] != num_layers:
+            raise ValueError(
+                f"current_phy2log: shape {list(current.shape)}, want [{num_layers}, num_replicas]"
+            )
+    num_phy = int(num_replicas or (current.shape[1] if current is not None else 0))
+    if num_phy < num_log or num_phy % num_gpus:
+        raise ValueError("num_replicas: need >= num_logical and a multiple of num_gpus")
+    if current is not None and current.shape[1] != num_phy:
+        raise ValueError("current_phy2log: its width must equal num_replicas")
+    return window, current, num_phy
+
+
+class _SetScore:
+    """Mean routed balancedness of a placement ``[R]`` over ``batches [B, E]`` tokens, memoized:
+    routed balance depends only on each GPU's set of experts, so each set is scored once."""
+
+    def __init__(self, batches: np.ndarray, num_gpus: int) -> None:
+        self.batches, self.num_gpus = batches, num_gpus
+        self.seen: dict[bytes, float] = {}
+
+    def __call__(self, p2l: np.ndarray) -> float:
+        rows = np.sort(p2l.reshape(self.num_gpus, -1), axis=1)
+        key = rows[np.lexsort(rows.T[::-1])].tobytes()
+        if key not in self.seen:
+            self.seen[key] = float(
+                routed_balancedness_per_batch(p2l, self.num_gpus, self.batches).mean()
+            )
+        return self.seen[key]
+
+
+def _choose_for_layer(
+    old: np.ndarray,
+    fresh: tuple[np.ndarray, float],
+    s_eplb: float,
+    score: _SetScore,
+    total: np.ndarray,
+    num_gpus: int,
+    move_cost: float,
+) -> tuple[np.ndarray, float, float]:
+    """Among the fresh placement (GPU-aligned with ``old [R]``), ``old`` itself and the fresh one
+    rebuilt from ``old`` with the fewest moves, the best ``score - move_cost * moved`` of those at
+    least as good as EPLB's ``s_eplb``: ``(phy2log [R], its score, old's score)``.
+    ``total [E]`` is the layer's window-sum histogram (tokens)."""
+    s_old = score(old)
+    rebuilt = align_slots(old, min_move_placement(old, fresh[0], total, num_gpus), num_gpus)
+    cands = [(align_slots(old, fresh[0], num_gpus), fresh[1]), (old, s_old)]
+    cands.append((rebuilt, score(rebuilt)))
+    ok = [c for c in cands if c[1] >= s_eplb - 1e-12] or cands[:1]
+    best = max(ok, key=lambda c: (c[1] - move_cost * moved_replicas(old, c[0]), c[1]))
+    return best[0], best[1], s_old
+
+
+def _within_move_budget(gain: np.ndarray, moves: np.ndarray, max_moved_replicas: int) -> np.ndarray:
+    """``[L]`` which layers are adopted, in order of ``gain [L]`` (balancedness) per moved replica
+    (``moves [L]``), while their moves fit in ``max_moved_replicas``."""
+    order = sorted(
+        np.flatnonzero(moves > 0).tolist(),
+        key=lambda la: (-float(gain[la]) / max(int(moves[la]), 1), la),
+    )
+    adopted = np.zeros(len(moves), dtype=bool)
+    budget = int(max_moved_replicas)
+    for la in order:
+        if moves[la] <= budget:
+            adopted[la] = True
+            budget -= int(moves[la])
+    return adopted
+
+
 def rebalance_window(
     load_window: Any,
     current_phy2log: Any | None,
@@ -272,25 +354,8 @@ def rebalance_window(
             EPLB-based starts only).
         sample: batches the candidates are scored on.
     """
-    window, _ = _to_numpy(load_window)
-    window = np.asarray(window, dtype=np.float64)
-    if window.ndim == 2:
-        window = window[None]
-    if window.ndim != 3:
-        raise ValueError("load_window: want [num_samples, num_layers, num_logical]")
+    window, current, num_phy = _window_inputs(load_window, current_phy2log, num_gpus, num_replicas)
     num_samples, num_layers, num_log = window.shape
-    current = None
-    if current_phy2log is not None:
-        current = np.asarray(_to_numpy(current_phy2log)[0], dtype=np.int64)
-        if current.ndim != 2 or current.shape[0] != num_layers:
-            raise ValueError(
-                f"current_phy2log: shape {list(current.shape)}, want [{num_layers}, num_replicas]"
-            )
-    num_phy = int(num_replicas or (current.shape[1] if current is not None else 0))
-    if num_phy < num_log or num_phy % num_gpus:
-        raise ValueError("num_replicas: need >= num_logical and a multiple of num_gpus")
-    if current is not None and current.shape[1] != num_phy:
-        raise ValueError("current_phy2log: its width must equal num_replicas")
     idx = evaluation_batches(num_samples, sample)
     batches = np.rint(window[idx]).astype(np.int64)  # [B, L, E]
     total = window.sum(0)
@@ -298,22 +363,11 @@ def rebalance_window(
     out = np.empty((num_layers, num_phy), dtype=np.int64)
     bal = np.empty(num_layers)
     bal_eplb = np.empty(num_layers)
-    bal_cur = np.empty(num_layers) if current is not None else None
+    bal_cur = np.empty(num_layers)
     moves = np.zeros(num_layers, dtype=np.int64)
     unaligned = 0
     for layer in range(num_layers):
-        b_layer = batches[:, layer]
-
-        seen: dict[bytes, float] = {}
-
-        def score(p2l: np.ndarray, b: np.ndarray = b_layer, seen: dict = seen) -> float:
-            # Routed balance depends only on each GPU's set of experts: score each set once.
-            rows = np.sort(p2l.reshape(num_gpus, -1), axis=1)
-            key = rows[np.lexsort(rows.T[::-1])].tobytes()
-            if key not in seen:
-                seen[key] = float(routed_balancedness_per_batch(p2l, num_gpus, b).mean())
-            return seen[key]
-
+        score = _SetScore(batches[:, layer], num_gpus)
         # With no move budget the window fit is EPLB on the window's sum: skip re-deriving it.
         fit = eplb[layer]
         if search_moves_per_layer > 0:
@@ -326,40 +380,21 @@ def rebalance_window(
             )
         s_fit, s_eplb = score(fit), score(eplb[layer])
         bal_eplb[layer] = s_eplb
-        fresh, s_fresh = (fit, s_fit) if s_fit >= s_eplb else (eplb[layer], s_eplb)
+        fresh = (fit, s_fit) if s_fit >= s_eplb else (eplb[layer], s_eplb)
         if current is None:
-            out[layer], bal[layer] = fresh, s_fresh
+            out[layer], bal[layer] = fresh
             continue
-        old = current[layer]
-        unaligned += moved_replicas(old, fresh)
-        cands: list[tuple[np.ndarray, float]] = [
-            (align_slots(old, fresh, num_gpus), s_fresh),
-            (old, score(old)),
-        ]
-        assert bal_cur is not None
-        bal_cur[layer] = cands[1][1]
-        rebuilt = align_slots(old, min_move_placement(old, fresh, total[layer], num_gpus), num_gpus)
-        cands.append((rebuilt, score(rebuilt)))
-        ok = [c for c in cands if c[1] >= s_eplb - 1e-12] or cands[:1]
-        best = max(ok, key=lambda c: (c[1] - move_cost * moved_replicas(old, c[0]), c[1]))
-        out[layer], bal[layer] = best
-        moves[layer] = moved_replicas(old, best[0])
+        unaligned += moved_replicas(current[layer], fresh[0])
+        out[layer], bal[layer], bal_cur[layer] = _choose_for_layer(
+            current[layer], fresh, s_eplb, score, total[layer], num_gpus, move_cost
+        )
+        moves[layer] = moved_replicas(current[layer], out[layer])
     adopted = np.ones(num_layers, dtype=bool)
     why: list[str] = []
-    if current is not None and bal_cur is not None:
-        gain = bal - bal_cur
+    if current is not None:
         adopted = moves > 0
         if max_moved_replicas is not None:
-            order = sorted(
-                np.flatnonzero(adopted).tolist(),
-                key=lambda la: (-float(gain[la]) / max(int(moves[la]), 1), la),
-            )
-            budget = int(max_moved_replicas)
-            adopted[:] = False
-            for la in order:
-                if moves[la] <= budget:
-                    adopted[la] = True
-                    budget -= int(moves[la])
+            adopted = _within_move_budget(bal - bal_cur, moves, max_moved_replicas)
             skipped = int(((moves > 0) & ~adopted).sum())
             if skipped:
                 why.append(f"{skipped} layers kept as they are: max_moved_replicas")
@@ -376,7 +411,7 @@ def rebalance_window(
         log2phy=log2phy,
         logcnt=logcnt,
         balancedness=bal,
-        balancedness_current=bal_cur,
+        balancedness_current=bal_cur if current is not None else None,
         balancedness_eplb=bal_eplb,
         balancedness_eplb_static=_even_split_balancedness(total, eplb, num_gpus),
         moved_replicas=moved_replicas(current, out) if current is not None else 0,
