@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -583,15 +583,17 @@ class DecodeRun:
         the units compute the rest, on top of the placement ``a``: (expert -> (source, first
         column, end column) of its one load, and the assignment with those granules at home).
 
-        Each expert the placement runs over NDP units (absent from the GPU) can give the top
-        granules of one unit's stripe to the GPU (a host CPU gives none: the CPU-assisted
-        offload loop of ``bench cache`` is left as it was measured); a unit gives from one
-        expert at a time. Every round moves one granule from each of the busiest units (at the
-        unit's effective rate) to the link (one transfer per expert, after what the link
-        still carries and the placement's own loads; then one GPU shard) while that lowers
-        the estimate ``max(busiest unit, last piece's load + its GPU shard, GPU work)``: a
-        water-filling on granules, with the layer's own routing known (never a prediction).
-        Capped by the GPU memory left beside every expert of the layer loaded whole.
+        Each expert the placement runs over NDP units (absent from the GPU) can give the GPU
+        one contiguous run of granules around a boundary between two units' stripes (``_Fill``:
+        the unit below gives its top granules, the unit above its bottom ones, so one expert
+        relieves two units; a host CPU gives none: the CPU-assisted offload loop of ``bench
+        cache`` is left as it was measured). Every round each of the busiest units gives one
+        granule more (at the unit's effective rate) to the link (one transfer per unit and
+        expert, after what the link still carries and the placement's own loads; then one GPU
+        shard per expert) while that lowers the estimate ``max(busiest unit, the links' work
+        and the last piece's GPU shard, GPU work)``: a water-filling on granules, with the
+        layer's own routing known (never a prediction). Capped by the GPU memory left beside
+        every expert of the layer loaded whole.
         Estimates only: the timeline and the executor time the plan."""
         link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
         attention = costs.task_cycles(
@@ -611,113 +613,21 @@ class DecodeRun:
         """``_split_loads``' rounds (``link_busy_s``: how long the links into the GPU are
         still busy after this layer's attention): (the split, the assignment), or None when
         nothing is split."""
-        model, G, clock = self.model, inst.G, self.hardware.clock_hz
-        width = model.expert_ffn_size // G
-        granule_bytes = model.expert_bytes(width)
-        layer = inst.problem.layer
-        runs = dict(a.runs)
-        loaded = a.loaded
-        # Per unit: the experts it runs a stripe of (expert, first, end granule).
-        stripes: dict[str, list[tuple[int, int, int]]] = {}
-        for e in sorted(runs):
-            if e in self.caches.lines[layer] or any(d == self.home for d, _, _ in runs[e]):
-                continue
-            for d, g0, g1 in runs[e]:
-                if self.hardware.device(d).kind == "ndp":
-                    stripes.setdefault(d, []).append((e, g0, g1))
-        links = {d: self.hardware.link_between(d, self.home) for d in stripes}
-        stripes = {d: v for d, v in stripes.items() if links[d] is not None}
-        if not stripes:
+        fill = _Fill.start(self, inst, a, link_busy_s)
+        if fill is None:
             return None
-        _, _, trip_s = self._paths
-        # Every unit's work (the shards of resident experts it runs included), from its trip.
-        units = {d for e in runs for d, _, _ in runs[e] if d != self.home}
-        unit_s = {
-            d: _seconds_per_byte(self.hardware.device(d), model) * granule_bytes for d in units
-        }
-        work = dict.fromkeys(units, trip_s)
-        for e in runs:
-            for d, g0, g1 in runs[e]:
-                if d != self.home:
-                    work[d] += (g1 - g0) * unit_s[d]
-        home = self.hardware.device(self.home)
-        # The GPU's own work in the window: the shared experts and its shards.
-        gpu = costs.shared_expert_s(home, model, 1) if model.num_shared_experts else 0.0
-        for e in runs:
-            for d, g0, g1 in runs[e]:
-                if d == self.home:
-                    gpu += inst.shard[e][self.home][g1 - g0] / clock
-        gpu += sum(inst.shard[e][self.home][G] for e in loaded) / clock
-        link = link_busy_s + sum(inst.load_cycles[e] for e in loaded) / clock
-        last = (link + inst.shard[max(loaded)][self.home][G] / clock) if loaded else 0.0
-        have = next(m.capacity_bytes for m in self.hardware.memories if m.id == self.home_mem)
-        lines = sum(len(x) for x in self.caches.lines)
-        room = have - (lines + len(inst.experts)) * model.expert_bytes()
-        most = int(max(0.0, room) // granule_bytes)
-        taken: dict[str, tuple[int, int, int, int]] = {}  # unit -> (expert, g0, g1, k)
-        done: set[int] = set()  # experts split (one unit each)
-        moved = 0
-
-        def next_pick(d: str, fresh: set[int]) -> tuple[int, int, int, int] | None:
-            if d not in stripes:
-                return None
-            cur = taken.get(d)
-            if cur is not None:  # one expert per unit, its stripe's top granules
-                return (cur[0], cur[1], cur[2], cur[3] + 1) if cur[3] < cur[2] - cur[1] else None
-            for e, g0, g1 in stripes[d]:
-                if e not in done and e not in fresh:
-                    return (e, g0, g1, 1)
-            return None
-
-        def piece(d: str, e: int, k: int) -> tuple[float, float]:
-            """(link seconds, GPU seconds) of expert e's piece of k granules from unit d."""
-            if k == 0:
-                return 0.0, 0.0
-            lk = links[d]
-            assert lk is not None
-            return costs.transfer_s(lk, k * granule_bytes), inst.shard[e][self.home][k] / clock
-
-        estimate = max(max(work.values()), last, gpu)
-        while moved < most:
-            top = max(work.values())
-            movers = [d for d in work if work[d] >= top - 1e-12]
-            picks: dict[str, tuple[int, int, int, int] | None] = {}
-            fresh: set[int] = set()  # experts a unit starts on this round
-            for d in movers:
-                pick = picks[d] = next_pick(d, fresh)
-                if pick is not None and d not in taken:
-                    fresh.add(pick[0])
-            if any(v is None for v in picks.values()) or moved + len(movers) > most:
+        estimate = fill.estimate()
+        while True:
+            top = max(fill.work.values())
+            movers = [d for d in fill.work if fill.work[d] >= top - 1e-12]
+            trial = fill.copy()
+            if not all(trial.give(d) for d in movers) or trial.moved > fill.most:
                 break
-            after = {d: w - unit_s[d] if d in movers else w for d, w in work.items()}
-            after_link, after_gpu, after_last = link, gpu, last
-            for d, pick in picks.items():
-                assert pick is not None
-                e, _, _, k = pick
-                old_l, old_g = piece(d, e, k - 1)
-                new_l, new_g = piece(d, e, k)
-                after_link += new_l - old_l
-                after_gpu += new_g - old_g
-                after_last = max(after_last, after_link + new_g)
-            new = max(max(after.values()), after_last, after_gpu)
+            new = trial.estimate()
             if new >= estimate:
                 break
-            for d, pick in picks.items():
-                assert pick is not None
-                taken[d] = pick
-                done.add(pick[0])
-            work, link, gpu, last, estimate = after, after_link, after_gpu, after_last, new
-            moved += len(movers)
-        if not taken:
-            return None
-        split: dict[int, list[tuple[str, int, int]]] = {}
-        for d, (e, g0, g1, k) in taken.items():
-            split[e] = [(d, (g1 - k) * width, g1 * width)]
-            keep = [r for r in runs[e] if r[0] != d]
-            if g1 - k > g0:
-                keep.append((d, g0, g1 - k))
-            runs[e] = (*keep, (self.home, g1 - k, g1))
-        return split, Assignment(runs=runs, loaded=loaded)
+            fill, estimate = trial, new
+        return fill.result() if fill.anchors else None
 
     def _shared(self, layer: int, attn: str, batch: int = 1) -> list[AnyTask]:
         """The layer's shared experts on the GPU (one task), if the model has any."""
@@ -982,6 +892,171 @@ class DecodeRun:
                 seconds = costs.transfer_s(link, self.model.expert_bytes(hi - lo))
                 out.append((src, lo, hi, costs.to_cycles(seconds, self.hardware.clock_hz)))
         return out
+
+
+@dataclass
+class _Fill:
+    """The state of ``DecodeRun._split_loads``' water-filling for one layer.
+
+    Each absent expert run over NDP units may give the GPU one contiguous run of granules,
+    anchored at a boundary between two consecutive units' stripes (or at the top of the last):
+    the unit below gives its stripe's top granules (``kl``), the unit above its bottom ones
+    (``kr``), so every unit keeps one contiguous run and one expert can relieve two units.
+    A unit gives to one anchor at a time (``side``)."""
+
+    run: DecodeRun
+    inst: PlacementInstance
+    a: Assignment
+    stripes: dict[int, list[tuple[str, int, int]]]  # expert -> its unit runs by column
+    work: dict[str, float]  # seconds each unit computes (trip included)
+    unit_s: dict[str, float]  # seconds per granule on each unit
+    gpu0_s: float  # the GPU's own work in the window
+    link0_s: float  # the links' work before any split load
+    most: int  # granules the GPU memory takes
+    anchors: dict[int, list[int]] = field(default_factory=dict)  # expert -> [j, kl, kr]
+    side: dict[str, tuple[int, int]] = field(default_factory=dict)  # unit -> (expert, +-1)
+    moved: int = 0
+
+    @staticmethod
+    def start(
+        run: DecodeRun, inst: PlacementInstance, a: Assignment, link_busy_s: float
+    ) -> _Fill | None:
+        model, clock, home = run.model, run.hardware.clock_hz, run.home
+        granule_bytes = model.expert_bytes(model.expert_ffn_size // inst.G)
+        layer = inst.problem.layer
+        stripes: dict[int, list[tuple[str, int, int]]] = {}
+        for e in sorted(a.runs):
+            runs = sorted(a.runs[e], key=lambda r: r[1])
+            if e in run.caches.lines[layer] or any(d == home for d, _, _ in runs):
+                continue
+            if all(run.hardware.device(d).kind == "ndp" and run.hardware.link_between(d, home)
+                   for d, _, _ in runs):  # fmt: skip
+                stripes[e] = runs
+        if not stripes:
+            return None
+        _, _, trip_s = run._paths
+        units = {d for e in a.runs for d, _, _ in a.runs[e] if d != home}
+        unit_s = {
+            d: _seconds_per_byte(run.hardware.device(d), model) * granule_bytes for d in units
+        }
+        work = dict.fromkeys(units, trip_s)
+        gpu = costs.shared_expert_s(run.hardware.device(home), model, 1)
+        gpu = gpu if model.num_shared_experts else 0.0
+        for e in a.runs:
+            for d, g0, g1 in a.runs[e]:
+                if d == home:
+                    gpu += inst.shard[e][home][g1 - g0] / clock
+                else:
+                    work[d] += (g1 - g0) * unit_s[d]
+        gpu += sum(inst.shard[e][home][inst.G] for e in a.loaded) / clock
+        link = link_busy_s + sum(inst.load_cycles[e] for e in a.loaded) / clock
+        have = next(m.capacity_bytes for m in run.hardware.memories if m.id == run.home_mem)
+        lines = sum(len(x) for x in run.caches.lines)
+        room = have - (lines + len(inst.experts)) * model.expert_bytes()
+        return _Fill(run, inst, a, stripes, work, unit_s, gpu, link,
+                     int(max(0.0, room) // granule_bytes))  # fmt: skip
+
+    def copy(self) -> _Fill:
+        return replace(
+            self, work=dict(self.work), anchors={e: list(v) for e, v in self.anchors.items()},
+            side=dict(self.side),
+        )  # fmt: skip
+
+    def _room(self, e: int, j: int, sign: int) -> bool:
+        """Whether the unit on side ``sign`` of anchor ``j`` of expert e has a granule left."""
+        runs, (_, kl, kr) = self.stripes[e], self.anchors[e]
+        i = j - 1 if sign < 0 else j
+        if not 0 <= i < len(runs):
+            return False
+        _, g0, g1 = runs[i]
+        return (kl if sign < 0 else kr) < g1 - g0
+
+    def give(self, d: str) -> bool:
+        """Unit d gives one granule more (to its anchor, to a neighbour's anchor it can join,
+        or to a new anchor on an expert not split yet); False when it cannot."""
+        if d in self.side:
+            e, sign = self.side[d]
+            if not self._room(e, self.anchors[e][0], sign):
+                return False
+        else:
+            found = None
+            for e, (j, kl, kr) in self.anchors.items():  # join a neighbour's anchor
+                for sign, k in ((-1, kl), (1, kr)):
+                    i = j - 1 if sign < 0 else j
+                    runs = self.stripes[e]
+                    if k == 0 and 0 <= i < len(runs) and runs[i][0] == d:
+                        found = (e, sign)
+            if found is None:
+                # A new anchor between d and the unit it pairs with (runs 0|1, 2|3, ...), so
+                # that an expert relieves two units: at the top of d's run when it is even.
+                for e, runs in self.stripes.items():
+                    at = next((i for i, r in enumerate(runs) if r[0] == d), None)
+                    if e not in self.anchors and at is not None:
+                        j = at + 1 if at % 2 == 0 else at
+                        self.anchors[e] = [j, 0, 0]
+                        found = (e, -1 if j == at + 1 else 1)
+                        break
+            if found is None:
+                return False
+            self.side[d] = found
+        e, sign = self.side[d]
+        self.anchors[e][1 if sign < 0 else 2] += 1
+        self.work[d] -= self.unit_s[d]
+        self.moved += 1
+        return True
+
+    def _pieces(self, e: int) -> list[tuple[str, int, int]]:
+        """Expert e's split: (source unit, first granule, end granule) of each load."""
+        runs, (j, kl, kr) = self.stripes[e], self.anchors[e]
+        out = []
+        if kl:
+            d, _, g1 = runs[j - 1]
+            out.append((d, g1 - kl, g1))
+        if kr:
+            d, g0, _ = runs[j]
+            out.append((d, g0, g0 + kr))
+        return out
+
+    def estimate(self) -> float:
+        """max(busiest unit, the links' work then the last piece's GPU shard, GPU work)."""
+        clock, home = self.run.hardware.clock_hz, self.run.home
+        granule_bytes = self.run.model.expert_bytes(self.run.model.expert_ffn_size // self.inst.G)
+        link, gpu, last = self.link0_s, self.gpu0_s, 0.0
+        for e in sorted(self.anchors):
+            pieces = self._pieces(e)
+            for d, g0, g1 in pieces:
+                lk = self.run.hardware.link_between(d, home)
+                assert lk is not None
+                link += costs.transfer_s(lk, (g1 - g0) * granule_bytes)
+            shard = self.inst.shard[e][home][sum(g1 - g0 for _, g0, g1 in pieces)] / clock
+            gpu += shard
+            last = max(last, link + shard)
+        if self.a.loaded:
+            last = max(last, link + self.inst.shard[max(self.a.loaded)][home][self.inst.G] / clock)
+        return max(max(self.work.values()), last, gpu)
+
+    def result(self) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
+        """(expert -> (source, first column, end column) loads, the assignment with the
+        split granules at home)."""
+        width = self.run.model.expert_ffn_size // self.inst.G
+        split: dict[int, list[tuple[str, int, int]]] = {}
+        runs = dict(self.a.runs)
+        for e in sorted(self.anchors):
+            pieces = self._pieces(e)
+            if not pieces:
+                continue
+            split[e] = [(d, g0 * width, g1 * width) for d, g0, g1 in pieces]
+            lo, hi = min(g0 for _, g0, _ in pieces), max(g1 for _, _, g1 in pieces)
+            keep: list[tuple[str, int, int]] = []
+            for d, g0, g1 in self.stripes[e]:
+                if g1 <= lo or g0 >= hi:
+                    keep.append((d, g0, g1))
+                elif g0 < lo:
+                    keep.append((d, g0, lo))
+                elif g1 > hi:
+                    keep.append((d, hi, g1))
+            runs[e] = (*keep, (self.run.home, lo, hi))
+        return split, Assignment(runs=runs, loaded=self.a.loaded)
 
 
 def run_sequences(
