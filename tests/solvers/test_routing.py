@@ -218,9 +218,9 @@ def test_batch_placement_falls_back_when_its_gain_does_not_hold_over_time() -> N
     trace (window batches every 9 tokens, as ``bench balance`` builds them) and scored on the
     second quarter. The search's placement gains on every fold (about +0.015, +0.027, +0.058:
     the held-out fold passes), but the gain grows from fold to fold by more than its smallest
-    value: the stability check (``drift_k=1``, the default) returns EPLB. Without it (``drift_k=0``) the
-    placement is adopted and loses to EPLB on the next quarter by more than 0.002 (measured
-    -0.022)."""
+    value: the stability check (``drift_k=1``, the default) returns EPLB. Without it
+    (``drift_k=0``) the placement is adopted and loses to EPLB on the next quarter by more
+    than 0.002 (measured -0.022)."""
     from hwmodel.routing_traces import FLAME_FILE, load_flame, traces_dir
     from solvers.eplb.batch_placement import fit_placement, routed_balancedness
 
