@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
+import os
 import threading
 import weakref
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -35,6 +38,7 @@ from service.errors import ClientGone, DomainError
 from service.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger("moesched")
 Kind = Literal["solve", "route", "sweep"]
 
 
@@ -44,6 +48,7 @@ class _Class:
 
     slots: int
     has_workers: bool = True  # sweeps run on Ray: slots only
+    worker_nice: int = 0  # added to each worker's nice value (see Settings.worker_nice)
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     pool: ProcessPool | None = None
@@ -72,7 +77,12 @@ class _Class:
                 # server copied into them), in milliseconds once it runs.
                 ctx = multiprocessing.get_context("forkserver")
                 ctx.set_forkserver_preload(list(jobs.PRELOAD))
-                self.pool = ProcessPool(max_workers=self.slots, context=ctx)
+                self.pool = ProcessPool(
+                    max_workers=self.slots,
+                    context=ctx,
+                    initializer=_lower_priority,
+                    initargs=(self.worker_nice,),
+                )
             return self.pool
 
     def ensure_warm(self) -> None:
@@ -108,8 +118,8 @@ class Admission:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.classes: dict[str, _Class] = {
-            "solve": _Class(settings.max_concurrent_solves),
-            "route": _Class(settings.max_concurrent_routes),
+            "solve": _Class(settings.max_concurrent_solves, worker_nice=settings.worker_nice),
+            "route": _Class(settings.max_concurrent_routes, worker_nice=settings.worker_nice),
             # a sweep job holds its slot from submission to its end (its points run on Ray)
             "sweep": _Class(settings.max_running_sweeps, has_workers=False),
         }
@@ -121,10 +131,14 @@ class Admission:
         return min(wanted, self.settings.max_deadline_s)
 
     def warm(self) -> None:
-        """Start the worker processes now rather than at the first request."""
-        for c in self.classes.values():
-            if c.has_workers:
-                c.ensure_warm()
+        """Start the worker processes now rather than at the first request (best effort: a
+        server stopping meanwhile breaks the pools, and a request warms them again)."""
+        try:
+            for c in self.classes.values():
+                if c.has_workers:
+                    c.ensure_warm()
+        except (BrokenProcessPool, CancelledError, OSError, RuntimeError) as exc:
+            log.info("worker processes not warmed: %r", exc)
 
     def close(self) -> None:
         self._finalizer()
@@ -266,3 +280,11 @@ def _busy(cls: _Class, kind: str) -> HTTPException:
 
 def _noop() -> None:
     return None
+
+
+def _lower_priority(increment: int) -> None:
+    """Run in each worker as it starts: yield the CPU to the server's event loop. On a busy
+    machine, workers at the server's own priority kept the loop waiting for a CPU (its
+    run-queue delay, ``service.loop_watch``) for most of every second."""
+    if increment > 0:
+        os.nice(increment)

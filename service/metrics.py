@@ -180,6 +180,13 @@ class Metrics:
             buckets=loop_buckets,
             registry=r,
         )
+        self.loop_runqueue = Histogram(
+            "moesched_loop_turn_runqueue_seconds",
+            "Event-loop probe: seconds the loop thread was ready but waited for a CPU between "
+            "two turns (the kernel's run-queue delay; Linux only).",
+            buckets=loop_buckets,
+            registry=r,
+        )
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 

@@ -34,13 +34,25 @@ class Settings(BaseSettings):
     max_concurrent_solves: int = Field(
         default=2, ge=1, description="Solves at once; more get 503 with Retry-After."
     )
-    max_deadline_s: float = Field(default=30.0, gt=0, description="Cap on any solve's deadline.")
+    max_deadline_s: float = Field(
+        default=7.0,
+        gt=0,
+        description="Cap on any request's deadline. With the grace, the longest any answer "
+        "takes by default is 7 + 2 = 9 s; raise it for longer solves.",
+    )
     solver_workers: int = Field(default=2, ge=1, le=64, description="CP-SAT search workers.")
     max_concurrent_routes: int = Field(
         default=2, ge=1, description="Cheap routing calls (route, EP batches) at once; more: 503."
     )
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Added to the nice value of every worker process, so that the event loop "
+        "(/healthz) gets a CPU before solves do.",
+    )
     default_deadline_s: float = Field(
-        default=10.0, gt=0, description="Deadline of routes whose request has none (capped too)."
+        default=5.0, gt=0, description="Deadline of routes whose request has none (capped too)."
     )
     deadline_grace_s: float = Field(
         default=2.0,

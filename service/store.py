@@ -353,7 +353,8 @@ class SQLiteStore(SessionStore):
                 raise StoreError(f"{self.path}: integrity check failed: {ok[:5]}")
             sessions, eps = self.count()
             self._check_rows(con)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # A damaged schema text fails to decode before SQLite notices anything.
             raise StoreError(f"{self.path}: cannot open the session database: {exc}") from None
         if not existed:
             return "new database (the file did not exist)"
@@ -484,7 +485,7 @@ class SQLiteStore(SessionStore):
                     "(another process holds it)"
                 ) from None
             raise StoreError(f"{self.path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise StoreError(f"{self.path}: {exc}") from None
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple]:

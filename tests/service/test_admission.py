@@ -67,3 +67,41 @@ def test_a_disconnect_frees_the_slot_and_a_deadline_stops_the_work(tmp_path: Pat
             assert r.status_code == 422 and r.json()["error_type"] == "deadline_exceeded", r.text
     finally:
         srv.stop()
+
+
+def _own_nice() -> int:
+    import os
+
+    return os.nice(0)
+
+
+def test_workers_run_below_the_event_loops_priority(tmp_path: Path) -> None:
+    """The loop's lag under load was its thread waiting for a CPU behind the workers (the
+    probe's run-queue figure): workers start ``worker_nice`` below the server's priority."""
+    import os
+
+    from service.admission import Admission
+    from service.settings import Settings
+
+    admission = Admission(Settings(db_path=tmp_path / "n.db", worker_nice=5))
+    try:
+        pool = admission.classes["route"].workers()
+        assert pool.schedule(_own_nice).result(timeout=300) == min(19, os.nice(0) + 5)
+    finally:
+        admission.close()
+
+
+def test_the_loop_probe_reports_run_queue_wait() -> None:
+    """On Linux the probe reads the loop thread's run-queue delay; it only grows."""
+    import sys
+
+    from service.loop_watch import runqueue_wait_s
+
+    first = runqueue_wait_s()
+    if sys.platform != "linux":
+        assert first is None
+        return
+    assert first is not None and first >= 0
+    sum(range(10**6))
+    later = runqueue_wait_s()
+    assert later is not None and later >= first

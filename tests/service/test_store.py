@@ -4,7 +4,7 @@ lock as StoreBusy (503 over HTTP), the old schema migrated, and damaged files re
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import sqlite3
 import subprocess
 import sys
@@ -128,42 +128,83 @@ def _filled(tmp_path: Path) -> Path:
     return db
 
 
-def test_damaged_databases_are_refused_by_name(tmp_path: Path) -> None:
-    db = _filled(tmp_path)
-    saved = tmp_path / "saved"
-    saved.mkdir()
-    for f in tmp_path.glob("d.db*"):
-        shutil.copy(f, saved / f.name)
+def _clean(db: Path) -> Path:
+    """The filled database after a clean stop: everything in the main file, no log."""
+    SQLiteStore(db).close()
+    Path(str(db) + "-wal").unlink(missing_ok=True)
+    return db
 
-    def restore() -> None:
-        for f in saved.iterdir():
-            shutil.copy(f, tmp_path / f.name)
 
-    db.write_bytes(b"")  # truncated to 0
-    with pytest.raises(StoreError, match=str(db)):
-        SQLiteStore(db)
-    restore()
-    Path(str(db) + "-wal").unlink()  # the log of an unclean stop deleted
-    with pytest.raises(StoreError, match="-wal is missing"):
-        SQLiteStore(db)
-    restore()
+def _flip(path: Path, n: int, seed: int) -> None:
+    """``n`` random bytes of ``path`` inverted (a seeded draw)."""
+    data = bytearray(path.read_bytes())
+    for pos in np.random.default_rng(seed).integers(0, len(data), n):
+        data[pos] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate_half(db: Path) -> None:
+    data = _clean(db).read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+
+
+def _damage_wal(db: Path) -> None:
     wal = Path(str(db) + "-wal")
     log = bytearray(wal.read_bytes())
     log[len(log) // 2] ^= 0xFF  # one byte of a frame in the middle of the log
     wal.write_bytes(bytes(log))
-    with pytest.raises(StoreError, match="write-ahead log is damaged"):
+
+
+DAMAGES = {
+    "main truncated to 0": (lambda db: db.write_bytes(b""), "{db}"),
+    "main truncated to half": (_truncate_half, "{db}"),
+    "main header and first page overwritten": (
+        lambda db: db.write_bytes((d := _clean(db).read_bytes())[:100] + b"\xff" * 200 + d[300:]),
+        "{db}",
+    ),
+    "WAL deleted after an unclean stop": (
+        lambda db: Path(str(db) + "-wal").unlink(),
+        "{db}-wal is missing",
+    ),
+    "WAL damaged": (_damage_wal, "{db}-wal: the write-ahead log is damaged"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_each_damaged_database_is_refused_naming_the_file(tmp_path: Path, damage: str) -> None:
+    db = _filled(tmp_path)
+    harm, message = DAMAGES[damage]
+    harm(db)
+    with pytest.raises(StoreError, match=re.escape(message.format(db=db))):
         SQLiteStore(db)
-    restore()
-    SQLiteStore(db).close()  # a clean stop moves everything into the main file
-    data = db.read_bytes()
-    db.write_bytes(data[: len(data) // 2])  # truncated to half
-    with pytest.raises(StoreError, match=str(db)):
-        SQLiteStore(db)
-    db.write_bytes(data[:100] + b"\xff" * 200 + data[300:])  # header and first page damaged
-    with pytest.raises(StoreError, match=str(db)):
-        SQLiteStore(db)
-    db.write_bytes(data)
-    Path(str(db) + "-wal").unlink(missing_ok=True)  # after a clean stop the log holds nothing
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_byte_flips_are_refused_by_name_or_every_session_serves(
+    tmp_path: Path, seed: int
+) -> None:
+    """64 random bytes inverted in the main file: either a refusal naming the file, or a
+    start that reports what it found and answers every stored session without a 5xx."""
+    db = _clean(_filled(tmp_path))
+    _flip(db, 64, seed)
+    try:
+        store = SQLiteStore(db)
+    except StoreError as exc:
+        assert str(db) in str(exc)
+        return
+    assert store.found.startswith("opened: ")
+    store.close()
+    app = create_app(Settings(db_path=db))
+    with TestClient(app) as c:
+        for i in range(40):
+            assert c.get(f"/v1/sessions/s{i}/plan").status_code < 500
+
+
+def test_a_clean_stop_leaves_everything_in_the_main_file(tmp_path: Path) -> None:
+    """After a clean stop the log holds nothing: the main file alone (a backup) opens with
+    every session, and says so."""
+    db = _clean(_filled(tmp_path))
     store = SQLiteStore(db)
     assert store.count() == (40, 0)
+    assert store.found == "opened: 40 sessions, 0 EP sessions"
     store.close()
