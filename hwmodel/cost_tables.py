@@ -55,6 +55,31 @@ class CostTables:
         self._rows: dict[tuple[str, int], list[int]] = {}
         self._reduce: dict[tuple[str, int, int], list[int]] = {}
         self._weights: dict[tuple[str, int], int] = {}
+        self._links: dict[tuple[str, str], Link | None] = {}
+        self._reachable: dict[str, tuple[str, ...]] = {}
+
+    def link_between(self, src_device_id: str, dst_device_id: str) -> Link | None:
+        """``Hardware.link_between``, remembered."""
+        key = (src_device_id, dst_device_id)
+        if key not in self._links:
+            self._links[key] = self.hardware.link_between(src_device_id, dst_device_id)
+        return self._links[key]
+
+    def reachable(self, home_device_id: str) -> tuple[str, ...]:
+        """Devices (in declaration order) with a link from and a link to the home device, and
+        the home device itself."""
+        got = self._reachable.get(home_device_id)
+        if got is None:
+            got = self._reachable[home_device_id] = tuple(
+                d.id
+                for d in self.hardware.devices
+                if d.id == home_device_id
+                or (
+                    self.link_between(home_device_id, d.id)
+                    and self.link_between(d.id, home_device_id)
+                )
+            )
+        return got
 
     def shard_row(self, device_id: str, num_tokens: int, num_granules: int) -> list[int]:
         """``row[n]``: cycles of n = 0..G contiguous granules (of ``expert_ffn_size // G``

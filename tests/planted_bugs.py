@@ -99,8 +99,8 @@ PLANTS = [
         "greedy-most-loaded-holder",
         "greedy balance",
         "solvers/placement/greedy.py",
-        "best = min(\n                cands, key=lambda d: (state.compute[state.index[d]]",
-        "best = max(\n                cands, key=lambda d: (state.compute[state.index[d]]",
+        "if best is None or load < best_load:",
+        "if best is None or load > best_load:",
         "a split block goes to the busiest holder instead of the least busy one",
     ),
     Plant(

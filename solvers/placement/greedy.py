@@ -11,9 +11,44 @@ from __future__ import annotations
 
 import bisect
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from solvers.placement.problem import Assignment, PlacementInstance
+
+_LinkLayout = tuple[
+    dict[str, int], int, dict[str, int], list[int], list[int], bool, bool, dict[str, int]
+]
+_LINKS: dict[tuple[int, str], tuple[object, _LinkLayout]] = {}  # by id of the hardware
+
+
+def _links_of(inst: PlacementInstance) -> _LinkLayout:
+    """The instance's device index, link count, link index by id, the remote devices'
+    down and up link indices, whether one pass does both (no link carries dispatches and
+    returns), whether every dispatch shares one link and every return another, and each
+    remote device's up link index. Shared by the solves of one hardware (looked up by
+    identity, the hardware kept alive beside it)."""
+    hw = inst.problem.hardware
+    key = (id(hw), inst.home)
+    got = _LINKS.get(key)
+    if got is not None and got[0] is hw:
+        return got[1]
+    index = {d: i for i, d in enumerate(inst.devices)}
+    link_ids = sorted({lk.id for lk in hw.links})
+    link_index = {lid: j for j, lid in enumerate(link_ids)}
+    down = [link_index[inst.link(inst.home, d).id] for d in inst.remote]
+    up = [link_index[inst.link(d, inst.home).id] for d in inst.remote]
+    # When no link carries both a dispatch and a return, the returns' pass cannot see the
+    # dispatches' link ends, and one pass over the remote devices does both.
+    one_pass = not set(down) & set(up)
+    # The common case (one PCIe link each way): every dispatch on one link, every return
+    # on another; the pass keeps the two link ends in locals.
+    shared_pair = one_pass and len(set(down)) == 1 and len(set(up)) == 1
+    up_of = {d: up[k] for k, d in enumerate(inst.remote)}
+    layout = (index, len(link_ids), link_index, down, up, one_pass, shared_pair, up_of)
+    if len(_LINKS) > 64:
+        _LINKS.clear()
+    _LINKS[key] = (hw, layout)
+    return layout
 
 
 class _Static:
@@ -21,43 +56,96 @@ class _Static:
     indices, the remote devices' transfer rows, the load pieces by link."""
 
     def __init__(self, inst: PlacementInstance) -> None:
-        self.index = {d: i for i, d in enumerate(inst.devices)}
+        links = _links_of(inst)
+        self.index, self.num_links, link_index, self.down, self.up = links[:5]
+        self.one_pass, self.shared_pair, up_of = links[5:]
         self.home_i = self.index[inst.home]
         self.remote_i = [self.index[d] for d in inst.remote]
         self.disp = [inst.dispatch[d] for d in inst.remote]
         self.gath = [inst.gather[d] for d in inst.remote]
-        link_ids = sorted({lk.id for lk in inst.problem.hardware.links})
-        link_index = {lid: j for j, lid in enumerate(link_ids)}
-        self.num_links = len(link_ids)
-        self.down = [link_index[inst.link(inst.home, d).id] for d in inst.remote]
-        self.up = [link_index[inst.link(d, inst.home).id] for d in inst.remote]
-        # When no link carries both a dispatch and a return, the returns' pass cannot see the
-        # dispatches' link ends, and one pass over the remote devices does both.
-        self.one_pass = not set(self.down) & set(self.up)
-        # The common case (one PCIe link each way): every dispatch on one link, every return
-        # on another; the pass keeps the two link ends in locals.
-        self.shared_pair = self.one_pass and len(set(self.down)) == 1 and len(set(self.up)) == 1
         self.remotes = list(
             zip(range(len(self.remote_i)), self.remote_i, self.down, self.up, strict=True)
         )
-        self.load_links = {
-            e: [(link_index[inst.link(src, inst.home).id], cyc) for src, _, _, cyc in parts]
-            for e, parts in inst.load_parts.items()
-        }
+        self.rows = list(zip(self.remote_i, self.disp, self.gath, strict=True))
+        # Each load's link cycles summed per link (in first-use order): a load is done when
+        # its last piece on any link is, and pieces on one link end in the order they run.
+        by_parts: dict[int, list[tuple[int, int]]] = {}  # by id of the shared pieces
+        self.load_links: dict[int, list[tuple[int, int]]] = {}
+        for e, parts in inst.load_parts.items():
+            got = by_parts.get(id(parts))
+            if got is None:
+                per_link: dict[int, int] = {}
+                for src, _, _, cyc in parts:
+                    j = up_of[src] if src in up_of else link_index[inst.link(src, inst.home).id]
+                    per_link[j] = per_link.get(j, 0) + cyc
+                got = by_parts[id(parts)] = list(per_link.items())
+            self.load_links[e] = got
         self.home_cycles = {e: inst.shard[e][inst.home][inst.G] for e in inst.experts}
         self.inst = inst
-        self._fixed: dict[int, list[tuple[tuple[tuple[str, int, int], ...], dict[int, int]]]] = {}
+        self._fixed: dict[int, list[tuple[tuple[tuple[str, int, int], ...], _Adds]]] = {}
+        self._open: dict[int, list[tuple[int, list[_Block]]]] = {}
 
     def fixed_adds(
         self, e: int, blocks: _Blocks
-    ) -> list[tuple[tuple[tuple[str, int, int], ...], dict[int, int]]]:
-        """Expert e's state-free options with the shard cycles each adds per device index."""
+    ) -> list[tuple[tuple[tuple[str, int, int], ...], _Adds]]:
+        """Expert e's state-free options with what each adds (``_Adds``); experts of one
+        layout and token count share them across solves (kept on the shared ``blocks``)."""
         got = self._fixed.get(e)
         if got is None:
-            got = self._fixed[e] = [
-                (option, _adds(self.inst, self.index, e, option)) for option in blocks.fixed
-            ]
+            key = ("fixed", self.inst._tables, self.inst.home, self.inst.tokens[e])
+            got = blocks.memo.get(key)  # type: ignore[assignment]
+            if got is None:
+                got = blocks.memo[key] = [
+                    (option, self.adds_of(e, option)) for option in blocks.fixed
+                ]
+            self._fixed[e] = got
         return got
+
+    def adds_of(self, e: int, option: tuple[tuple[str, int, int], ...]) -> _Adds:
+        """What an option of expert e adds, summarized for the score."""
+        adds = _adds(self.inst, self.index, e, option)
+        t = self.inst.tokens[e]
+        routed: dict[int, int] = {}
+        for d, _, _ in option:
+            i = self.index[d]
+            if i != self.home_i:
+                routed[i] = routed.get(i, 0) + t
+        items = tuple((i, x, routed.get(i, 0)) for i, x in adds.items())
+        return _Adds(adds, sum(adds.values()), items)
+
+    def open_plan(self, e: int, blocks: _Blocks) -> list[tuple[int, list[_Block]]]:
+        """Per open degree p of expert e: its blocks (first granule, end granule, and the
+        holders as (id, device index, shard cycles of the block) in id order)."""
+        got = self._open.get(e)
+        if got is not None:
+            return got
+        key = ("open", self.inst._tables, self.inst.home, self.inst.tokens[e])
+        got = blocks.memo.get(key)  # type: ignore[assignment]
+        if got is None:
+            shard = self.inst.shard[e]
+            made: list[tuple[int, list[_Block]]] = []
+            got = blocks.memo[key] = made
+            for p in blocks.open_degrees:
+                size = self.inst.G // p
+                plan = []
+                for k in range(p):
+                    g0, g1 = k * size, (k + 1) * size
+                    holders = sorted(blocks.holders[(g0, g1)])
+                    plan.append((g0, g1, [(d, self.index[d], shard[d][size]) for d in holders]))
+                made.append((p, plan))
+        self._open[e] = got
+        return got
+
+
+@dataclass(frozen=True)
+class _Adds:
+    """An option's added work: ``adds`` (device index -> shard cycles), their sum ``added``,
+    and ``items``: (device index, shard cycles, tokens routed there) per device of it (every
+    run on a remote device routes the expert's tokens there; the home device routes none)."""
+
+    adds: dict[int, int]
+    added: int
+    items: tuple[tuple[int, int, int], ...]
 
 
 class _State:
@@ -111,13 +199,14 @@ class _State:
             self._loads_key, self._loads_value = loaded, value
         return value
 
-    def score(self, adds: dict[int, int], routed: int, load: int | None) -> tuple[int, int]:
+    def score(self, a: _Adds | None, routed: int, load: int | None) -> tuple[int, int]:
         """(layer makespan, added work) if an option were applied.
 
-        ``adds`` maps device index -> added shard cycles; every remote device in it also gets
-        ``routed`` more tokens; ``load`` is an expert to load home whole.
+        ``a``: the option's added shard cycles (None: none); every remote device in it also
+        gets ``routed`` more tokens; ``load`` is an expert to load home whole.
         """
         static = self.static
+        adds = a.adds if a is not None else {}
         if load is None:
             loaded = self.loaded_sorted
         else:
@@ -136,7 +225,7 @@ class _State:
             j, u = static.down[0], static.up[0]
             down_end, up_end = link_end[j], link_end[u]
             num_ready = 0
-            for k, i, _, _ in static.remotes:
+            for i, disp_i, gath_i in static.rows:
                 extra = adds.get(i)
                 if extra is None:
                     r = routed_now[i]
@@ -148,9 +237,9 @@ class _State:
                     if r == 0:
                         continue
                 rows = n if r > n else r
-                down_end += disp[k][rows]
+                down_end += disp_i[rows]
                 end = down_end + compute[i] + extra
-                up_end = (up_end if up_end > end else end) + gath[k][rows]
+                up_end = (up_end if up_end > end else end) + gath_i[rows]
                 num_ready += 1
             if num_ready and up_end > worst:
                 worst = up_end
@@ -193,7 +282,9 @@ class _State:
                 if link_end[j] > worst:
                     worst = link_end[j]
             used += len(ready)
-        added = sum(adds.values()) + (static.home_cycles[load] if load is not None else 0)
+        added = (a.added if a is not None else 0) + (
+            static.home_cycles[load] if load is not None else 0
+        )
         return worst + self.inst.reduce[used], added
 
     def add_load(self, e: int) -> None:
@@ -201,38 +292,51 @@ class _State:
         self.loaded_sorted = tuple(sorted(self.loaded))
         self.free_bytes -= self.inst.expert_bytes
 
-    def add_runs(self, e: int, option: tuple[tuple[str, int, int], ...]) -> None:
-        for d, g0, g1 in option:
-            i = self.index[d]
-            self.compute[i] += self.inst.shard[e][d][g1 - g0]
-            if i != self.home_i:
-                self.routed[i] += self.inst.tokens[e]
+    def add_runs(self, a: _Adds) -> None:
+        """Queue an option's shards and route its tokens."""
+        compute, routed = self.compute, self.routed
+        for i, x, r in a.items:
+            compute[i] += x
+            routed[i] += r
 
 
 def _open_options(
-    inst: PlacementInstance, state: _State, e: int, blocks: _Blocks
-) -> list[tuple[tuple[str, int, int], ...]]:
+    state: _State, e: int, blocks: _Blocks
+) -> list[tuple[tuple[tuple[str, int, int], ...], _Adds]]:
     """Splits into p equal blocks (p | G, p >= 2) where some block has several holders: each
-    block on the least-loaded holder not already used by this expert. (Whole-expert runs and
-    splits whose blocks each have one holder do not depend on the state: ``_Blocks.fixed``.)"""
+    block on the least-loaded holder not already used by this expert; with what each adds.
+    (Whole-expert runs and splits whose blocks each have one holder do not depend on the
+    state: ``_Blocks.fixed``.)"""
     options = []
-    for p in blocks.open_degrees:
-        size = inst.G // p
+    compute = state.compute
+    home_i = state.home_i
+    t = state.inst.tokens[e]
+    for p, plan in state.static.open_plan(e, blocks):
         chosen: list[tuple[str, int, int]] = []
+        items: list[tuple[int, int, int]] = []
         used: set[str] = set()
-        for k in range(p):
-            cands = blocks.holders[(k * size, (k + 1) * size)] - used
-            if not cands:
-                break
+        for g0, g1, cands in plan:
             # The least-loaded holder, ties to the first by id.
-            best = min(
-                cands, key=lambda d: (state.compute[state.index[d]] + inst.shard[e][d][size], d)
-            )
-            used.add(best)
-            chosen.append((best, k * size, (k + 1) * size))
+            best: tuple[str, int, int] | None = None
+            best_load = 0
+            for c in cands:
+                if c[0] in used:
+                    continue
+                load = compute[c[1]] + c[2]
+                if best is None or load < best_load:
+                    best, best_load = c, load
+            if best is None:
+                break
+            used.add(best[0])
+            chosen.append((best[0], g0, g1))
+            items.append((best[1], best[2], 0 if best[1] == home_i else t))
         if len(chosen) == p:
-            options.append(tuple(chosen))
+            adds = {i: x for i, x, _ in items}
+            options.append((tuple(chosen), _Adds(adds, sum(adds.values()), tuple(items))))
     return options
+
+
+_Block = tuple[int, int, list[tuple[str, int, int]]]
 
 
 @dataclass
@@ -242,6 +346,8 @@ class _Blocks:
     holders: dict[tuple[int, int], set[str]]
     fixed: list[tuple[tuple[str, int, int], ...]]
     open_degrees: list[int]
+    # Tables of solves that share this layout, by (kind, cost tables, home, token count).
+    memo: dict[tuple[object, ...], object] = field(default_factory=dict)
 
 
 def _block_holders(inst: PlacementInstance, e: int) -> _Blocks:
@@ -322,24 +428,36 @@ def _best_option(
     e: int,
     allow_load: bool,
     blocks: _Blocks,
-) -> Option:
+) -> tuple[Option, _Adds | None]:
+    """Expert e's option of the least (makespan, added work), ties to the first of: the
+    state-free options, the open splits, the load; with what it adds (None for the load)."""
     best_key: tuple[int, int] | None = None
     best: Option = None
-    for option, adds in state.static.fixed_adds(e, blocks):
-        key = state.score(adds, inst.tokens[e], None)
+    best_adds: _Adds | None = None
+    t = inst.tokens[e]
+    fixed = state.static.fixed_adds(e, blocks)
+    opened = _open_options(state, e, blocks) if blocks.open_degrees else []
+    can_load = allow_load and e in inst.load_parts and state.free_bytes >= inst.expert_bytes
+    if len(fixed) + len(opened) + can_load == 1:  # the only option: nothing to compare
+        if fixed:
+            return fixed[0]
+        if opened:
+            return opened[0]
+        return None, None
+    for option, a in fixed:
+        key = state.score(a, t, None)
         if best_key is None or key < best_key:
-            best_key, best = key, option
-    for option in _open_options(inst, state, e, blocks):
-        adds = _adds(inst, state.index, e, option)
-        key = state.score(adds, inst.tokens[e], None)
+            best_key, best, best_adds = key, option, a
+    for option, a in opened:
+        key = state.score(a, t, None)
         if best_key is None or key < best_key:
-            best_key, best = key, option
-    if allow_load and e in inst.load_parts and state.free_bytes >= inst.expert_bytes:
-        key = state.score({}, 0, e)
+            best_key, best, best_adds = key, option, a
+    if can_load:
+        key = state.score(None, 0, e)
         if best_key is None or key < best_key:
-            best_key, best = key, None
+            best_key, best, best_adds = key, None, None
     assert best_key is not None, f"expert {e} has no option"
-    return best
+    return best, best_adds
 
 
 def _place(
@@ -359,14 +477,14 @@ def _place(
     for e in order:
         if e in forced_loads:
             continue
-        option = _best_option(inst, state, e, not forced_loads, blocks[e])
-        if option is None:
+        option, a = _best_option(inst, state, e, not forced_loads, blocks[e])
+        if option is None or a is None:
             loaded.append(e)
             state.add_load(e)
             continue
         runs[e] = option
-        state.add_runs(e, option)
-    estimate = state.score({}, 0, None)[0]
+        state.add_runs(a)
+    estimate = state.score(None, 0, None)[0]
     return Assignment(runs=runs, loaded=tuple(sorted(loaded))), estimate
 
 
@@ -396,15 +514,23 @@ def solve_greedy_estimated(inst: PlacementInstance) -> tuple[Assignment, int]:
     Assumes ``inst.feasible()`` is None.
     """
 
+    # Experts with one token count share their shard rows: the minima are taken once per row set.
+    minima: dict[int, tuple[int, int]] = {}
+
+    def away_weight(e: int) -> tuple[int, int]:
+        rows = inst.shard[e]
+        got = minima.get(id(rows))
+        if got is None:
+            whole = [(d, rows[d][inst.G]) for d in inst.devices]
+            away = min(c for d, c in whole if d != inst.home) if len(whole) > 1 else 0
+            got = minima[id(rows)] = (away, min(c for _, c in whole))
+        return got
+
     def away(e: int) -> int:
-        return (
-            min(inst.shard[e][d][inst.G] for d in inst.devices if d != inst.home)
-            if len(inst.devices) > 1
-            else 0
-        )
+        return away_weight(e)[0]
 
     def weight(e: int) -> int:
-        return min(inst.shard[e][d][inst.G] for d in inst.devices)
+        return away_weight(e)[1]
 
     order = sorted(inst.experts, key=lambda e: (-weight(e), e))
     blocks = {e: _block_holders(inst, e) for e in inst.experts}

@@ -15,8 +15,10 @@ from collections.abc import Callable, Hashable
 
 from solvers.placement.problem import Assignment, PlacementInstance
 
+_Key = tuple[int, tuple[tuple[str, ...], ...], tuple[tuple[str, int, int, int], ...] | None]
 
-def _expert_key(inst: PlacementInstance, e: int) -> Hashable:
+
+def _expert_key(inst: PlacementInstance, e: int) -> _Key:
     parts = inst.load_parts.get(e)
     return (
         inst.tokens[e],
@@ -25,10 +27,17 @@ def _expert_key(inst: PlacementInstance, e: int) -> Hashable:
     )
 
 
+def _sortable(key: _Key) -> tuple[object, ...]:
+    tokens, holders, parts = key
+    return (tokens, holders, parts is not None, parts or ())
+
+
 def shape(inst: PlacementInstance) -> tuple[Hashable, list[int]]:
     """(the instance's shape key, its activated experts in canonical order)."""
     keys = {e: _expert_key(inst, e) for e in inst.experts}
-    order = sorted(inst.experts, key=lambda e: (repr(keys[e]), e))
+    # Any order that depends on the keys alone is canonical; tuples compare without repr
+    # (an expert with no load pieces sorts before one with some).
+    order = sorted(inst.experts, key=lambda e: (_sortable(keys[e]), e))
     room = int(inst.home_free_bytes // inst.expert_bytes) if inst.expert_bytes else 0
     key = (
         inst.problem.num_tokens, inst.G, room, min(room, len(order)),

@@ -89,16 +89,11 @@ class PlacementInstance:
         self.width = ffn // self.G
         self.experts = [e for e, t in enumerate(problem.tokens_per_expert) if t > 0]
         self.tokens = {e: problem.tokens_per_expert[e] for e in self.experts}
-        reachable = {self.home} | {
-            d.id
-            for d in hw.devices
-            if hw.link_between(self.home, d.id) and hw.link_between(d.id, self.home)
-        }
-        self.devices = [d.id for d in hw.devices if d.id in reachable]
-        self.remote = [d for d in self.devices if d != self.home]
-        mem_of = {d.id: d.memory_id for d in hw.devices}
         tab = cost_tables.tables(hw, model)
         self._tables = tab
+        self.devices = list(tab.reachable(self.home))
+        self.remote = [d for d in self.devices if d != self.home]
+        mem_of = {d.id: d.memory_id for d in hw.devices}
         # Residency is read once per memory: the column pieces that concern this layer, those
         # of every expert (wildcards) apart from those of one expert.
         every: dict[str, list[tuple[int, int]]] = {}
@@ -116,15 +111,19 @@ class PlacementInstance:
         # holders[e][g]: devices whose memory holds granule g of expert e; experts laid out
         # alike share the list (callers must not modify it), and their load pieces.
         self.holders: dict[int, list[list[str]]] = {}
-        self._cols: dict[int, dict[str, list[tuple[int, int]]]] = {}
         pieces_of: dict[int, list[tuple[str, int, int]] | None] = {}
         devices, remote = tuple(self.devices), tuple(self.remote)
+        # Per expert, each device's sorted column pieces; experts no slice names alone share
+        # the wildcards' tuple.
+        shared = tuple(tuple(sorted(every[d])) for d in self.devices)
+        named = {e for d in self.devices for e in one[d]}
         for e in self.experts:
-            cols = self._cols[e] = {
-                d: sorted(every[d] + one[d][e]) if e in one[d] else sorted(every[d])
-                for d in self.devices
-            }
-            key = tuple(tuple(cols[d]) for d in self.devices)
+            key = shared
+            if e in named:
+                key = tuple(
+                    tuple(sorted(every[d] + one[d][e])) if e in one[d] else shared[k]
+                    for k, d in enumerate(self.devices)
+                )
             self.holders[e], pieces_of[e] = _layout(
                 devices, remote, self.home, key, ffn, self.width, self.G
             )
@@ -143,6 +142,7 @@ class PlacementInstance:
         self.load_cycles: dict[int, int] = {}
         if problem.allow_loads:
             parts_of: dict[int, list[tuple[str, int, int, int]]] = {}  # by id of the pieces
+            cycles_of: dict[int, int] = {}
             for e in self.experts:
                 pieces = pieces_of[e]
                 if pieces is None:
@@ -153,8 +153,9 @@ class PlacementInstance:
                         (src, c0, c1, tab.weight_cycles(self.link(src, self.home), c1 - c0))
                         for src, c0, c1 in pieces
                     ]
+                    cycles_of[id(pieces)] = sum(part[3] for part in parts)
                 self.load_parts[e] = parts
-                self.load_cycles[e] = sum(part[3] for part in parts)
+                self.load_cycles[e] = cycles_of[id(pieces)]
         home_mem = hw.device(self.home).memory_id
         capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
         home_slices = problem.residency.by_memory.get(home_mem, ())
@@ -182,7 +183,7 @@ class PlacementInstance:
 
     def link(self, src: str, dst: str) -> Link:
         """The link the lowering uses from src to dst."""
-        link = self.problem.hardware.link_between(src, dst)
+        link = self._tables.link_between(src, dst)
         assert link is not None
         return link
 
