@@ -6,9 +6,12 @@ Per trace (default: the real ESFT intent / law and FLAME-MoE traces; any per-tok
 ``--trace``), 8 GPUs with 0, 8 and 32 redundant slots, batches of 16, 64 and 256 tokens: both
 placements are fitted on the first half of the trace only (EPLB on its token histogram,
 moesched on its batches of the size being scored: the runtime's batch-size mix) and scored on
-the second half in consecutive batches. The fit's batches of the first half start every
-``stride`` tokens (stride = batch size, or less when the half holds fewer than 48 batches: the
-window a runtime would have gathered at that rate), its last fold is held out for validation.
+the second half on batches starting every size / 16 tokens (every alignment of a batch, which
+averages out where batch boundaries fall; ``*_consecutive`` figures beside it score consecutive
+batches only, as earlier versions did, with a paired standard error per layer). The fit's
+batches of the first half start every ``stride`` tokens (stride = batch size, or less when the
+half holds fewer than 48 batches: the window a runtime would have gathered at that rate), its
+last fold is held out for validation.
 In-window figures are the same placements scored on the first half's consecutive batches.
 Balancedness = mean / max GPU load per batch, averaged over batches. The fit runs on a move
 budget, so every figure except the wall and CPU times is the same on an idle and a busy machine.
@@ -46,6 +49,13 @@ def _batches(trace: RoutingTrace, start: int, stop: int, size: int, stride: int)
     return np.stack(
         [trace.histogram(slice(s, s + size)) for s in range(start, stop - size + 1, stride)]
     )
+
+
+def _score_stride(size: int) -> int:
+    """Tokens between the starts of scored batches: size / 16 (at least 1), so the score
+    averages over batch alignments (the same expectation as consecutive batches, with less
+    variance from where the batch boundaries fall)."""
+    return max(1, size // 16)
 
 
 def _default_layers(trace: RoutingTrace) -> list[int]:
@@ -109,7 +119,8 @@ def evaluate(
         stride = max(1, min(size, (span - size) // MIN_FIT_BATCHES))
         window = _batches(trace, fit_range[0], fit_range[1], size, stride)
         in_window = _batches(trace, fit_range[0], fit_range[1], size, size)
-        scored = _batches(trace, score_range[0], score_range[1], size, size)
+        scored = _batches(trace, score_range[0], score_range[1], size, _score_stride(size))
+        consecutive = _batches(trace, score_range[0], score_range[1], size, size)
         for extra in redundant:
             slots = trace.num_experts + extra
             per_layer = []
@@ -129,7 +140,11 @@ def evaluate(
                 cpu += time.process_time() - c0
                 ours = fit.phy2log
                 rec: dict[str, Any] = {"layer": layer, "fallback": fit.fallback}
-                for part, batches in (("in", in_window[:, layer]), ("out", scored[:, layer])):
+                for part, batches in (
+                    ("in", in_window[:, layer]),
+                    ("out", scored[:, layer]),
+                    ("out_consecutive", consecutive[:, layer]),
+                ):
                     rec[f"eplb_static_{part}"] = float(_even_balancedness(eplb, batches).mean())
                     rec[f"eplb_routed_{part}"] = float(
                         batch_balancedness(eplb, NUM_GPUS, batches).mean()
@@ -139,6 +154,10 @@ def evaluate(
                     )
                 rec["gain_in"] = rec["moesched_in"] - rec["eplb_routed_in"]
                 rec["gain_out"] = rec["moesched_out"] - rec["eplb_routed_out"]
+                paired = batch_balancedness(ours, NUM_GPUS, consecutive[:, layer])
+                paired -= batch_balancedness(eplb, NUM_GPUS, consecutive[:, layer])
+                rec["gain_out_consecutive"] = float(paired.mean())
+                rec["gain_out_se"] = float(paired.std() / np.sqrt(len(paired)))
                 rec["moves_adopted"] = fit.moves_adopted
                 rec["replicas_moved"] = fit.replicas_moved
                 rec["validated_gain"] = fit.validated_balancedness - fit.validated_eplb_balancedness
@@ -157,6 +176,8 @@ def evaluate(
                 "num_fit_batches": len(window),
                 "fit_stride_tokens": stride,
                 "num_scored_batches": len(scored),
+                "score_stride_tokens": _score_stride(size),
+                "num_scored_batches_consecutive": len(consecutive),
                 "max_moves": max_moves,
                 "fit_wall_s": wall,
                 "fit_cpu_s": cpu,
@@ -164,10 +185,13 @@ def evaluate(
                 "layers_lost": sum(g < 0 for g in gains),
                 "layers_fallback": sum(r["fallback"] is not None for r in per_layer),
                 "worst_layer_gain_out": min(gains),
+                "worst_layer_gain_out_consecutive": min(
+                    r["gain_out_consecutive"] for r in per_layer
+                ),
                 "per_layer": per_layer,
             }
             for key in ("eplb_static", "eplb_routed", "moesched"):
-                for part in ("in", "out"):
+                for part in ("in", "out", "out_consecutive"):
                     row[f"{key}_{part}"] = float(np.mean([r[f"{key}_{part}"] for r in per_layer]))
             # The figures of the chart (and of earlier versions): out of window.
             row["eplb_static_balancedness"] = row["eplb_static_out"]
@@ -245,6 +269,7 @@ def _summary(
     scored = [r for r in rows if r["redundant"] > 0]
     b64 = [r for r in rows if r["batch_tokens"] == 64 and r["redundant"] == 8]
     per_layer = [g["gain_out"] for r in scored for g in r["per_layer"]]
+    consecutive = [g["gain_out_consecutive"] for r in scored for g in r["per_layer"]]
     summary: dict[str, Any] = {
         "out_of_window_gain_b64_r8_by_trace": {r["trace"]: r["gain_out"] for r in b64},
         "in_window_gain_b64_r8_by_trace": {r["trace"]: r["gain_in"] for r in b64},
@@ -258,6 +283,15 @@ def _summary(
         "layers_won_out": sum(g > 0 for g in per_layer),
         "layers_lost_out": sum(g < 0 for g in per_layer),
         "layers_lost_by_more_than_0.002": sum(g < -0.002 for g in per_layer),
+        "layers_lost_by_more_than_0.002_consecutive": sum(g < -0.002 for g in consecutive),
+        "worst_layer_gain_out_consecutive": min(consecutive),
+        "losers_out": [
+            {k: g[k] for k in ("layer", "gain_out", "gain_out_consecutive", "gain_out_se")}
+            | {"trace": r["trace"], "batch_tokens": r["batch_tokens"], "redundant": r["redundant"]}
+            for r in scored
+            for g in r["per_layer"]
+            if min(g["gain_out"], g["gain_out_consecutive"]) < -0.002
+        ],
         "layer_fits": len(per_layer),
         "fit_cpu_s": float(sum(r["fit_cpu_s"] for r in rows)),
         "reference_loop_cpu_us": _reference_us(),

@@ -72,6 +72,7 @@ from solvers.decode_loop import DecodeRun, LoopConfig, max_cache_lines
 PROMPT_TOKENS = 512
 OUTPUT_TOKENS = 512
 CACHE_SHARE = 0.2
+GRANULE_MAX_BYTES = 8_000_000  # the striped layout's granules are at most this large, if it can
 ABLATION_TRACE = "esft-law"  # the ablations run on this case (all cases in --quick)
 DECODE_STEPS = 32  # decode tokens simulated per run (the rest extrapolated at their mean)
 # The previous moesched's decode per token at 4 DIMMs (seconds), the mean over the first 96
@@ -218,7 +219,13 @@ def decode_point(
     in_flight = model.num_routed_experts
     lines = cache_lines(hw, model, cache_share)
     num_ndp = len(hw.devices_of_kind("ndp"))
-    granules = stripe_granules(model.expert_ffn_size, num_ndp) if layout == "striped" else 1
+    # At least 4 granules per DIMM and none above GRANULE_MAX_BYTES, so that a DIMM can give
+    # the end of its stripe to the GPU over the link in pieces that fit the layer
+    # (``LoopConfig.split_loads``).
+    least = max(4 * num_ndp, -(-int(model.expert_bytes()) // GRANULE_MAX_BYTES))
+    granules = (
+        stripe_granules(model.expert_ffn_size, num_ndp, least=least) if layout == "striped" else 1
+    )
     base: Residency = layout_residency(hw, model, layout, num_granules=granules)
     prompt, decode = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + decode_steps)
     started = time.process_time()
@@ -255,6 +262,7 @@ def decode_point(
         "bytes_moved": pre.bytes_moved + float(sum(s.bytes_moved for s in steps)),
         "weight_bytes": pre.weight_bytes + float(sum(s.weight_bytes for s in steps)),
         "hit_rate": got.stats.hit_rate,
+        "split_loads_per_token": got.stats.split_loads / max(len(steps), 1),
         "resolves": got.resolves,
         "plans_solved": got.plans_solved,
         "plans_reused": got.plans_reused,

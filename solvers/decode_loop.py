@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -72,6 +72,9 @@ class LoopConfig:
         global_lines: when set, the GPU holds this many cache lines in all, allocated across
             layers by the prompt's global top-k (layer, expert) cells (``global_allocation``);
             ``capacity_experts`` is then ignored.
+        split_loads: (``solver`` dispatch, granules > 1) load granules of the layer's absent
+            experts over the link while the units compute the rest, as many as lower the
+            layer's estimated finish (``DecodeRun._split_loads``); freed after use.
     """
 
     capacity_experts: int
@@ -86,6 +89,7 @@ class LoopConfig:
     num_granules: int = 4
     lookahead_layers: int = 0
     global_lines: int | None = None
+    split_loads: bool = True
 
 
 @dataclass
@@ -189,6 +193,9 @@ class _Step:
         self.bound_s = 0.0  # the per-layer bounds, summed (``DecodeRun._bound_s``)
         self.absent_bytes = 0.0  # weight bytes the step's layers ran that were not on the GPU
         self.attention_s = 0.0  # the layers' attention, summed
+        # Per layer with absent bytes, the least time every weight-holding unit streams
+        # nothing in it (``DecodeRun._bound_s``), summed.
+        self.unit_idle_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
         self.tasks.extend(tasks)
@@ -379,11 +386,19 @@ class DecodeRun:
             hot = np.argsort(-self.predictor.plan_counts[layer], kind="stable")
             self.caches.pin(layer, [int(e) for e in hot])
 
-    def _residency(self, layers: range | list[int] | None = None) -> Residency:
+    def _residency(
+        self,
+        layers: range | list[int] | None = None,
+        extra: dict[int, list[tuple[str, int, int]]] | None = None,
+    ) -> Residency:
         """The base layout plus the cache lines of ``layers`` (default: all) on the GPU: whole
-        experts, and the granules already staged of lines still being staged."""
+        experts, and the granules already staged of lines still being staged; plus ``extra``
+        (one layer's split loads: expert -> (source, first column, end column))."""
         width = self.model.expert_ffn_size // self.G
         lines: list[WeightSlice] = []
+        for e, pieces in (extra or {}).items():
+            assert layers is not None and len(layers) == 1
+            lines += [_piece(layers[0], e, c0, c1) for _, c0, c1 in pieces]
         for layer in range(self.model.num_moe_layers) if layers is None else layers:
             lines += [_line(layer, e) for e in self.caches.resident(layer)]
             for e, missing in self.caches.partial(layer).items():
@@ -402,17 +417,24 @@ class DecodeRun:
         return Residency(by_memory=by_memory)
 
     def _instance(
-        self, layer: int, experts: list[int], tokens: list[int] | None = None, batch: int = 1
+        self,
+        layer: int,
+        experts: list[int],
+        tokens: list[int] | None = None,
+        batch: int = 1,
+        extra: dict[int, list[tuple[str, int, int]]] | None = None,
     ) -> PlacementInstance:
         """The placement problem of one layer for a one-token batch over ``experts`` (or a
-        ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU."""
+        ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU
+        (and ``extra``: its split loads, ``_residency``)."""
         if tokens is None:
             tokens = [0] * self.model.num_routed_experts
             for e in experts:
                 tokens[e] = 1
         others = sum(len(lines) for lines in self.caches.lines) - len(self.caches.lines[layer])
         problem = PlacementProblem(
-            self.hardware, self.model, layer, tuple(tokens), batch, self._residency([layer]),
+            self.hardware, self.model, layer, tuple(tokens), batch,
+            self._residency([layer], extra),
             self.config.num_granules, home_reserved_bytes=others * self.model.expert_bytes(),
         )  # fmt: skip
         return PlacementInstance(problem)
@@ -455,11 +477,30 @@ class DecodeRun:
         started = time.process_time()
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
+        split: dict[int, list[tuple[str, int, int]]] = {}
+        if cfg.split_loads and cfg.dispatch == "solver" and self.G > 1:
+            split, a = self._split_loads(st, inst, a)
+            if split:  # the same layer with the split granules at home, for the lowering
+                inst = self._instance(layer, run_experts, extra=split)
         st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
         attn = lw.attention.id
         shared = self._shared(layer, attn)
+        split_tasks: list[AnyTask] = []
+        for e, pieces in split.items():
+            for src, c0, c1 in pieces:
+                tid = f"L{layer}.split.e{e}.{c0}"
+                st.staged.setdefault((layer, e), []).append(tid)
+                split_tasks.append(
+                    TransferTask(
+                        id=tid, link_id=inst.link(src, self.home).id, src_device_id=src,
+                        dst_device_id=self.home, payload="weights", layer=layer,
+                        purpose="demand", weights=_piece(layer, e, c0, c1), after=(attn,),
+                    )
+                )  # fmt: skip
+                st.weight_bytes += self.model.expert_bytes(c1 - c0)
+                stats.split_loads += 1
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
         p = self.predictor.probability(
@@ -494,19 +535,99 @@ class DecodeRun:
             if sh.device_id == self.home:
                 wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
         tasks = lw.tasks()
+        if split:  # on the GPU, split pieces after its resident shards, before loaded experts'
+            late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
+            ids = {t.id for t in late}
+            rest = [t for t in tasks if t.id not in ids]
+            loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
+            at = next(
+                (i for i, t in enumerate(rest) if t.id in loaded_ids),
+                len(rest) - len(lw.gathers) - (lw.reduce is not None),
+            )
+            tasks = [*rest[:at], *late, *rest[at:]]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         # Cut before the returns (gathers), or after everything when there are none.
         cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
-        st.emit([*head[:1], *shared, *evicts, *head[1:]])
+        # Split loads follow the placement's loads and the dispatches (a link both share
+        # carries the activations first).
+        early = {t.id for t in (*lw.loads, *lw.dispatches)}
+        at = 1 + sum(1 for t in head[1:] if t.id in early)
+        st.emit([*head[:1], *shared, *evicts, *head[1:at], *split_tasks, *head[at:]])
         if cfg.prefetch and layer + 1 < self.model.num_moe_layers:
             st.emit(self._prefetch(st, layer, waited[cut : cut + len(lw.gathers)], attn))
         st.emit(waited[cut:])
+        if cfg.prefetch and lw.gathers and layer + 1 < self.model.num_moe_layers:
+            # The link is idle again after the returns, through the reduce and the next
+            # layer's attention: a second round stages in that gap.
+            st.emit(self._prefetch(st, layer, [], attn))
+        for e, pieces in split.items():  # split loads leave after their expert's shards
+            users = (*st.staged[(layer, e)], *(t.id for t in lw.shards_of(e)))
+            for _, c0, c1 in pieces:
+                frees.append(
+                    EvictTask(
+                        id=f"L{layer}.splitfree.e{e}.{c0}", memory_id=self.home_mem,
+                        weights=_piece(layer, e, c0, c1), after=users,
+                    )
+                )  # fmt: skip
         st.emit(frees)
         st.after = [*lw.waits, *(t.id for t in shared)]
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _split_loads(
+        self, st: _Step, inst: PlacementInstance, a: Assignment
+    ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
+        """Granules of the layer's absent experts to load over the links into the GPU while
+        the units compute the rest, on top of the placement ``a``: (expert -> (source, first
+        column, end column) of its one load, and the assignment with those granules at home).
+
+        Each expert the placement runs over NDP units (absent from the GPU) can give the GPU
+        one contiguous run of granules around a boundary between two units' stripes (``_Fill``:
+        the unit below gives its top granules, the unit above its bottom ones, so one expert
+        relieves two units; a host CPU gives none: the CPU-assisted offload loop of ``bench
+        cache`` is left as it was measured). Every round each of the busiest units gives one
+        granule more (at the unit's effective rate) to the link (one transfer per unit and
+        expert, after what the link still carries and the placement's own loads; then one GPU
+        shard per expert) while that lowers the estimate ``max(busiest unit, the links' work
+        and the last piece's GPU shard, GPU work)``: a water-filling on granules, with the
+        layer's own routing known (never a prediction). Capped by the GPU memory left beside
+        every expert of the layer loaded whole.
+        Estimates only: the timeline and the executor time the plan."""
+        link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
+        attention = costs.task_cycles(
+            self.hardware, self.model,
+            ComputeTask(id="probe", device_id=self.home, op="attention",
+                        layer=inst.problem.layer, num_tokens=1),
+            st.timeline.context_tokens,
+        )[1]  # fmt: skip
+        attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
+        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)])
+        got = self._water_fill(inst, a, busy / self.hardware.clock_hz)
+        return ({}, a) if got is None else got
+
+    def _water_fill(
+        self, inst: PlacementInstance, a: Assignment, link_busy_s: float
+    ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment] | None:
+        """``_split_loads``' rounds (``link_busy_s``: how long the links into the GPU are
+        still busy after this layer's attention): (the split, the assignment), or None when
+        nothing is split."""
+        fill = _Fill.start(self, inst, a, link_busy_s)
+        if fill is None:
+            return None
+        estimate = fill.estimate()
+        while True:
+            top = max(fill.work.values())
+            movers = [d for d in fill.work if fill.work[d] >= top - 1e-12]
+            trial = fill.copy()
+            if not all(trial.give(d) for d in movers) or trial.moved > fill.most:
+                break
+            new = trial.estimate()
+            if new >= estimate:
+                break
+            fill, estimate = trial, new
+        return fill.result() if fill.anchors else None
 
     def _shared(self, layer: int, attn: str, batch: int = 1) -> list[AnyTask]:
         """The layer's shared experts on the GPU (one task), if the model has any."""
@@ -656,7 +777,10 @@ class DecodeRun:
         ``R`` and the GPU's rate are effective rates (``_seconds_per_byte``: memory efficiency,
         tile overheads, compute), what the cost model lets a unit reach, never the nominal
         bandwidth; ``P`` is every link into the GPU at full bandwidth. Adds the layer's ``A``
-        and attention to ``st`` for the whole-step bound (``_step_bound_s``)."""
+        and attention to ``st`` for the whole-step bound (``_step_bound_s``), and, when
+        ``A > 0``, ``min(f, A / P)``: the least time in this layer's expert window that every
+        weight-holding unit streams nothing (one computing in place waits for its activations'
+        trip and its launch; when none does, the layer lasts ``A / P`` with every unit idle)."""
         home, model = self.hardware.device(self.home), self.model
         shared_s = costs.shared_expert_s(home, model, 1)
         shared_bytes = (
@@ -685,6 +809,8 @@ class DecodeRun:
         attention = costs.attention_s(home, model, 1, st.timeline.context_tokens)
         st.absent_bytes += absent_bytes
         st.attention_s += attention
+        if absent_bytes > 0 and readers > 0:
+            st.unit_idle_s += min(trip_s, absent_bytes / links) if links > 0 else trip_s
         return attention + max(shared_s, absent_s, everything)
 
     def _step_bound_s(self, st: _Step) -> float:
@@ -693,9 +819,11 @@ class DecodeRun:
         worth of link time, ``bandwidth x busy seconds``) use the same links as the absent
         bytes' demand loads. With ``T`` the step, ``ATT`` its attention (no expert work runs
         during a layer's attention: it waits on the layer before and the layer after waits on
-        it), the units compute at most ``R (T - ATT)`` bytes and the links carry at most
-        ``P T - B``, so ``sum(A) <= R (T - ATT) + P T - B``:
-        ``T >= (sum(A) + R ATT + B) / (R + P)``; never below the attention alone."""
+        it) and ``W`` the units' least idle time in the layers' expert windows (``min(f, A_l /
+        P)`` per layer with absent bytes, ``_bound_s``; windows of different layers do not
+        overlap), the units compute at most ``R (T - ATT - W)`` bytes and the links carry at
+        most ``P T - B``, so ``sum(A) <= R (T - ATT - W) + P T - B``:
+        ``T >= (sum(A) + R (ATT + W) + B) / (R + P)``; never below the attention alone."""
         readers, links, _ = self._paths
         if readers + links <= 0:
             return st.attention_s
@@ -706,7 +834,7 @@ class DecodeRun:
             if isinstance(t, TransferTask) and t.link_id in into and t.purpose != "demand":
                 start, end = st.timeline.times[t.id]
                 other_bytes += into[t.link_id].bandwidth_bytes_per_s * (end - start) / clock
-        need = st.absent_bytes + readers * st.attention_s + other_bytes
+        need = st.absent_bytes + readers * (st.attention_s + st.unit_idle_s) + other_bytes
         return max(st.attention_s, need / (readers + links))
 
     @functools.cached_property
@@ -764,6 +892,171 @@ class DecodeRun:
                 seconds = costs.transfer_s(link, self.model.expert_bytes(hi - lo))
                 out.append((src, lo, hi, costs.to_cycles(seconds, self.hardware.clock_hz)))
         return out
+
+
+@dataclass
+class _Fill:
+    """The state of ``DecodeRun._split_loads``' water-filling for one layer.
+
+    Each absent expert run over NDP units may give the GPU one contiguous run of granules,
+    anchored at a boundary between two consecutive units' stripes (or at the top of the last):
+    the unit below gives its stripe's top granules (``kl``), the unit above its bottom ones
+    (``kr``), so every unit keeps one contiguous run and one expert can relieve two units.
+    A unit gives to one anchor at a time (``side``)."""
+
+    run: DecodeRun
+    inst: PlacementInstance
+    a: Assignment
+    stripes: dict[int, list[tuple[str, int, int]]]  # expert -> its unit runs by column
+    work: dict[str, float]  # seconds each unit computes (trip included)
+    unit_s: dict[str, float]  # seconds per granule on each unit
+    gpu0_s: float  # the GPU's own work in the window
+    link0_s: float  # the links' work before any split load
+    most: int  # granules the GPU memory takes
+    anchors: dict[int, list[int]] = field(default_factory=dict)  # expert -> [j, kl, kr]
+    side: dict[str, tuple[int, int]] = field(default_factory=dict)  # unit -> (expert, +-1)
+    moved: int = 0
+
+    @staticmethod
+    def start(
+        run: DecodeRun, inst: PlacementInstance, a: Assignment, link_busy_s: float
+    ) -> _Fill | None:
+        model, clock, home = run.model, run.hardware.clock_hz, run.home
+        granule_bytes = model.expert_bytes(model.expert_ffn_size // inst.G)
+        layer = inst.problem.layer
+        stripes: dict[int, list[tuple[str, int, int]]] = {}
+        for e in sorted(a.runs):
+            runs = sorted(a.runs[e], key=lambda r: r[1])
+            if e in run.caches.lines[layer] or any(d == home for d, _, _ in runs):
+                continue
+            if all(run.hardware.device(d).kind == "ndp" and run.hardware.link_between(d, home)
+                   for d, _, _ in runs):  # fmt: skip
+                stripes[e] = runs
+        if not stripes:
+            return None
+        _, _, trip_s = run._paths
+        units = {d for e in a.runs for d, _, _ in a.runs[e] if d != home}
+        unit_s = {
+            d: _seconds_per_byte(run.hardware.device(d), model) * granule_bytes for d in units
+        }
+        work = dict.fromkeys(units, trip_s)
+        gpu = costs.shared_expert_s(run.hardware.device(home), model, 1)
+        gpu = gpu if model.num_shared_experts else 0.0
+        for e in a.runs:
+            for d, g0, g1 in a.runs[e]:
+                if d == home:
+                    gpu += inst.shard[e][home][g1 - g0] / clock
+                else:
+                    work[d] += (g1 - g0) * unit_s[d]
+        gpu += sum(inst.shard[e][home][inst.G] for e in a.loaded) / clock
+        link = link_busy_s + sum(inst.load_cycles[e] for e in a.loaded) / clock
+        have = next(m.capacity_bytes for m in run.hardware.memories if m.id == run.home_mem)
+        lines = sum(len(x) for x in run.caches.lines)
+        room = have - (lines + len(inst.experts)) * model.expert_bytes()
+        return _Fill(run, inst, a, stripes, work, unit_s, gpu, link,
+                     int(max(0.0, room) // granule_bytes))  # fmt: skip
+
+    def copy(self) -> _Fill:
+        return replace(
+            self, work=dict(self.work), anchors={e: list(v) for e, v in self.anchors.items()},
+            side=dict(self.side),
+        )  # fmt: skip
+
+    def _room(self, e: int, j: int, sign: int) -> bool:
+        """Whether the unit on side ``sign`` of anchor ``j`` of expert e has a granule left."""
+        runs, (_, kl, kr) = self.stripes[e], self.anchors[e]
+        i = j - 1 if sign < 0 else j
+        if not 0 <= i < len(runs):
+            return False
+        _, g0, g1 = runs[i]
+        return (kl if sign < 0 else kr) < g1 - g0
+
+    def give(self, d: str) -> bool:
+        """Unit d gives one granule more (to its anchor, to a neighbour's anchor it can join,
+        or to a new anchor on an expert not split yet); False when it cannot."""
+        if d in self.side:
+            e, sign = self.side[d]
+            if not self._room(e, self.anchors[e][0], sign):
+                return False
+        else:
+            found = None
+            for e, (j, kl, kr) in self.anchors.items():  # join a neighbour's anchor
+                for sign, k in ((-1, kl), (1, kr)):
+                    i = j - 1 if sign < 0 else j
+                    runs = self.stripes[e]
+                    if k == 0 and 0 <= i < len(runs) and runs[i][0] == d:
+                        found = (e, sign)
+            if found is None:
+                # A new anchor between d and the unit it pairs with (runs 0|1, 2|3, ...), so
+                # that an expert relieves two units: at the top of d's run when it is even.
+                for e, runs in self.stripes.items():
+                    at = next((i for i, r in enumerate(runs) if r[0] == d), None)
+                    if e not in self.anchors and at is not None:
+                        j = at + 1 if at % 2 == 0 else at
+                        self.anchors[e] = [j, 0, 0]
+                        found = (e, -1 if j == at + 1 else 1)
+                        break
+            if found is None:
+                return False
+            self.side[d] = found
+        e, sign = self.side[d]
+        self.anchors[e][1 if sign < 0 else 2] += 1
+        self.work[d] -= self.unit_s[d]
+        self.moved += 1
+        return True
+
+    def _pieces(self, e: int) -> list[tuple[str, int, int]]:
+        """Expert e's split: (source unit, first granule, end granule) of each load."""
+        runs, (j, kl, kr) = self.stripes[e], self.anchors[e]
+        out = []
+        if kl:
+            d, _, g1 = runs[j - 1]
+            out.append((d, g1 - kl, g1))
+        if kr:
+            d, g0, _ = runs[j]
+            out.append((d, g0, g0 + kr))
+        return out
+
+    def estimate(self) -> float:
+        """max(busiest unit, the links' work then the last piece's GPU shard, GPU work)."""
+        clock, home = self.run.hardware.clock_hz, self.run.home
+        granule_bytes = self.run.model.expert_bytes(self.run.model.expert_ffn_size // self.inst.G)
+        link, gpu, last = self.link0_s, self.gpu0_s, 0.0
+        for e in sorted(self.anchors):
+            pieces = self._pieces(e)
+            for d, g0, g1 in pieces:
+                lk = self.run.hardware.link_between(d, home)
+                assert lk is not None
+                link += costs.transfer_s(lk, (g1 - g0) * granule_bytes)
+            shard = self.inst.shard[e][home][sum(g1 - g0 for _, g0, g1 in pieces)] / clock
+            gpu += shard
+            last = max(last, link + shard)
+        if self.a.loaded:
+            last = max(last, link + self.inst.shard[max(self.a.loaded)][home][self.inst.G] / clock)
+        return max(max(self.work.values()), last, gpu)
+
+    def result(self) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
+        """(expert -> (source, first column, end column) loads, the assignment with the
+        split granules at home)."""
+        width = self.run.model.expert_ffn_size // self.inst.G
+        split: dict[int, list[tuple[str, int, int]]] = {}
+        runs = dict(self.a.runs)
+        for e in sorted(self.anchors):
+            pieces = self._pieces(e)
+            if not pieces:
+                continue
+            split[e] = [(d, g0 * width, g1 * width) for d, g0, g1 in pieces]
+            lo, hi = min(g0 for _, g0, _ in pieces), max(g1 for _, _, g1 in pieces)
+            keep: list[tuple[str, int, int]] = []
+            for d, g0, g1 in self.stripes[e]:
+                if g1 <= lo or g0 >= hi:
+                    keep.append((d, g0, g1))
+                elif g0 < lo:
+                    keep.append((d, g0, lo))
+                elif g1 > hi:
+                    keep.append((d, hi, g1))
+            runs[e] = (*keep, (self.run.home, lo, hi))
+        return split, Assignment(runs=runs, loaded=self.a.loaded)
 
 
 def run_sequences(

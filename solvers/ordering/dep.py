@@ -1003,7 +1003,10 @@ def solve_dep(
         Shape(min(base["pppipe-tuned"].shape.m, max_r), 1),
     ]  # fmt: skip
     log = search_shapes(builder, max_r, seeds)
-    bound, bound_res = lower_bound(builder, max_r)
+    # The baselines' plans are candidates too, and their micro-batch counts may exceed max_r:
+    # the bound must hold for them as well (over m <= max_r alone it can exceed their makespan).
+    bound_m = max(max_r, *(base[p].shape.m for p in ("pppipe-tuned", "pppipe-paper")))
+    bound, bound_res = lower_bound(builder, bound_m)
 
     def greedy() -> PolicyResult:
         cands: list[PolicyResult] = []

@@ -48,6 +48,7 @@ class ReplayStats:
     loads: int = 0  # demand loads (misses that moved weights)
     prefetches: int = 0  # staging transfers ahead of use (an expert, or a granule of one)
     substitutions: int = 0
+    split_loads: int = 0  # pieces of absent experts loaded while their units compute the rest
     gate_mass: float = 0.0
     substituted_gate_mass: float = 0.0
     loads_per_step: list[int] = field(default_factory=list)
@@ -62,7 +63,7 @@ class ReplayStats:
 
     def add(self, other: ReplayStats) -> None:
         """Accumulate another replay's counts into this one."""
-        for name in ("requests", "hits", "loads", "prefetches", "substitutions"):
+        for name in ("requests", "hits", "loads", "prefetches", "substitutions", "split_loads"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.gate_mass += other.gate_mass
         self.substituted_gate_mass += other.substituted_gate_mass
