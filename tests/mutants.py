@@ -46,6 +46,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         [
             *EXECUTOR_TESTS,
             "tests/test_executor_records.py",
+            "tests/test_mutant_kills_executor.py",
             "tests/test_quality_golden.py::test_residency_over_capacity_at_cycle_0_is_a_violation",
         ],
     ),
@@ -413,6 +414,7 @@ def main() -> None:
             moved = sorted(n for n in names if not _same_mutant(diffs[n], now.get(n, "")))
             still |= set(moved)
             rechecked = prev | {
+                "tests": GROUPS[name][1],
                 "killed": int(prev["killed"]) + len(names) - len(still),  # type: ignore[call-overload]
                 "survived_all": [n for n in names if n in still],
                 "no_tests": [n for n in prev.get("no_tests", []) if n in still],  # type: ignore[attr-defined]
