@@ -50,7 +50,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_quality_golden.py::test_residency_over_capacity_at_cycle_0_is_a_violation",
         ],
     ),
-    "costs": (["hwmodel/costs.py"], EXECUTOR_TESTS),
+    "costs": (["hwmodel/costs.py"], [*EXECUTOR_TESTS, "tests/test_mutant_kills_costs.py"]),
     "placement": (
         ["solvers/placement/"],
         [
