@@ -67,6 +67,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/solvers/test_eplb.py",
             "tests/solvers/test_routing.py",
             "tests/solvers/test_eplb_runtime.py",
+            "tests/test_mutant_kills_eplb.py",
             "tests/test_honest_bounds.py",
         ],
     ),
@@ -107,6 +108,11 @@ EQUIVALENT: dict[str, str] = {
         "exactly 1e-9; weight bytes are whole multiples of bytes_per_weight (>= 1/8 byte). (At "
         "weight_bytes in (0, 1e-9] the original enters the full-tile branch with zero full tiles "
         "and returns a wrong time: noted, not reachable)"
+    ),
+    "solvers.eplb.batch_placement.x__time_folds__mutmut_35": (
+        "len(idx) > per_fold -> >= per_fold: at len(idx) == per_fold the subsample "
+        "np.linspace(0, n - 1, n).round() is exactly 0, 1, ..., n - 1 (step 1.0, exact), the "
+        "same indices as not subsampling"
     ),
     "solvers.ordering.dep.x__chain_bound__mutmut_28": (
         "max(..., default=0) -> default=None: the default is used only for a graph without "
