@@ -57,6 +57,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             *GOLDEN,
             "tests/solvers/test_placement.py",
             "tests/solvers/test_greedy_golden.py",
+            "tests/test_mutant_kills_placement.py",
             "tests/test_honest_bounds.py",
         ],
     ),
@@ -113,6 +114,11 @@ EQUIVALENT: dict[str, str] = {
         "len(idx) > per_fold -> >= per_fold: at len(idx) == per_fold the subsample "
         "np.linspace(0, n - 1, n).round() is exactly 0, 1, ..., n - 1 (step 1.0, exact), the "
         "same indices as not subsampling"
+    ),
+    "solvers.placement.milp.x__link_queues__mutmut_24": (
+        "finish_d lowBound 0 -> None: the constraint finish_d >= end(to_d) + compute_d, both "
+        "sides nonnegative (end variables have lowBound 0, compute is cycles times binaries), "
+        "already implies finish_d >= 0: the same feasible set and optimum"
     ),
     "solvers.ordering.dep.x__chain_bound__mutmut_28": (
         "max(..., default=0) -> default=None: the default is used only for a graph without "
