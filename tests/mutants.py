@@ -120,6 +120,33 @@ EQUIVALENT: dict[str, str] = {
         "sides nonnegative (end variables have lowBound 0, compute is cycles times binaries), "
         "already implies finish_d >= 0: the same feasible set and optimum"
     ),
+    "solvers.eplb.deepseek.x_log2phy_from__mutmut_7": (
+        "np.full(shape, -1, dtype=np.int64) -> dtype=None: numpy infers the dtype from the "
+        "Python int fill value -1, int64 on the 64-bit Linux this runs on; the same array"
+    ),
+    "solvers.eplb.deepseek.x_rebalance_hierarchical__mutmut_51": (
+        "reshape(-1, n) -> reshape(-2, n): numpy takes any negative size as the one inferred "
+        "dimension (checked on the installed numpy), the same shape"
+    ),
+    "solvers.placement.greedy.xǁ_Stateǁ__init____mutmut_22": (
+        "the initial cached loads value (.., 0, 0) -> (.., 0, 1): it is returned only when the "
+        "loaded tuple equals the cache key, which starts as None (never equal to a tuple) and "
+        "is set together with the value; the initial value is never read"
+    ),
+    "solvers.placement.greedy.xǁ_Staticǁfixed_adds__mutmut_7": (
+        "blocks.memo.get(key) -> None: the shared memo is a cache; without it the same options "
+        "are recomputed by adds_of from the same instance tables, home and token count (the "
+        "key), the same list"
+    ),
+    "solvers.placement.milp.x__links_in_order__mutmut_18": (
+        "constraint name f'seq_{label}' -> None: the name is a row label only (nothing looks a "
+        "constraint up by name); pulp names the row itself, same row, same model"
+    ),
+    "solvers.placement.problem.xǁPlacementInstanceǁlower_bound__mutmut_70": (
+        "int(work // n) -> int(work / n): work is a whole number of cycles (a float sum of "
+        "integer minima) far below 2**52 and n a small count, so the float quotient cannot "
+        "round up across an integer"
+    ),
     "solvers.ordering.dep.x__chain_bound__mutmut_28": (
         "max(..., default=0) -> default=None: the default is used only for a graph without "
         "layer-0 tasks, and every built DEP graph has layer 0's attention"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from solvers.eplb.batch_placement import batch_balancedness
+from solvers.eplb.deepseek import rebalance_experts, replicate_experts
 from solvers.eplb.routing import Router
 from solvers.eplb.runtime import min_move_placement
 
@@ -36,3 +37,27 @@ def test_a_missing_replica_goes_to_the_least_loaded_gpu() -> None:
     weight = np.array([10.0, 1.0, 3.0, 2.0, 0.0, 0.0, 0.0])
     got = min_move_placement(np.array([0, 5, 1, 6]), np.array([0, 2, 1, 3]), weight, 2)
     assert got.tolist() == [0, 3, 1, 2]
+
+
+def test_hierarchical_eplb_keeps_each_node_its_own_group() -> None:
+    """8 experts in 4 groups of 2 (loads 15, 11, 7, 3), 4 nodes of 1 GPU, 8 slots: each node
+    takes one group (heaviest first to the lightest empty node: node k gets group k), no
+    replica to spare, so slot p holds expert p. Node 1 must hold experts 2, 3 and node 3
+    experts 6, 7 (an offset applied the wrong way swaps them)."""
+    weight = np.array([[8, 7, 6, 5, 4, 3, 2, 1]], dtype=float)
+    phy2log, log2phy, logcnt = rebalance_experts(weight, 8, 4, 4, 4)
+    assert phy2log.tolist() == [list(range(8))]
+    assert log2phy[0, :, 0].tolist() == list(range(8))
+    assert logcnt.tolist() == [[1] * 8]
+
+
+def test_replica_counts_are_integers() -> None:
+    """Loads (3, 1) over 3 slots: the spare slot copies expert 0 (3 > 1): phy2log (0, 1, 0),
+    replica ranks (0, 0, 1), counts (2, 1) as int64 (counts index and size arrays)."""
+    phy2log, rank, logcnt = replicate_experts(np.array([[3.0, 1.0]]), 3)
+    assert phy2log.tolist() == [[0, 1, 0]]
+    assert rank.tolist() == [[0, 0, 1]]
+    assert logcnt.tolist() == [[2, 1]]
+    assert logcnt.dtype == np.int64
+    _, _, counts = rebalance_experts(np.array([[3.0, 1.0]]), 4, 1, 1, 2)
+    assert counts.dtype == np.int64

@@ -10,7 +10,8 @@ from hwmodel.plan import Residency, WeightSlice
 from solvers.common import Budget
 from solvers.placement.cpsat import _complete_hint
 from solvers.placement.memo import PlanMemo, shape
-from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
+from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem, _merged
+from solvers.placement.solve import solve_layer
 from tests.tiny import tiny_hardware, tiny_model
 
 
@@ -52,3 +53,25 @@ def test_complete_hint_turns_a_partial_hint_into_a_full_one() -> None:
     _complete_hint(m, Budget.work(1.0, workers=1))
     hint = m.proto.solution_hint
     assert dict(zip(hint.vars, hint.values, strict=True)) == {x.index: 3, y.index: 7}
+
+
+def test_merged_joins_overlapping_and_touching_pieces() -> None:
+    assert _merged([(0, 2), (2, 5), (4, 6), (7, 9)]) == [(0, 6), (7, 9)]
+    assert _merged([]) == []
+
+
+def test_solve_layer_defaults_to_the_auto_backend() -> None:
+    sol = solve_layer(_instance(True).problem, budget=Budget.work(1.0, workers=1))
+    assert sol.account.backend == "auto"
+    assert sol.assignment is not None
+
+
+def test_slices_of_other_layers_do_not_hide_this_layers_slices() -> None:
+    """'a' lists layer 1's expert 0 before layer 0's: layer 0 still finds expert 0 on 'a'."""
+    residency = Residency(
+        by_memory={"a_mem": (WeightSlice(layer=1, expert=0), WeightSlice(layer=0, expert=0))}
+    )
+    problem = PlacementProblem(
+        tiny_hardware(), tiny_model(), 0, (5, 0), 5, residency, num_granules=1
+    )
+    assert PlacementInstance(problem).holders == {0: [["a"]]}
