@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from solvers.eplb.batch_placement import batch_balancedness
+from solvers.eplb.batch_placement import batch_balancedness, fit_placement
 from solvers.eplb.deepseek import rebalance_experts, replicate_experts
 from solvers.eplb.routing import Router
-from solvers.eplb.runtime import min_move_placement
+from solvers.eplb.runtime import MoeschedEplbPolicy, min_move_placement
 
 
 def test_batch_balancedness_of_a_one_token_batch() -> None:
@@ -61,3 +61,35 @@ def test_replica_counts_are_integers() -> None:
     assert logcnt.dtype == np.int64
     _, _, counts = rebalance_experts(np.array([[3.0, 1.0]]), 4, 1, 1, 2)
     assert counts.dtype == np.int64
+
+
+WINDOW = np.array([[2, 1], [2, 1], [2, 1], [2, 1], [1, 1], [3, 1]])
+
+
+def test_fit_placement_without_moves_falls_back_to_eplb_and_weighs_batches() -> None:
+    """6 batches of 2 experts on 2 GPUs (one slot each): EPLB puts one expert per GPU, so a
+    batch (a, b) has balancedness (a + b) / 2 / max(a, b). Folds of 2 batches, the last held
+    out. No move tried: EPLB's placement with the fixed reason. Fit batches (2, 1): 0.75;
+    held-out (1, 1) and (3, 1): 1 and 2/3, mean 5/6, or (1 + 3 x 2/3) / 4 = 0.75 when the
+    last batch weighs 3."""
+    got = fit_placement(WINDOW, 2, 2, max_moves=0)
+    assert got.fallback == "no move gained on both the fit and the held-out batches"
+    assert got.phy2log.tolist() == got.eplb_phy2log.tolist() == [0, 1]
+    assert (got.moves_tried, got.num_fit_batches, got.num_validation_batches) == (0, 4, 2)
+    assert got.fit_eplb_balancedness == pytest.approx(0.75)
+    assert got.validated_eplb_balancedness == pytest.approx(5 / 6)
+    weighted = fit_placement(WINDOW, 2, 2, max_moves=0, weights=np.array([1, 1, 1, 1, 1, 3.0]))
+    assert weighted.validated_eplb_balancedness == pytest.approx(0.75)
+
+
+def test_aligning_a_hierarchical_placement_keeps_node_membership() -> None:
+    """8 experts in 4 groups of 2 (group loads 10, 1, 9, 2), 2 nodes of 1 GPU. Groups go
+    heaviest first to the lighter node: 0 to node 0, 2 to node 1, 3 to node 1 (9 < 10), 1 to
+    node 0 (10 < 11): node 0 holds experts 0-3, node 1 experts 4-7. The old placement had the
+    halves the other way round; aligning may only reorder within a node, so the new placement
+    stays [0..7] (relabelling the GPUs across nodes would have moved nothing)."""
+    weight = np.array([[5.0, 5.0, 0.5, 0.5, 4.5, 4.5, 1.0, 1.0]])
+    old = np.array([[4, 5, 6, 7, 0, 1, 2, 3]])
+    phy2log, _, logcnt = MoeschedEplbPolicy.rebalance_experts(weight, 8, 4, 2, 2, old)
+    assert phy2log.tolist() == [list(range(8))]
+    assert logcnt.tolist() == [[1] * 8]
