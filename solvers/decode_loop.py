@@ -111,6 +111,8 @@ class StepRecord:
     bound_step_s: float = 0.0  # its whole-step part (links shared with the step's prefetch)
     # Busy seconds by resource class in this step's timeline (``_Step.busy_s``).
     busy_s: dict[str, float] = field(default_factory=dict)
+    # The step's wall of simulated time split into exclusive phases (``_Step.phases_s``).
+    phase_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,6 +319,7 @@ class DecodeRun:
             bound_layers_s=st.bound_s,
             bound_step_s=self._step_bound_s(st) if st.step >= 0 else 0.0,
             busy_s=self._busy_s(st),
+            phase_s=self._phases_s(st),
         )
 
     def _busy_s(self, st: _Step) -> dict[str, float]:
@@ -348,6 +351,59 @@ class DecodeRun:
                     out["link_out"] += sec
         out["ndp_mean"] = float(np.mean(list(ndp.values()))) if ndp else 0.0
         out["ndp_max"] = max(ndp.values(), default=0.0)
+        return out
+
+    def _phases_s(self, st: _Step) -> dict[str, float]:
+        """A step's timeline cut into exclusive phases that sum to its makespan (seconds), by
+        what runs at each moment: ``units_all`` (every NDP unit computes), ``units_some``
+        (some do, some idle: the tail imbalance across units), and, with no unit computing,
+        ``attention`` (the GPU's attention), ``reduce`` (the GPU adds partial sums),
+        ``gpu_experts`` (the GPU computes expert shards alone: the tail of demand-loaded
+        experts), ``links_only`` (only transfers run: activation trips, loads the GPU waits
+        on) and ``idle`` (nothing runs: launches waiting on nothing, gaps)."""
+        clock = self.hardware.clock_hz
+        units = sorted(d.id for d in self.hardware.devices if d.kind == "ndp")
+        rank = {"attention": 1, "reduce": 2}
+        # Events: (cycle, +1 / -1, what); per unit one task at a time, so a count of open
+        # unit intervals is the number of units computing.
+        events: list[tuple[int, int, str]] = []
+        for t in st.tasks:
+            start, end = st.timeline.times[t.id]
+            if end <= start:
+                continue
+            if isinstance(t, ComputeTask) and t.device_id in units:
+                what = "unit"
+            elif isinstance(t, ComputeTask) and t.device_id == self.home:
+                what = ("gpu_experts", "attention", "reduce")[rank.get(t.op, 0)]
+            elif isinstance(t, TransferTask):
+                what = "link"
+            else:
+                continue
+            events += [(start, 1, what), (end, -1, what)]
+        events.sort()
+        open_: dict[str, int] = {}
+        out = dict.fromkeys(
+            ("units_all", "units_some", "attention", "reduce", "gpu_experts", "links_only",
+             "idle"), 0.0,
+        )  # fmt: skip
+        last = 0
+        for cycle, sign, what in events:
+            if cycle > last:
+                n = open_.get("unit", 0)
+                if n and n >= len(units):
+                    key = "units_all"
+                elif n:
+                    key = "units_some"
+                else:
+                    key = next(
+                        (k for k in ("attention", "reduce", "gpu_experts") if open_.get(k)),
+                        "links_only" if open_.get("link") else "idle",
+                    )
+                out[key] += (cycle - last) / clock
+                last = cycle
+            open_[what] = open_.get(what, 0) + sign
+        end = max(st.timeline.end, last)
+        out["idle"] += (end - last) / clock
         return out
 
     def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
