@@ -566,7 +566,8 @@ class DecodeRun:
         for e, pieces in trimmed.items():
             stats.loads += 1
             victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
-            granules = {g for _, c0, c1 in pieces for g in range(c0 // inst.width, c1 // inst.width)}
+            w = inst.width
+            granules = {g for _, c0, c1 in pieces for g in range(c0 // w, c1 // w)}
             if self.caches.admits() and self.caches.stage(layer, e, granules, self.G, victim):
                 kept.add(e)
                 first[e] = (attn,)
