@@ -303,3 +303,27 @@ def test_step_phases_by_hand() -> None:
     assert got == {"units_all": 0, "units_some": 2 * 3_000, "attention": 0, "reduce": 2 * 300,
                    "gpu_experts": 2 * 2_500, "links_only": 2 * 1_100, "idle": 0}  # fmt: skip
     assert abs(sum(step.phase_s.values()) - step.latency_s) < 1e-15
+
+
+def test_trimmed_loads_on_real_routing(traces: Path) -> None:
+    """FLAME-MoE-290M on the 4-DIMM preset, 16 granules striped, 6 real decode tokens after a
+    64-token prompt: trimming the last whole demand load of a layer (its end granules stay on
+    the DIMMs, the line is staged) keeps every step executor-clean with prediction =
+    simulation and the bound below it, and decodes faster than without it (0.8290 against
+    0.8409 ms a token)."""
+    from hwmodel.plan_builder import layout_residency
+    from hwmodel.presets import hardware_preset, model_preset
+    from hwmodel.routing_traces import FLAME_FILE, load_trace
+
+    trace = load_trace(traces / FLAME_FILE)
+    hw, model = hardware_preset("gpu-ndp-4dimm"), model_preset("flame-moe-290m")
+    base = layout_residency(hw, model, "striped", num_granules=16)
+    means = []
+    for trim in (True, False):
+        cfg = LoopConfig(capacity_experts=0, global_lines=64, num_granules=16, trim_loads=trim)
+        run = DecodeRun(hw, model, base, cfg, trace, slice(0, 64), slice(64, 70), in_flight=64)
+        result = run.run()
+        assert result.violations == 0
+        assert all(s.latency_s == s.predicted_s and s.bound_s <= s.latency_s for s in result.steps)
+        means.append(result.mean("latency_s"))
+    assert round(means[0] * 1e7) == 8_290 and round(means[1] * 1e7) == 8_409
