@@ -935,7 +935,9 @@ class _Fill:
         if not stripes:
             return None
         _, _, trip_s = run._paths
-        units = {d for e in a.runs for d, _, _ in a.runs[e] if d != home}
+        # Sorted: the rounds give granules unit by unit in ``work``'s order, which must not
+        # be a set's (hash-seed dependent) order.
+        units = sorted({d for e in a.runs for d, _, _ in a.runs[e] if d != home})
         unit_s = {
             d: _seconds_per_byte(run.hardware.device(d), model) * granule_bytes for d in units
         }

@@ -34,7 +34,7 @@ def test_link_time_binds_before_memory() -> None:
         (0, 1, 2), (0.5, 0.8, 0.4), (1.0, 1.0, 1.0), (6, 8, 4), (100, 100, 100), 3.0, 10
     )
     for backend in ("greedy", "cpsat", "milp", "auto"):
-        choice = select(p, backend)
+        choice = select(p, backend, budget=Budget.work(2.0))
         assert p.feasible(choice.chosen)
         if backend != "greedy":
             assert choice.chosen == [0, 2] and choice.value == pytest.approx(90)
@@ -67,7 +67,7 @@ def test_exact_backends_reach_the_optimum(
         assert choice.value == pytest.approx(best, abs=1e-6 * largest * len(items) + 1e-9), (
             backend, p, choice,
         )  # fmt: skip
-    assert select(p, "greedy").value <= best + 1e-9
+    assert select(p, "greedy", budget=Budget.work(2.0)).value <= best + 1e-9
 
 
 def test_staging_plan_fits_memory_and_link_on_the_executor() -> None:
@@ -81,7 +81,7 @@ def test_staging_plan_fits_memory_and_link_on_the_executor() -> None:
         tuple(range(n)), tuple(1.0 / (1 + i) for i in range(n)), (model.expert_bytes(),) * n,
         (cycles,) * n, (cycles,) * n, 5 * model.expert_bytes(), 4 * cycles,
     )  # fmt: skip
-    choice = select(p, "auto")
+    choice = select(p, "auto", budget=Budget.work(2.0))
     assert len(choice.chosen) == 4  # the link budget binds (5 would fit in memory)
     plan = staging_plan(p, choice.chosen, 0, "pcie_h2d", "cpu", "gpu")
     residency = Residency(by_memory={"host_dram": (WeightSlice(),)})
