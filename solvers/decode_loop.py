@@ -39,7 +39,7 @@ import numpy as np
 from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, EvictTask, Plan, Residency, TransferTask, WeightSlice
-from hwmodel.plan_builder import effective_granules
+from hwmodel.plan_builder import LoweredLayer, effective_granules
 from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
@@ -561,19 +561,9 @@ class DecodeRun:
         # Experts this layer runs, and those still arriving from a prefetch, stay.
         protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
         evicts: list[AnyTask] = []  # make room for a demand load: before the loads
-        kept: set[int] = set()  # trimmed loads admitted as lines still being staged
-        first: dict[int, tuple[str, ...]] = {}
-        for e, pieces in trimmed.items():
-            stats.loads += 1
-            victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
-            w = inst.width
-            granules = {g for _, c0, c1 in pieces for g in range(c0 // w, c1 // w)}
-            if self.caches.admits() and self.caches.stage(layer, e, granules, self.G, victim):
-                kept.add(e)
-                first[e] = (attn,)
-                if victim is not None:
-                    evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
-                    first[e] = (evicts[-1].id,)
+        # Trimmed loads admitted as lines still being staged; what their pieces wait on.
+        first = self._admit_trimmed(layer, step, trimmed, inst.width, protect, p, attn, evicts)
+        kept = set(first)
         split_tasks: list[AnyTask] = []
         for e, pieces in split.items():
             for src, c0, c1 in pieces:
@@ -615,17 +605,8 @@ class DecodeRun:
             if sh.device_id == self.home:
                 wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
         tasks = lw.tasks()
-        if split:  # on the GPU, split pieces after its resident shards, before loaded experts'
-            # (a trimmed load's shard after them: its pieces come last over the link)
-            late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
-            ids = {t.id for t in late}
-            rest = [t for t in tasks if t.id not in ids]
-            loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
-            end = len(rest) - len(lw.gathers) - (lw.reduce is not None)
-            at = next((i for i, t in enumerate(rest) if t.id in loaded_ids), end)
-            mid = [t for t in late if t.expert not in trimmed]
-            last = [t for t in late if t.expert in trimmed]
-            tasks = [*rest[:at], *mid, *rest[at:end], *last, *rest[end:]]
+        if split:
+            tasks = self._gpu_order(lw, tasks, set(split), set(trimmed), a)
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         # Cut before the returns (gathers), or after everything when there are none.
         cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
@@ -658,6 +639,53 @@ class DecodeRun:
         st.emit(frees)
         st.after = [*lw.waits, *(t.id for t in shared)]
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _gpu_order(
+        self,
+        lw: LoweredLayer,
+        tasks: list[ComputeTask | TransferTask],
+        split: set[int],
+        trimmed: set[int],
+        a: Assignment,
+    ) -> list[ComputeTask | TransferTask]:
+        """On the GPU, split pieces after its resident shards, before loaded experts'; a
+        trimmed load's shard after those (its pieces come last over the link)."""
+        late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
+        ids = {t.id for t in late}
+        rest = [t for t in tasks if t.id not in ids]
+        loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
+        end = len(rest) - len(lw.gathers) - (lw.reduce is not None)
+        at = next((i for i, t in enumerate(rest) if t.id in loaded_ids), end)
+        mid = [t for t in late if t.expert not in trimmed]
+        last = [t for t in late if t.expert in trimmed]
+        return [*rest[:at], *mid, *rest[at:end], *last, *rest[end:]]
+
+    def _admit_trimmed(
+        self,
+        layer: int,
+        step: int,
+        trimmed: dict[int, list[tuple[str, int, int]]],
+        width: int,
+        protect: set[int],
+        p: np.ndarray,
+        attn: str,
+        evicts: list[AnyTask],
+    ) -> dict[int, tuple[str, ...]]:
+        """Admit each trimmed load (``_trim_loads``) as a line still being staged with the
+        granules it brings, evicting a victim first (appended to ``evicts``); returns, for
+        each admitted expert, the task ids its pieces wait on. One not admitted is freed
+        after use, like a split load."""
+        first: dict[int, tuple[str, ...]] = {}
+        for e, pieces in trimmed.items():
+            self.result.stats.loads += 1
+            victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
+            granules = {g for _, c0, c1 in pieces for g in range(c0 // width, c1 // width)}
+            if self.caches.admits() and self.caches.stage(layer, e, granules, self.G, victim):
+                first[e] = (attn,)
+                if victim is not None:
+                    evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
+                    first[e] = (evicts[-1].id,)
+        return first
 
     def _trim_loads(
         self, st: _Step, inst: PlacementInstance, a: Assignment
