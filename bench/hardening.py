@@ -612,19 +612,34 @@ def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
     return {"rows": rows}
 
 
+# the operations whose cases can each take seconds (a solve or a sweep): fuzzed last
+SLOW_OPERATIONS = ("POST /v1/ep-sessions", "POST /v1/sweeps", "POST /v1/sessions", "POST /v1/route")
+
+
+def pairs_done(progress: Path) -> frozenset[str]:
+    """The (operation, mode) pairs a progress file says have ended, as ``"GET /info positive"``."""
+    if not progress.exists():
+        return frozenset()
+    rows = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+    return frozenset(f"{r['operation']} {r['mode']}" for r in rows)
+
+
 def schemathesis_fuzz(
     db: Path, examples: int = 200, progress: Path | None = None
 ) -> dict[str, Any]:
     """Schemathesis against the server's own OpenAPI with the default settings: ``examples``
     per operation and generation mode (valid and invalid); 5xx, schema violations and the
     slowest answer (bound 10 s). Only the sweeps' output directory is not the default (a
-    temporary one, not the working directory)."""
+    temporary one, not the working directory). Pairs the progress file already holds are
+    skipped (a stopped run resumes); the counts are this run's only."""
+    skip = pairs_done(progress) if progress is not None else frozenset()
     server = Server(db, env={"MOESCHED_SWEEP_DIR": str(db.with_suffix(".sweeps"))})
     server.start()
     try:
-        got = fuzz(server.url, examples, progress=progress)
+        got = fuzz(server.url, examples, progress=progress, skip=skip, last=SLOW_OPERATIONS)
     finally:
         server.stop()
+    got |= {"pairs_skipped_as_done": len(skip)}
     return got | {"examples_per_operation": examples, "bound_slowest_s": 10.0}
 
 
