@@ -80,6 +80,53 @@ WINDOW_DTYPE = np.int32
 BATCH_MEMORY_OVERHEAD_BYTES = 256
 
 
+@dataclass(frozen=True, slots=True)
+class EpBounds:
+    """What EP sessions may hold under ``settings``: window batches, memory and disk bytes."""
+
+    settings: Settings
+
+    def window_of(self, spec: EpSessionCreate) -> int:
+        """Batches the window keeps: the spec's, within the settings' batch and byte bounds."""
+        return min(
+            spec.window,
+            self.settings.ep_window_max_batches,
+            self.settings.ep_window_max_bytes // batch_bytes(spec),
+        )
+
+    def memory_bytes(self, spec: EpSessionCreate) -> int:
+        """Most bytes one session holds in memory: its window (4 bytes a count plus each
+        batch's overhead), its placement ``[L, R]`` (int64) and that placement's JSON."""
+        window = self.window_of(spec) * (batch_bytes(spec) + BATCH_MEMORY_OVERHEAD_BYTES)
+        return window + 8 * spec.num_layers * spec.num_replicas + placement_text_bound(spec)
+
+    def disk_bytes(self, spec: EpSessionCreate) -> int:
+        """Most bytes one session occupies in the main database file: its window's rows
+        (int32 counts and a seal each) and its session row (spec and placement JSON)."""
+        rows = self.window_of(spec) * row_bound_bytes(batch_bytes(spec) + SEAL_BYTES)
+        return rows + session_row_bytes(spec)
+
+    def db_bytes(self, specs: list[EpSessionCreate]) -> int:
+        """Most bytes of the database files (main file and write-ahead log) holding these EP
+        sessions and nothing else: each one's ``disk_bytes``, the fixed pages, and the log's
+        bound (``Settings.db_wal_max_bytes`` plus the largest single commit: a session row
+        or a batch row)."""
+        rows = [session_row_bytes(s) for s in specs]
+        rows += [row_bound_bytes(batch_bytes(s) + SEAL_BYTES) for s in specs]
+        main = DB_FIXED_BYTES + sum(self.disk_bytes(s) for s in specs)
+        return main + wal_bound_bytes(self.settings.db_wal_max_bytes, max(rows, default=0))
+
+
+def batch_bytes(spec: EpSessionCreate) -> int:
+    """Bytes of one window batch's counts (int32 ``[L, E]``)."""
+    return BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
+
+
+def session_row_bytes(spec: EpSessionCreate) -> int:
+    """Most bytes of an EP session's own row: its spec and placement JSON."""
+    return row_bound_bytes(len(spec.model_dump_json()) + placement_text_bound(spec))
+
+
 @dataclass
 class _Ep:
     spec: EpSessionCreate
@@ -112,36 +159,8 @@ class EpSessions:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def window_of(self, spec: EpSessionCreate) -> int:
-        """Batches the window keeps: the spec's, within the settings' batch and byte bounds."""
-        batch_bytes = BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
-        return min(
-            spec.window,
-            self.settings.ep_window_max_batches,
-            self.settings.ep_window_max_bytes // batch_bytes,
-        )
-
-    def memory_bound_bytes(self, spec: EpSessionCreate) -> int:
-        """Most bytes one session holds in memory: its window (counts at 4 bytes each plus
-        each batch's overhead), its placement ``[L, R]`` (int64) and that placement's JSON."""
-        batch_bytes = BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
-        window = self.window_of(spec) * (batch_bytes + BATCH_MEMORY_OVERHEAD_BYTES)
-        return window + 8 * spec.num_layers * spec.num_replicas + placement_text_bound(spec)
-
-    def disk_bound_bytes(self, spec: EpSessionCreate) -> int:
-        """Most bytes one session occupies in the main database file: its window's rows
-        (int32 counts and a seal each) and its session row (spec and placement JSON)."""
-        batch_bytes = BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
-        rows = self.window_of(spec) * row_bound_bytes(batch_bytes + SEAL_BYTES)
-        return rows + row_bound_bytes(len(spec.model_dump_json()) + placement_text_bound(spec))
-
-    def db_bound_bytes(self, specs: list[EpSessionCreate]) -> int:
-        """Most bytes of the database files (main file and write-ahead log) holding these EP
-        sessions and nothing else: each one's ``disk_bound_bytes``, the fixed pages, and the
-        log's bound (``Settings.db_wal_max_bytes`` plus the largest single commit)."""
-        largest = max((self.disk_bound_bytes(s) // max(self.window_of(s), 1) for s in specs), default=0)
-        largest = max([largest] + [row_bound_bytes(placement_text_bound(s)) for s in specs])
-        main = DB_FIXED_BYTES + sum(self.disk_bound_bytes(s) for s in specs)
-        return main + wal_bound_bytes(self.settings.db_wal_max_bytes, largest)
+        """Batches the window keeps (``EpBounds.window_of``)."""
+        return EpBounds(self.settings).window_of(spec)
 
     def check(self, spec: EpSessionCreate) -> None:
         """Refuse (413) a session whose smallest window (4 batches) exceeds the byte bound."""

@@ -311,7 +311,6 @@ def row_bound_bytes(payload_bytes: int) -> int:
     return PAGE_BYTES * -(-cell // usable)
 
 
-
 def _seal(data: bytes, tag: int) -> bytes:
     """A checksum (blake2b, 8 bytes) of a numeric blob's bytes and the integer stored beside
     it (an observation count, a version, a batch number): random damage to the file that
