@@ -572,6 +572,7 @@ def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
         "rss_max_bytes": rss_max,
         "rss_within_bound": rss_max <= rss_bound,
         "rss_growth_after_1000_bytes": rss_growth,
+        "rss_max_growth_after_1000_bytes": rss_max - warm["rss_bytes"],
         "rss_slack_bytes": RSS_SLACK_BYTES,
         "rss_flat_after_warmup": rss_growth <= RSS_SLACK_BYTES,
         "db_growth_after_1000_bytes": samples[-1]["db_bytes"] - warm["db_bytes"],
