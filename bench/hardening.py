@@ -25,11 +25,12 @@ import numpy as np
 from bench import numeric_fuzz
 from bench.live import Server, fuzz
 from hwmodel.presets import gpu_ndp, model_preset
-from service.ep_sessions import EpBounds
-from service.examples import response_models, seed_ep_session, simulate_example
-from service.schemas import EpSessionCreate
-from service.settings import Settings
-from service.store import CACHE_BYTES, READERS_KEPT
+from service.examples import (
+    ep_session_bounds,
+    response_models,
+    seed_ep_session,
+    simulate_example,
+)
 
 HEAVY_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
 RSS_SLACK_BYTES = 2**20  # the allocator's: an RSS this close to its warm value is flat
@@ -522,9 +523,8 @@ def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
     spec: dict[str, Any] = {"num_layers": 26, "num_experts": 64, "num_gpus": 8}
     spec |= {"num_replicas": 72, "window": 1024}
     spec["rebalance_below"] = 0.01  # routing and storage only, no re-placement
-    bounds = EpBounds(Settings(ep_window_max_bytes=bound))
-    created = EpSessionCreate.model_validate(spec)
-    db_bound = bounds.db_bytes([created])
+    bounds = ep_session_bounds(spec, env)
+    db_bound = bounds["db_bytes"]
     rng = np.random.default_rng(0)
     samples: list[dict[str, int]] = []
 
@@ -551,8 +551,7 @@ def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
         con.close()
     finally:
         server.stop()
-    rss_bound = samples[0]["rss_bytes"] + bounds.memory_bytes(created)
-    rss_bound += (READERS_KEPT + 1) * CACHE_BYTES
+    rss_bound = samples[0]["rss_bytes"] + bounds["memory_bytes"] + bounds["page_cache_bytes"]
     warm = next(s for s in samples if s["batches"] == 1000)
     rss_growth = samples[-1]["rss_bytes"] - warm["rss_bytes"]
     db_max = max(s["db_bytes"] for s in samples)
@@ -560,14 +559,14 @@ def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
     return {
         "batches": num,
         "window_bound_bytes": bound,
-        "window_batches_kept": bounds.window_of(created),
+        "window_batches_kept": bounds["window_batches"],
         "window_rows": window_rows,
         "window_bytes_on_disk": window_bytes,
         "samples": samples,
         "db_bound_bytes": db_bound,
         "db_max_bytes": db_max,
         "db_within_bound": db_max <= db_bound,
-        "session_memory_bound_bytes": bounds.memory_bytes(created),
+        "session_memory_bound_bytes": bounds["memory_bytes"],
         "rss_bound_bytes": rss_bound,
         "rss_max_bytes": rss_max,
         "rss_within_bound": rss_max <= rss_bound,
