@@ -243,6 +243,36 @@ def test_batch_placement_falls_back_when_its_gain_does_not_hold_over_time() -> N
     assert gain < -0.002
 
 
+def test_batch_placement_falls_back_when_few_window_batches_support_its_gain() -> None:
+    """FLAME-MoE layer 5, +32 slots, batches of 16 tokens, fitted on the first half of the
+    trace as ``bench balance`` does. The search moves one redundant replica between two experts
+    of about the same mean load; every fold gains (so the held-out and stability checks pass),
+    but only 8 of the window's 64 batches change, and the paired gain over EPLB on the whole
+    window is below two standard errors: ``window_z=2`` (the default) returns EPLB. Without it
+    (``window_z=0``) the placement loses to EPLB on the second half by more than 0.002
+    (measured -0.010 on consecutive batches)."""
+    from hwmodel.routing_traces import FLAME_FILE, load_flame, traces_dir
+    from solvers.eplb.batch_placement import fit_placement, routed_balancedness
+
+    t = load_flame(traces_dir() / FLAME_FILE)
+    half = t.num_tokens // 2
+    window = np.stack([t.histogram(slice(s, s + 16))[5] for s in range(0, half - 16 + 1, 16)])
+    later = np.stack(
+        [t.histogram(slice(s, s + 16))[5] for s in range(half, t.num_tokens - 16 + 1, 16)]
+    )
+    mean = t.histogram(slice(0, half))[5]
+    kept = fit_placement(window, 96, 8, max_moves=200, mean_load=mean)
+    assert kept.fallback is not None and "too few batches" in kept.fallback
+    assert kept.phy2log.tolist() == kept.eplb_phy2log.tolist()
+    assert min(kept.fold_gains) > 0
+    loose = fit_placement(window, 96, 8, max_moves=200, mean_load=mean, window_z=0.0)
+    assert loose.fallback is None and loose.replicas_moved == 1
+    gain = routed_balancedness(loose.phy2log, 8, later) - routed_balancedness(
+        loose.eplb_phy2log, 8, later
+    )
+    assert gain < -0.002
+
+
 def test_batch_placement_is_deterministic_across_processes() -> None:
     """The search runs on a move budget, never a clock: two interpreters with different hash
     seeds (one of them beside a busy thread) return the same placement and account."""
