@@ -25,9 +25,15 @@ import numpy as np
 from bench import numeric_fuzz
 from bench.live import Server, fuzz
 from hwmodel.presets import gpu_ndp, model_preset
-from service.examples import response_models, seed_ep_session, simulate_example
+from service.examples import (
+    ep_session_bounds,
+    response_models,
+    seed_ep_session,
+    simulate_example,
+)
 
 HEAVY_EP = {"num_layers": 256, "num_experts": 1024, "num_gpus": 512, "num_replicas": 8192}
+RSS_SLACK_BYTES = 2**20  # the allocator's: an RSS this close to its warm value is flat
 SMALL_EP = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8, "window": 8}
 
 
@@ -505,34 +511,38 @@ def kill9_ep(db_dir: Path, runs: int = 20, seed: int = 0) -> dict[str, Any]:
 
 def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
     """One EP session (26 layers x 64 experts) streamed ``batches`` batches, window bound 1 MiB:
-    the server's RSS and the database's size as it goes, and the window rows on disk."""
+    the server's RSS and the database's size as it goes, the window rows on disk, and both
+    checked against the bounds the settings give (``EpBounds``): the database files under
+    ``db_bytes``; the RSS under its value after the session's creation plus the session's
+    ``memory_bytes`` plus the store's page caches (``(READERS_KEPT + 1) x CACHE_BYTES``), and
+    flat after warm-up (batch 1,000 to the end within ``RSS_SLACK_BYTES``, the allocator's)."""
     bound = 2**20
-    server = Server(
-        db, env={"MOESCHED_EP_WINDOW_MAX_BYTES": str(bound), "MOESCHED_MAX_DEADLINE_S": "30"}
-    )
+    env = {"MOESCHED_EP_WINDOW_MAX_BYTES": str(bound), "MOESCHED_MAX_DEADLINE_S": "30"}
+    server = Server(db, env=env)
     server.start()
     spec: dict[str, Any] = {"num_layers": 26, "num_experts": 64, "num_gpus": 8}
     spec |= {"num_replicas": 72, "window": 1024}
     spec["rebalance_below"] = 0.01  # routing and storage only, no re-placement
+    bounds = ep_session_bounds(spec, env)
+    db_bound = bounds["db_bytes"]
     rng = np.random.default_rng(0)
     samples: list[dict[str, int]] = []
+
+    def sample(k: int) -> None:
+        files = {p.name: p.stat().st_size for p in db.parent.glob(db.name + "*")}
+        rss = _rss_bytes(_pid(server))
+        samples.append({"batches": k, "rss_bytes": rss, "db_bytes": sum(files.values())})
+
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             sid = c.post("/v1/ep-sessions", json=spec).json()["id"]
+            sample(0)
             for k in range(1, batches + 1):
                 hist = rng.integers(0, 64, (26, 64)).tolist()
                 r = c.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": hist})
                 assert r.status_code == 200, r.text
                 if k in (100, 1000, 2500, 5000, 7500, batches):
-                    samples.append(
-                        {
-                            "batches": k,
-                            "rss_bytes": _rss_bytes(_pid(server)),
-                            "db_bytes": sum(
-                                p.stat().st_size for p in db.parent.glob(db.name + "*")
-                            ),
-                        }
-                    )
+                    sample(k)
             num = c.get(f"/v1/ep-sessions/{sid}").json()["num_batches"]
         con = sqlite3.connect(db)
         window_rows, window_bytes = con.execute(
@@ -541,14 +551,30 @@ def long_ep_session(db: Path, batches: int = 10_000) -> dict[str, Any]:
         con.close()
     finally:
         server.stop()
+    rss_bound = samples[0]["rss_bytes"] + bounds["memory_bytes"] + bounds["page_cache_bytes"]
+    warm = next(s for s in samples if s["batches"] == 1000)
+    rss_growth = samples[-1]["rss_bytes"] - warm["rss_bytes"]
+    db_max = max(s["db_bytes"] for s in samples)
+    rss_max = max(s["rss_bytes"] for s in samples)
     return {
         "batches": num,
         "window_bound_bytes": bound,
+        "window_batches_kept": bounds["window_batches"],
         "window_rows": window_rows,
         "window_bytes_on_disk": window_bytes,
         "samples": samples,
-        "rss_growth_after_1000_bytes": samples[-1]["rss_bytes"] - samples[1]["rss_bytes"],
-        "db_growth_after_1000_bytes": samples[-1]["db_bytes"] - samples[1]["db_bytes"],
+        "db_bound_bytes": db_bound,
+        "db_max_bytes": db_max,
+        "db_within_bound": db_max <= db_bound,
+        "session_memory_bound_bytes": bounds["memory_bytes"],
+        "rss_bound_bytes": rss_bound,
+        "rss_max_bytes": rss_max,
+        "rss_within_bound": rss_max <= rss_bound,
+        "rss_growth_after_1000_bytes": rss_growth,
+        "rss_max_growth_after_1000_bytes": rss_max - warm["rss_bytes"],
+        "rss_slack_bytes": RSS_SLACK_BYTES,
+        "rss_flat_after_warmup": rss_growth <= RSS_SLACK_BYTES,
+        "db_growth_after_1000_bytes": samples[-1]["db_bytes"] - warm["db_bytes"],
     }
 
 
@@ -612,19 +638,34 @@ def damaged_databases(db_dir: Path, seed: int = 0) -> dict[str, Any]:
     return {"rows": rows}
 
 
+# the operations whose cases can each take seconds (a solve or a sweep): fuzzed last
+SLOW_OPERATIONS = ("POST /v1/ep-sessions", "POST /v1/sweeps", "POST /v1/sessions", "POST /v1/route")
+
+
+def pairs_done(progress: Path) -> frozenset[str]:
+    """The (operation, mode) pairs a progress file says have ended, as ``"GET /info positive"``."""
+    if not progress.exists():
+        return frozenset()
+    rows = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+    return frozenset(f"{r['operation']} {r['mode']}" for r in rows)
+
+
 def schemathesis_fuzz(
     db: Path, examples: int = 200, progress: Path | None = None
 ) -> dict[str, Any]:
     """Schemathesis against the server's own OpenAPI with the default settings: ``examples``
     per operation and generation mode (valid and invalid); 5xx, schema violations and the
     slowest answer (bound 10 s). Only the sweeps' output directory is not the default (a
-    temporary one, not the working directory)."""
+    temporary one, not the working directory). Pairs the progress file already holds are
+    skipped (a stopped run resumes); the counts are this run's only."""
+    skip = pairs_done(progress) if progress is not None else frozenset()
     server = Server(db, env={"MOESCHED_SWEEP_DIR": str(db.with_suffix(".sweeps"))})
     server.start()
     try:
-        got = fuzz(server.url, examples, progress=progress)
+        got = fuzz(server.url, examples, progress=progress, skip=skip, last=SLOW_OPERATIONS)
     finally:
         server.stop()
+    got |= {"pairs_skipped_as_done": len(skip)}
     return got | {"examples_per_operation": examples, "bound_slowest_s": 10.0}
 
 

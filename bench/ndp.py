@@ -188,6 +188,14 @@ def cache_lines(hw: Hardware, model: ModelSpec, cache_share: float = CACHE_SHARE
     return max(1, min(want, max_cache_lines(hw, model, model.num_routed_experts)))
 
 
+def decode_granules(model: ModelSpec, num_ndp: int) -> int:
+    """The striped layout's granules per expert in the decode loop: at least 4 per DIMM and
+    none above ``GRANULE_MAX_BYTES``, so that a DIMM can give the end of its stripe to the GPU
+    over the link in pieces that fit the layer (``LoopConfig.split_loads``)."""
+    least = max(4 * num_ndp, -(-int(model.expert_bytes()) // GRANULE_MAX_BYTES))
+    return stripe_granules(model.expert_ffn_size, num_ndp, least=least)
+
+
 def run_one(args: tuple[str, str, int, str, int]) -> dict[str, Any]:
     """One (model, trace, DIMMs, configuration): prefill and decode through the executor."""
     model_name, label, dimms, config_name, decode_steps = args
@@ -219,13 +227,7 @@ def decode_point(
     in_flight = model.num_routed_experts
     lines = cache_lines(hw, model, cache_share)
     num_ndp = len(hw.devices_of_kind("ndp"))
-    # At least 4 granules per DIMM and none above GRANULE_MAX_BYTES, so that a DIMM can give
-    # the end of its stripe to the GPU over the link in pieces that fit the layer
-    # (``LoopConfig.split_loads``).
-    least = max(4 * num_ndp, -(-int(model.expert_bytes()) // GRANULE_MAX_BYTES))
-    granules = (
-        stripe_granules(model.expert_ffn_size, num_ndp, least=least) if layout == "striped" else 1
-    )
+    granules = decode_granules(model, num_ndp) if layout == "striped" else 1
     base: Residency = layout_residency(hw, model, layout, num_granules=granules)
     prompt, decode = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + decode_steps)
     started = time.process_time()
@@ -251,6 +253,11 @@ def decode_point(
         "busy_share": {
             k: float(np.mean([s.busy_s[k] for s in steps])) / max(float(np.mean(decode_s)), 1e-15)
             for k in steps[0].busy_s
+        },
+        # Where the step's time goes, exclusive phases that sum to it (``StepRecord.phase_s``).
+        "phase_share": {
+            k: float(np.mean([s.phase_s[k] for s in steps])) / max(float(np.mean(decode_s)), 1e-15)
+            for k in steps[0].phase_s
         },
         "solve_cpu_per_token_s": float(np.mean([s.solve_s for s in steps])),
         "prefill_s": pre.latency_s,
@@ -365,6 +372,10 @@ def run(quick: bool = False) -> BenchResult:
         },
         "moesched_over_bound_by_row": {
             f"{r['model']}/{r['trace']}": r["moesched_over_bound"] for r in rows
+        },
+        # Where moesched's decode step goes per row (exclusive phases, ``phase_share``).
+        "moesched_phase_share_by_row": {
+            f"{r['model']}/{r['trace']}": r["configs"]["moesched"]["phase_share"] for r in rows
         },
         "speedup_vs_gpu_only_mean": float(np.mean([r["speedup_vs_gpu_only"] for r in rows])),
         "gpu_util_baseline_mean": float(

@@ -589,7 +589,8 @@ def replay(
     import numpy as np
 
     from bench.common import reporting, tracked
-    from hwmodel.plan_builder import layout_residency, stripe_granules
+    from bench.ndp import decode_granules
+    from hwmodel.plan_builder import layout_residency
     from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
     from hwmodel.routing_traces import load_trace
     from solvers.decode_loop import Dispatch, LoopConfig, run_sequences
@@ -611,7 +612,7 @@ def replay(
                 raise ValueError("model: no preset matches the trace; name one with --model")
         spec, hw = model_preset(model), hardware_preset(hardware)
         ndps = sum(1 for d in hw.devices if d.kind == "ndp")
-        granules = stripe_granules(spec.expert_ffn_size, ndps) if ndps else 4
+        granules = decode_granules(spec, ndps) if ndps else 4  # bench ndp's rule
         base = layout_residency(
             hw, spec, "striped" if ndps else "round_robin", kind="ndp" if ndps else "cpu",
             num_granules=granules,

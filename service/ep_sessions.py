@@ -38,7 +38,13 @@ from service.schemas import (
 )
 from service.sessions import SessionManager, make_room
 from service.settings import Settings
-from service.store import SessionStore
+from service.store import (
+    DB_FIXED_BYTES,
+    SEAL_BYTES,
+    SessionStore,
+    row_bound_bytes,
+    wal_bound_bytes,
+)
 from solvers.eplb.batch_placement import routed_balancedness
 from solvers.eplb.deepseek import rebalance_experts
 from solvers.eplb.routing import route_batch
@@ -58,9 +64,67 @@ def route_layers(
     return [r.tokens_per_slot.tolist() for r in routes], per_layer
 
 
+def placement_text_bound(spec: EpSessionCreate) -> int:
+    """Most bytes of a placement's JSON: ``L`` lists of ``R`` expert ids below ``E``, each with
+    its separator (", "), and the brackets."""
+    digits = len(str(max(spec.num_experts - 1, 0)))
+    return 2 + spec.num_layers * (4 + spec.num_replicas * (digits + 2))
+
+
 log = logging.getLogger("moesched.ep_sessions")
 REPLACE_MOVES = 64  # candidate moves per layer of one re-placement (deterministic budget)
 BATCH_BYTES_PER_COUNT = 4  # the window's histograms are int32 (a count is at most 2**24)
+WINDOW_DTYPE = np.int32
+# In memory, besides a window batch's counts: its array header, its deque slot and its
+# balancedness (a float and a slot); measured 112 + 8 + 24 + 8 bytes on CPython 3.11.
+BATCH_MEMORY_OVERHEAD_BYTES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class EpBounds:
+    """What EP sessions may hold under ``settings``: window batches, memory and disk bytes."""
+
+    settings: Settings
+
+    def window_of(self, spec: EpSessionCreate) -> int:
+        """Batches the window keeps: the spec's, within the settings' batch and byte bounds."""
+        return min(
+            spec.window,
+            self.settings.ep_window_max_batches,
+            self.settings.ep_window_max_bytes // batch_bytes(spec),
+        )
+
+    def memory_bytes(self, spec: EpSessionCreate) -> int:
+        """Most bytes one session holds in memory: its window (4 bytes a count plus each
+        batch's overhead), its placement ``[L, R]`` (int64) and that placement's JSON."""
+        window = self.window_of(spec) * (batch_bytes(spec) + BATCH_MEMORY_OVERHEAD_BYTES)
+        return window + 8 * spec.num_layers * spec.num_replicas + placement_text_bound(spec)
+
+    def disk_bytes(self, spec: EpSessionCreate) -> int:
+        """Most bytes one session occupies in the main database file: its window's rows
+        (int32 counts and a seal each) and its session row (spec and placement JSON)."""
+        rows = self.window_of(spec) * row_bound_bytes(batch_bytes(spec) + SEAL_BYTES)
+        return rows + session_row_bytes(spec)
+
+    def db_bytes(self, specs: list[EpSessionCreate]) -> int:
+        """Most bytes of the database files (main file and write-ahead log) holding these EP
+        sessions and nothing else: each one's ``disk_bytes``, the fixed pages, and the log's
+        bound (``Settings.db_wal_max_bytes`` plus the largest single commit: a session row
+        or a batch row)."""
+        rows = [session_row_bytes(s) for s in specs]
+        rows += [row_bound_bytes(batch_bytes(s) + SEAL_BYTES) for s in specs]
+        main = DB_FIXED_BYTES + sum(self.disk_bytes(s) for s in specs)
+        return main + wal_bound_bytes(self.settings.db_wal_max_bytes, max(rows, default=0))
+
+
+def batch_bytes(spec: EpSessionCreate) -> int:
+    """Bytes of one window batch's counts (int32 ``[L, E]``)."""
+    return BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
+
+
+def session_row_bytes(spec: EpSessionCreate) -> int:
+    """Most bytes of an EP session's own row: its spec and placement JSON."""
+    return row_bound_bytes(len(spec.model_dump_json()) + placement_text_bound(spec))
 
 
 @dataclass
@@ -95,13 +159,8 @@ class EpSessions:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def window_of(self, spec: EpSessionCreate) -> int:
-        """Batches the window keeps: the spec's, within the settings' batch and byte bounds."""
-        batch_bytes = BATCH_BYTES_PER_COUNT * spec.num_layers * spec.num_experts
-        return min(
-            spec.window,
-            self.settings.ep_window_max_batches,
-            self.settings.ep_window_max_bytes // batch_bytes,
-        )
+        """Batches the window keeps (``EpBounds.window_of``)."""
+        return EpBounds(self.settings).window_of(spec)
 
     def check(self, spec: EpSessionCreate) -> None:
         """Refuse (413) a session whose smallest window (4 batches) exceeds the byte bound."""
@@ -165,7 +224,7 @@ class EpSessions:
         ep = _Ep(
             spec,
             placement,
-            deque(got.window, maxlen=keep),
+            deque((b.astype(WINDOW_DTYPE) for b in got.window), maxlen=keep),
             deque(maxlen=keep),
             got.version,
             got.num_batches,
@@ -265,7 +324,7 @@ class EpSessions:
             if not self.store.ep_append(sid, ep.num_batches + 1, hist, ep.window.maxlen or 1):
                 self.forget([sid])
                 raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
-            ep.window.append(hist)
+            ep.window.append(hist.astype(WINDOW_DTYPE))  # the bound counts 4 bytes a count
             ep.balance.append(float(np.mean(per_layer)))
             ep.num_batches += 1
             window_balance = float(np.mean(ep.balance))
@@ -284,7 +343,7 @@ class EpSessions:
     def _replace(self, sid: str, ep: _Ep) -> None:
         try:
             with ep.lock:
-                window = np.stack(list(ep.window))
+                window = np.stack(list(ep.window)).astype(np.int64)
                 old = ep.placement.copy()
                 at_batch = ep.num_batches
             spec = ep.spec

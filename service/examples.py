@@ -182,3 +182,26 @@ def seed_ep_session(
         store.ep_create(session_id, json.dumps(spec | defaults), placement)
     finally:
         store.close()
+
+
+def ep_session_bounds(spec: dict[str, Any], env: dict[str, str]) -> dict[str, int]:
+    """What one EP session of ``spec`` may hold on a server started with ``env``
+    (``MOESCHED_*`` settings), in bytes and batches: ``window_batches``, ``memory_bytes`` (the
+    session's), ``page_cache_bytes`` (the store's connections, every session together) and
+    ``db_bytes`` (the database files holding this session alone). For benchmarks that check
+    a live server against the bounds its settings promise."""
+    from service.ep_sessions import EpBounds
+    from service.schemas import EpSessionCreate
+    from service.settings import Settings
+    from service.store import CACHE_BYTES, READERS_KEPT
+
+    prefix = "MOESCHED_"
+    fields = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    settings = Settings.model_validate(fields)
+    bounds, created = EpBounds(settings), EpSessionCreate.model_validate(spec)
+    return {
+        "window_batches": bounds.window_of(created),
+        "memory_bytes": bounds.memory_bytes(created),
+        "page_cache_bytes": (READERS_KEPT + 1) * CACHE_BYTES,
+        "db_bytes": bounds.db_bytes([created]),
+    }

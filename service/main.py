@@ -237,7 +237,7 @@ def open_store(settings: Settings) -> SessionStore:
         from service.pg_store import PostgresStore
 
         return PostgresStore(settings.db_url, settings.db_busy_timeout_s)
-    return SQLiteStore(settings.db_path, settings.db_busy_timeout_s)
+    return SQLiteStore(settings.db_path, settings.db_busy_timeout_s, settings.db_wal_max_bytes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     ep_window_max_batches: int = Field(
         default=1024, ge=4, description="Most batches an EP-session window keeps."
     )
+    db_wal_max_bytes: int = Field(
+        default=4 * 2**20,
+        ge=64 * 2**10,
+        description="SQLite write-ahead log: checkpointed into the main file past this size, "
+        "and truncated back to it after a checkpoint (so the log stays near it).",
+    )
     db_busy_timeout_s: float = Field(
         default=2.0, gt=0, le=60, description="A locked database is a 503 after this long."
     )

@@ -279,6 +279,36 @@ def placement_text(placement: np.ndarray, encoded: bytes | None = None) -> str:
 
 
 SEAL_BYTES = 8
+PAGE_BYTES = 4096  # SQLite's default page size (this store never changes it)
+CACHE_BYTES = 2000 * 1024  # page cache per connection (SQLite's default, stated)
+READERS_KEPT = 4  # idle reading connections kept open; with the writer, 5 page caches at most
+WAL_FRAME_HEADER_BYTES = 24
+ROW_OVERHEAD_BYTES = 64  # a row's header, key (session id, seq) and cell pointer, at most
+DB_FIXED_BYTES = 256 * 2**10  # schema, meta, index interior pages, one commit's freed pages
+
+
+def wal_pages(wal_max_bytes: int) -> int:
+    """Pages the write-ahead log may hold before a commit checkpoints it."""
+    return max(1, wal_max_bytes // (PAGE_BYTES + WAL_FRAME_HEADER_BYTES))
+
+
+def wal_bound_bytes(wal_max_bytes: int, largest_commit_bytes: int) -> int:
+    """Most bytes the log reaches: its checkpoint threshold plus the commit that crossed it
+    (every page of it, each with its frame header; checkpoints not held up by a reader)."""
+    commit_pages = -(-largest_commit_bytes // PAGE_BYTES) + 4  # + the pages the B-trees touch
+    frames = wal_pages(wal_max_bytes) + commit_pages
+    return 32 + frames * (PAGE_BYTES + WAL_FRAME_HEADER_BYTES)
+
+
+def row_bound_bytes(payload_bytes: int) -> int:
+    """Most bytes of the main file one row of ``payload_bytes`` occupies. A large payload
+    spills onto overflow pages: whole pages. Small rows share pages that B-tree splits and
+    deletes can leave half empty: twice the row."""
+    cell = payload_bytes + ROW_OVERHEAD_BYTES
+    usable = PAGE_BYTES - 2 * ROW_OVERHEAD_BYTES
+    if cell <= usable // 4:
+        return 2 * cell
+    return PAGE_BYTES * -(-cell // usable)
 
 
 def _seal(data: bytes, tag: int) -> bytes:
@@ -329,13 +359,21 @@ class SQLiteStore(SessionStore):
     Args:
         path: the database file (created when missing).
         busy_timeout_s: how long a write waits for a lock before ``StoreBusy``.
+        wal_max_bytes: the write-ahead log is checkpointed past this size and truncated back
+            to it after a checkpoint (``wal_autocheckpoint``, ``journal_size_limit``), so the
+            log stays under ``wal_bound_bytes``.
     """
 
-    def __init__(self, path: Path | str, busy_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, path: Path | str, busy_timeout_s: float = 2.0, wal_max_bytes: int = 4 * 2**20
+    ) -> None:
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._cons: list[sqlite3.Connection] = []
+        self.wal_max_bytes = wal_max_bytes
+        # One connection writes (under the write lock); readers borrow from a few idle ones.
+        # Per-thread connections leaked one page cache each whenever a worker thread ended.
+        self._writer: sqlite3.Connection | None = None
+        self._idle: list[sqlite3.Connection] = []
         self._cons_lock = threading.Lock()
         self._write = threading.Lock()  # one writer at a time keeps read-modify-write atomic
         self.found = self._open()
@@ -476,21 +514,43 @@ class SQLiteStore(SessionStore):
                 f"{bad[:5]}. Restore the file from a backup, or delete those rows."
             )
 
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            self._local.con = con
-            with self._cons_lock:
-                self._cons.append(con)
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        con.execute(f"PRAGMA cache_size=-{CACHE_BYTES // 1024}")
+        con.execute(f"PRAGMA wal_autocheckpoint={wal_pages(self.wal_max_bytes)}")
+        con.execute(f"PRAGMA journal_size_limit={self.wal_max_bytes}")
         return con
+
+    def _con(self) -> sqlite3.Connection:
+        """The writing connection (used under the write lock, or alone at start-up)."""
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """An idle reading connection (a new one when none is idle); at most
+        ``READERS_KEPT`` are kept idle, the others closed, so their page caches stay bounded."""
+        with self._cons_lock:
+            con = self._idle.pop() if self._idle else None
+        if con is None:
+            con = self._connect()
+        try:
+            yield con
+        finally:
+            with self._cons_lock:
+                keep = len(self._idle) < READERS_KEPT
+                if keep:
+                    self._idle.append(con)
+            if not keep:
+                con.close()
 
     @contextmanager
     def _tx(self, con: sqlite3.Connection) -> Iterator[None]:
@@ -530,8 +590,8 @@ class SQLiteStore(SessionStore):
             raise StoreError(f"{self.path}: {exc}") from None
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple]:
-        with self._busy():
-            return self._con().execute(sql, args).fetchall()
+        with self._busy(), self._reading() as con:
+            return con.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------------ sessions
 
@@ -744,8 +804,8 @@ class SQLiteStore(SessionStore):
         except (StoreError, sqlite3.Error):
             log.exception("checkpoint of %s on shutdown failed", self.path)
         with self._cons_lock:
-            for con in self._cons:
-                with suppress(sqlite3.Error):
-                    con.close()
-            self._cons.clear()
-        self._local = threading.local()
+            cons, self._idle = [*self._idle, *([self._writer] if self._writer else [])], []
+            self._writer = None
+        for con in cons:
+            with suppress(sqlite3.Error):
+                con.close()

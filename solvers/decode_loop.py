@@ -39,7 +39,7 @@ import numpy as np
 from hwmodel import costs
 from hwmodel.executor import simulate
 from hwmodel.plan import ComputeTask, EvictTask, Plan, Residency, TransferTask, WeightSlice
-from hwmodel.plan_builder import effective_granules
+from hwmodel.plan_builder import LoweredLayer, effective_granules
 from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
@@ -75,6 +75,10 @@ class LoopConfig:
         split_loads: (``solver`` dispatch, granules > 1) load granules of the layer's absent
             experts over the link while the units compute the rest, as many as lower the
             layer's estimated finish (``DecodeRun._split_loads``); freed after use.
+        trim_loads: (with ``split_loads``) the layer's last whole demand load leaves the
+            granules at both ends of it to the units that hold them when that lowers the
+            layer's estimated finish (``DecodeRun._trim_loads``); the line enters the cache
+            with those granules missing, and the prefetch completes it later.
     """
 
     capacity_experts: int
@@ -90,6 +94,7 @@ class LoopConfig:
     lookahead_layers: int = 0
     global_lines: int | None = None
     split_loads: bool = True
+    trim_loads: bool = True
 
 
 @dataclass
@@ -111,6 +116,8 @@ class StepRecord:
     bound_step_s: float = 0.0  # its whole-step part (links shared with the step's prefetch)
     # Busy seconds by resource class in this step's timeline (``_Step.busy_s``).
     busy_s: dict[str, float] = field(default_factory=dict)
+    # The step's wall of simulated time split into exclusive phases (``_Step.phases_s``).
+    phase_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,6 +324,7 @@ class DecodeRun:
             bound_layers_s=st.bound_s,
             bound_step_s=self._step_bound_s(st) if st.step >= 0 else 0.0,
             busy_s=self._busy_s(st),
+            phase_s=self._phases_s(st),
         )
 
     def _busy_s(self, st: _Step) -> dict[str, float]:
@@ -348,6 +356,59 @@ class DecodeRun:
                     out["link_out"] += sec
         out["ndp_mean"] = float(np.mean(list(ndp.values()))) if ndp else 0.0
         out["ndp_max"] = max(ndp.values(), default=0.0)
+        return out
+
+    def _phases_s(self, st: _Step) -> dict[str, float]:
+        """A step's timeline cut into exclusive phases that sum to its makespan (seconds), by
+        what runs at each moment: ``units_all`` (every NDP unit computes), ``units_some``
+        (some do, some idle: the tail imbalance across units), and, with no unit computing,
+        ``attention`` (the GPU's attention), ``reduce`` (the GPU adds partial sums),
+        ``gpu_experts`` (the GPU computes expert shards alone: the tail of demand-loaded
+        experts), ``links_only`` (only transfers run: activation trips, loads the GPU waits
+        on) and ``idle`` (nothing runs: launches waiting on nothing, gaps)."""
+        clock = self.hardware.clock_hz
+        units = sorted(d.id for d in self.hardware.devices if d.kind == "ndp")
+        rank = {"attention": 1, "reduce": 2}
+        # Events: (cycle, +1 / -1, what); per unit one task at a time, so a count of open
+        # unit intervals is the number of units computing.
+        events: list[tuple[int, int, str]] = []
+        for t in st.tasks:
+            start, end = st.timeline.times[t.id]
+            if end <= start:
+                continue
+            if isinstance(t, ComputeTask) and t.device_id in units:
+                what = "unit"
+            elif isinstance(t, ComputeTask) and t.device_id == self.home:
+                what = ("gpu_experts", "attention", "reduce")[rank.get(t.op, 0)]
+            elif isinstance(t, TransferTask):
+                what = "link"
+            else:
+                continue
+            events += [(start, 1, what), (end, -1, what)]
+        events.sort()
+        open_: dict[str, int] = {}
+        out = dict.fromkeys(
+            ("units_all", "units_some", "attention", "reduce", "gpu_experts", "links_only",
+             "idle"), 0.0,
+        )  # fmt: skip
+        last = 0
+        for cycle, sign, what in events:
+            if cycle > last:
+                n = open_.get("unit", 0)
+                if n and n >= len(units):
+                    key = "units_all"
+                elif n:
+                    key = "units_some"
+                else:
+                    key = next(
+                        (k for k in ("attention", "reduce", "gpu_experts") if open_.get(k)),
+                        "links_only" if open_.get("link") else "idle",
+                    )
+                out[key] += (cycle - last) / clock
+                last = cycle
+            open_[what] = open_.get(what, 0) + sign
+        end = max(st.timeline.end, last)
+        out["idle"] += (end - last) / clock
         return out
 
     def prefill(self, histogram: np.ndarray, validate: bool = True) -> StepRecord:
@@ -478,8 +539,13 @@ class DecodeRun:
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
         split: dict[int, list[tuple[str, int, int]]] = {}
+        trimmed: dict[int, list[tuple[str, int, int]]] = {}
         if cfg.split_loads and cfg.dispatch == "solver" and self.G > 1:
-            split, a = self._split_loads(st, inst, a)
+            link_s = 0.0
+            if cfg.trim_loads:
+                trimmed, a, link_s = self._trim_loads(st, inst, a)
+            split, a = self._split_loads(st, inst, a, link_s)
+            split = {**trimmed, **split}
             if split:  # the same layer with the split granules at home, for the lowering
                 inst = self._instance(layer, run_experts, extra=split)
         st.solve_s += time.process_time() - started
@@ -487,6 +553,17 @@ class DecodeRun:
         assert lw.attention is not None
         attn = lw.attention.id
         shared = self._shared(layer, attn)
+        # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
+        # Eviction ranks residents by their live cumulative gate weight (score-aware).
+        p = self.predictor.probability(
+            layer, self.ids[step, layer - 1] if layer else None, live=True
+        )
+        # Experts this layer runs, and those still arriving from a prefetch, stay.
+        protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
+        evicts: list[AnyTask] = []  # make room for a demand load: before the loads
+        # Trimmed loads admitted as lines still being staged; what their pieces wait on.
+        first = self._admit_trimmed(layer, step, trimmed, inst.width, protect, p, attn, evicts)
+        kept = set(first)
         split_tasks: list[AnyTask] = []
         for e, pieces in split.items():
             for src, c0, c1 in pieces:
@@ -496,19 +573,12 @@ class DecodeRun:
                     TransferTask(
                         id=tid, link_id=inst.link(src, self.home).id, src_device_id=src,
                         dst_device_id=self.home, payload="weights", layer=layer,
-                        purpose="demand", weights=_piece(layer, e, c0, c1), after=(attn,),
+                        purpose="demand", weights=_piece(layer, e, c0, c1),
+                        after=first.get(e, (attn,)),
                     )
                 )  # fmt: skip
                 st.weight_bytes += self.model.expert_bytes(c1 - c0)
-                stats.split_loads += 1
-        # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
-        # Eviction ranks residents by their live cumulative gate weight (score-aware).
-        p = self.predictor.probability(
-            layer, self.ids[step, layer - 1] if layer else None, live=True
-        )
-        # Experts this layer runs, and those still arriving from a prefetch, stay.
-        protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
-        evicts: list[AnyTask] = []  # make room for a demand load: before the loads
+                stats.split_loads += e not in trimmed
         frees: list[AnyTask] = []  # a load not admitted to the cache: freed after its use
         wait: dict[str, list[str]] = {}
         for e in a.loaded:
@@ -535,16 +605,8 @@ class DecodeRun:
             if sh.device_id == self.home:
                 wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
         tasks = lw.tasks()
-        if split:  # on the GPU, split pieces after its resident shards, before loaded experts'
-            late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
-            ids = {t.id for t in late}
-            rest = [t for t in tasks if t.id not in ids]
-            loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
-            at = next(
-                (i for i, t in enumerate(rest) if t.id in loaded_ids),
-                len(rest) - len(lw.gathers) - (lw.reduce is not None),
-            )
-            tasks = [*rest[:at], *late, *rest[at:]]
+        if split:
+            tasks = self._gpu_order(lw, tasks, set(split), set(trimmed), a)
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         # Cut before the returns (gathers), or after everything when there are none.
         cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
@@ -564,6 +626,8 @@ class DecodeRun:
             # layer's attention: a second round stages in that gap.
             st.emit(self._prefetch(st, layer, [], attn))
         for e, pieces in split.items():  # split loads leave after their expert's shards
+            if e in kept:  # a trimmed load stays: its line is being staged
+                continue
             users = (*st.staged[(layer, e)], *(t.id for t in lw.shards_of(e)))
             for _, c0, c1 in pieces:
                 frees.append(
@@ -576,8 +640,129 @@ class DecodeRun:
         st.after = [*lw.waits, *(t.id for t in shared)]
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
 
-    def _split_loads(
+    def _gpu_order(
+        self,
+        lw: LoweredLayer,
+        tasks: list[ComputeTask | TransferTask],
+        split: set[int],
+        trimmed: set[int],
+        a: Assignment,
+    ) -> list[ComputeTask | TransferTask]:
+        """On the GPU, split pieces after its resident shards, before loaded experts'; a
+        trimmed load's shard after those (its pieces come last over the link)."""
+        late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
+        ids = {t.id for t in late}
+        rest = [t for t in tasks if t.id not in ids]
+        loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
+        end = len(rest) - len(lw.gathers) - (lw.reduce is not None)
+        at = next((i for i, t in enumerate(rest) if t.id in loaded_ids), end)
+        mid = [t for t in late if t.expert not in trimmed]
+        last = [t for t in late if t.expert in trimmed]
+        return [*rest[:at], *mid, *rest[at:end], *last, *rest[end:]]
+
+    def _admit_trimmed(
+        self,
+        layer: int,
+        step: int,
+        trimmed: dict[int, list[tuple[str, int, int]]],
+        width: int,
+        protect: set[int],
+        p: np.ndarray,
+        attn: str,
+        evicts: list[AnyTask],
+    ) -> dict[int, tuple[str, ...]]:
+        """Admit each trimmed load (``_trim_loads``) as a line still being staged with the
+        granules it brings, evicting a victim first (appended to ``evicts``); returns, for
+        each admitted expert, the task ids its pieces wait on. One not admitted is freed
+        after use, like a split load."""
+        first: dict[int, tuple[str, ...]] = {}
+        for e, pieces in trimmed.items():
+            self.result.stats.loads += 1
+            victim = self.caches.victim(layer, step, protect, p) if self.caches.admits() else None
+            granules = {g for _, c0, c1 in pieces for g in range(c0 // width, c1 // width)}
+            if self.caches.admits() and self.caches.stage(layer, e, granules, self.G, victim):
+                first[e] = (attn,)
+                if victim is not None:
+                    evicts.append(self._evict(f"L{layer}.evict.e{victim}", layer, victim, (attn,)))
+                    first[e] = (evicts[-1].id,)
+        return first
+
+    def _trim_loads(
         self, st: _Step, inst: PlacementInstance, a: Assignment
+    ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment, float]:
+        """The layer's last whole demand load, trimmed: the units that hold the granules at
+        its two ends compute them in place while the link brings the middle run (one
+        contiguous run, so one GPU shard), when that lowers the estimate ``max(busiest unit,
+        the links' work then the trimmed expert's GPU shard, GPU work)`` (the layer's own
+        routing, never a prediction). Granules leave one at a time from the end whose
+        unit's estimate is lower, while the estimate falls. Returns (expert -> its middle
+        run's load pieces (source, first column, end column), the assignment with the end
+        granules on their units and the middle at home, the trimmed pieces' link seconds).
+        A line being staged is not trimmed (its load is only its missing granules)."""
+        model, clock, home = self.model, self.hardware.clock_hz, self.home
+        layer = inst.problem.layer
+        if not a.loaded:
+            return {}, a, 0.0
+        e = a.loaded[-1]
+        if e in self.caches.lines[layer] or len(inst.load_parts[e]) == 0:
+            return {}, a, 0.0
+        G = inst.G
+        owner = []  # the unit each granule of e is computed on when kept back
+        for g in range(G):
+            away = sorted(d for d in inst.holders[e][g] if d != home and d in inst.shard[e])
+            if not away or self.hardware.device(away[0]).kind != "ndp":
+                return {}, a, 0.0
+            owner.append(away[0])
+        _, _, trip_s = self._paths
+        units = sorted({d for x in a.runs for d, _, _ in a.runs[x] if d != home} | set(owner))
+        work = dict.fromkeys(units, trip_s)
+        gpu = costs.shared_expert_s(self.hardware.device(home), model, 1)
+        gpu = gpu if model.num_shared_experts else 0.0
+        for x in a.runs:
+            for d, g0, g1 in a.runs[x]:
+                if d == home:
+                    gpu += inst.shard[x][home][g1 - g0] / clock
+                else:
+                    work[d] += inst.shard[x][d][g1 - g0] / clock
+        others = [x for x in a.loaded if x != e]
+        gpu += sum(inst.shard[x][home][G] for x in others) / clock
+        link_ids = {lk.id for lk in self.hardware.links if home in lk.dst_device_ids}
+        attention = costs.task_cycles(
+            self.hardware, model,
+            ComputeTask(id="probe", device_id=home, op="attention", layer=layer, num_tokens=1),
+            st.timeline.context_tokens,
+        )[1]  # fmt: skip
+        attn_end = max(st.timeline.end, st.timeline.free_at(home)) + attention
+        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)]) / clock
+        link0 = busy + sum(inst.load_cycles[x] for x in others) / clock
+
+        def estimate(lo: int, hi: int) -> tuple[float, float]:
+            w = dict(work)
+            for d, g0, g1 in _runs(owner, 0, lo) + _runs(owner, hi, G):
+                w[d] += inst.shard[e][d][g1 - g0] / clock
+            link = sum(c for *_, c in self._chunk(inst, e, lo * inst.width, hi * inst.width))
+            link_s = link / clock
+            shard = inst.shard[e][home][hi - lo] / clock
+            return max(max(w.values()), link0 + link_s + shard, gpu + shard), link_s
+
+        lo, hi = 0, G
+        best, link_s = estimate(lo, hi)
+        while hi - lo > 1:
+            trials = [(estimate(lo + 1, hi), lo + 1, hi), (estimate(lo, hi - 1), lo, hi - 1)]
+            (got, got_link), nlo, nhi = min(trials, key=lambda t: (t[0][0], t[1]))
+            if got >= best - 1e-12:
+                break
+            best, link_s, lo, hi = got, got_link, nlo, nhi
+        if (lo, hi) == (0, G):
+            return {}, a, 0.0
+        pieces = [(src, c0, c1) for src, c0, c1, _ in
+                  self._chunk(inst, e, lo * inst.width, hi * inst.width)]  # fmt: skip
+        runs = dict(a.runs)
+        runs[e] = (*_runs(owner, 0, lo), (home, lo, hi), *_runs(owner, hi, G))
+        return {e: pieces}, Assignment(runs=runs, loaded=tuple(others)), link_s
+
+    def _split_loads(
+        self, st: _Step, inst: PlacementInstance, a: Assignment, extra_link_s: float = 0.0
     ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
         """Granules of the layer's absent experts to load over the links into the GPU while
         the units compute the rest, on top of the placement ``a``: (expert -> (source, first
@@ -604,7 +789,7 @@ class DecodeRun:
         )[1]  # fmt: skip
         attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
         busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)])
-        got = self._water_fill(inst, a, busy / self.hardware.clock_hz)
+        got = self._water_fill(inst, a, busy / self.hardware.clock_hz + extra_link_s)
         return ({}, a) if got is None else got
 
     def _water_fill(
@@ -1087,6 +1272,17 @@ def run_sequences(
         merged.plans_solved += result.plans_solved
         merged.plans_reused += result.plans_reused
     return merged
+
+
+def _runs(owner: list[str], g0: int, g1: int) -> list[tuple[str, int, int]]:
+    """Granules [g0, g1) as runs of consecutive granules on one device (``owner[g]``)."""
+    out: list[tuple[str, int, int]] = []
+    for g in range(g0, g1):
+        if out and out[-1][0] == owner[g] and out[-1][2] == g:
+            out[-1] = (owner[g], out[-1][1], g + 1)
+        else:
+            out.append((owner[g], g, g + 1))
+    return out
 
 
 def _seconds_per_byte(device: Device, model: ModelSpec) -> float:

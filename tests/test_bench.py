@@ -91,6 +91,8 @@ def test_ndp_bench_quick(tmp_path: Path, traces: Path) -> None:
     assert s["speedup_vs_monde_paper_mean"] >= s["speedup_mean"]
     assert s["moesched_over_bound_max"] >= 1.0  # the bandwidth bound is a lower bound
     assert s["ndp_load_cv_mean"] < s["ndp_load_cv_baseline_mean"]
+    # The step's phases are exclusive and cover it.
+    assert all(abs(sum(p.values()) - 1) < 1e-9 for p in s["moesched_phase_share_by_row"].values())
     assert all("sampled" in r["note"] for r in data["rows"] if r["routing"] == "sampled")
     assert png.stat().st_size > 10_000
 

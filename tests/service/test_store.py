@@ -4,10 +4,12 @@ lock as StoreBusy (503 over HTTP), the old schema migrated, and damaged files re
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,9 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.live import ROOT
+from service.ep_sessions import EpBounds, EpSessions
 from service.main import create_app
+from service.schemas import EpBatch, EpSessionCreate
 from service.settings import Settings
-from service.store import SessionRow, SQLiteStore, StoreBusy, StoreError
+from service.store import READERS_KEPT, SessionRow, SQLiteStore, StoreBusy, StoreError
 
 SPEC = json.dumps({"num_layers": 2, "num_experts": 3})
 
@@ -242,3 +246,47 @@ def test_a_clean_stop_leaves_everything_in_the_main_file(tmp_path: Path) -> None
     assert store.count() == (40, 0)
     assert store.found == "opened: 40 sessions, 0 EP sessions"
     store.close()
+
+
+def test_an_ep_session_keeps_the_database_under_its_bound(tmp_path: Path) -> None:
+    """300 batches through a small log (64 KiB): the main file and the log together stay
+    under ``EpBounds.db_bytes`` after every batch, and the window on disk holds only the
+    window's batches (the log is checkpointed and truncated, the freed pages reused)."""
+    db = tmp_path / "ep.db"
+    settings = Settings(db_path=db, ep_window_max_bytes=64 * 2**10, db_wal_max_bytes=64 * 2**10)
+    store = SQLiteStore(db, wal_max_bytes=settings.db_wal_max_bytes)
+    eps = EpSessions(store, settings)
+    spec = EpSessionCreate(
+        num_layers=8, num_experts=64, num_gpus=4, num_replicas=72, window=1024,
+        rebalance_below=0.01,
+    )  # fmt: skip
+    bound = EpBounds(settings).db_bytes([spec])
+    sid = eps.create(spec).id
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(300):
+        eps.batch(sid, EpBatch(histogram=rng.integers(0, 64, (8, 64)).tolist()))
+        sizes.append(sum(p.stat().st_size for p in tmp_path.glob("ep.db*")))
+    kept = EpBounds(settings).window_of(spec)
+    rows = store._read("SELECT count(*) FROM ep_batches", ())[0][0]
+    eps.close()
+    store.close()
+    assert kept == 32 and rows == kept
+    assert max(sizes) <= bound, (max(sizes), bound)
+    assert max(sizes[150:]) <= max(sizes[:150])  # flat once the window and the log are full
+
+
+def test_ended_threads_leave_no_open_connections(tmp_path: Path) -> None:
+    """Reads from 20 short-lived threads (as a server's worker threads come and go) leave at
+    most the writer and ``READERS_KEPT`` idle readers open on the file (one connection per
+    thread had leaked each ended thread's connection and page cache)."""
+    db = tmp_path / "c.db"
+    store = SQLiteStore(db)
+    for _ in range(20):
+        t = threading.Thread(target=store.count)
+        t.start()
+        t.join()
+    fds = [os.readlink(f) for f in Path("/proc/self/fd").iterdir() if f.exists()]
+    open_on_db = sum(1 for target in fds if target == str(db))
+    store.close()
+    assert open_on_db <= READERS_KEPT + 1
