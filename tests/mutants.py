@@ -46,16 +46,18 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         [
             *EXECUTOR_TESTS,
             "tests/test_executor_records.py",
+            "tests/test_mutant_kills_executor.py",
             "tests/test_quality_golden.py::test_residency_over_capacity_at_cycle_0_is_a_violation",
         ],
     ),
-    "costs": (["hwmodel/costs.py"], EXECUTOR_TESTS),
+    "costs": (["hwmodel/costs.py"], [*EXECUTOR_TESTS, "tests/test_mutant_kills_costs.py"]),
     "placement": (
         ["solvers/placement/"],
         [
             *GOLDEN,
             "tests/solvers/test_placement.py",
             "tests/solvers/test_greedy_golden.py",
+            "tests/test_mutant_kills_placement.py",
             "tests/test_honest_bounds.py",
         ],
     ),
@@ -66,6 +68,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "tests/solvers/test_eplb.py",
             "tests/solvers/test_routing.py",
             "tests/solvers/test_eplb_runtime.py",
+            "tests/test_mutant_kills_eplb.py",
             "tests/test_honest_bounds.py",
         ],
     ),
@@ -106,6 +109,43 @@ EQUIVALENT: dict[str, str] = {
         "exactly 1e-9; weight bytes are whole multiples of bytes_per_weight (>= 1/8 byte). (At "
         "weight_bytes in (0, 1e-9] the original enters the full-tile branch with zero full tiles "
         "and returns a wrong time: noted, not reachable)"
+    ),
+    "solvers.eplb.batch_placement.x__time_folds__mutmut_35": (
+        "len(idx) > per_fold -> >= per_fold: at len(idx) == per_fold the subsample "
+        "np.linspace(0, n - 1, n).round() is exactly 0, 1, ..., n - 1 (step 1.0, exact), the "
+        "same indices as not subsampling"
+    ),
+    "solvers.placement.milp.x__link_queues__mutmut_24": (
+        "finish_d lowBound 0 -> None: the constraint finish_d >= end(to_d) + compute_d, both "
+        "sides nonnegative (end variables have lowBound 0, compute is cycles times binaries), "
+        "already implies finish_d >= 0: the same feasible set and optimum"
+    ),
+    "solvers.eplb.deepseek.x_log2phy_from__mutmut_7": (
+        "np.full(shape, -1, dtype=np.int64) -> dtype=None: numpy infers the dtype from the "
+        "Python int fill value -1, int64 on the 64-bit Linux this runs on; the same array"
+    ),
+    "solvers.eplb.deepseek.x_rebalance_hierarchical__mutmut_51": (
+        "reshape(-1, n) -> reshape(-2, n): numpy takes any negative size as the one inferred "
+        "dimension (checked on the installed numpy), the same shape"
+    ),
+    "solvers.placement.greedy.xǁ_Stateǁ__init____mutmut_22": (
+        "the initial cached loads value (.., 0, 0) -> (.., 0, 1): it is returned only when the "
+        "loaded tuple equals the cache key, which starts as None (never equal to a tuple) and "
+        "is set together with the value; the initial value is never read"
+    ),
+    "solvers.placement.greedy.xǁ_Staticǁfixed_adds__mutmut_7": (
+        "blocks.memo.get(key) -> None: the shared memo is a cache; without it the same options "
+        "are recomputed by adds_of from the same instance tables, home and token count (the "
+        "key), the same list"
+    ),
+    "solvers.placement.milp.x__links_in_order__mutmut_18": (
+        "constraint name f'seq_{label}' -> None: the name is a row label only (nothing looks a "
+        "constraint up by name); pulp names the row itself, same row, same model"
+    ),
+    "solvers.placement.problem.xǁPlacementInstanceǁlower_bound__mutmut_70": (
+        "int(work // n) -> int(work / n): work is a whole number of cycles (a float sum of "
+        "integer minima) far below 2**52 and n a small count, so the float quotient cannot "
+        "round up across an integer"
     ),
     "solvers.ordering.dep.x__chain_bound__mutmut_28": (
         "max(..., default=0) -> default=None: the default is used only for a graph without "
@@ -413,6 +453,7 @@ def main() -> None:
             moved = sorted(n for n in names if not _same_mutant(diffs[n], now.get(n, "")))
             still |= set(moved)
             rechecked = prev | {
+                "tests": GROUPS[name][1],
                 "killed": int(prev["killed"]) + len(names) - len(still),  # type: ignore[call-overload]
                 "survived_all": [n for n in names if n in still],
                 "no_tests": [n for n in prev.get("no_tests", []) if n in still],  # type: ignore[attr-defined]
