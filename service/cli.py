@@ -815,7 +815,7 @@ def serve(
     """Start the HTTP service (Swagger UI at /docs)."""
     import uvicorn
 
-    from service.http_protocol import DeadlineH11Protocol
+    from service.http_protocol import MAX_HEADER_BYTES, best_protocol
     from service.main import create_app
     from service.settings import get_settings
 
@@ -827,9 +827,9 @@ def serve(
         create_app(bind),
         host=bind.host,
         port=port or settings.port,
-        http=DeadlineH11Protocol,
+        http=best_protocol(),
         timeout_keep_alive=int(max(1, settings.keep_alive_s)),
-        h11_max_incomplete_event_size=64 * 1024,  # request line + headers
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # request line + headers (h11)
         limit_concurrency=settings.max_connections,
     )
 
