@@ -541,10 +541,10 @@ class DecodeRun:
         split: dict[int, list[tuple[str, int, int]]] = {}
         trimmed: dict[int, list[tuple[str, int, int]]] = {}
         if cfg.split_loads and cfg.dispatch == "solver" and self.G > 1:
-            link_s = 0.0
+            busy_s, link_s = self._link_busy_s(st, layer), 0.0
             if cfg.trim_loads:
-                trimmed, a, link_s = self._trim_loads(st, inst, a)
-            split, a = self._split_loads(st, inst, a, link_s)
+                trimmed, a, link_s = self._trim_loads(inst, a, busy_s)
+            split, a = self._split_loads(inst, a, busy_s + link_s)
             split = {**trimmed, **split}
             if split:  # the same layer with the split granules at home, for the lowering
                 inst = self._instance(layer, run_experts, extra=split)
@@ -688,7 +688,7 @@ class DecodeRun:
         return first
 
     def _trim_loads(
-        self, st: _Step, inst: PlacementInstance, a: Assignment
+        self, inst: PlacementInstance, a: Assignment, link_busy_s: float
     ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment, float]:
         """The layer's last whole demand load, trimmed: the units that hold the granules at
         its two ends compute them in place while the link brings the middle run (one
@@ -726,15 +726,7 @@ class DecodeRun:
                     work[d] += inst.shard[x][d][g1 - g0] / clock
         others = [x for x in a.loaded if x != e]
         gpu += sum(inst.shard[x][home][G] for x in others) / clock
-        link_ids = {lk.id for lk in self.hardware.links if home in lk.dst_device_ids}
-        attention = costs.task_cycles(
-            self.hardware, model,
-            ComputeTask(id="probe", device_id=home, op="attention", layer=layer, num_tokens=1),
-            st.timeline.context_tokens,
-        )[1]  # fmt: skip
-        attn_end = max(st.timeline.end, st.timeline.free_at(home)) + attention
-        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)]) / clock
-        link0 = busy + sum(inst.load_cycles[x] for x in others) / clock
+        link0 = link_busy_s + sum(inst.load_cycles[x] for x in others) / clock
 
         def estimate(lo: int, hi: int) -> tuple[float, float]:
             w = dict(work)
@@ -762,7 +754,7 @@ class DecodeRun:
         return {e: pieces}, Assignment(runs=runs, loaded=tuple(others)), link_s
 
     def _split_loads(
-        self, st: _Step, inst: PlacementInstance, a: Assignment, extra_link_s: float = 0.0
+        self, inst: PlacementInstance, a: Assignment, link_busy_s: float
     ) -> tuple[dict[int, list[tuple[str, int, int]]], Assignment]:
         """Granules of the layer's absent experts to load over the links into the GPU while
         the units compute the rest, on top of the placement ``a``: (expert -> (source, first
@@ -779,18 +771,26 @@ class DecodeRun:
         and the last piece's GPU shard, GPU work)``: a water-filling on granules, with the
         layer's own routing known (never a prediction). Capped by the GPU memory left beside
         every expert of the layer loaded whole.
+        ``link_busy_s``: how long the links into the GPU stay busy after this layer's
+        attention (``_link_busy_s``, plus a trimmed load's pieces).
         Estimates only: the timeline and the executor time the plan."""
+        got = self._water_fill(inst, a, link_busy_s)
+        return ({}, a) if got is None else got
+
+    def _link_busy_s(self, st: _Step, layer: int) -> float:
+        """Seconds the links into the GPU are still busy after ``layer``'s attention (which
+        runs after the timeline's end and the GPU's last task): the head start of the
+        layer's own demand loads, shared by ``_trim_loads`` and ``_split_loads``."""
         link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
         attention = costs.task_cycles(
             self.hardware, self.model,
-            ComputeTask(id="probe", device_id=self.home, op="attention",
-                        layer=inst.problem.layer, num_tokens=1),
+            ComputeTask(id="probe", device_id=self.home, op="attention", layer=layer,
+                        num_tokens=1),
             st.timeline.context_tokens,
         )[1]  # fmt: skip
         attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
         busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)])
-        got = self._water_fill(inst, a, busy / self.hardware.clock_hz + extra_link_s)
-        return ({}, a) if got is None else got
+        return busy / self.hardware.clock_hz
 
     def _water_fill(
         self, inst: PlacementInstance, a: Assignment, link_busy_s: float
