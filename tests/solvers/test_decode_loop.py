@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace
-from solvers.decode_loop import DecodeRun, LoopConfig, cache_hardware
+from solvers.decode_loop import DecodeRun, LoopConfig, LoopResult, cache_hardware
 from tests.tiny import tiny_hardware, tiny_model
 
 HOST = Residency(by_memory={"a_mem": (WeightSlice(),)})
@@ -95,25 +95,33 @@ def test_split_load_by_hand() -> None:
     assert latency == [2 * 8_400, 2 * 6_900]
 
 
-def test_split_loads_on_real_routing(traces: Path) -> None:
-    """FLAME-MoE-290M on the 4-DIMM preset, 8 granules striped (2 per DIMM), 6 real decode
-    tokens after a 64-token prompt: split loads happen, every step passes the executor with
-    prediction = simulation and the bound below it, and decoding is faster than without them."""
+def flame_decode(traces: Path, num_granules: int, **flags: bool) -> LoopResult:
+    """FLAME-MoE-290M on the 4-DIMM preset, ``num_granules`` striped, 6 real decode tokens
+    after a 64-token prompt, no per-layer cache and 64 global lines, run: every step passes
+    the executor with prediction = simulation, the bound below it and its phases summing to
+    its latency."""
     from hwmodel.plan_builder import layout_residency
     from hwmodel.presets import hardware_preset, model_preset
     from hwmodel.routing_traces import FLAME_FILE, load_trace
 
     trace = load_trace(traces / FLAME_FILE)
     hw, model = hardware_preset("gpu-ndp-4dimm"), model_preset("flame-moe-290m")
-    base = layout_residency(hw, model, "striped", num_granules=8)
+    base = layout_residency(hw, model, "striped", num_granules=num_granules)
+    cfg = LoopConfig(capacity_experts=0, global_lines=64, num_granules=num_granules, **flags)
+    run = DecodeRun(hw, model, base, cfg, trace, slice(0, 64), slice(64, 70), in_flight=64)
+    result = run.run()
+    assert result.violations == 0
+    assert all(s.latency_s == s.predicted_s and s.bound_s <= s.latency_s for s in result.steps)
+    assert all(abs(sum(s.phase_s.values()) - s.latency_s) < 1e-12 for s in result.steps)
+    return result
+
+
+def test_split_loads_on_real_routing(traces: Path) -> None:
+    """FLAME on 8 granules (2 per DIMM, ``flame_decode``): split loads happen, and decoding
+    is faster than without them."""
     means = []
     for split in (True, False):
-        cfg = LoopConfig(capacity_experts=0, global_lines=64, num_granules=8, split_loads=split)
-        run = DecodeRun(hw, model, base, cfg, trace, slice(0, 64), slice(64, 70), in_flight=64)
-        result = run.run()
-        assert result.violations == 0
-        assert all(s.latency_s == s.predicted_s and s.bound_s <= s.latency_s for s in result.steps)
-        assert all(abs(sum(s.phase_s.values()) - s.latency_s) < 1e-12 for s in result.steps)
+        result = flame_decode(traces, 8, split_loads=split)
         assert (result.stats.split_loads > 0) == split
         means.append(result.mean("latency_s"))
     assert means[0] < means[1]
@@ -306,24 +314,8 @@ def test_step_phases_by_hand() -> None:
 
 
 def test_trimmed_loads_on_real_routing(traces: Path) -> None:
-    """FLAME-MoE-290M on the 4-DIMM preset, 16 granules striped, 6 real decode tokens after a
-    64-token prompt: trimming the last whole demand load of a layer (its end granules stay on
-    the DIMMs, the line is staged) keeps every step executor-clean with prediction =
-    simulation and the bound below it, and decodes faster than without it (0.8290 against
-    0.8409 ms a token)."""
-    from hwmodel.plan_builder import layout_residency
-    from hwmodel.presets import hardware_preset, model_preset
-    from hwmodel.routing_traces import FLAME_FILE, load_trace
-
-    trace = load_trace(traces / FLAME_FILE)
-    hw, model = hardware_preset("gpu-ndp-4dimm"), model_preset("flame-moe-290m")
-    base = layout_residency(hw, model, "striped", num_granules=16)
-    means = []
-    for trim in (True, False):
-        cfg = LoopConfig(capacity_experts=0, global_lines=64, num_granules=16, trim_loads=trim)
-        run = DecodeRun(hw, model, base, cfg, trace, slice(0, 64), slice(64, 70), in_flight=64)
-        result = run.run()
-        assert result.violations == 0
-        assert all(s.latency_s == s.predicted_s and s.bound_s <= s.latency_s for s in result.steps)
-        means.append(result.mean("latency_s"))
+    """FLAME on 16 granules (``flame_decode``): trimming the last whole demand load of a
+    layer (its end granules stay on the DIMMs, the line is staged) decodes faster than
+    without it (0.8290 against 0.8409 ms a token)."""
+    means = [flame_decode(traces, 16, trim_loads=t).mean("latency_s") for t in (True, False)]
     assert round(means[0] * 1e7) == 8_290 and round(means[1] * 1e7) == 8_409
