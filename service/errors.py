@@ -40,6 +40,21 @@ def _json(status: int, body: ErrorResponse, headers: dict[str, str] | None = Non
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
+def domain_error(exc: DomainError) -> ErrorResponse:
+    """The answer to a ``DomainError`` (its status is ``exc.status_code``)."""
+    return ErrorResponse(
+        error=summarize([(exc.field, exc.message)]),
+        error_type=exc.error_type,
+        detail=[FieldError(field=exc.field, message=exc.message)],
+    )
+
+
+def store_error(exc: StoreError) -> ErrorResponse:
+    """The answer to a ``StoreError`` (a 503 with ``Retry-After: 2``)."""
+    kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+    return ErrorResponse(error=str(exc), error_type=kind)
+
+
 def overload_cause(exc: StarletteHTTPException) -> str:
     """A 503's cause for the metrics: its ``cause``, or the slot class its text names."""
     cause = getattr(exc, "cause", None)
@@ -69,12 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        body = ErrorResponse(
-            error=summarize([(exc.field, exc.message)]),
-            error_type=exc.error_type,
-            detail=[FieldError(field=exc.field, message=exc.message)],
-        )
-        return _json(exc.status_code, body)
+        return _json(exc.status_code, domain_error(exc))
 
     @app.exception_handler(CycleOverflowError)
     async def _cycles(_: Request, exc: CycleOverflowError) -> JSONResponse:
@@ -91,9 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
-        kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
-        body = ErrorResponse(error=str(exc), error_type=kind)
-        return _json(503, body, {"Retry-After": "2"})
+        return _json(503, store_error(exc), {"Retry-After": "2"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

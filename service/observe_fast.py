@@ -21,11 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Send
 
 from hwmodel.spec import MAX_COUNT
-from service.input_errors import DomainError, summarize
+from service.errors import domain_error, store_error
+from service.input_errors import DomainError
 from service.metrics import Metrics
 from service.schemas import Observation
 from service.sessions import SessionManager
-from service.store import StoreBusy, StoreError
+from service.store import StoreError
 
 PATH = re.compile(r"/v1/sessions/([^/]+)/observations")
 ROUTE = "/v1/sessions/{session_id}/observations"  # the metrics label, as the route's
@@ -71,18 +72,13 @@ async def observe(
     """Count the observation (committed in the store), then send the ack or the 404/503."""
     try:
         ack = await run_in_threadpool(manager.observe, session_id, obs)
-    except DomainError as exc:  # the session is gone: the same body as the route's handler
-        error = {
-            "error": summarize([(exc.field, exc.message)]),
-            "error_type": exc.error_type,
-            "detail": [{"field": exc.field, "message": exc.message}],
-        }
-        await _answer(send, exc.status_code, _ENCODER.encode(error), [])
+    except DomainError as exc:  # the session is gone: the route's handler's body
+        body = _ENCODER.encode(domain_error(exc).model_dump())
+        await _answer(send, exc.status_code, body, [])
         return
     except StoreError as exc:
-        kind = "store_busy" if isinstance(exc, StoreBusy) else "store_unavailable"
-        error = {"error": str(exc), "error_type": kind, "detail": []}
-        await _answer(send, 503, _ENCODER.encode(error), [(b"retry-after", b"2")])
+        body = _ENCODER.encode(store_error(exc).model_dump())
+        await _answer(send, 503, body, [(b"retry-after", b"2")])
         return
     metrics.observations.inc()
     metrics.drift.observe(ack.drift)
