@@ -27,7 +27,7 @@ def _links_of(inst: PlacementInstance) -> _LinkLayout:
     returns), whether every dispatch shares one link and every return another, and each
     remote device's up link index. Shared by the solves of one hardware (looked up by
     identity, the hardware kept alive beside it)."""
-    hw = inst.problem.hardware
+    hw = inst.hardware
     key = (id(hw), inst.home)
     got = _LINKS.get(key)
     if got is not None and got[0] is hw:
@@ -167,7 +167,7 @@ class _State:
         self.routed = [0] * len(inst.devices)  # tokens routed to each device
         self.num_links = static.num_links
         self.load_links = static.load_links
-        self.num_tokens = inst.problem.num_tokens
+        self.num_tokens = inst.num_tokens
         self.loaded: list[int] = []
         self.loaded_sorted: tuple[int, ...] = ()
         self.free_bytes: float = inst.home_free_bytes
@@ -460,30 +460,104 @@ def _best_option(
     return best, best_adds
 
 
+@dataclass
+class _Segment:
+    """A run of consecutive experts of the placement order whose option does not depend on
+    the state once loads are closed (one state-free option, no open split): their summed
+    shard cycles and routed tokens per device index, and each one's option and adds."""
+
+    compute: list[tuple[int, int]]
+    routed: list[tuple[int, int]]
+    options: dict[int, tuple[tuple[str, int, int], ...]]
+    adds: dict[int, _Adds]
+
+
+def _segments(
+    order: list[int], blocks: dict[int, _Blocks], static: _Static
+) -> list[int | _Segment]:
+    """The placement order for passes that load nothing more (``_place`` with forced loads):
+    experts whose option depends on the state stay single, the others are merged into
+    segments applied at once (integer sums, so the state after a segment is the same)."""
+    steps: list[int | _Segment] = []
+    run: list[int] = []
+
+    def close() -> None:
+        if not run:
+            return
+        compute: dict[int, int] = {}
+        routed: dict[int, int] = {}
+        options, adds = {}, {}
+        for e in run:
+            option, a = static.fixed_adds(e, blocks[e])[0]
+            options[e], adds[e] = option, a
+            for i, x, r in a.items:
+                compute[i] = compute.get(i, 0) + x
+                routed[i] = routed.get(i, 0) + r
+        steps.append(_Segment(list(compute.items()), list(routed.items()), options, adds))
+        run.clear()
+
+    for e in order:
+        if not blocks[e].open_degrees and len(static.fixed_adds(e, blocks[e])) == 1:
+            run.append(e)
+        else:
+            close()
+            steps.append(e)
+    close()
+    return steps
+
+
 def _place(
     inst: PlacementInstance,
     forced_loads: list[int],
     order: list[int],
     blocks: dict[int, _Blocks],
     static: _Static,
+    segments: list[int | _Segment] | None = None,
 ) -> tuple[Assignment, int]:
     """Load ``forced_loads``, then give every other expert (in ``order``) its best option;
-    returns the assignment and its estimated finish."""
+    returns the assignment and its estimated finish. ``segments``: ``_segments`` of the
+    order, used when ``forced_loads`` is not empty (no expert may then choose a load)."""
     state = _State(inst, static)
     for e in forced_loads:
         state.add_load(e)
     runs: dict[int, tuple[tuple[str, int, int], ...]] = {}
     loaded = list(forced_loads)
-    for e in order:
-        if e in forced_loads:
-            continue
-        option, a = _best_option(inst, state, e, not forced_loads, blocks[e])
-        if option is None or a is None:
-            loaded.append(e)
-            state.add_load(e)
-            continue
-        runs[e] = option
-        state.add_runs(a)
+    skip = set(forced_loads)
+    if forced_loads and segments is not None:
+        compute, routed = state.compute, state.routed
+        for step in segments:
+            if isinstance(step, int):
+                if step in skip:
+                    continue
+                option, a = _best_option(inst, state, step, False, blocks[step])
+                assert option is not None and a is not None  # no load without allow_load
+                runs[step] = option
+                state.add_runs(a)
+                continue
+            for i, x in step.compute:
+                compute[i] += x
+            for i, r in step.routed:
+                routed[i] += r
+            gone = [e for e in skip if e in step.adds] if skip else []
+            if not gone:
+                runs.update(step.options)
+                continue
+            for e in gone:
+                for i, x, r in step.adds[e].items:
+                    compute[i] -= x
+                    routed[i] -= r
+            runs.update((e, o) for e, o in step.options.items() if e not in skip)
+    else:
+        for e in order:
+            if e in skip:
+                continue
+            option, a = _best_option(inst, state, e, not forced_loads, blocks[e])
+            if option is None or a is None:
+                loaded.append(e)
+                state.add_load(e)
+                continue
+            runs[e] = option
+            state.add_runs(a)
     estimate = state.score(None, 0, None)[0]
     return Assignment(runs=runs, loaded=tuple(sorted(loaded))), estimate
 
@@ -496,7 +570,7 @@ def solve_greedy(inst: PlacementInstance) -> Assignment:
 def exact_estimate(inst: PlacementInstance) -> bool:
     """Whether the greedy's estimate is the predicted makespan itself: every link the layer
     uses has one lane (the estimate queues each link's transfers one after another)."""
-    hw = inst.problem.hardware
+    hw = inst.hardware
     return all(lk.num_lanes == 1 for lk in hw.links)
 
 
@@ -545,10 +619,15 @@ def solve_greedy_estimated(inst: PlacementInstance) -> tuple[Assignment, int]:
     optional = [e for e in candidates if e not in forced]
     top = max(0, min(len(optional), room - len(forced)))
     cache: dict[int, tuple[Assignment, int]] = {}
+    segments: list[int | _Segment] | None = None
 
     def at(h: int) -> tuple[Assignment, int]:
+        nonlocal segments
         if h not in cache:
-            cache[h] = _place(inst, forced + optional[:h], order, blocks, static)
+            loads = forced + optional[:h]
+            if loads and segments is None:
+                segments = _segments(order, blocks, static)
+            cache[h] = _place(inst, loads, order, blocks, static, segments)
         return cache[h]
 
     # Golden-section search over integer h (one new placement per step), then the rest.
