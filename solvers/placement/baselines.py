@@ -24,7 +24,7 @@ MONDE_HOT_SHARE = 0.05882  # DynaNDE's MoNDE hybrid: N = ceil(0.05882 x active e
 
 
 def _ndp_holder(inst: PlacementInstance, e: int) -> str:
-    kinds = {d.id: d.kind for d in inst.problem.hardware.devices}
+    kinds = {d.id: d.kind for d in inst.hardware.devices}
     for d in inst.whole_holders(e):
         if kinds[d] == "ndp":
             return d

@@ -34,13 +34,14 @@ def _sortable(key: _Key) -> tuple[object, ...]:
 
 def shape(inst: PlacementInstance) -> tuple[Hashable, list[int]]:
     """(the instance's shape key, its activated experts in canonical order)."""
-    keys = {e: _expert_key(inst, e) for e in inst.experts}
+    known = inst.expert_keys
+    keys = known if known is not None else {e: _expert_key(inst, e) for e in inst.experts}
     # Any order that depends on the keys alone is canonical; tuples compare without repr
     # (an expert with no load pieces sorts before one with some).
-    order = sorted(inst.experts, key=lambda e: (_sortable(keys[e]), e))
+    order = sorted(inst.experts, key=lambda e: (_sortable(keys[e]), e))  # type: ignore[arg-type]
     room = int(inst.home_free_bytes // inst.expert_bytes) if inst.expert_bytes else 0
     key = (
-        inst.problem.num_tokens, inst.G, room, min(room, len(order)),
+        inst.num_tokens, inst.G, room, min(room, len(order)),
         tuple(keys[e] for e in order),
     )  # fmt: skip
     return key, order

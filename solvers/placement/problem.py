@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -77,22 +77,22 @@ class Assignment:
     loaded: tuple[int, ...] = ()
 
 
+# What instances of one hardware, model and granule count share (``from_layouts``).
+_SHARED = ("hardware", "model", "home", "G", "width", "_tables", "devices", "remote", "expert_bytes")
+
+
 class PlacementInstance:
     """Precomputed tables of a ``PlacementProblem`` (all durations in integer cycles)."""
 
     def __init__(self, problem: PlacementProblem) -> None:
-        self.problem = problem
+        self._problem: PlacementProblem | None = problem
+        self._problem_of: Callable[[], PlacementProblem] | None = None
+        self._setup(
+            problem.hardware, problem.model, problem.layer, problem.tokens_per_expert,
+            problem.num_tokens, problem.num_granules,
+        )  # fmt: skip
         hw, model = problem.hardware, problem.model
-        self.home = hw.home_device_id
         ffn = model.expert_ffn_size
-        self.G = effective_granules(ffn, problem.num_granules)
-        self.width = ffn // self.G
-        self.experts = [e for e, t in enumerate(problem.tokens_per_expert) if t > 0]
-        self.tokens = {e: problem.tokens_per_expert[e] for e in self.experts}
-        tab = cost_tables.tables(hw, model)
-        self._tables = tab
-        self.devices = list(tab.reachable(self.home))
-        self.remote = [d for d in self.devices if d != self.home]
         mem_of = {d.id: d.memory_id for d in hw.devices}
         # Residency is read once per memory: the column pieces that concern this layer, those
         # of every expert (wildcards) apart from those of one expert.
@@ -108,13 +108,9 @@ class PlacementInstance:
                     every[d].append(piece)
                 else:
                     one[d].setdefault(sl.expert, []).append(piece)
-        # holders[e][g]: devices whose memory holds granule g of expert e; experts laid out
-        # alike share the list (callers must not modify it), and their load pieces.
-        self.holders: dict[int, list[list[str]]] = {}
-        pieces_of: dict[int, list[tuple[str, int, int]] | None] = {}
-        devices, remote = tuple(self.devices), tuple(self.remote)
         # Per expert, each device's sorted column pieces; experts no slice names alone share
         # the wildcards' tuple.
+        layouts: dict[int, tuple[list[list[str]], list[tuple[str, int, int]] | None]] = {}
         shared = tuple(tuple(sorted(every[d])) for d in self.devices)
         named = {e for d in self.devices for e in one[d]}
         for e in self.experts:
@@ -124,9 +120,117 @@ class PlacementInstance:
                     tuple(sorted(every[d] + one[d][e])) if e in one[d] else shared[k]
                     for k, d in enumerate(self.devices)
                 )
-            self.holders[e], pieces_of[e] = _layout(
-                devices, remote, self.home, key, ffn, self.width, self.G
-            )
+            layouts[e] = self.layout(key)
+        home_mem = hw.device(self.home).memory_id
+        capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
+        home_slices = problem.residency.by_memory.get(home_mem, ())
+        home_free_bytes = (
+            capacity
+            - problem.home_reserved_bytes
+            - sum(costs.weight_slice_bytes(model, sl) for sl in home_slices)
+        )
+        self._finish(layouts, problem.allow_loads, home_free_bytes)
+
+    @classmethod
+    def from_layouts(
+        cls,
+        problem_of: Callable[[], PlacementProblem],
+        like: PlacementInstance,
+        layer: int,
+        tokens: dict[int, int],
+        num_tokens: int,
+        layouts: dict[int, tuple[list[list[str]], list[tuple[str, int, int]] | None]],
+        home_free_bytes: float,
+        load_parts: dict[int, tuple[list[tuple[str, int, int, int]], int]],
+        shard_rows: dict[int, dict[str, list[int]]],
+        expert_keys: dict[int, Hashable] | None = None,
+    ) -> PlacementInstance:
+        """The instance of ``problem_of()`` from tables its caller keeps, without reading the
+        residency (``problem`` is built on first use):
+
+        ``like``: an instance of the same hardware, model and granule count (its device
+        lists and tables are shared); ``tokens``: tokens per activated expert (ascending);
+        ``layouts[e]``: expert e's holders per granule and load pieces, as ``layout`` gives
+        them; ``load_parts[e]``: its load parts and their cycles (absent: no load);
+        ``home_free_bytes``: as ``__init__`` computes it; ``shard_rows``: shard rows by token
+        count, shared with ``like``'s other instances (filled here); ``expert_keys``: each
+        expert's key in the plan memo. Loads are allowed.
+
+        The caller answers for the tables being those of the problem
+        (``tests/solvers/test_decode_tables.py`` compares both ways on real traces)."""
+        inst = cls.__new__(cls)
+        inst.__dict__.update({k: like.__dict__[k] for k in _SHARED})
+        inst._problem, inst._problem_of = None, problem_of
+        inst.layer, inst.num_tokens = layer, num_tokens
+        inst.experts = list(tokens)
+        inst.tokens = tokens
+        inst.holders = {e: layouts[e][0] for e in inst.experts}
+        inst.shard = {}
+        for e, t in tokens.items():
+            rows = shard_rows.get(t)
+            if rows is None:
+                rows = shard_rows[t] = {
+                    d: inst._tables.shard_row(d, t, inst.G) for d in inst.devices
+                }
+            inst.shard[e] = rows
+        inst.load_parts, inst.load_cycles = {}, {}
+        for e in inst.experts:
+            got = load_parts.get(e)
+            if got is not None:
+                inst.load_parts[e], inst.load_cycles[e] = got
+        inst.home_free_bytes = home_free_bytes
+        inst.expert_keys = expert_keys
+        return inst
+
+    @property
+    def problem(self) -> PlacementProblem:
+        """The problem these are the tables of."""
+        if self._problem is None:
+            assert self._problem_of is not None
+            self._problem = self._problem_of()
+        return self._problem
+
+    def _setup(
+        self,
+        hardware: Hardware,
+        model: ModelSpec,
+        layer: int,
+        tokens_per_expert: tuple[int, ...],
+        num_tokens: int,
+        num_granules: int,
+    ) -> None:
+        self.hardware, self.model, self.layer, self.num_tokens = hardware, model, layer, num_tokens
+        self.home = hardware.home_device_id
+        ffn = model.expert_ffn_size
+        self.G = effective_granules(ffn, num_granules)
+        self.width = ffn // self.G
+        self.experts = [e for e, t in enumerate(tokens_per_expert) if t > 0]
+        self.tokens = {e: tokens_per_expert[e] for e in self.experts}
+        tab = cost_tables.tables(hardware, model)
+        self._tables = tab
+        self.devices = list(tab.reachable(self.home))
+        self.remote = [d for d in self.devices if d != self.home]
+
+    def layout(
+        self, cols: tuple[tuple[tuple[int, int], ...], ...]
+    ) -> tuple[list[list[str]], list[tuple[str, int, int]] | None]:
+        """An expert's holders per granule and load pieces when ``devices[i]`` holds the
+        sorted column pieces ``cols[i]`` (shared: callers must not modify them)."""
+        return _layout(
+            tuple(self.devices), tuple(self.remote), self.home, cols,
+            self.model.expert_ffn_size, self.width, self.G,
+        )  # fmt: skip
+
+    def _finish(
+        self,
+        layouts: dict[int, tuple[list[list[str]], list[tuple[str, int, int]] | None]],
+        allow_loads: bool,
+        home_free_bytes: float,
+    ) -> None:
+        tab = self._tables
+        # holders[e][g]: devices whose memory holds granule g of expert e; experts laid out
+        # alike share the list (callers must not modify it), and their load pieces.
+        self.holders: dict[int, list[list[str]]] = {e: layouts[e][0] for e in self.experts}
         # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G). Devices with the
         # same figures share a row, and so do experts with the same token count.
         self.shard: dict[int, dict[str, list[int]]] = {}
@@ -140,11 +244,11 @@ class PlacementInstance:
         # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
         self.load_parts: dict[int, list[tuple[str, int, int, int]]] = {}
         self.load_cycles: dict[int, int] = {}
-        if problem.allow_loads:
+        if allow_loads:
             parts_of: dict[int, list[tuple[str, int, int, int]]] = {}  # by id of the pieces
             cycles_of: dict[int, int] = {}
             for e in self.experts:
-                pieces = pieces_of[e]
+                pieces = layouts[e][1]
                 if pieces is None:
                     continue
                 parts = parts_of.get(id(pieces))
@@ -156,15 +260,10 @@ class PlacementInstance:
                     cycles_of[id(pieces)] = sum(part[3] for part in parts)
                 self.load_parts[e] = parts
                 self.load_cycles[e] = cycles_of[id(pieces)]
-        home_mem = hw.device(self.home).memory_id
-        capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
-        home_slices = problem.residency.by_memory.get(home_mem, ())
-        self.home_free_bytes = (
-            capacity
-            - problem.home_reserved_bytes
-            - sum(costs.weight_slice_bytes(model, sl) for sl in home_slices)
-        )
-        self.expert_bytes = model.expert_bytes()
+        self.home_free_bytes = home_free_bytes
+        self.expert_bytes = self.model.expert_bytes()
+        # Per expert, its key in the plan memo (``memo.shape``), when the builder knows it.
+        self.expert_keys: dict[int, Hashable] | None = None
 
     @cached_property
     def dispatch(self) -> dict[str, list[int]]:
@@ -179,7 +278,7 @@ class PlacementInstance:
     @cached_property
     def reduce(self) -> list[int]:
         """reduce[p]: cycles of the home reduce over p partial sums (p = 0..#devices)."""
-        return self._tables.reduce_row(self.home, self.problem.num_tokens, len(self.devices))
+        return self._tables.reduce_row(self.home, self.num_tokens, len(self.devices))
 
     def link(self, src: str, dst: str) -> Link:
         """The link the lowering uses from src to dst."""
@@ -188,7 +287,7 @@ class PlacementInstance:
         return link
 
     def _transfer_table(self, to_home: bool) -> dict[str, list[int]]:
-        n = self.problem.num_tokens
+        n = self.num_tokens
         return {
             d: self._tables.activation_row(
                 self.link(d, self.home) if to_home else self.link(self.home, d), n
@@ -213,11 +312,11 @@ class PlacementInstance:
             if not missing:
                 continue
             if e not in self.load_parts:
-                return f"layer {self.problem.layer} expert {e} granule {missing[0]} is held nowhere"
+                return f"layer {self.layer} expert {e} granule {missing[0]} is held nowhere"
             forced.append(e)
         if len(forced) * self.expert_bytes > self.home_free_bytes:
             return (
-                f"layer {self.problem.layer}: experts {forced} must be loaded to '{self.home}', "
+                f"layer {self.layer}: experts {forced} must be loaded to '{self.home}', "
                 f"which has {self.home_free_bytes:.0f} bytes free for {len(forced)} x "
                 f"{self.expert_bytes:.0f}"
             )
@@ -248,7 +347,7 @@ class PlacementInstance:
         for e in self.experts:
             if e in a.loaded:
                 out.append(
-                    Shard(self.home, e, 0, self.problem.model.expert_ffn_size, self.tokens[e])
+                    Shard(self.home, e, 0, self.model.expert_ffn_size, self.tokens[e])
                 )
                 continue
             for dev, g0, g1 in sorted(a.runs[e], key=lambda r: r[1]):
@@ -263,11 +362,11 @@ class PlacementInstance:
             WeightLoad(src, e, c0, c1) for e in a.loaded for src, c0, c1, _ in self.load_parts[e]
         ]
         return lower_layer(
-            self.problem.hardware,
-            self.problem.model,
-            self.problem.layer,
+            self.hardware,
+            self.model,
+            self.layer,
             self.shards(a),
-            self.problem.num_tokens,
+            self.num_tokens,
             after=after,
             attention=attention,
             loads=loads,
@@ -293,7 +392,7 @@ class PlacementInstance:
     def predict(self, a: Assignment) -> int:
         """Makespan in cycles of the layer under this assignment (solver-side timing model)."""
         tasks, _ = self.tasks(a)
-        return timing.makespan(self.problem.hardware, self.problem.model, tasks)
+        return timing.makespan(self.hardware, self.model, tasks)
 
     def check(self, a: Assignment) -> list[str]:
         """Solver-free validation: every reason the assignment is not a placement (empty: ok)."""
