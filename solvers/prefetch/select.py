@@ -62,27 +62,26 @@ class PrefetchChoice:
 
 def select_greedy(problem: PrefetchProblem) -> list[int]:
     """By expected saving per byte (ties: more probable first), skipping what does not fit."""
-    n = len(problem.experts)
-    order = sorted(
-        range(n),
-        key=lambda i: (
-            -problem.probability[i] * problem.saved_cycles[i] / max(problem.size_bytes[i], 1.0),
-            -problem.probability[i],
-            i,
-        ),
-    )
+    # The keys built once (the decode loop selects twice per layer): (saving per byte
+    # descending, probability descending, index).
+    keys = [
+        (-p * saved / max(size, 1.0), -p, i)
+        for i, (p, saved, size) in enumerate(
+            zip(problem.probability, problem.saved_cycles, problem.size_bytes, strict=True)
+        )
+    ]
+    keys.sort()
     chosen: list[int] = []
     used_bytes, used_cycles = 0.0, 0
-    for i in order:
-        if problem.probability[i] <= 0:
+    room_bytes, room_cycles = problem.free_bytes + 1e-6, problem.link_budget_cycles
+    size, cycles = problem.size_bytes, problem.transfer_cycles
+    for _, minus_p, i in keys:
+        if minus_p >= 0:  # probability <= 0
             continue
-        if (
-            used_bytes + problem.size_bytes[i] <= problem.free_bytes + 1e-6
-            and used_cycles + problem.transfer_cycles[i] <= problem.link_budget_cycles
-        ):
+        if used_bytes + size[i] <= room_bytes and used_cycles + cycles[i] <= room_cycles:
             chosen.append(i)
-            used_bytes += problem.size_bytes[i]
-            used_cycles += problem.transfer_cycles[i]
+            used_bytes += size[i]
+            used_cycles += cycles[i]
     return chosen
 
 
