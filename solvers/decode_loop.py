@@ -43,14 +43,14 @@ from hwmodel.plan_builder import LoweredLayer, effective_granules
 from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
-from solvers.common import Budget
+from solvers.decode_tables import DecodeTables
 from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, global_allocation, serve
 from solvers.prefetch.predict import Predictor, TransitionMemory
-from solvers.prefetch.select import PrefetchProblem, select
+from solvers.prefetch.select import PrefetchProblem, select_greedy
 
 Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
@@ -265,6 +265,7 @@ class DecodeRun:
         self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
+        self.tables = DecodeTables(self.hardware, model, base, config.num_granules)
         self.lookahead = config.lookahead_layers or self._auto_lookahead()
         self._warm_start()
 
@@ -488,17 +489,26 @@ class DecodeRun:
         """The placement problem of one layer for a one-token batch over ``experts`` (or a
         ``batch`` with ``tokens [E]`` per expert), with the layer's cache lines on the GPU
         (and ``extra``: its split loads, ``_residency``)."""
-        if tokens is None:
-            tokens = [0] * self.model.num_routed_experts
-            for e in experts:
-                tokens[e] = 1
         others = sum(len(lines) for lines in self.caches.lines) - len(self.caches.lines[layer])
-        problem = PlacementProblem(
-            self.hardware, self.model, layer, tuple(tokens), batch,
-            self._residency([layer], extra),
-            self.config.num_granules, home_reserved_bytes=others * self.model.expert_bytes(),
-        )  # fmt: skip
-        return PlacementInstance(problem)
+
+        def problem() -> PlacementProblem:
+            counts = tokens
+            if counts is None:
+                counts = [0] * self.model.num_routed_experts
+                for e in experts:
+                    counts[e] = 1
+            return PlacementProblem(
+                self.hardware, self.model, layer, tuple(counts), batch,
+                self._residency([layer], extra),
+                self.config.num_granules, home_reserved_bytes=others * self.model.expert_bytes(),
+            )  # fmt: skip
+
+        if tokens is None:  # one token: from the per-expert tables, no residency built
+            return self.tables.instance(
+                layer, experts, self.caches.lines[layer], self.caches.partial(layer),
+                others * self.model.expert_bytes(), extra, problem,
+            )  # fmt: skip
+        return PlacementInstance(problem())
 
     def _assign(self, inst: PlacementInstance) -> Assignment:
         """The layer's placement: looked up by shape, or solved (``PlanMemo``)."""
@@ -700,7 +710,7 @@ class DecodeRun:
         granules on their units and the middle at home, the trimmed pieces' link seconds).
         A line being staged is not trimmed (its load is only its missing granules)."""
         model, clock, home = self.model, self.hardware.clock_hz, self.home
-        layer = inst.problem.layer
+        layer = inst.layer
         if not a.loaded:
             return {}, a, 0.0
         e = a.loaded[-1]
@@ -913,12 +923,12 @@ class DecodeRun:
             link_budget_cycles=max(0, ready - free),
         )
         started = time.process_time()
-        # Greedy under a work budget: nothing here may depend on how fast the machine runs.
-        choice = select(problem, "greedy", budget=Budget.work(1.0, workers=1))
+        # The greedy set (``select(problem, "greedy")`` without the bound nobody here reads).
+        chosen = sorted(select_greedy(problem))
         st.solve_s += time.process_time() - started
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
-        for i in choice.chosen:
+        for i in chosen:
             nxt, e, c, pieces = items[i]
             granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
@@ -1073,9 +1083,8 @@ class DecodeRun:
         for src, p0, p1, _ in probe.load_parts[e]:
             lo, hi = max(p0, c0), min(p1, c1)
             if lo < hi:
-                link = probe.link(src, self.home)
-                seconds = costs.transfer_s(link, self.model.expert_bytes(hi - lo))
-                out.append((src, lo, hi, costs.to_cycles(seconds, self.hardware.clock_hz)))
+                cycles = probe._tables.weight_cycles(probe.link(src, self.home), hi - lo)
+                out.append((src, lo, hi, cycles))
         return out
 
 
@@ -1108,7 +1117,7 @@ class _Fill:
     ) -> _Fill | None:
         model, clock, home = run.model, run.hardware.clock_hz, run.home
         granule_bytes = model.expert_bytes(model.expert_ffn_size // inst.G)
-        layer = inst.problem.layer
+        layer = inst.layer
         stripes: dict[int, list[tuple[str, int, int]]] = {}
         for e in sorted(a.runs):
             runs = sorted(a.runs[e], key=lambda r: r[1])
