@@ -31,6 +31,7 @@ class Timeline:
         self.lanes = {lk.id: [start_cycle] * lk.num_lanes for lk in hardware.links}
         self.last_start: dict[str, int] = {}
         self.times: dict[str, tuple[int, int]] = {}
+        self._end: int | None = start_cycle  # the latest end so far (None: to recompute)
 
     def ready(self, task: ComputeTask | TransferTask | EvictTask) -> int:
         """When every task ``task`` waits on has ended.
@@ -59,12 +60,18 @@ class Timeline:
             start = max(self.ready(t), free[lane], self.last_start.get(resource, self.start_cycle))
             free[lane] = start + cycles
             self.last_start[resource] = start
+            if t.id in self.times:  # a task added again replaces its times: recount
+                self._end = None
             self.times[t.id] = (start, start + cycles)
+            if self._end is not None and start + cycles > self._end:
+                self._end = start + cycles
 
     @property
     def end(self) -> int:
         """End of the last task (the start cycle when there is none)."""
-        return max((end for _, end in self.times.values()), default=self.start_cycle)
+        if self._end is None:
+            self._end = max((end for _, end in self.times.values()), default=self.start_cycle)
+        return self._end
 
 
 def forward_pass(
