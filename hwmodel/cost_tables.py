@@ -133,6 +133,9 @@ class CostTables:
         return cycles
 
 
+Same = _Same  # for other identity-keyed caches (``solvers.placement.problem.instance_of``)
+
+
 @functools.lru_cache(maxsize=64)
 def _tables(hardware: _Same[Hardware], model: _Same[ModelSpec]) -> CostTables:
     return CostTables(hardware.obj, model.obj)

@@ -78,7 +78,9 @@ class Assignment:
 
 
 # What instances of one hardware, model and granule count share (``from_layouts``).
-_SHARED = ("hardware", "model", "home", "G", "width", "_tables", "devices", "remote", "expert_bytes")
+_SHARED = (
+    "hardware", "model", "home", "G", "width", "_tables", "devices", "remote", "expert_bytes",
+)  # fmt: skip
 
 
 class PlacementInstance:
@@ -346,9 +348,7 @@ class PlacementInstance:
         out = []
         for e in self.experts:
             if e in a.loaded:
-                out.append(
-                    Shard(self.home, e, 0, self.model.expert_ffn_size, self.tokens[e])
-                )
+                out.append(Shard(self.home, e, 0, self.model.expert_ffn_size, self.tokens[e]))
                 continue
             for dev, g0, g1 in sorted(a.runs[e], key=lambda r: r[1]):
                 out.append(Shard(dev, e, g0 * self.width, g1 * self.width, self.tokens[e]))
@@ -418,6 +418,14 @@ class PlacementInstance:
         return problems
 
     def lower_bound(self) -> int:
+        """A valid lower bound on the makespan, in cycles (``_lower_bound``, once per
+        instance)."""
+        got = self.__dict__.get("_bound")
+        if got is None:
+            got = self.__dict__["_bound"] = self._lower_bound()
+        return got
+
+    def _lower_bound(self) -> int:
         """A valid lower bound on the makespan, in cycles.
 
         Each granule is computed by one of its holders, or at home after a load that keeps a
@@ -464,6 +472,32 @@ class PlacementInstance:
             for m in minima:
                 work += m
         return int(work // max(len(resources), 1)) + self.reduce[1]
+
+
+def instance_of(problem: PlacementProblem) -> PlacementInstance:
+    """``PlacementInstance(problem)``, remembered: a runtime asks again and again for the same
+    layer with the same hardware, model and residency objects, and the instance tables (and
+    the bound) are then looked up rather than rebuilt; the solve itself still runs.
+
+    Hardware, model and residency are matched by identity (as ``cost_tables`` matches
+    specs: hashing them by value costs more than most look-ups save), the rest by value.
+    Instances are shared: callers must not modify them."""
+    key = (
+        cost_tables.Same(problem.hardware), cost_tables.Same(problem.model),
+        cost_tables.Same(problem.residency), problem.layer, problem.tokens_per_expert,
+        problem.num_tokens, problem.num_granules, problem.allow_loads,
+        problem.home_reserved_bytes,
+    )  # fmt: skip
+    got = _INSTANCES.get(key)
+    if got is None:
+        if len(_INSTANCES) >= _MAX_INSTANCES:
+            _INSTANCES.pop(next(iter(_INSTANCES)))  # the oldest
+        got = _INSTANCES[key] = PlacementInstance(problem)
+    return got
+
+
+_MAX_INSTANCES = 256
+_INSTANCES: dict[Hashable, PlacementInstance] = {}  # ``instance_of``'s, oldest first
 
 
 @functools.lru_cache(maxsize=4096)

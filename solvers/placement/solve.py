@@ -18,7 +18,12 @@ from solvers import portfolio, timing
 from solvers.common import Backend, Budget, Deadline, budget_of
 from solvers.common import account as make_account
 from solvers.placement.greedy import exact_estimate, solve_greedy_estimated
-from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
+from solvers.placement.problem import (
+    Assignment,
+    PlacementInstance,
+    PlacementProblem,
+    instance_of,
+)
 
 # Building the CP-SAT model costs about 0.1 ms per granule variable (measured on 2 cores);
 # below that plus a minimal search time, running it cannot help within a wall-clock deadline.
@@ -120,7 +125,7 @@ def solve_layer(
     wall clock, as service requests have)."""
     budget = budget_of(deadline_s, workers, budget)
     started = time.perf_counter()
-    inst = PlacementInstance(problem)
+    inst = instance_of(problem)
     why_not = inst.feasible()
     if why_not is not None:
         return LayerSolution(
