@@ -50,6 +50,7 @@ class DecodeTables:
         self.G = effective_granules(self.ffn, num_granules)
         self.width = self.ffn // self.G
         mem_of = {d.id: d.memory_id for d in hardware.devices}
+        ffn = self.ffn
         self.home_mem = mem_of[self.home]
         self.capacity_bytes = next(
             m.capacity_bytes for m in hardware.memories if m.id == self.home_mem
@@ -57,7 +58,7 @@ class DecodeTables:
         # The base residency by device: (layer or None, expert or None, piece) per slice.
         self._base = {
             d: [
-                (sl.layer, sl.expert, (sl.ffn_start, self.ffn if sl.ffn_end is None else sl.ffn_end))
+                (sl.layer, sl.expert, (sl.ffn_start, ffn if sl.ffn_end is None else sl.ffn_end))
                 for sl in base.by_memory.get(mem_of[d], ())
             ]
             for d in self.devices

@@ -54,8 +54,9 @@ def test_every_instance_is_the_residency_one(
         assert inst.expert_keys is not None
         classes: dict[object, object] = {}
         for e in inst.experts:
-            assert classes.setdefault(_expert_key(full, e), inst.expert_keys[e]) == (
-                inst.expert_keys[e]
+            assert (
+                classes.setdefault(_expert_key(full, e), inst.expert_keys[e])
+                == (inst.expert_keys[e])
             )
         assert len(set(classes.values())) == len(classes)
         (k_full, _), (k_fast, _) = shape(full), shape(inst)
