@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -490,14 +491,17 @@ def instance_of(problem: PlacementProblem) -> PlacementInstance:
     )  # fmt: skip
     got = _INSTANCES.get(key)
     if got is None:
-        if len(_INSTANCES) >= _MAX_INSTANCES:
-            _INSTANCES.pop(next(iter(_INSTANCES)))  # the oldest
-        got = _INSTANCES[key] = PlacementInstance(problem)
+        got = PlacementInstance(problem)
+        with _INSTANCES_LOCK:  # the service solves from several threads
+            if len(_INSTANCES) >= _MAX_INSTANCES:
+                _INSTANCES.pop(next(iter(_INSTANCES)))  # the oldest
+            _INSTANCES[key] = got
     return got
 
 
 _MAX_INSTANCES = 256
 _INSTANCES: dict[Hashable, PlacementInstance] = {}  # ``instance_of``'s, oldest first
+_INSTANCES_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4096)
