@@ -120,7 +120,7 @@ def plot_runtimes(r: Result, ax: Any) -> None:
 def plot_solvers(r: Result, ax: Any) -> None:
     rows = r["rows"]
     words = {"greedy": "greedy", "auto": "auto (greedy, then CP-SAT)",
-             "reference": "reference (CP-SAT, long deadline)"}  # fmt: skip
+             "reference": "reference (CP-SAT, 0.5 work units)"}  # fmt: skip
     for backend, label in words.items():
         ax.scatter(
             [x[f"{backend}_ms"] for x in rows],
