@@ -700,18 +700,26 @@ def check_layer_order(flow: _DataFlow) -> list[Violation]:
 
 
 def check_reduce_after_partials(runs: list[_Run], flow: _DataFlow) -> list[Violation]:
-    """Hard: a reduce starts after every partial sum it combines has arrived."""
+    """Hard: a reduce starts after every partial sum it combines has arrived, and so does an
+    attention that adds the layer before's partial sums in its prologue (``num_partials`` >
+    1: those of layer ``layer - 1``)."""
     found = []
     for run in runs:
         t = run.task
-        if not (isinstance(t, ComputeTask) and t.op == "reduce") or run.start_cycle < 0:
+        if not isinstance(t, ComputeTask) or run.start_cycle < 0:
             continue
-        last = flow.partial_end.get((t.device_id, t.layer, t.micro_batch), -1)
+        if t.op == "reduce":
+            layer = t.layer
+        elif t.op == "attention" and t.num_partials > 1:
+            layer = t.layer - 1
+        else:
+            continue
+        last = flow.partial_end.get((t.device_id, layer, t.micro_batch), -1)
         if last > run.start_cycle:
             found.append(
                 _violation(
                     "dependency",
-                    f"reduce starts at {run.start_cycle} before its partial sums arrive at {last}",
+                    f"{t.op} starts at {run.start_cycle} before its partial sums arrive at {last}",
                     t.id,
                     t.device_id,
                     run.start_cycle,

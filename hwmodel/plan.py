@@ -110,7 +110,13 @@ class ComputeTask(TaskBase):
         description="One past the last FFN column; null: full width.",
     )
     num_partials: int = Field(
-        default=1, ge=1, le=MAX_INDEX, description="Partial sums added per token (op reduce)."
+        default=1,
+        ge=1,
+        le=MAX_INDEX,
+        description=(
+            "Partial sums added per token (op reduce; op attention: the layer before's partial "
+            "sums, added in the kernel's prologue instead of by a separate reduce; 1: none)."
+        ),
     )
     num_sequences: int = Field(
         default=1,

@@ -79,6 +79,10 @@ class LoopConfig:
             granules at both ends of it to the units that hold them when that lowers the
             layer's estimated finish (``DecodeRun._trim_loads``); the line enters the cache
             with those granules missing, and the prefetch completes it later.
+        fold_reduce: a layer's partial sums are added in the prologue of the next layer's
+            attention kernel (a fused residual add: ``num_partials`` on the attention task)
+            instead of by a reduce kernel of their own; the add's FLOPs and bytes stay, its
+            launch goes. The step's last layer keeps its reduce (no kernel follows in the step).
     """
 
     capacity_experts: int
@@ -95,6 +99,7 @@ class LoopConfig:
     global_lines: int | None = None
     split_loads: bool = True
     trim_loads: bool = True
+    fold_reduce: bool = False
 
 
 @dataclass
@@ -193,6 +198,8 @@ class _Step:
         self.tasks: list[AnyTask] = []
         self.timeline = timing.Timeline(run.hardware, run.model, context_tokens)
         self.after: list[str] = []
+        # Partial sums the next layer's attention adds in its prologue (``fold_reduce``; 1: none).
+        self.fold = 1
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
@@ -551,8 +558,13 @@ class DecodeRun:
         st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
+        if st.fold > 1:  # the layer before's partial sums, added in this attention's prologue
+            lw = replace(lw, attention=lw.attention.model_copy(update={"num_partials": st.fold}))
+        assert lw.attention is not None
         attn = lw.attention.id
         shared = self._shared(layer, attn)
+        # Whether this layer's reduce folds into the next layer's attention (``fold_reduce``).
+        fold = cfg.fold_reduce and lw.reduce is not None and layer + 1 < self.model.num_moe_layers
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
         p = self.predictor.probability(
@@ -607,9 +619,13 @@ class DecodeRun:
         tasks = lw.tasks()
         if split:
             tasks = self._gpu_order(lw, tasks, set(split), set(trimmed), a)
+        if fold:
+            assert lw.reduce is not None
+            tasks = [t for t in tasks if t.id != lw.reduce.id]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         # Cut before the returns (gathers), or after everything when there are none.
-        cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
+        tail = len(lw.gathers) + (lw.reduce is not None and not fold)
+        cut = len(tasks) - tail if lw.gathers else len(tasks)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
@@ -637,7 +653,9 @@ class DecodeRun:
                     )
                 )  # fmt: skip
         st.emit(frees)
-        st.after = [*lw.waits, *(t.id for t in shared)]
+        waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
+        st.after = [*waits, *(t.id for t in shared)]
+        st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
         st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
 
     def _gpu_order(
@@ -785,7 +803,7 @@ class DecodeRun:
         attention = costs.task_cycles(
             self.hardware, self.model,
             ComputeTask(id="probe", device_id=self.home, op="attention", layer=layer,
-                        num_tokens=1),
+                        num_tokens=1, num_partials=st.fold),
             st.timeline.context_tokens,
         )[1]  # fmt: skip
         attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention

@@ -122,6 +122,14 @@ def test_attention() -> None:
     fast = GPU.model_copy(update={"peak_flops_per_s": 2e12})
     assert costs.attention_s(fast, model, 3, 5) == pytest.approx(3.812e-6)
     assert costs.attention_s(GPU, MODEL, 3, 5) == pytest.approx(1e-6)  # no shape: launch only
+    # Adding 3 partial sums of 3 rows in the prologue (fused residual add): + 2 x 3 x 100 =
+    # 600 FLOPs and + 4 x 150 = 600 bytes: 8,136 FLOPs, 3,412 bytes, still one launch:
+    # 8,136 ns + 1 us, where a reduce of its own would cost 600 ns + 1 us more.
+    assert costs.attention_s(GPU, model, 3, 5, num_partials=3) == pytest.approx(9.136e-6)
+    assert costs.reduce_s(GPU, model, 3, 3) == pytest.approx(1.6e-6)
+    # At 1 TFLOP/s memory decides: 3,412 ns + 1 us. No attention shape: the add alone.
+    assert costs.attention_s(fast, model, 3, 5, num_partials=3) == pytest.approx(4.412e-6)
+    assert costs.attention_s(GPU, MODEL, 3, 5, num_partials=3) == pytest.approx(1.6e-6)
 
 
 def test_reduce_and_transfer() -> None:
