@@ -239,7 +239,7 @@ def decode_point(
         hw, model, base,
         LoopConfig(
             capacity_experts=0, global_lines=lines, num_granules=granules, fold_reduce=True,
-            **spec,
+            group_shards=True, **spec,
         ),
         trace, prompt, decode, in_flight=in_flight,
     )  # fmt: skip

@@ -178,14 +178,21 @@ def kv_cache_bytes(model: ModelSpec, num_sequences: int, context_tokens: int) ->
     return float(per_layer * model.num_moe_layers)
 
 
-def grouped_expert_s(device: Device, model: ModelSpec, rows: Sequence[int]) -> float:
-    """Seconds for one grouped GEMM over full-width experts with ``rows[e]`` rows each: one
-    launch; the weights of every expert with rows read once (an expert with none is skipped);
-    FLOPs and bytes summed into one roofline."""
+def grouped_expert_s(
+    device: Device, model: ModelSpec, rows: Sequence[int], ffn_width: int | None = None
+) -> float:
+    """Seconds for one grouped GEMM over experts with ``rows[e]`` rows each, ``ffn_width``
+    columns of each (default: full width): one launch; the weights of every expert with rows
+    read once (an expert with none is skipped). FLOPs and bytes summed into one roofline, or,
+    on an NDP unit with SRAM, into one tile pipeline (the experts' weights stream through the
+    double buffer back to back, as one shard's would)."""
+    width = model.expert_ffn_size if ffn_width is None else ffn_width
     num_tokens = int(sum(rows))
     active = sum(1 for r in rows if r > 0)
-    flops = expert_flops(model, num_tokens, model.expert_ffn_size)
-    bytes_moved = active * model.expert_bytes() + 2 * model.activation_bytes(num_tokens)
+    flops = expert_flops(model, num_tokens, width)
+    if device.sram_bytes is not None:
+        return tile_pipeline_s(device, flops, active * model.expert_bytes(width))
+    bytes_moved = active * model.expert_bytes(width) + 2 * model.activation_bytes(num_tokens)
     return roofline_s(device, flops, bytes_moved)
 
 
@@ -241,7 +248,8 @@ def task_cycles(
     if isinstance(task, ComputeTask):
         device = hardware.device(task.device_id)
         if task.op == "expert" and task.group_rows:
-            secs = grouped_expert_s(device, model, task.group_rows)
+            width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
+            secs = grouped_expert_s(device, model, task.group_rows, width)
         elif task.op == "expert":
             width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
             secs = expert_shard_s(device, model, task.num_tokens, width)

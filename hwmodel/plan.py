@@ -132,7 +132,8 @@ class ComputeTask(TaskBase):
         default=(),
         description=(
             "Grouped GEMM (op expert): rows of each of the consecutive experts expert, "
-            "expert + 1, ... computed by this one launch; their sum is num_tokens. Empty: "
+            "expert + 1, ... computed by this one launch, columns [ffn_start, ffn_end) of "
+            "each; their sum is num_tokens, and an expert with 0 rows is not read. Empty: "
             "the single expert 'expert'."
         ),
     )

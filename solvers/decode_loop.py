@@ -83,6 +83,9 @@ class LoopConfig:
             attention kernel (a fused residual add: ``num_partials`` on the attention task)
             instead of by a reduce kernel of their own; the add's FLOPs and bytes stay, its
             launch goes. The step's last layer keeps its reduce (no kernel follows in the step).
+        group_shards: a device's consecutive expert shards of a layer on the same columns
+            that wait on the same tasks run as one grouped GEMM (``ComputeTask.group_rows``:
+            one launch, every expert's slice read as before; ``_grouped``).
     """
 
     capacity_experts: int
@@ -100,6 +103,7 @@ class LoopConfig:
     split_loads: bool = True
     trim_loads: bool = True
     fold_reduce: bool = False
+    group_shards: bool = False
 
 
 @dataclass
@@ -200,6 +204,7 @@ class _Step:
         self.after: list[str] = []
         # Partial sums the next layer's attention adds in its prologue (``fold_reduce``; 1: none).
         self.fold = 1
+        self.alias: dict[str, str] = {}  # shard id -> the grouped GEMM that runs it
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
@@ -212,6 +217,8 @@ class _Step:
         self.unit_idle_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
+        if self.alias:
+            tasks = [_aliased(t, self.alias) for t in tasks]
         self.tasks.extend(tasks)
         self.timeline.add(tasks)
 
@@ -623,9 +630,11 @@ class DecodeRun:
             assert lw.reduce is not None
             tasks = [t for t in tasks if t.id != lw.reduce.id]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
+        if cfg.group_shards:
+            waited = _grouped(waited, st.alias)
         # Cut before the returns (gathers), or after everything when there are none.
         tail = len(lw.gathers) + (lw.reduce is not None and not fold)
-        cut = len(tasks) - tail if lw.gathers else len(tasks)
+        cut = len(waited) - tail if lw.gathers else len(waited)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
@@ -1327,6 +1336,59 @@ def _line(layer: int, expert: int) -> WeightSlice:
 def _piece(layer: int, expert: int, start: int, end: int) -> WeightSlice:
     """Columns [start, end) of one layer's expert (shared, immutable)."""
     return WeightSlice(layer=layer, expert=expert, ffn_start=start, ffn_end=end)
+
+
+def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
+    """``tasks`` (one layer, in emission order) with each run of a device's consecutive expert
+    shards on the same columns, for the same tokens and waiting on the same tasks, as one
+    grouped GEMM (``ComputeTask.group_rows`` over the experts between the first and the last,
+    0 rows for the others): one launch instead of one per shard, every expert's slice read as
+    before (``costs.grouped_expert_s``). A device's queue is its compute tasks in list order,
+    so a run is unbroken by another compute task of that device. Records each shard's group
+    in ``alias`` and points every task's ``after`` at the groups."""
+    out: list[AnyTask] = []
+    runs: dict[int, list[ComputeTask]] = {}  # index in out -> the shards it runs
+    last: dict[str, int] = {}  # device -> index in out of its last compute task
+    for t in tasks:
+        if not isinstance(t, ComputeTask):
+            out.append(t)
+            continue
+        i = last.get(t.device_id)
+        head = runs[i][0] if i is not None else None
+        if (
+            head is not None and t.op == head.op == "expert" and not t.group_rows
+            and not head.group_rows and (t.ffn_start, t.ffn_end, t.num_tokens)
+            == (head.ffn_start, head.ffn_end, head.num_tokens)
+            and set(t.after) == set(head.after)
+        ):  # fmt: skip
+            assert i is not None
+            runs[i].append(t)
+            continue
+        last[t.device_id] = len(out)
+        runs[len(out)] = [t]
+        out.append(t)
+    for i, members in runs.items():
+        if len(members) < 2:
+            continue
+        first = min(int(m.expert or 0) for m in members)
+        rows = [0] * (max(int(m.expert or 0) for m in members) - first + 1)
+        for m in members:
+            rows[int(m.expert or 0) - first] = m.num_tokens
+        group = members[0].model_copy(
+            update={"id": f"{members[0].id}.group{len(members)}", "expert": first,
+                    "group_rows": tuple(rows), "num_tokens": sum(rows)},
+        )  # fmt: skip
+        alias.update({m.id: group.id for m in members})
+        out[i] = group
+    return [_aliased(t, alias) for t in out]
+
+
+def _aliased(task: AnyTask, alias: dict[str, str]) -> AnyTask:
+    """``task`` waiting on the groups (``_grouped``) instead of the shards they run."""
+    if not any(d in alias for d in task.after):
+        return task
+    after = tuple(dict.fromkeys(alias.get(d, d) for d in task.after))
+    return task.model_copy(update={"after": after})
 
 
 def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:
