@@ -86,6 +86,14 @@ class LoopConfig:
         group_shards: a device's consecutive expert shards of a layer on the same columns
             that wait on the same tasks run as one grouped GEMM (``ComputeTask.group_rows``:
             one launch, every expert's slice read as before; ``_grouped``).
+        prefetch_chunks: the most chunks an expert's prefetch is cut into (a divisor of the
+            granules): finer chunks fill the link's idle gaps closer, each paying the link's
+            latency once.
+        prefetch_spill: the prefetch round after a layer's returns may run up to one chunk
+            (and half the gap) past its gap (the next layer's attention) into the next
+            layer's expert window;
+            that layer's own loads then start behind it, and its placement sees the link
+            busy (``_link_busy_s``). Without it, a gap shorter than a chunk stays idle.
     """
 
     capacity_experts: int
@@ -104,6 +112,8 @@ class LoopConfig:
     trim_loads: bool = True
     fold_reduce: bool = False
     group_shards: bool = False
+    prefetch_chunks: int = 8
+    prefetch_spill: bool = False
 
 
 @dataclass
@@ -276,7 +286,8 @@ class DecodeRun:
             config.cache, capacity, trace.num_layers, trace.num_experts, self.ids
         )
         self.G = effective_granules(model.expert_ffn_size, config.num_granules)
-        self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
+        most = min(self.G, max(1, config.prefetch_chunks))
+        self.chunks = max(c for c in range(1, most + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
         self.lookahead = config.lookahead_layers or self._auto_lookahead()
@@ -866,8 +877,10 @@ class DecodeRun:
         The gap runs from when this layer's attention has ended and the link to the GPU is
         free to when this layer's partial sums are ready to return, or, with no returns, to the
         end of this layer plus the next layer's attention: simulated cycles of this step's
-        timeline, never wall time. Candidates are the next ``lookahead`` layers' experts,
-        ranked by the token's experts in this and the two layers before (pooled transitions,
+        timeline, never wall time (with ``prefetch_spill``, the round with no returns left
+        may overrun that by up to one chunk's link time and half the gap). Candidates are the
+        next ``lookahead`` layers' experts, ranked by the token's experts in this and the two
+        layers before (pooled transitions,
         ``Predictor.prefetch_probability``). Items of the knapsack are chunks: the missing ones
         of lines being staged, and those of the most probable absent experts, each paired with
         the least probable resident it would replace (evicted before its first granule
@@ -930,6 +943,13 @@ class DecodeRun:
                 st.timeline.context_tokens,
             )[1]  # fmt: skip
             ready = st.timeline.end + attention
+        # Past the gap, into the next layer's expert window (``prefetch_spill``): up to one
+        # chunk, and never more than half the gap (a gap far shorter than a chunk stays idle:
+        # spilling most of a chunk delays the next layer's own loads as long as it stages).
+        spill = 0
+        if not rest and self.config.prefetch_spill:
+            longest = max(sum(c for *_, c in ps) for *_, ps in items)
+            spill = min(longest - 1, max(0, ready - free) // 2)
         problem = PrefetchProblem(
             experts=tuple(e for _, e, _, _ in items),
             probability=tuple(gains),
@@ -937,7 +957,7 @@ class DecodeRun:
             transfer_cycles=tuple(sum(c for *_, c in ps) for *_, ps in items),
             saved_cycles=tuple(saved),
             free_bytes=len(items) * self.model.expert_bytes(width),
-            link_budget_cycles=max(0, ready - free),
+            link_budget_cycles=max(0, ready - free) + spill,
         )
         started = time.process_time()
         # Greedy under a work budget: nothing here may depend on how fast the machine runs.
