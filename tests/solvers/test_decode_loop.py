@@ -220,7 +220,8 @@ def test_every_configuration_passes_the_executor(
     cfg = LoopConfig(
         capacity_experts=capacity, cache=cache, prefetch=prefetch, dispatch=dispatch,  # type: ignore[arg-type]
         substitute_below=1.0 if substitute else 0.0, quality_budget=0.5, drift_threshold=0.0,
-        num_granules=2, fold_reduce=kernels, group_shards=kernels,
+        num_granules=2, fold_reduce=kernels, group_shards=kernels, prefetch_spill=kernels,
+        prefetch_chunks=16 if kernels else 8,
     )  # fmt: skip
     hw = roomy(tiny_hardware())
     hw = hw.model_copy(update={"devices": tuple(
