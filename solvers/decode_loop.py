@@ -661,8 +661,22 @@ class DecodeRun:
             # The link is idle again after the returns, through the reduce and the next
             # layer's attention: a second round stages in that gap.
             st.emit(self._prefetch(st, layer, [], attn))
-        for e, pieces in split.items():  # split loads leave after their expert's shards
-            if e in kept:  # a trimmed load stays: its line is being staged
+        frees += self._split_frees(st, layer, split, kept, lw)
+        st.emit(frees)
+        waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
+        st.after = [*waits, *(t.id for t in shared)]
+        st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
+        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _split_frees(
+        self, st: _Step, layer: int, split: dict[int, list[tuple[str, int, int]]],
+        kept: set[int], lw: LoweredLayer,
+    ) -> list[AnyTask]:  # fmt: skip
+        """Split loads leave after their expert's shards; a trimmed load in ``kept`` stays
+        (its line is being staged)."""
+        frees: list[AnyTask] = []
+        for e, pieces in split.items():
+            if e in kept:
                 continue
             users = (*st.staged[(layer, e)], *(t.id for t in lw.shards_of(e)))
             for _, c0, c1 in pieces:
@@ -672,11 +686,7 @@ class DecodeRun:
                         weights=_piece(layer, e, c0, c1), after=users,
                     )
                 )  # fmt: skip
-        st.emit(frees)
-        waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
-        st.after = [*waits, *(t.id for t in shared)]
-        st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
-        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+        return frees
 
     def _gpu_order(
         self,
@@ -930,26 +940,7 @@ class DecodeRun:
         if not items:
             return []
         links = {probes[n].link(src, self.home).id for n, _, _, ps in items for src, *_ in ps}
-        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
-        if rest:
-            ready = min(st.timeline.ready(t) for t in rest)
-        else:
-            attention = costs.task_cycles(
-                self.hardware, self.model,
-                ComputeTask(
-                    id="probe", device_id=self.home, op="attention", layer=layer + 1,
-                    num_tokens=1,
-                ),
-                st.timeline.context_tokens,
-            )[1]  # fmt: skip
-            ready = st.timeline.end + attention
-        # Past the gap, into the next layer's expert window (``prefetch_spill``): up to one
-        # chunk, and never more than half the gap (a gap far shorter than a chunk stays idle:
-        # spilling most of a chunk delays the next layer's own loads as long as it stages).
-        spill = 0
-        if not rest and self.config.prefetch_spill:
-            longest = max(sum(c for *_, c in ps) for *_, ps in items)
-            spill = min(longest - 1, max(0, ready - free) // 2)
+        longest = max(sum(c for *_, c in ps) for *_, ps in items)
         problem = PrefetchProblem(
             experts=tuple(e for _, e, _, _ in items),
             probability=tuple(gains),
@@ -957,7 +948,7 @@ class DecodeRun:
             transfer_cycles=tuple(sum(c for *_, c in ps) for *_, ps in items),
             saved_cycles=tuple(saved),
             free_bytes=len(items) * self.model.expert_bytes(width),
-            link_budget_cycles=max(0, ready - free) + spill,
+            link_budget_cycles=self._link_budget(st, layer, rest, attn, links, longest),
         )
         started = time.process_time()
         # Greedy under a work budget: nothing here may depend on how fast the machine runs.
@@ -993,6 +984,34 @@ class DecodeRun:
             self.result.stats.prefetches += 1
             st.weight_bytes += self.model.expert_bytes(width)
         return out
+
+    def _link_budget(
+        self, st: _Step, layer: int, rest: list[AnyTask], attn: str, links: set[str],
+        longest: int,
+    ) -> int:  # fmt: skip
+        """The link cycles ``_prefetch`` may fill: from when this layer's attention has ended
+        and ``links`` are free to when the returns ``rest`` are ready, or, with none, to the
+        end of this layer plus the next layer's attention; with ``prefetch_spill`` and no
+        returns, up to one chunk (``longest`` cycles) and never more than half the gap past
+        it, into the next layer's expert window (a gap far shorter than a chunk stays idle:
+        spilling most of a chunk delays the next layer's own loads as long as it stages)."""
+        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
+        if rest:
+            ready = min(st.timeline.ready(t) for t in rest)
+        else:
+            attention = costs.task_cycles(
+                self.hardware, self.model,
+                ComputeTask(
+                    id="probe", device_id=self.home, op="attention", layer=layer + 1,
+                    num_tokens=1,
+                ),
+                st.timeline.context_tokens,
+            )[1]  # fmt: skip
+            ready = st.timeline.end + attention
+        gap = max(0, ready - free)
+        if not rest and self.config.prefetch_spill:
+            return gap + min(longest - 1, gap // 2)
+        return gap
 
     def _bound_s(self, st: _Step, layer: int, run_experts: list[int]) -> float:
         """A lower bound on one token's layer with the cache as it stands (seconds), under the
