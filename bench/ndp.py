@@ -34,6 +34,15 @@ Configurations (same cache size, same tokens):
 * ablations: ``no_tp`` (whole experts per DIMM), ``no_balance`` (expert parallel: every
   expert runs where it lives), ``no_prefetch``, ``every_step`` (re-solve every step).
 
+Every configuration adds a layer's partial sums in the prologue of the next layer's attention
+kernel (a fused residual add, ``LoopConfig.fold_reduce``) rather than in a reduce kernel of its
+own: the add's work stays, its 5 us launch goes (the step's last layer keeps its reduce); and
+runs each device's consecutive shards of a layer on the same columns as one grouped GEMM (one
+launch, ``LoopConfig.group_shards``). Those are kernels, not policies, so every configuration
+gets them. The prefetch (moesched and its ablations) cuts an expert in up to 16 chunks, and
+the round after a layer's returns may spill up to one chunk into the next layer's window
+(``prefetch_chunks``, ``prefetch_spill``).
+
 Every step is simulated by the executor and checked (violations are counted and must be 0).
 ``latency_s`` is the prefill's makespan plus 512 output tokens at the measured mean per-token
 decode latency (``decode_steps`` tokens are decoded and simulated, ``DECODE_STEPS`` in the
@@ -233,7 +242,10 @@ def decode_point(
     started = time.process_time()
     run = DecodeRun(
         hw, model, base,
-        LoopConfig(capacity_experts=0, global_lines=lines, num_granules=granules, **spec),
+        LoopConfig(
+            capacity_experts=0, global_lines=lines, num_granules=granules, fold_reduce=True,
+            group_shards=True, prefetch_chunks=16, prefetch_spill=True, **spec,
+        ),
         trace, prompt, decode, in_flight=in_flight,
     )  # fmt: skip
     pre = run.prefill(trace.histogram(prompt))

@@ -131,9 +131,15 @@ def attention_s(
     num_tokens: int,
     context_tokens: int,
     num_sequences: int = 1,
+    num_partials: int = 1,
 ) -> float:
     """Seconds for one layer's attention on ``num_tokens`` new tokens of ``num_sequences``
     sequences, each over its own KV cache of ``context_tokens`` tokens.
+
+    ``num_partials`` > 1: the kernel's input row is the sum of the layer before's
+    ``num_partials`` partial sums, added in its prologue (a fused residual add, in place of a
+    separate reduce kernel): the add's FLOPs and bytes (``reduce_s``'s) join the kernel's
+    roofline, and only the reduce's own launch goes. 1: the input is one row.
 
     With t = num_tokens / num_sequences new tokens per sequence (a prefill chunk: one sequence,
     t = num_tokens; a decode micro-batch: num_tokens sequences, t = 1), P attention parameters
@@ -144,11 +150,13 @@ def attention_s(
 
     so a decode micro-batch of n sequences reads n * (C + 1) * kv bytes of cache, and splitting
     it in two adds one read of the weights and a launch, never less work.
-    A model without an attention spec costs the launch only.
+    A model without an attention spec costs the launch (and the fused add) only.
     """
+    fused = num_partials > 1
+    add_flops, add_bytes = _add_work(model, num_tokens, num_partials) if fused else (0.0, 0.0)
     att = model.attention
     if att is None:
-        return device.launch_s
+        return roofline_s(device, add_flops, add_bytes)
     per_seq = num_tokens // max(num_sequences, 1)
     ctx = context_tokens + per_seq
     flops = 2.0 * att.params_per_layer * num_tokens
@@ -156,7 +164,7 @@ def attention_s(
     bytes_moved = att.params_per_layer * model.bytes_per_weight
     bytes_moved += num_sequences * ctx * att.kv_cache_bytes_per_token_per_layer
     bytes_moved += 2 * model.activation_bytes(num_tokens)
-    return roofline_s(device, flops, bytes_moved)
+    return roofline_s(device, flops + add_flops, bytes_moved + add_bytes)
 
 
 def kv_cache_bytes(model: ModelSpec, num_sequences: int, context_tokens: int) -> float:
@@ -170,22 +178,34 @@ def kv_cache_bytes(model: ModelSpec, num_sequences: int, context_tokens: int) ->
     return float(per_layer * model.num_moe_layers)
 
 
-def grouped_expert_s(device: Device, model: ModelSpec, rows: Sequence[int]) -> float:
-    """Seconds for one grouped GEMM over full-width experts with ``rows[e]`` rows each: one
-    launch; the weights of every expert with rows read once (an expert with none is skipped);
-    FLOPs and bytes summed into one roofline."""
+def grouped_expert_s(
+    device: Device, model: ModelSpec, rows: Sequence[int], ffn_width: int | None = None
+) -> float:
+    """Seconds for one grouped GEMM over experts with ``rows[e]`` rows each, ``ffn_width``
+    columns of each (default: full width): one launch; the weights of every expert with rows
+    read once (an expert with none is skipped). FLOPs and bytes summed into one roofline, or,
+    on an NDP unit with SRAM, into one tile pipeline (the experts' weights stream through the
+    double buffer back to back, as one shard's would)."""
+    width = model.expert_ffn_size if ffn_width is None else ffn_width
     num_tokens = int(sum(rows))
     active = sum(1 for r in rows if r > 0)
-    flops = expert_flops(model, num_tokens, model.expert_ffn_size)
-    bytes_moved = active * model.expert_bytes() + 2 * model.activation_bytes(num_tokens)
+    flops = expert_flops(model, num_tokens, width)
+    if device.sram_bytes is not None:
+        return tile_pipeline_s(device, flops, active * model.expert_bytes(width))
+    bytes_moved = active * model.expert_bytes(width) + 2 * model.activation_bytes(num_tokens)
     return roofline_s(device, flops, bytes_moved)
+
+
+def _add_work(model: ModelSpec, num_tokens: int, num_partials: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of adding ``num_partials`` partial sums of ``[num_tokens, hidden]`` into
+    one: every partial read, the sum written."""
+    flops = float(max(num_partials - 1, 0) * num_tokens * model.hidden_size)
+    return flops, (num_partials + 1) * model.activation_bytes(num_tokens)
 
 
 def reduce_s(device: Device, model: ModelSpec, num_tokens: int, num_partials: int) -> float:
     """Seconds to add ``num_partials`` partial sums of ``[num_tokens, hidden]`` into one."""
-    flops = float(max(num_partials - 1, 0) * num_tokens * model.hidden_size)
-    bytes_moved = (num_partials + 1) * model.activation_bytes(num_tokens)
-    return roofline_s(device, flops, bytes_moved)
+    return roofline_s(device, *_add_work(model, num_tokens, num_partials))
 
 
 def transfer_s(link: Link, num_bytes: float) -> float:
@@ -228,7 +248,8 @@ def task_cycles(
     if isinstance(task, ComputeTask):
         device = hardware.device(task.device_id)
         if task.op == "expert" and task.group_rows:
-            secs = grouped_expert_s(device, model, task.group_rows)
+            width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
+            secs = grouped_expert_s(device, model, task.group_rows, width)
         elif task.op == "expert":
             width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
             secs = expert_shard_s(device, model, task.num_tokens, width)
@@ -238,7 +259,10 @@ def task_cycles(
                 device, model, task.num_tokens, (task.ffn_end or total) - task.ffn_start
             )
         elif task.op == "attention":
-            secs = attention_s(device, model, task.num_tokens, context_tokens, task.num_sequences)
+            secs = attention_s(
+                device, model, task.num_tokens, context_tokens, task.num_sequences,
+                task.num_partials,
+            )  # fmt: skip
         else:
             secs = reduce_s(device, model, task.num_tokens, task.num_partials)
         return task.device_id, to_cycles(secs, clock), 0.0

@@ -91,11 +91,11 @@ class _Held:
 
 def _expert_pieces(model: ModelSpec, t: ComputeTask) -> list[tuple[int, int, int]]:
     """(expert, first column, end column) of each expert a compute task of op expert covers:
-    one slice, or every expert of a grouped GEMM at full width (rows > 0 or not)."""
+    one slice, or the same slice of every expert of a grouped GEMM (rows > 0 or not)."""
     assert t.expert is not None
-    if t.group_rows:
-        return [(t.expert + e, 0, model.expert_ffn_size) for e in range(len(t.group_rows))]
     end = model.expert_ffn_size if t.ffn_end is None else t.ffn_end
+    if t.group_rows:
+        return [(t.expert + e, t.ffn_start, end) for e in range(len(t.group_rows))]
     return [(t.expert, t.ffn_start, end)]
 
 
@@ -499,8 +499,10 @@ class _Simulation:
             self.mem.drop(t.memory_id, t.weights)
         elif isinstance(t, ComputeTask) and t.op == "expert" and t.num_tokens > 0:
             assert t.expert is not None
-            for expert, start, end in _expert_pieces(self.model, t):
-                self._check_resident(t, expert, start, end, now)
+            rows = t.group_rows or (t.num_tokens,)
+            for (expert, start, end), n in zip(_expert_pieces(self.model, t), rows, strict=True):
+                if n > 0:  # a grouped GEMM does not read an expert it has no rows for
+                    self._check_resident(t, expert, start, end, now)
 
     def _check_resident(self, t: ComputeTask, expert: int, start: int, end: int, now: int) -> None:
         device = self.devices[t.device_id]
@@ -700,18 +702,26 @@ def check_layer_order(flow: _DataFlow) -> list[Violation]:
 
 
 def check_reduce_after_partials(runs: list[_Run], flow: _DataFlow) -> list[Violation]:
-    """Hard: a reduce starts after every partial sum it combines has arrived."""
+    """Hard: a reduce starts after every partial sum it combines has arrived, and so does an
+    attention that adds the layer before's partial sums in its prologue (``num_partials`` >
+    1: those of layer ``layer - 1``)."""
     found = []
     for run in runs:
         t = run.task
-        if not (isinstance(t, ComputeTask) and t.op == "reduce") or run.start_cycle < 0:
+        if not isinstance(t, ComputeTask) or run.start_cycle < 0:
             continue
-        last = flow.partial_end.get((t.device_id, t.layer, t.micro_batch), -1)
+        if t.op == "reduce":
+            layer = t.layer
+        elif t.op == "attention" and t.num_partials > 1:
+            layer = t.layer - 1
+        else:
+            continue
+        last = flow.partial_end.get((t.device_id, layer, t.micro_batch), -1)
         if last > run.start_cycle:
             found.append(
                 _violation(
                     "dependency",
-                    f"reduce starts at {run.start_cycle} before its partial sums arrive at {last}",
+                    f"{t.op} starts at {run.start_cycle} before its partial sums arrive at {last}",
                     t.id,
                     t.device_id,
                     run.start_cycle,

@@ -110,7 +110,13 @@ class ComputeTask(TaskBase):
         description="One past the last FFN column; null: full width.",
     )
     num_partials: int = Field(
-        default=1, ge=1, le=MAX_INDEX, description="Partial sums added per token (op reduce)."
+        default=1,
+        ge=1,
+        le=MAX_INDEX,
+        description=(
+            "Partial sums added per token (op reduce; op attention: the layer before's partial "
+            "sums, added in the kernel's prologue instead of by a separate reduce; 1: none)."
+        ),
     )
     num_sequences: int = Field(
         default=1,
@@ -126,7 +132,8 @@ class ComputeTask(TaskBase):
         default=(),
         description=(
             "Grouped GEMM (op expert): rows of each of the consecutive experts expert, "
-            "expert + 1, ... computed by this one launch; their sum is num_tokens. Empty: "
+            "expert + 1, ... computed by this one launch, columns [ffn_start, ffn_end) of "
+            "each; their sum is num_tokens, and an expert with 0 rows is not read. Empty: "
             "the single expert 'expert'."
         ),
     )

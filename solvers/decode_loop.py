@@ -79,6 +79,21 @@ class LoopConfig:
             granules at both ends of it to the units that hold them when that lowers the
             layer's estimated finish (``DecodeRun._trim_loads``); the line enters the cache
             with those granules missing, and the prefetch completes it later.
+        fold_reduce: a layer's partial sums are added in the prologue of the next layer's
+            attention kernel (a fused residual add: ``num_partials`` on the attention task)
+            instead of by a reduce kernel of their own; the add's FLOPs and bytes stay, its
+            launch goes. The step's last layer keeps its reduce (no kernel follows in the step).
+        group_shards: a device's consecutive expert shards of a layer on the same columns
+            that wait on the same tasks run as one grouped GEMM (``ComputeTask.group_rows``:
+            one launch, every expert's slice read as before; ``_grouped``).
+        prefetch_chunks: the most chunks an expert's prefetch is cut into (a divisor of the
+            granules): finer chunks fill the link's idle gaps closer, each paying the link's
+            latency once.
+        prefetch_spill: the prefetch round after a layer's returns may run up to one chunk
+            (and half the gap) past its gap (the next layer's attention) into the next
+            layer's expert window;
+            that layer's own loads then start behind it, and its placement sees the link
+            busy (``_link_busy_s``). Without it, a gap shorter than a chunk stays idle.
     """
 
     capacity_experts: int
@@ -95,6 +110,10 @@ class LoopConfig:
     global_lines: int | None = None
     split_loads: bool = True
     trim_loads: bool = True
+    fold_reduce: bool = False
+    group_shards: bool = False
+    prefetch_chunks: int = 8
+    prefetch_spill: bool = False
 
 
 @dataclass
@@ -193,6 +212,9 @@ class _Step:
         self.tasks: list[AnyTask] = []
         self.timeline = timing.Timeline(run.hardware, run.model, context_tokens)
         self.after: list[str] = []
+        # Partial sums the next layer's attention adds in its prologue (``fold_reduce``; 1: none).
+        self.fold = 1
+        self.alias: dict[str, str] = {}  # shard id -> the grouped GEMM that runs it
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
@@ -205,6 +227,8 @@ class _Step:
         self.unit_idle_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
+        if self.alias:
+            tasks = [_aliased(t, self.alias) for t in tasks]
         self.tasks.extend(tasks)
         self.timeline.add(tasks)
 
@@ -262,7 +286,8 @@ class DecodeRun:
             config.cache, capacity, trace.num_layers, trace.num_experts, self.ids
         )
         self.G = effective_granules(model.expert_ffn_size, config.num_granules)
-        self.chunks = max(c for c in range(1, min(self.G, 8) + 1) if self.G % c == 0)
+        most = min(self.G, max(1, config.prefetch_chunks))
+        self.chunks = max(c for c in range(1, most + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
         self.tables = DecodeTables(self.hardware, model, base, config.num_granules)
@@ -561,8 +586,13 @@ class DecodeRun:
         st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
+        if st.fold > 1:  # the layer before's partial sums, added in this attention's prologue
+            lw = replace(lw, attention=lw.attention.model_copy(update={"num_partials": st.fold}))
+        assert lw.attention is not None
         attn = lw.attention.id
         shared = self._shared(layer, attn)
+        # Whether this layer's reduce folds into the next layer's attention (``fold_reduce``).
+        fold = cfg.fold_reduce and lw.reduce is not None and layer + 1 < self.model.num_moe_layers
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
         p = self.predictor.probability(
@@ -617,9 +647,15 @@ class DecodeRun:
         tasks = lw.tasks()
         if split:
             tasks = self._gpu_order(lw, tasks, set(split), set(trimmed), a)
+        if fold:
+            assert lw.reduce is not None
+            tasks = [t for t in tasks if t.id != lw.reduce.id]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
+        if cfg.group_shards:
+            waited = _grouped(waited, st.alias)
         # Cut before the returns (gathers), or after everything when there are none.
-        cut = len(tasks) - len(lw.gathers) - 1 if lw.gathers else len(tasks)
+        tail = len(lw.gathers) + (lw.reduce is not None and not fold)
+        cut = len(waited) - tail if lw.gathers else len(waited)
         head = waited[:cut]
         # Attention, then the shared experts (they overlap the routed experts' dispatch), then
         # the evictions that make room for demand loads, then the rest up to the returns.
@@ -635,8 +671,22 @@ class DecodeRun:
             # The link is idle again after the returns, through the reduce and the next
             # layer's attention: a second round stages in that gap.
             st.emit(self._prefetch(st, layer, [], attn))
-        for e, pieces in split.items():  # split loads leave after their expert's shards
-            if e in kept:  # a trimmed load stays: its line is being staged
+        frees += self._split_frees(st, layer, split, kept, lw)
+        st.emit(frees)
+        waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
+        st.after = [*waits, *(t.id for t in shared)]
+        st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
+        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+
+    def _split_frees(
+        self, st: _Step, layer: int, split: dict[int, list[tuple[str, int, int]]],
+        kept: set[int], lw: LoweredLayer,
+    ) -> list[AnyTask]:  # fmt: skip
+        """Split loads leave after their expert's shards; a trimmed load in ``kept`` stays
+        (its line is being staged)."""
+        frees: list[AnyTask] = []
+        for e, pieces in split.items():
+            if e in kept:
                 continue
             users = (*st.staged[(layer, e)], *(t.id for t in lw.shards_of(e)))
             for _, c0, c1 in pieces:
@@ -646,9 +696,7 @@ class DecodeRun:
                         weights=_piece(layer, e, c0, c1), after=users,
                     )
                 )  # fmt: skip
-        st.emit(frees)
-        st.after = [*lw.waits, *(t.id for t in shared)]
-        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+        return frees
 
     def _gpu_order(
         self,
@@ -795,7 +843,7 @@ class DecodeRun:
         attention = costs.task_cycles(
             self.hardware, self.model,
             ComputeTask(id="probe", device_id=self.home, op="attention", layer=layer,
-                        num_tokens=1),
+                        num_tokens=1, num_partials=st.fold),
             st.timeline.context_tokens,
         )[1]  # fmt: skip
         attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
@@ -849,8 +897,10 @@ class DecodeRun:
         The gap runs from when this layer's attention has ended and the link to the GPU is
         free to when this layer's partial sums are ready to return, or, with no returns, to the
         end of this layer plus the next layer's attention: simulated cycles of this step's
-        timeline, never wall time. Candidates are the next ``lookahead`` layers' experts,
-        ranked by the token's experts in this and the two layers before (pooled transitions,
+        timeline, never wall time (with ``prefetch_spill``, the round with no returns left
+        may overrun that by up to one chunk's link time and half the gap). Candidates are the
+        next ``lookahead`` layers' experts, ranked by the token's experts in this and the two
+        layers before (pooled transitions,
         ``Predictor.prefetch_probability``). Items of the knapsack are chunks: the missing ones
         of lines being staged, and those of the most probable absent experts, each paired with
         the least probable resident it would replace (evicted before its first granule
@@ -900,19 +950,7 @@ class DecodeRun:
         if not items:
             return []
         links = {probes[n].link(src, self.home).id for n, _, _, ps in items for src, *_ in ps}
-        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
-        if rest:
-            ready = min(st.timeline.ready(t) for t in rest)
-        else:
-            attention = costs.task_cycles(
-                self.hardware, self.model,
-                ComputeTask(
-                    id="probe", device_id=self.home, op="attention", layer=layer + 1,
-                    num_tokens=1,
-                ),
-                st.timeline.context_tokens,
-            )[1]  # fmt: skip
-            ready = st.timeline.end + attention
+        longest = max(sum(c for *_, c in ps) for *_, ps in items)
         problem = PrefetchProblem(
             experts=tuple(e for _, e, _, _ in items),
             probability=tuple(gains),
@@ -920,7 +958,7 @@ class DecodeRun:
             transfer_cycles=tuple(sum(c for *_, c in ps) for *_, ps in items),
             saved_cycles=tuple(saved),
             free_bytes=len(items) * self.model.expert_bytes(width),
-            link_budget_cycles=max(0, ready - free),
+            link_budget_cycles=self._link_budget(st, layer, rest, attn, links, longest),
         )
         started = time.process_time()
         # The greedy set (``select(problem, "greedy")`` without the bound nobody here reads).
@@ -956,6 +994,34 @@ class DecodeRun:
             self.result.stats.prefetches += 1
             st.weight_bytes += self.model.expert_bytes(width)
         return out
+
+    def _link_budget(
+        self, st: _Step, layer: int, rest: list[AnyTask], attn: str, links: set[str],
+        longest: int,
+    ) -> int:  # fmt: skip
+        """The link cycles ``_prefetch`` may fill: from when this layer's attention has ended
+        and ``links`` are free to when the returns ``rest`` are ready, or, with none, to the
+        end of this layer plus the next layer's attention; with ``prefetch_spill`` and no
+        returns, up to one chunk (``longest`` cycles) and never more than half the gap past
+        it, into the next layer's expert window (a gap far shorter than a chunk stays idle:
+        spilling most of a chunk delays the next layer's own loads as long as it stages)."""
+        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
+        if rest:
+            ready = min(st.timeline.ready(t) for t in rest)
+        else:
+            attention = costs.task_cycles(
+                self.hardware, self.model,
+                ComputeTask(
+                    id="probe", device_id=self.home, op="attention", layer=layer + 1,
+                    num_tokens=1,
+                ),
+                st.timeline.context_tokens,
+            )[1]  # fmt: skip
+            ready = st.timeline.end + attention
+        gap = max(0, ready - free)
+        if not rest and self.config.prefetch_spill:
+            return gap + min(longest - 1, gap // 2)
+        return gap
 
     def _bound_s(self, st: _Step, layer: int, run_experts: list[int]) -> float:
         """A lower bound on one token's layer with the cache as it stands (seconds), under the
@@ -1318,6 +1384,59 @@ def _line(layer: int, expert: int) -> WeightSlice:
 def _piece(layer: int, expert: int, start: int, end: int) -> WeightSlice:
     """Columns [start, end) of one layer's expert (shared, immutable)."""
     return WeightSlice(layer=layer, expert=expert, ffn_start=start, ffn_end=end)
+
+
+def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
+    """``tasks`` (one layer, in emission order) with each run of a device's consecutive expert
+    shards on the same columns, for the same tokens and waiting on the same tasks, as one
+    grouped GEMM (``ComputeTask.group_rows`` over the experts between the first and the last,
+    0 rows for the others): one launch instead of one per shard, every expert's slice read as
+    before (``costs.grouped_expert_s``). A device's queue is its compute tasks in list order,
+    so a run is unbroken by another compute task of that device. Records each shard's group
+    in ``alias`` and points every task's ``after`` at the groups."""
+    out: list[AnyTask] = []
+    runs: dict[int, list[ComputeTask]] = {}  # index in out -> the shards it runs
+    last: dict[str, int] = {}  # device -> index in out of its last compute task
+    for t in tasks:
+        if not isinstance(t, ComputeTask):
+            out.append(t)
+            continue
+        i = last.get(t.device_id)
+        head = runs[i][0] if i is not None else None
+        if (
+            head is not None and t.op == head.op == "expert" and not t.group_rows
+            and not head.group_rows and (t.ffn_start, t.ffn_end, t.num_tokens)
+            == (head.ffn_start, head.ffn_end, head.num_tokens)
+            and set(t.after) == set(head.after)
+        ):  # fmt: skip
+            assert i is not None
+            runs[i].append(t)
+            continue
+        last[t.device_id] = len(out)
+        runs[len(out)] = [t]
+        out.append(t)
+    for i, members in runs.items():
+        if len(members) < 2:
+            continue
+        first = min(int(m.expert or 0) for m in members)
+        rows = [0] * (max(int(m.expert or 0) for m in members) - first + 1)
+        for m in members:
+            rows[int(m.expert or 0) - first] = m.num_tokens
+        group = members[0].model_copy(
+            update={"id": f"{members[0].id}.group{len(members)}", "expert": first,
+                    "group_rows": tuple(rows), "num_tokens": sum(rows)},
+        )  # fmt: skip
+        alias.update({m.id: group.id for m in members})
+        out[i] = group
+    return [_aliased(t, alias) for t in out]
+
+
+def _aliased(task: AnyTask, alias: dict[str, str]) -> AnyTask:
+    """``task`` waiting on the groups (``_grouped``) instead of the shards they run."""
+    if not any(d in alias for d in task.after):
+        return task
+    after = tuple(dict.fromkeys(alias.get(d, d) for d in task.after))
+    return task.model_copy(update={"after": after})
 
 
 def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:

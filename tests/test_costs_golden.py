@@ -11,7 +11,7 @@ import pytest
 
 from hwmodel import costs
 from hwmodel.plan import ComputeTask, EvictTask, TransferTask, WeightSlice
-from hwmodel.spec import AttentionSpec, Device, Link, ModelSpec
+from hwmodel.spec import AttentionSpec, Device, Hardware, Link, Memory, ModelSpec
 from tests.tiny import tiny_device, tiny_hardware
 
 # H = 100, I = 20, gated, 2 bytes per weight, 0.5 per activation: a w-column slice has
@@ -122,6 +122,14 @@ def test_attention() -> None:
     fast = GPU.model_copy(update={"peak_flops_per_s": 2e12})
     assert costs.attention_s(fast, model, 3, 5) == pytest.approx(3.812e-6)
     assert costs.attention_s(GPU, MODEL, 3, 5) == pytest.approx(1e-6)  # no shape: launch only
+    # Adding 3 partial sums of 3 rows in the prologue (fused residual add): + 2 x 3 x 100 =
+    # 600 FLOPs and + 4 x 150 = 600 bytes: 8,136 FLOPs, 3,412 bytes, still one launch:
+    # 8,136 ns + 1 us, where a reduce of its own would cost 600 ns + 1 us more.
+    assert costs.attention_s(GPU, model, 3, 5, num_partials=3) == pytest.approx(9.136e-6)
+    assert costs.reduce_s(GPU, model, 3, 3) == pytest.approx(1.6e-6)
+    # At 1 TFLOP/s memory decides: 3,412 ns + 1 us. No attention shape: the add alone.
+    assert costs.attention_s(fast, model, 3, 5, num_partials=3) == pytest.approx(4.412e-6)
+    assert costs.attention_s(GPU, MODEL, 3, 5, num_partials=3) == pytest.approx(1.6e-6)
 
 
 def test_reduce_and_transfer() -> None:
@@ -180,3 +188,22 @@ def test_task_cycles_of_every_kind() -> None:
     assert costs.task_cycles(hw, with_att, att, 5) == ("a", 7536, 0.0)
     evict = EvictTask(id="e", memory_id="a_mem", weights=WeightSlice(layer=0, expert=1))
     assert costs.task_cycles(hw, MODEL, evict) == ("a_mem", 0, 0.0)
+
+
+def test_grouped_gemm_on_a_column_slice() -> None:
+    # Experts 0 and 2 of a group (rows 1, 0, 1), columns 5 wide: 2 x 3,000 weight bytes and
+    # 2 x 3 x 2 x 100 x 5 = 6,000 FLOPs. On the NDP unit one tile pipeline over 6,000 bytes:
+    # 12 tiles of 500 bytes (load 600 ns, compute 500 ns): 600 + 11 x 600 + 500 = 7,700 ns,
+    # + one 2 us launch; one slice alone is 600 + 5 x 600 + 500 + 2,000 = 6,100 ns, so the
+    # group saves a launch and a pipeline fill against two shards (12,200 ns).
+    assert costs.grouped_expert_s(NDP, MODEL, (1, 0, 1), 5) == pytest.approx(9.7e-6)
+    assert costs.expert_shard_s(NDP, MODEL, 1, 5) == pytest.approx(6.1e-6)
+    # On the GPU one roofline: max(6,000 FLOPs, 6,000 + 2 x 100 bytes) = 6,200 ns + 1 us.
+    assert costs.grouped_expert_s(GPU, MODEL, (1, 0, 1), 5) == pytest.approx(7.2e-6)
+    task = ComputeTask(id="g", device_id="n", op="expert", layer=0, expert=0, ffn_start=5,
+                       ffn_end=10, num_tokens=2, group_rows=(1, 0, 1))  # fmt: skip
+    hw = Hardware(
+        name="h", devices=(NDP,), memories=(Memory(id="n_mem", capacity_bytes=10**6),),
+        links=(), home_device_id="n",
+    )  # fmt: skip
+    assert costs.task_cycles(hw, MODEL, task)[1] == 9_700

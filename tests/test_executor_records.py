@@ -100,6 +100,14 @@ def _case(name: str, hw: Hardware, model: ModelSpec) -> Report:
             id="red", device_id="gpu", op="reduce", layer=0, num_tokens=10, after=("to",)
         )
         return run(hw, model, [*good, red])
+    if name == "fused_attention_before_partials":
+        # Layer 1's attention adds layer 0's partial sums in its prologue, but waits only on
+        # the dispatch: it starts before they return (and so before layer 0 ends).
+        attn = ComputeTask(
+            id="attn", device_id="gpu", op="attention", layer=1, num_tokens=10, num_partials=2,
+            after=("to",),
+        )  # fmt: skip
+        return run(hw, model, [*good, attn])
     if name == "order_twice":
         return run(hw, model, good, order={"bus": ("to", "to", "back")})
     if name == "order_unknown_resource":
@@ -197,6 +205,22 @@ RECORDS: dict[str, list[tuple[str, str | None, str | None, int | None, str]]] = 
             2000,
             "reduce starts at 2000 before its partial sums arrive at 64000",
         )
+    ],
+    "fused_attention_before_partials": [
+        (
+            "dependency",
+            None,
+            None,
+            2000,
+            "micro-batch 0: layer 1 starts at 2000 before layer 0 ends at 64000",
+        ),
+        (
+            "dependency",
+            "attn",
+            "gpu",
+            2000,
+            "attention starts at 2000 before its partial sums arrive at 64000",
+        ),
     ],
     "order_twice": [("resource_order", "to", "bus", None, "order of 'bus' lists the task twice")],
     "order_unknown_resource": [

@@ -123,3 +123,23 @@ def test_same_cycle_start_attempts_run_first_scheduled_first(
     assert spans["p"][1] == end and spans["q"][0] == spans["p"][0] == 0
     assert spans["evict"][0] == spans["load"][0] == end
     assert report.peak_memory_bytes["a_mem"] == 20_000
+
+
+def test_a_grouped_gemm_reads_only_the_experts_it_has_rows_for(
+    hw: Hardware, model: ModelSpec
+) -> None:
+    """Columns [0, 5) of experts 0 and 1 in one launch on 'a', which holds expert 1 only:
+    with rows (0, 10) the group reads expert 1's slice alone (the other half in a shard of
+    its own), and the plan is valid; with rows (4, 6) it reads expert 0's slice too, which
+    'a' does not hold."""
+    only_one = Residency(by_memory={"a_mem": (WeightSlice(layer=0, expert=1),)})
+    rest = shard("e1", expert=1, ffn_start=5, ffn_end=10)
+    grouped = shard(ffn_start=0, ffn_end=5, group_rows=(0, 10))
+    wl = Workload(layer_ids=(0,), tokens_per_expert=((0, 10),), num_tokens=10)
+    tasks = [to("a"), grouped, rest, back("a", ("e0", "e1"))]
+    report = run(hw, model, tasks, workload=wl, residency=only_one)
+    assert report.valid, report.violations
+    both = shard(ffn_start=0, ffn_end=5, group_rows=(4, 6))
+    wl = Workload(layer_ids=(0,), tokens_per_expert=((4, 6),), num_tokens=10)
+    report = run(hw, model, [to("a"), both, back("a", ("e0",))], workload=wl, residency=only_one)
+    assert "weights_not_resident" in report.codes(), report.violations

@@ -95,7 +95,61 @@ def test_split_load_by_hand() -> None:
     assert latency == [2 * 8_400, 2 * 6_900]
 
 
-def flame_decode(traces: Path, num_granules: int, **flags: bool) -> LoopResult:
+def test_fold_reduce_by_hand() -> None:
+    """Folding a layer's reduce into the next layer's attention (``fold_reduce``) removes only
+    the reduce's launch (none on the tiny GPU) and a reduce of one partial sum (the returned
+    row is the layer's output: nothing to add). The CPU-assisted step
+    (``test_cpu_assisted_placement_runs_the_miss_remotely``, 8,400 + 5,500): layer 0's single
+    partial sum from 'a' needs no add, 8,200; layer 1 (the step's last) keeps its reduce of two
+    partial sums, 5,500. The split-load step (``test_split_load_by_hand``, 2 x 6,900): layer 0
+    ends with the GPU's loaded half at 6,600 (the return from 'a' at 5,200); layer 1's
+    attention adds the two partial sums in its prologue (300, as the reduce did: the add's
+    work stays), 6,600 -> 6,900, then as before: 13,800, the same; the add is now part of the
+    attention phase."""
+    trace = trace_of([[[0], [0]]] * 2 + [[[1], [0]]], 2)
+    got = []
+    for split in (False, True):
+        for fold in (False, True):
+            cfg = LoopConfig(
+                capacity_experts=0 if split else 1, cache="lru", prefetch=False,
+                dispatch="solver", num_granules=2 if split else 4, fold_reduce=fold,
+            )  # fmt: skip
+            run = DecodeRun(roomy(tiny_hardware()), tiny_model(), HOST, cfg, trace,
+                            slice(0, 2), slice(2, 3), in_flight=2 if split else None)  # fmt: skip
+            step = run.run().steps[0]
+            assert step.violations == [] and step.latency_s == step.predicted_s
+            got.append(round(step.latency_s * 1e9))
+            if split:
+                phases = {k: round(v * 1e9) for k, v in step.phase_s.items()}
+                assert (phases["reduce"], phases["attention"]) == ((300, 300) if fold else (600, 0))
+    assert got == [8_400 + 5_500, 8_200 + 5_500, 2 * 6_900, 2 * 6_900]
+
+
+def test_grouped_shards_by_hand() -> None:
+    """Top-2 of 2 experts, no cache, expert-parallel: both experts of a layer run on 'a'
+    (here with a 500 ns launch). Per layer: the dispatch (1,100), expert 0 (500 + 6,000) and
+    expert 1 (500 + 6,000), the return (1,100), the reduce of one partial sum (200): 15,400,
+    30,800 a step. As one grouped GEMM (``group_shards``) 'a' launches once: 500 + 12,000, so
+    14,900 a layer, 29,800 a step; the same weights are read, the executor checks the plan
+    (residency, coverage) and agrees with the prediction."""
+    hw = roomy(tiny_hardware())
+    hw = hw.model_copy(update={"devices": tuple(
+        d.model_copy(update={"launch_s": 5e-7}) if d.id == "a" else d for d in hw.devices
+    )})  # fmt: skip
+    model = tiny_model().model_copy(update={"top_k": 2})
+    trace = trace_of([[[0, 1], [0, 1]]] * 3, 2)
+    got = []
+    for group in (False, True):
+        cfg = LoopConfig(capacity_experts=0, cache="lru", prefetch=False,
+                         dispatch="expert_parallel", group_shards=group)  # fmt: skip
+        run = DecodeRun(hw, model, HOST, cfg, trace, slice(0, 2), slice(2, 3))
+        step = run.run().steps[0]
+        assert step.violations == [] and step.latency_s == step.predicted_s
+        got.append(round(step.latency_s * 1e9))
+    assert got == [30_800, 29_800]
+
+
+def flame_decode(traces: Path, num_granules: int, **flags: bool | int) -> LoopResult:
     """FLAME-MoE-290M on the 4-DIMM preset, ``num_granules`` striped, 6 real decode tokens
     after a 64-token prompt, no per-layer cache and 64 global lines, run: every step passes
     the executor with prediction = simulation, the bound below it and its phases summing to
@@ -152,11 +206,12 @@ def wide_model() -> ModelSpec:
     substitute=st.booleans(),
     in_flight=st.integers(2, 4),
     gpu_speed=st.sampled_from([1.0, 4.0]),
+    kernels=st.booleans(),
 )  # fmt: skip
 @settings(max_examples=60, deadline=None)
 def test_every_configuration_passes_the_executor(
     routes: list[list[list[int]]], dispatch: str, cache: str, capacity: int, prefetch: bool,
-    substitute: bool, in_flight: int, gpu_speed: float,
+    substitute: bool, in_flight: int, gpu_speed: float, kernels: bool,
 ) -> None:  # fmt: skip
     """Whatever the routing and configuration: no violation in any step (capacity, residency,
     coverage, order), and the solver-side prediction equals the executor's makespan (with
@@ -165,7 +220,8 @@ def test_every_configuration_passes_the_executor(
     cfg = LoopConfig(
         capacity_experts=capacity, cache=cache, prefetch=prefetch, dispatch=dispatch,  # type: ignore[arg-type]
         substitute_below=1.0 if substitute else 0.0, quality_budget=0.5, drift_threshold=0.0,
-        num_granules=2,
+        num_granules=2, fold_reduce=kernels, group_shards=kernels, prefetch_spill=kernels,
+        prefetch_chunks=16 if kernels else 8,
     )  # fmt: skip
     hw = roomy(tiny_hardware())
     hw = hw.model_copy(update={"devices": tuple(
@@ -316,6 +372,21 @@ def test_step_phases_by_hand() -> None:
 def test_trimmed_loads_on_real_routing(traces: Path) -> None:
     """FLAME on 16 granules (``flame_decode``): trimming the last whole demand load of a
     layer (its end granules stay on the DIMMs, the line is staged) decodes faster than
-    without it (0.8290 against 0.8409 ms a token)."""
+    without it (0.8290 against 0.8409 ms a token); folding each reduce into the next layer's
+    attention (``fold_reduce``) on top is worth 7 reduce launches of 5 us a step (0.7940 ms a
+    token: the add's own work stays, and the plans come out the same); running each DIMM's
+    (and the GPU's) shards of a layer as one grouped GEMM (``group_shards``) on top saves
+    their launches: 0.7683 ms."""
     means = [flame_decode(traces, 16, trim_loads=t).mean("latency_s") for t in (True, False)]
     assert round(means[0] * 1e7) == 8_290 and round(means[1] * 1e7) == 8_409
+    folded = flame_decode(traces, 16, fold_reduce=True).mean("latency_s")
+    assert round(folded * 1e7) == 7_940
+    grouped = flame_decode(traces, 16, fold_reduce=True, group_shards=True)
+    assert round(grouped.mean("latency_s") * 1e7) == 7_683
+    # Finer prefetch chunks, and the round after the returns spilling up to one chunk into the
+    # next layer's window: more is staged (217 chunks against 100); on these 6 tokens it is
+    # no gain (0.7689 ms), on bench ndp's 96 it is (docs/bench_ndp.json).
+    spill = flame_decode(traces, 16, fold_reduce=True, group_shards=True, prefetch_chunks=16,
+                         prefetch_spill=True)  # fmt: skip
+    assert round(spill.mean("latency_s") * 1e7) == 7_689
+    assert (grouped.stats.prefetches, spill.stats.prefetches) == (100, 217)
