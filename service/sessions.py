@@ -120,11 +120,19 @@ def _grid(value: list[Any], field: str, depth: int, dtype: type) -> np.ndarray:
         return _array(value, field, dtype)
 
 
-def drift(counts: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over layers of total variation distance between the normalized rows (0 .. 1)."""
-    a = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
-    b = reference / np.maximum(reference.sum(axis=1, keepdims=True), 1e-12)
-    return float(0.5 * np.abs(a - b).sum(axis=1).mean())
+def normalized(counts: np.ndarray) -> np.ndarray:
+    """Counts ``[L, E]`` with every row scaled to sum 1 (an all-zero row stays zero)."""
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+
+
+def drift(
+    counts: np.ndarray, reference: np.ndarray, reference_normalized: np.ndarray | None = None
+) -> float:
+    """Mean over layers of total variation distance between the normalized rows (0 .. 1);
+    ``reference_normalized``: ``normalized(reference)`` when the caller holds it already."""
+    b = normalized(reference) if reference_normalized is None else reference_normalized
+    d = normalized(counts) - b
+    return float(0.5 * np.abs(d, out=d).sum(axis=1).mean())
 
 
 def expected_workload(counts: np.ndarray, batch_tokens: int, top_k: int) -> Workload:
@@ -157,6 +165,15 @@ class _Live:
     plan_counts: np.ndarray
     version: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # normalized(plan_of), kept while the store hands back that same plan_counts array
+    plan_of: np.ndarray | None = None
+    plan_normalized: np.ndarray | None = None
+
+    def reference(self, plan_counts: np.ndarray) -> np.ndarray:
+        """``normalized(plan_counts)``, computed once per plan the store hands back."""
+        if self.plan_of is not plan_counts or self.plan_normalized is None:
+            self.plan_of, self.plan_normalized = plan_counts, normalized(plan_counts)
+        return self.plan_normalized
 
 
 class SessionManager:
@@ -379,7 +396,7 @@ class SessionManager:
         # The stored plan is the truth: another replica may have swapped it.
         live.plan_counts, live.version = got.plan_counts, got.version
         nobs, version = got.num_observations, got.version
-        d = drift(got.counts, got.plan_counts)
+        d = drift(got.counts, got.plan_counts, live.reference(got.plan_counts))
         started = False
         if d > live.spec.policy.drift_threshold:
             with self._lock:
@@ -395,7 +412,7 @@ class SessionManager:
 
     def _histogram(self, obs: Observation, shape: tuple[int, ...], top_k: int) -> np.ndarray:
         if obs.histogram is not None:
-            hist = _grid(obs.histogram, "body.histogram", 2, np.float64)
+            hist = _grid(obs.histogram, "body.histogram", 2, np.int64)  # (whole, <= 2**40)
             if hist.shape != shape:
                 raise DomainError(
                     422,
@@ -429,8 +446,7 @@ class SessionManager:
             raise DomainError(422, "validation", field, f"ids must lie in [0, {shape[1]})")
         # One bincount over (layer, expert) cells: id + layer * num_experts.
         cells = ids + np.arange(shape[0], dtype=np.int64)[None, :, None] * shape[1]
-        flat = np.bincount(cells.reshape(-1), minlength=shape[0] * shape[1])
-        return flat.reshape(shape).astype(np.float64)
+        return np.bincount(cells.reshape(-1), minlength=shape[0] * shape[1]).reshape(shape)
 
     def _resolve(self, session_id: str, live: _Live) -> None:
         leased = False

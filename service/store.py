@@ -380,13 +380,14 @@ def sparse_hist(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = hist.reshape(-1)
     idx: np.ndarray = np.flatnonzero(flat).astype(_index_dtype(flat.size))
     values = flat[idx]
-    top = float(values.max()) if values.size else 0.0
-    for dtype, largest in _WHOLE:
-        if top <= largest:
-            narrow = values.astype(dtype)
-            if np.array_equal(narrow, values):
-                return idx, narrow
-            break
+    if not values.size:
+        return idx, values.astype(np.uint8)
+    top, least = values.max(), values.min()
+    if least >= 0 and top <= _WHOLE[-1][1]:  # (NaN compares False: float64)
+        dtype = next(d for d, largest in _WHOLE if top <= largest)
+        narrow = values.astype(dtype)
+        if values.dtype.kind in "ui" or np.array_equal(narrow, values):
+            return idx, narrow
     return idx, values.astype(np.float64)
 
 
@@ -431,6 +432,7 @@ def _log_entry(
     return idx, values
 
 
+_LOG_INSERT = "INSERT INTO observation_log VALUES (?, ?, ?, ?, ?, ?, ?)"
 _LOG_SELECT = (
     "SELECT seq, hist, value_bytes, decay, cap FROM observation_log WHERE session_id = ? "
     "ORDER BY seq"
@@ -849,47 +851,74 @@ class SQLiteStore(SessionStore):
             raise WouldWait  # its first observation here reads and replays the session
         with self._locked(wait):
             con = self._con(wait)
-            with self._busy(), self._tx(con, wait):
-                tally = self._tallies.get(session_id) or self._tally(con, session_id)
+            with self._busy():
+                tally = self._tallies.get(session_id)
                 if tally is None:
-                    return None
-                nobs = tally.num_observations
-                if observation_id is not None:
-                    fresh = con.execute(
-                        "INSERT OR IGNORE INTO observations_seen VALUES (?, ?, ?)",
-                        (session_id, observation_id, nobs + 1),
-                    ).rowcount
-                    if not fresh:  # a retry of one already counted
-                        self._tallies[session_id] = tally
-                        return CountsUpdate(
-                            tally.counts, nobs, tally.plan_counts, tally.version, counted=False
-                        )
-                    con.execute(
-                        "DELETE FROM observations_seen WHERE session_id = ? AND seq <= ?",
-                        (session_id, nobs + 1 - SEEN_IDS_KEPT),
-                    )
+                    with self._tx(con):
+                        tally = self._tally(con, session_id)
+                    if tally is None:
+                        return None
+                    self._tallies[session_id] = tally  # as committed
+                seq, folded, now = tally.num_observations + 1, tally.folded, time.time()
                 idx, values = sparse_hist(hist)
                 counts = fold_counts(tally.counts, idx, values, decay, cap)
-                seq, folded, now = nobs + 1, tally.folded, time.time()
-                if seq - folded >= FOLD_EVERY:  # the blob takes in the log's observations
-                    con.execute(
-                        "UPDATE sessions SET counts = ?, num_observations = ?, touched_s = ? "
-                        "WHERE id = ?",
-                        (_blob(counts, seq), seq, now, session_id),
-                    )
-                    con.execute("DELETE FROM observation_log WHERE session_id = ?", (session_id,))
-                    folded = seq
+                log_row = (session_id, seq, _log_blob(idx, values, seq), values.itemsize,
+                           decay, cap, now)  # fmt: skip
+                if observation_id is None and seq - folded < FOLD_EVERY:
+                    # The usual observation: one statement, its own transaction.
+                    self._append(con, wait, log_row)
                 else:
-                    con.execute(
-                        "INSERT INTO observation_log VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (session_id, seq, _log_blob(idx, values, seq), values.itemsize,
-                         decay, cap, now),
-                    )  # fmt: skip
+                    with self._tx(con, wait):
+                        if observation_id is not None and not self._first_time(
+                            con, session_id, observation_id, seq
+                        ):  # a retry of one already counted
+                            return CountsUpdate(tally.counts, seq - 1, tally.plan_counts,
+                                                tally.version, counted=False)  # fmt: skip
+                        if seq - folded >= FOLD_EVERY:  # the blob takes in the log's
+                            con.execute(
+                                "UPDATE sessions SET counts = ?, num_observations = ?, "
+                                "touched_s = ? WHERE id = ?",
+                                (_blob(counts, seq), seq, now, session_id),
+                            )
+                            con.execute(
+                                "DELETE FROM observation_log WHERE session_id = ?", (session_id,)
+                            )
+                            folded = seq
+                        else:
+                            con.execute(_LOG_INSERT, log_row)
             # Committed: only now do the held counts move on.
             self._tallies[session_id] = replace(
                 tally, counts=counts, num_observations=seq, folded=folded
             )
         return CountsUpdate(counts, seq, tally.plan_counts, tally.version, counted=True)
+
+    @staticmethod
+    def _append(con: sqlite3.Connection, wait: bool, log_row: tuple[Any, ...]) -> None:
+        """One log row in a transaction of its own (``WouldWait`` without ``wait`` when
+        another connection holds the database)."""
+        try:
+            con.execute(_LOG_INSERT, log_row)
+        except sqlite3.OperationalError as exc:
+            if not wait and ("locked" in str(exc) or "busy" in str(exc)):
+                raise WouldWait from None
+            raise
+
+    @staticmethod
+    def _first_time(
+        con: sqlite3.Connection, session_id: str, observation_id: str, seq: int
+    ) -> bool:
+        """Record ``observation_id`` as observation ``seq`` unless the session has seen it
+        (then False); the ids of the last ``SEEN_IDS_KEPT`` observations are kept."""
+        fresh = con.execute(
+            "INSERT OR IGNORE INTO observations_seen VALUES (?, ?, ?)",
+            (session_id, observation_id, seq),
+        ).rowcount
+        if fresh:
+            con.execute(
+                "DELETE FROM observations_seen WHERE session_id = ? AND seq <= ?",
+                (session_id, seq - SEEN_IDS_KEPT),
+            )
+        return bool(fresh)
 
     def swap_plan(self, session_id: str, plan_json: str, plan_counts: np.ndarray) -> int | None:
         with self._locked():
