@@ -185,3 +185,23 @@ def test_a_session_in_memory_is_observed_on_the_event_loop(
         r = c.post(f"/v1/sessions/{sid}/observations", json={"histogram": HIST})
         assert r.json()["num_observations"] == 6
     assert len(hops) == 2
+
+
+def test_the_client_sends_ids_packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MoeschedClient.observe_ids`` counts a runtime's ids as the JSON form does, and
+    refuses, before sending, ids that int16 cannot carry."""
+    from service.client import MoeschedClient
+
+    ids = np.random.default_rng(5).integers(0, 64, size=(8, 26, 6))
+    app = create_app(Settings(db_path=tmp_path / "s.db"))
+    with TestClient(app) as c:
+        a, b = (c.post("/v1/sessions", json=session_example()).json()["id"] for _ in range(2))
+        client = MoeschedClient("http://testserver")
+        client.http = c  # the app in process
+        packed = client.observe_ids(b, ids.astype(np.int32), observation_id="o1")
+        plain = c.post(f"/v1/sessions/{a}/observations", json={"expert_ids": ids.tolist()})
+        assert packed.model_dump() == plain.json()
+        with pytest.raises(ValueError, match="32767"):
+            client.observe_ids(b, np.full((1, 26, 6), 40000))
+        with pytest.raises(ValueError, match=r"\[T, L, k\]"):
+            client.observe_ids(b, ids[0])
