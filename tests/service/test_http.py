@@ -120,13 +120,26 @@ def test_session_drifts_resolves_and_survives_restarts(server: Server) -> None:
             client.observe(
                 session.id, Observation(histogram=skewed(shape, list(range(40, 52)), rng))
             )
-        acked = client.plan(session.id).num_observations
+        for _ in range(70):  # past a fold of the observation log into the counts blob
+            client.observe(
+                session.id,
+                Observation(expert_ids=rng.choice(list(range(40, 52)), size=(1, 26, 6)).tolist()),
+            )
+        before = client.plan(session.id)
+        deadline = time.monotonic() + 60
+        while before.resolving and time.monotonic() < deadline:  # let a re-solve land first
+            time.sleep(0.2)
+            before = client.plan(session.id)
+        assert not before.resolving
+        acked = before.num_observations
+        assert acked == observed + 75
 
     server.stop(signal.SIGKILL)  # kill -9: every acknowledged observation must survive
     server.start()
     with MoeschedClient(server.url) as client:
         after = client.plan(session.id)
         assert after.num_observations == acked
+        assert (after.version, after.drift) == (before.version, before.drift)  # the same counts
         assert after.plan.report.valid
         client.delete_session(session.id)
         with pytest.raises(MoeschedError):

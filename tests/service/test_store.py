@@ -22,7 +22,7 @@ from service.ep_sessions import EpBounds, EpSessions
 from service.main import create_app
 from service.schemas import EpBatch, EpSessionCreate
 from service.settings import Settings
-from service.store import READERS_KEPT, SessionRow, SQLiteStore, StoreBusy, StoreError
+from service.store import READERS_KEPT, SessionRow, SQLiteStore, StoreBusy, StoreError, WouldWait
 
 SPEC = json.dumps({"num_layers": 2, "num_experts": 3})
 
@@ -290,3 +290,120 @@ def test_ended_threads_leave_no_open_connections(tmp_path: Path) -> None:
     open_on_db = sum(1 for target in fds if target == str(db))
     store.close()
     assert open_on_db <= READERS_KEPT + 1
+
+
+def _reference(counts: np.ndarray, hists: list[np.ndarray], decay: float, cap: float) -> np.ndarray:
+    """The running counts as the formula states them: min(decay * counts + hist, cap)."""
+    for h in hists:
+        counts = np.minimum(counts * decay + h, cap)
+    return counts
+
+
+def _hists(n: int) -> list[np.ndarray]:
+    """Observations of every kind the log encodes: single tokens, dense batches, fractional
+    counts, counts past 2**32 and empty ones."""
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        h = np.zeros((4, 8))
+        h[np.arange(4), rng.integers(0, 8, 4)] = 1.0
+        if i % 5 == 1:
+            h = rng.integers(0, 300, (4, 8)).astype(float)
+        elif i % 5 == 2:
+            h = h * 0.25
+        elif i % 5 == 3:
+            h = h * 2.0**33
+        elif i % 17 == 4:
+            h = np.zeros((4, 8))
+        out.append(h)
+    return out
+
+
+def test_observations_logged_and_folded_survive_a_kill_bit_for_bit(tmp_path: Path) -> None:
+    """150 observations (folds at 64 and 128) by a process that dies without closing: the
+    next store gives the counts the formula gives, to the bit, with 150 observations, from
+    the counts blob and the 22 logged since the last fold; and goes on counting from there."""
+    db = tmp_path / "k.db"
+    code = (
+        "import os, sys; import numpy as np\n"
+        "from service.store import SQLiteStore, SessionRow\n"
+        "from tests.service.test_store import _hists\n"
+        "s = SQLiteStore(sys.argv[1])\n"
+        "s.create(SessionRow('a', '{}', np.ones((4, 8)), np.ones((4, 8)), '{}', 1, 0))\n"
+        "for i, h in enumerate(_hists(150)):\n"
+        "    got = s.observe('a', h, 0.9, 2.0**40, f'id{i}' if i % 3 else None)\n"
+        "    assert got is not None and got.num_observations == i + 1\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True, cwd=ROOT)
+    want = _reference(np.ones((4, 8)), _hists(150), 0.9, 2.0**40)
+    store = SQLiteStore(db)
+    row = store.get("a")
+    assert row is not None and row.num_observations == 150
+    assert np.array_equal(row.counts, want)
+    assert store._read("SELECT count(*) FROM observation_log", ())[0][0] == 150 - 128
+    again = store.observe("a", np.ones((4, 8)), 0.9, 2.0**40, "id1")  # a retry: not counted
+    assert again is not None and not again.counted and again.num_observations == 150
+    more = store.observe("a", np.ones((4, 8)), 0.9, 2.0**40)
+    assert more is not None and more.num_observations == 151
+    assert np.array_equal(more.counts, _reference(want, [np.ones((4, 8))], 0.9, 2.0**40))
+    got = store.get("a")
+    assert got is not None and np.array_equal(got.counts, more.counts)
+    store.close()
+
+
+def test_a_damaged_or_missing_log_row_is_refused_at_start_up(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    store = SQLiteStore(db)
+    store.create(_row("a"))
+    for _ in range(5):
+        store.observe("a", np.ones((2, 3)), 1.0, 2.0**50)
+    store.close()
+    con = sqlite3.connect(db, isolation_level=None)
+    (hist,) = con.execute("SELECT hist FROM observation_log WHERE seq = 3").fetchone()
+    con.execute("UPDATE observation_log SET hist = ? WHERE seq = 3", (b"\x07" + hist[1:],))
+    with pytest.raises(StoreError, match=re.escape(f"{db}: 1 stored sessions") + ".*'a'"):
+        SQLiteStore(db)
+    con.execute("UPDATE observation_log SET hist = ? WHERE seq = 3", (hist,))
+    SQLiteStore(db).close()  # restored: it opens
+    con.execute("DELETE FROM observation_log WHERE seq = 3")
+    con.close()
+    with pytest.raises(StoreError, match=re.escape(f"{db}: 1 stored sessions") + ".*'a'"):
+        SQLiteStore(db)
+
+
+def test_an_observation_keeps_a_session_from_expiring_between_folds(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    store.create(_row("seen"))
+    store.create(_row("idle"))
+    time.sleep(0.01)
+    store.observe("seen", np.ones((2, 3)), 1.0, 2.0**50)  # logged: the session row untouched
+    assert store.expire(time.time() - 0.005) == (["idle"], [])
+    assert store.expire(time.time() + 1) == (["seen"], [])
+    assert store._read("SELECT count(*) FROM observation_log", ())[0][0] == 0
+    assert store.observe("seen", np.ones((2, 3)), 1.0, 2.0**50) is None
+    store.close()
+
+
+def test_observing_without_waiting_waits_for_nothing_and_changes_nothing(tmp_path: Path) -> None:
+    """``observe_nowait`` does nothing (WouldWait) for a session whose counts it does not
+    hold yet, or while another connection holds the database; then it counts."""
+    db = tmp_path / "n.db"
+    store = SQLiteStore(db, busy_timeout_s=5.0)
+    store.create(_row("a"))
+    with pytest.raises(WouldWait):
+        store.observe_nowait("a", np.ones((2, 3)), 1.0, 2.0**50)
+    assert store.observe("a", np.ones((2, 3)), 1.0, 2.0**50) is not None
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    start = time.perf_counter()
+    with pytest.raises(WouldWait):
+        store.observe_nowait("a", np.ones((2, 3)), 1.0, 2.0**50)
+    assert time.perf_counter() - start < 1.0  # not the 5 s busy timeout
+    holder.execute("ROLLBACK")
+    holder.close()
+    got = store.observe_nowait("a", np.ones((2, 3)), 1.0, 2.0**50)
+    assert got is not None and got.num_observations == 2
+    row = store.get("a")
+    assert row is not None and row.num_observations == 2 and np.array_equal(row.counts, got.counts)
+    store.close()
