@@ -127,7 +127,7 @@ class StepRecord:
     ndp_load_cv: float | None
     bytes_moved: float
     weight_bytes: float
-    solve_s: float  # CPU time in the placement and prefetch solvers (not wall time)
+    solve_s: float  # planning CPU time (``DecodeRun.run_step``; prefill: its placements)
     resolved: bool
     violations: list[str]
     bound_s: float = 0.0  # a lower bound on latency_s for this step's cache states
@@ -218,6 +218,7 @@ class _Step:
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
+        self.report_s = 0.0  # CPU in the step's reported bounds (not planning: ``run_step``)
         self.weight_bytes = 0.0
         self.bound_s = 0.0  # the per-layer bounds, summed (``DecodeRun._bound_s``)
         self.absent_bytes = 0.0  # weight bytes the step's layers ran that were not on the GPU
@@ -305,12 +306,20 @@ class DecodeRun:
         return self.result
 
     def run_step(self, step: int, validate: bool = True) -> StepRecord:
+        # Planning CPU: everything the step computes to make its plan (prediction, cache
+        # decisions, placements, splits, prefetch candidates and knapsack, the lowering and the
+        # timeline the link budgets read), all but the executor's residency and simulation
+        # and the reported bounds (``_Step.report_s``).
+        started = time.process_time()
         resolved = step > 0 and self.predictor.refresh(self.config.drift_threshold)
+        residency_started = time.process_time()
         residency = self._residency()
         st = _Step(self, step, self.prefill_tokens + step)
+        st.report_s += time.process_time() - residency_started
         for layer in range(self.model.num_moe_layers):
             self._layer(st, layer)
         self.predictor.observe(self.ids[step], self.gates[step])
+        st.solve_s = time.process_time() - started - st.report_s
         return self._record(st, residency, 1, validate, resolved)
 
     def _record(
@@ -569,8 +578,9 @@ class DecodeRun:
             layer, want, gates, self.caches, self.predictor, stats,
             cfg.substitute_below, cfg.quality_budget,
         )  # fmt: skip
-        st.bound_s += self._bound_s(st, layer, run_experts)
         started = time.process_time()
+        st.bound_s += self._bound_s(st, layer, run_experts)
+        st.report_s += time.process_time() - started
         inst = self._instance(layer, run_experts)
         a = self._assign(inst)
         split: dict[int, list[tuple[str, int, int]]] = {}
@@ -583,7 +593,6 @@ class DecodeRun:
             split = {**trimmed, **split}
             if split:  # the same layer with the split granules at home, for the lowering
                 inst = self._instance(layer, run_experts, extra=split)
-        st.solve_s += time.process_time() - started
         lw = inst.lowered(a, tuple(st.after), attention=True)
         assert lw.attention is not None
         if st.fold > 1:  # the layer before's partial sums, added in this attention's prologue
@@ -960,10 +969,8 @@ class DecodeRun:
             free_bytes=len(items) * self.model.expert_bytes(width),
             link_budget_cycles=self._link_budget(st, layer, rest, attn, links, longest),
         )
-        started = time.process_time()
         # The greedy set (``select(problem, "greedy")`` without the bound nobody here reads).
         chosen = sorted(select_greedy(problem))
-        st.solve_s += time.process_time() - started
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
         for i in chosen:
