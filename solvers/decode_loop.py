@@ -924,8 +924,10 @@ class DecodeRun:
         items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]] = []
         gains: list[float] = []
         saved: list[int] = []
+        cycles: list[int] = []
         victims: dict[tuple[int, int], int | None] = {}
-        probes: dict[int, PlacementInstance] = {}
+        links: set[str] = set()
+        remote_ok = self.config.dispatch != "demand"
         for nxt in targets:
             p = self.predictor.prefetch_probability(nxt, known)
             gain: dict[int, float] = {}
@@ -935,36 +937,35 @@ class DecodeRun:
                 gain[e_in], victims[(nxt, e_in)] = g, e_out
             if not gain:
                 continue
-            probe = probes[nxt] = self._instance(nxt, sorted(gain))
+            # Each candidate's chunks from the tables of its record (the probe instance's
+            # tables; records made in expert order, as the probe makes them: the plan memo
+            # numbers its classes in that order).
+            lines, partial = self.caches.lines[nxt], self.caches.partial(nxt)
+            table = {e: self.tables.chunks(nxt, e, lines, partial, per, remote_ok)
+                     for e in sorted(gain)}  # fmt: skip
             for e in sorted(gain, key=lambda x: -gain[x]):
-                if e not in probe.load_parts:
+                chunks_of = table[e]
+                if chunks_of is None:
                     continue
-                missing = self.caches.partial(nxt).get(e, set(range(G)))
-                for c in sorted({g // per for g in missing}):
-                    pieces = self._chunk(probe, e, c * width, (c + 1) * width)
-                    load = sum(cyc for *_, cyc in pieces)
-                    home_c = probe.shard[e][self.home][per]
-                    away = [
-                        min((probe.shard[e][d][1] for d in probe.holders[e][g] if d != self.home),
-                            default=None)
-                        for g in range(c * per, (c + 1) * per)
-                    ]  # fmt: skip
-                    remote = None if None in away else sum(a for a in away if a is not None)
-                    alone = load + home_c
-                    if self.config.dispatch != "demand" and remote is not None:
-                        alone = min(alone, remote)
+                missing = partial.get(e)
+                picked = range(len(chunks_of)) if missing is None else sorted(
+                    {g // per for g in missing}
+                )  # fmt: skip
+                for c in picked:
+                    pieces, load, save, used = chunks_of[c]
                     items.append((nxt, e, c, pieces))
                     gains.append(gain[e])
-                    saved.append(max(0, alone - home_c))
+                    saved.append(save)
+                    cycles.append(load)
+                    links |= used
         if not items:
             return []
-        links = {probes[n].link(src, self.home).id for n, _, _, ps in items for src, *_ in ps}
-        longest = max(sum(c for *_, c in ps) for *_, ps in items)
+        longest = max(cycles)
         problem = PrefetchProblem(
             experts=tuple(e for _, e, _, _ in items),
             probability=tuple(gains),
-            size_bytes=tuple(self.model.expert_bytes(width) for _ in items),
-            transfer_cycles=tuple(sum(c for *_, c in ps) for *_, ps in items),
+            size_bytes=(self.model.expert_bytes(width),) * len(items),
+            transfer_cycles=tuple(cycles),
             saved_cycles=tuple(saved),
             free_bytes=len(items) * self.model.expert_bytes(width),
             link_budget_cycles=self._link_budget(st, layer, rest, attn, links, longest),
@@ -992,7 +993,7 @@ class DecodeRun:
                 st.staged.setdefault((nxt, e), []).append(tid)
                 out.append(
                     TransferTask(
-                        id=tid, link_id=probes[nxt].link(src, self.home).id, src_device_id=src,
+                        id=tid, link_id=self.tables.link_id(src), src_device_id=src,
                         dst_device_id=self.home, payload="weights", layer=nxt, purpose="prefetch",
                         weights=WeightSlice(layer=nxt, expert=e, ffn_start=c0, ffn_end=c1),
                         after=after,

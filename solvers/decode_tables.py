@@ -33,6 +33,10 @@ _Record = tuple[
     tuple[Hashable, ...],
 ]
 
+# A prefetch chunk: (load pieces (source, first column, end column, link cycles), their link
+# cycles, cycles saved, the links its pieces use)
+_Chunk = tuple[list[tuple[str, int, int, int]], int, int, frozenset[str]]
+
 
 class DecodeTables:
     """Per-expert layer tables of one decode run (one hardware, model, base layout and
@@ -79,6 +83,8 @@ class DecodeTables:
         self._records: dict[tuple[tuple[_Pieces, ...], _Pieces], _Record] = {}
         self._classes: dict[Hashable, int] = {}
         self.line_bytes = model.expert_bytes()
+        self._link_ids: dict[str, str] = {}
+        self._chunks: dict[Hashable, list[_Chunk] | None] = {}
 
     def _base_cols(self, layer: int, e: int) -> tuple[tuple[tuple[int, int], ...], ...]:
         """Per device (``devices`` order): the sorted base pieces of expert e in the layer
@@ -150,6 +156,79 @@ class DecodeTables:
                 g = end
         return out
 
+    def home_pieces(
+        self,
+        e: int,
+        lines: Mapping[int, object],
+        missing: Mapping[int, set[int]],
+        extra: Mapping[int, list[tuple[str, int, int]]] | None,
+    ) -> _Pieces:
+        """``gpu_pieces``, sorted: the key of expert e's record (``record``)."""
+        if e in missing or (extra and e in extra):
+            return tuple(sorted(self.gpu_pieces(e, lines, missing, extra)))
+        return ((0, self.ffn),) if e in lines else ()
+
+    def link_id(self, src: str) -> str:
+        """The id of the link the lowering uses from ``src`` to the home device."""
+        got = self._link_ids.get(src)
+        if got is None:
+            link = self._tab.link_between(src, self.home)
+            assert link is not None
+            got = self._link_ids[src] = link.id
+        return got
+
+    def chunks(
+        self,
+        layer: int,
+        e: int,
+        lines: Mapping[int, object],
+        missing: Mapping[int, set[int]],
+        per: int,
+        remote_ok: bool,
+    ) -> list[_Chunk] | None:
+        """Expert e's prefetch chunks in the layer with the GPU holding what ``lines`` and
+        ``missing`` say (None: nothing of it to load), one per chunk of ``per`` granules in
+        column order: (the chunk's load pieces (source, first column, end column, link
+        cycles), their cycles, the cycles staging it saves, the links its pieces use).
+
+        Saved: the chunk's load and its GPU shard, or (``remote_ok``) computing its granules
+        on their fastest other holders when every granule has one and that is less, minus
+        the GPU shard. Computed once per record (``record``): the layer instance the loop's
+        probe would build gives the same (``tests/solvers/test_decode_tables_prefetch.py``)."""
+        home_pieces = self.home_pieces(e, lines, missing, None)
+        key = (self._base_cols(layer, e), home_pieces, per, remote_ok)
+        if key in self._chunks:
+            return self._chunks[key]
+        holders, _, parts, _ = self.record(layer, e, home_pieces)
+        out: list[_Chunk] | None = None
+        if parts is not None:
+            rows = {d: self._tab.shard_row(d, 1, self.G) for d in self.devices}
+            width = self.width * per
+            home_c = rows[self.home][per]
+            out = []
+            for c in range(self.G // per):
+                c0, c1 = c * width, (c + 1) * width
+                pieces = []
+                for src, p0, p1, _ in parts[0]:
+                    lo, hi = max(p0, c0), min(p1, c1)
+                    if lo < hi:
+                        link = self._tab.link_between(src, self.home)
+                        assert link is not None
+                        pieces.append((src, lo, hi, self._tab.weight_cycles(link, hi - lo)))
+                load = sum(cyc for *_, cyc in pieces)
+                away = [
+                    min((rows[d][1] for d in holders[g] if d != self.home), default=None)
+                    for g in range(c * per, (c + 1) * per)
+                ]
+                remote = None if None in away else sum(a for a in away if a is not None)
+                alone = load + home_c
+                if remote_ok and remote is not None:
+                    alone = min(alone, remote)
+                links = frozenset(self.link_id(src) for src, *_ in pieces)
+                out.append((pieces, load, max(0, alone - home_c), links))
+        self._chunks[key] = out
+        return out
+
     def instance(
         self,
         layer: int,
@@ -173,7 +252,7 @@ class DecodeTables:
         tokens = {}
         for e in sorted(set(experts)):
             if e in missing or (extra and e in extra):
-                home_pieces = tuple(sorted(self.gpu_pieces(e, lines, missing, extra)))
+                home_pieces = self.home_pieces(e, lines, missing, extra)
             else:
                 home_pieces = whole if e in lines else ()
             base = cols.get((layer, e))
