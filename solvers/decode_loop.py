@@ -941,23 +941,26 @@ class DecodeRun:
             # tables; records made in expert order, as the probe makes them: the plan memo
             # numbers its classes in that order).
             lines, partial = self.caches.lines[nxt], self.caches.partial(nxt)
-            table = {e: self.tables.chunks(nxt, e, lines, partial, per, remote_ok)
+            table = {e: self.tables.candidates(nxt, e, lines, partial, per, remote_ok)
                      for e in sorted(gain)}  # fmt: skip
             for e in sorted(gain, key=lambda x: -gain[x]):
-                chunks_of = table[e]
-                if chunks_of is None:
+                cand = table[e]
+                if cand is None:
                     continue
                 missing = partial.get(e)
-                picked = range(len(chunks_of)) if missing is None else sorted(
-                    {g // per for g in missing}
-                )  # fmt: skip
-                for c in picked:
-                    pieces, load, save, used = chunks_of[c]
-                    items.append((nxt, e, c, pieces))
+                if missing is None:  # every chunk
+                    items += cand.items
+                    gains += [gain[e]] * len(cand.items)
+                    saved += cand.saved
+                    cycles += cand.cycles
+                    links |= cand.all_links
+                    continue
+                for c in sorted({g // per for g in missing}):
+                    items.append(cand.items[c])
                     gains.append(gain[e])
-                    saved.append(save)
-                    cycles.append(load)
-                    links |= used
+                    saved.append(cand.saved[c])
+                    cycles.append(cand.cycles[c])
+                    links |= cand.links[c]
         if not items:
             return []
         longest = max(cycles)

@@ -17,6 +17,7 @@ the same order); ``tests/solvers/test_decode_tables.py`` compares both on real t
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
 from hwmodel import cost_tables, costs
 from hwmodel.plan import Residency
@@ -36,6 +37,19 @@ _Record = tuple[
 # A prefetch chunk: (load pieces (source, first column, end column, link cycles), their link
 # cycles, cycles saved, the links its pieces use)
 _Chunk = tuple[list[tuple[str, int, int, int]], int, int, frozenset[str]]
+
+
+@dataclass(slots=True, frozen=True)
+class Candidates:
+    """One expert's prefetch chunks as knapsack items, by chunk: ``items`` (layer, expert,
+    chunk, load pieces), their link ``cycles``, ``saved`` cycles and ``links``; ``all_links``:
+    every chunk's."""
+
+    items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]]
+    cycles: list[int]
+    saved: list[int]
+    links: list[frozenset[str]]
+    all_links: frozenset[str]
 
 
 class DecodeTables:
@@ -85,6 +99,7 @@ class DecodeTables:
         self.line_bytes = model.expert_bytes()
         self._link_ids: dict[str, str] = {}
         self._chunks: dict[Hashable, list[_Chunk] | None] = {}
+        self._candidates: dict[Hashable, Candidates | None] = {}
 
     def _base_cols(self, layer: int, e: int) -> tuple[tuple[tuple[int, int], ...], ...]:
         """Per device (``devices`` order): the sorted base pieces of expert e in the layer
@@ -228,6 +243,32 @@ class DecodeTables:
                 out.append((pieces, load, max(0, alone - home_c), links))
         self._chunks[key] = out
         return out
+
+    def candidates(
+        self,
+        layer: int,
+        e: int,
+        lines: Mapping[int, object],
+        missing: Mapping[int, set[int]],
+        per: int,
+        remote_ok: bool,
+    ) -> Candidates | None:
+        """``chunks`` as the prefetch's knapsack items of expert e in the layer (kept per
+        layer, expert and GPU pieces)."""
+        key = (layer, e, self.home_pieces(e, lines, missing, None), per, remote_ok)
+        got = self._candidates.get(key, self)
+        if got is self:
+            chunks = self.chunks(layer, e, lines, missing, per, remote_ok)
+            got = None
+            if chunks is not None:
+                got = Candidates(
+                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)],
+                    [ch[1] for ch in chunks], [ch[2] for ch in chunks],
+                    [ch[3] for ch in chunks], frozenset().union(*(ch[3] for ch in chunks)),
+                )  # fmt: skip
+            self._candidates[key] = got
+        assert got is None or isinstance(got, Candidates)
+        return got
 
     def instance(
         self,

@@ -1,6 +1,7 @@
-"""The prefetch's chunk tables (``DecodeTables.chunks``, kept per record) are what the layer
-instance of the live residency gives, every time the decode loop asks: a table kept under the
-wrong key (stale after the cache changed) fails here.
+"""The prefetch's chunk tables (``DecodeTables.chunks``, kept per record, and the knapsack
+items made of them, ``DecodeTables.candidates``, kept per layer, expert and GPU pieces) are
+what the layer instance of the live residency gives, every time the decode loop asks: a table
+kept under the wrong key (stale after the cache changed) fails here.
 
 Real routing (ESFT law on DeepSeek-V2-Lite, 4 NDP-DIMMs), under the striped layout with lines
 being staged (``moesched``) and the one-expert-one-unit layout (``no_balance``).
@@ -58,7 +59,7 @@ def test_every_chunk_table_is_the_residency_one(
 ) -> None:
     runs: list[DecodeRun] = []
     made = DecodeRun.__init__
-    chunks = DecodeTables.chunks
+    candidates = DecodeTables.candidates
     asked: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
 
     def init(self: DecodeRun, *args: Any, **kwargs: Any) -> None:
@@ -68,16 +69,25 @@ def test_every_chunk_table_is_the_residency_one(
     def compare(
         self: DecodeTables, layer: int, e: int, lines: Any, missing: Any, per: int, ok: bool
     ) -> Any:
-        got = chunks(self, layer, e, lines, missing, per, ok)
+        got = candidates(self, layer, e, lines, missing, per, ok)
         (run,) = runs
         assert lines is run.caches.lines[layer]
         full = PlacementInstance(run._instance(layer, [e]).problem)  # from the residency
-        assert got == reference(full, e, per, ok), (layer, e)
+        want = reference(full, e, per, ok)
+        if want is None:
+            assert got is None, (layer, e)
+        else:
+            assert got is not None, (layer, e)
+            assert got.items == [(layer, e, c, ch[0]) for c, ch in enumerate(want)]
+            assert got.cycles == [ch[1] for ch in want]
+            assert got.saved == [ch[2] for ch in want]
+            assert got.links == [ch[3] for ch in want]
+            assert got.all_links == frozenset().union(*got.links)
         asked.append((layer, e, self.home_pieces(e, lines, missing, None)))
         return got
 
     monkeypatch.setattr(DecodeRun, "__init__", init)
-    monkeypatch.setattr(DecodeTables, "chunks", compare)
+    monkeypatch.setattr(DecodeTables, "candidates", compare)
     decode_point(hardware_preset("gpu-ndp-4dimm"), "deepseek-v2-lite", "esft-law", config, 3)
     assert len(asked) > 100
     # The same expert of a layer is asked for under different GPU pieces (staged granules,
