@@ -848,15 +848,18 @@ class DecodeRun:
         """Seconds the links into the GPU are still busy after ``layer``'s attention (which
         runs after the timeline's end and the GPU's last task): the head start of the
         layer's own demand loads, shared by ``_trim_loads`` and ``_split_loads``."""
-        link_ids = {lk.id for lk in self.hardware.links if self.home in lk.dst_device_ids}
-        attention = costs.task_cycles(
-            self.hardware, self.model,
-            ComputeTask(id="probe", device_id=self.home, op="attention", layer=layer,
-                        num_tokens=1, num_partials=st.fold),
-            st.timeline.context_tokens,
-        )[1]  # fmt: skip
+        fixed = self._fill_fixed
+        key = (layer, st.fold, st.timeline.context_tokens)
+        attention = fixed.attention_cycles.get(key)
+        if attention is None:
+            attention = fixed.attention_cycles[key] = costs.task_cycles(
+                self.hardware, self.model,
+                ComputeTask(id="probe", device_id=self.home, op="attention", layer=layer,
+                            num_tokens=1, num_partials=st.fold),
+                st.timeline.context_tokens,
+            )[1]  # fmt: skip
         attn_end = max(st.timeline.end, st.timeline.free_at(self.home)) + attention
-        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in link_ids)])
+        busy = max([0, *(st.timeline.free_at(lk) - attn_end for lk in fixed.links_in)])
         return busy / self.hardware.clock_hz
 
     def _water_fill(
@@ -1110,6 +1113,23 @@ class DecodeRun:
         return max(st.attention_s, need / (readers + links))
 
     @functools.cached_property
+    def _fill_fixed(self) -> _FillFixed:
+        """What ``_Fill`` and ``_link_busy_s`` read of the hardware, computed once a run."""
+        hw, model, home = self.hardware, self.model, self.home
+        shared = costs.shared_expert_s(hw.device(home), model, 1)
+        return _FillFixed(
+            ndp_linked=frozenset(
+                d.id for d in hw.devices if d.kind == "ndp" and hw.link_between(d.id, home)
+            ),
+            seconds_per_byte={d.id: _seconds_per_byte(d, model) for d in hw.devices},
+            shared_s=shared if model.num_shared_experts else 0.0,
+            home_capacity_bytes=next(
+                m.capacity_bytes for m in hw.memories if m.id == self.home_mem
+            ),
+            links_in=tuple(sorted({lk.id for lk in hw.links if home in lk.dst_device_ids})),
+        )
+
+    @functools.cached_property
     def _paths(self) -> tuple[float, float, float]:
         """(``R``: bytes per second every other weight-holding unit computes in place at once,
         at its effective rate; ``P``: bytes per second every link into the GPU delivers at
@@ -1166,6 +1186,23 @@ class DecodeRun:
 
 
 @dataclass
+class _FillFixed:
+    """Hardware figures of a run that ``_Fill`` and ``_link_busy_s`` read every layer: the
+    NDP units with a link to the GPU, each device's ``_seconds_per_byte``, the shared experts'
+    GPU seconds (0 without), the GPU memory's bytes, the links into the GPU; and memos of
+    link seconds by (unit, granules, granule bytes) and attention cycles by (layer, partial
+    sums folded, context tokens)."""
+
+    ndp_linked: frozenset[str]
+    seconds_per_byte: dict[str, float]
+    shared_s: float
+    home_capacity_bytes: float
+    links_in: tuple[str, ...]
+    transfer_s: dict[tuple[str, int, float], float] = field(default_factory=dict)
+    attention_cycles: dict[tuple[int, int, int], int] = field(default_factory=dict)
+
+
+@dataclass
 class _Fill:
     """The state of ``DecodeRun._split_loads``' water-filling for one layer.
 
@@ -1193,15 +1230,16 @@ class _Fill:
         run: DecodeRun, inst: PlacementInstance, a: Assignment, link_busy_s: float
     ) -> _Fill | None:
         model, clock, home = run.model, run.hardware.clock_hz, run.home
+        fixed = run._fill_fixed
         granule_bytes = model.expert_bytes(model.expert_ffn_size // inst.G)
         layer = inst.layer
         stripes: dict[int, list[tuple[str, int, int]]] = {}
+        ndp_linked = fixed.ndp_linked
         for e in sorted(a.runs):
             runs = sorted(a.runs[e], key=lambda r: r[1])
             if e in run.caches.lines[layer] or any(d == home for d, _, _ in runs):
                 continue
-            if all(run.hardware.device(d).kind == "ndp" and run.hardware.link_between(d, home)
-                   for d, _, _ in runs):  # fmt: skip
+            if all(d in ndp_linked for d, _, _ in runs):
                 stripes[e] = runs
         if not stripes:
             return None
@@ -1209,12 +1247,9 @@ class _Fill:
         # Sorted: the rounds give granules unit by unit in ``work``'s order, which must not
         # be a set's (hash-seed dependent) order.
         units = sorted({d for e in a.runs for d, _, _ in a.runs[e] if d != home})
-        unit_s = {
-            d: _seconds_per_byte(run.hardware.device(d), model) * granule_bytes for d in units
-        }
+        unit_s = {d: fixed.seconds_per_byte[d] * granule_bytes for d in units}
         work = dict.fromkeys(units, trip_s)
-        gpu = costs.shared_expert_s(run.hardware.device(home), model, 1)
-        gpu = gpu if model.num_shared_experts else 0.0
+        gpu = fixed.shared_s
         for e in a.runs:
             for d, g0, g1 in a.runs[e]:
                 if d == home:
@@ -1223,9 +1258,8 @@ class _Fill:
                     work[d] += (g1 - g0) * unit_s[d]
         gpu += sum(inst.shard[e][home][inst.G] for e in a.loaded) / clock
         link = link_busy_s + sum(inst.load_cycles[e] for e in a.loaded) / clock
-        have = next(m.capacity_bytes for m in run.hardware.memories if m.id == run.home_mem)
         lines = sum(len(x) for x in run.caches.lines)
-        room = have - (lines + len(inst.experts)) * model.expert_bytes()
+        room = fixed.home_capacity_bytes - (lines + len(inst.experts)) * model.expert_bytes()
         return _Fill(run, inst, a, stripes, work, unit_s, gpu, link,
                      int(max(0.0, room) // granule_bytes))  # fmt: skip
 
@@ -1294,13 +1328,19 @@ class _Fill:
         """max(busiest unit, the links' work then the last piece's GPU shard, GPU work)."""
         clock, home = self.run.hardware.clock_hz, self.run.home
         granule_bytes = self.run.model.expert_bytes(self.run.model.expert_ffn_size // self.inst.G)
+        transfer_s = self.run._fill_fixed.transfer_s
         link, gpu, last = self.link0_s, self.gpu0_s, 0.0
         for e in sorted(self.anchors):
             pieces = self._pieces(e)
             for d, g0, g1 in pieces:
-                lk = self.run.hardware.link_between(d, home)
-                assert lk is not None
-                link += costs.transfer_s(lk, (g1 - g0) * granule_bytes)
+                got = transfer_s.get((d, g1 - g0, granule_bytes))
+                if got is None:
+                    lk = self.run.hardware.link_between(d, home)
+                    assert lk is not None
+                    got = transfer_s[(d, g1 - g0, granule_bytes)] = costs.transfer_s(
+                        lk, (g1 - g0) * granule_bytes
+                    )
+                link += got
             shard = self.inst.shard[e][home][sum(g1 - g0 for _, g0, g1 in pieces)] / clock
             gpu += shard
             last = max(last, link + shard)
