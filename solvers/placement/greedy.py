@@ -572,6 +572,34 @@ def _place(
     return Assignment(runs=runs, loaded=tuple(sorted(loaded))), estimate
 
 
+def _layout_facts(inst: PlacementInstance) -> tuple[dict[int, _Blocks], set[int], list[int]]:
+    """Per expert its ``_Blocks``; the experts the home device holds whole; those that cannot
+    run anywhere but home (loaded whatever the load count), in expert order.
+
+    Experts laid out alike share their holder lists: what depends on the layout alone is
+    found once per list (the lists live as long as the instance, so their ids are theirs)."""
+    by_layout: dict[int, tuple[_Blocks, bool, bool]] = {}
+    blocks: dict[int, _Blocks] = {}
+    home_whole: set[int] = set()
+    forced: list[int] = []
+    home = inst.home
+    for e in inst.experts:
+        held = inst.holders[e]
+        got = by_layout.get(id(held))
+        if got is None:
+            got = by_layout[id(held)] = (
+                _block_holders(inst, e),
+                all(home in h for h in held),
+                any(not h for h in held),
+            )
+        blocks[e] = got[0]
+        if got[1]:
+            home_whole.add(e)
+        if got[2]:
+            forced.append(e)
+    return blocks, home_whole, forced
+
+
 def _loads_floor(static: _Static, loads: list[int]) -> int:
     """A lower bound on the estimate of ``_place`` with these forced loads, without placing:
     the home device finishes after the loads and the shards behind them (``_State.score``'s
@@ -632,27 +660,7 @@ def solve_greedy_estimated(inst: PlacementInstance, bounded: bool = True) -> tup
         return away_weight(e)[1]
 
     order = sorted(inst.experts, key=lambda e: (-weight(e), e))
-    # Experts laid out alike share their holder lists: what depends on the layout alone is
-    # found once per list (the lists live as long as the instance, so their ids are theirs).
-    by_layout: dict[int, tuple[_Blocks, bool, bool]] = {}
-    blocks: dict[int, _Blocks] = {}
-    home_whole: set[int] = set()
-    forced: list[int] = []  # experts that cannot run anywhere but home: loaded whatever h is
-    home = inst.home
-    for e in inst.experts:
-        held = inst.holders[e]
-        got = by_layout.get(id(held))
-        if got is None:
-            got = by_layout[id(held)] = (
-                _block_holders(inst, e),
-                all(home in h for h in held),
-                any(not h for h in held),
-            )
-        blocks[e] = got[0]
-        if got[1]:
-            home_whole.add(e)
-        if got[2]:
-            forced.append(e)
+    blocks, home_whole, forced = _layout_facts(inst)
     static = _Static(inst)
     candidates = sorted(
         (e for e in inst.load_parts if e not in home_whole), key=lambda e: (-away(e), e)
@@ -715,10 +723,12 @@ def solve_greedy_estimated(inst: PlacementInstance, bounded: bool = True) -> tup
     if not forced:  # the plain pass; with nothing forced, h = 0 is that pass
         ask(0)
     # Every asked h is placed, unless (bounded) its floor is above an estimate in hand: it
-    # cannot be the least then. Smallest floors first, so the best estimate comes early.
+    # cannot be the least then. The floor never falls as h grows (one more load ends no
+    # link earlier and leaves no shard less behind it): smallest h first, and the first h
+    # bounded out ends the pass.
     pending = [h for h in asked if h not in cache]
     if bounded:
-        pending.sort(key=floor)
+        pending.sort()
     best = min((cache[h][1] for h in cache), default=None)
     for h in pending:
         if bounded and best is not None and floor(h) > best:

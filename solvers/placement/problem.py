@@ -295,12 +295,16 @@ class PlacementInstance:
 
     def _transfer_table(self, to_home: bool) -> dict[str, list[int]]:
         n = self.num_tokens
-        return {
-            d: self._tables.activation_row(
-                self.link(d, self.home) if to_home else self.link(self.home, d), n
-            )
-            for d in self.remote
-        }
+        transfers = _shared_of(self._tables, self.home, self.G).transfers
+        got = transfers.get((n, to_home))
+        if got is None:
+            got = transfers[(n, to_home)] = {
+                d: self._tables.activation_row(
+                    self.link(d, self.home) if to_home else self.link(self.home, d), n
+                )
+                for d in self.remote
+            }
+        return got
 
     def whole_holders_home(self) -> list[int]:
         """Activated experts the home device holds whole."""
@@ -519,7 +523,8 @@ class _Shared:
     ``rates[t][d]``: the least cycles per granule in it (``_lower_bound``); ``granules[(id
     of a holder list, t, load cycles or None)]``: that holder list (kept, so the id stays
     its) with the bound's per-granule minima and the resources they use; ``loads[id of a
-    layout's load pieces]``: those pieces (kept), their load parts and the parts' cycles."""
+    layout's load pieces]``: those pieces (kept), their load parts and the parts' cycles;
+    ``transfers[(rows, to home)]``: the dispatch or gather table of that many tokens."""
 
     tables: cost_tables.CostTables
     rows: dict[int, dict[str, list[int]]] = field(default_factory=dict)
@@ -531,6 +536,7 @@ class _Shared:
         int,
         tuple[list[tuple[str, int, int]], list[tuple[str, int, int, int]], int],
     ] = field(default_factory=dict)
+    transfers: dict[tuple[int, bool], dict[str, list[int]]] = field(default_factory=dict)
 
 
 def _shared_of(tab: cost_tables.CostTables, home: str, num_granules: int) -> _Shared:
