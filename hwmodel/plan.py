@@ -142,10 +142,11 @@ class ComputeTask(TaskBase):
     def _op_fields(self) -> ComputeTask:
         if self.op == "expert" and self.expert is None:
             raise ValueError("expert: required when op is 'expert'")
-        if self.group_rows and sum(self.group_rows) != self.num_tokens:
-            raise ValueError("group_rows: must sum to num_tokens")
-        if any(r < 0 for r in self.group_rows):
-            raise ValueError("group_rows: rows cannot be negative")
+        if self.group_rows:  # (most tasks have none: this check runs for every task built)
+            if sum(self.group_rows) != self.num_tokens:
+                raise ValueError("group_rows: must sum to num_tokens")
+            if any(r < 0 for r in self.group_rows):
+                raise ValueError("group_rows: rows cannot be negative")
         if self.num_sequences > 1 and self.num_tokens % self.num_sequences:
             raise ValueError("num_sequences: must divide num_tokens")
         if self.ffn_end is not None and self.ffn_end <= self.ffn_start:

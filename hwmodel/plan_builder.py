@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from hwmodel import cost_tables
 from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount, TransferTask, WeightSlice
 from hwmodel.spec import Hardware, ModelSpec
 from hwmodel.workload import Workload
@@ -144,6 +145,14 @@ def lower_layer(
     """
     home = hardware.home_device_id
     p = IDS.prefix(layer, micro_batch)
+    tab = cost_tables.tables(hardware, model)  # links looked up once per (hardware, pair)
+
+    def link(src: str, dst: str) -> str:
+        got = tab.link_between(src, dst)
+        if got is None:
+            raise ValueError(f"no link from '{src}' to '{dst}'")
+        return got.id
+
     start_after = tuple(after)
     attn: ComputeTask | None = None
     if attention:
@@ -159,7 +168,7 @@ def lower_layer(
         load_id.setdefault(ld.expert, []).append(tid)
         load_tasks.append(
             TransferTask(
-                id=tid, link_id=_link(hardware, ld.src_device_id, home),
+                id=tid, link_id=link(ld.src_device_id, home),
                 src_device_id=ld.src_device_id, dst_device_id=home, payload="weights",
                 layer=layer, purpose="demand", after=start_after, micro_batch=micro_batch,
                 weights=WeightSlice(
@@ -167,33 +176,30 @@ def lower_layer(
                 ),
             )
         )  # fmt: skip
-    devices = [d.id for d in hardware.devices if any(s.device_id == d.id for s in shards)]
+    by_device: dict[str, list[Shard]] = {}  # each device's shards, in the given order
+    for s in shards:
+        by_device.setdefault(s.device_id, []).append(s)
+    devices = [d.id for d in hardware.devices if d.id in by_device]
     remote = [d for d in devices if d != home]
     rows: dict[str, int] = {}
     dispatches: list[TransferTask] = []
     for dev in remote:
-        rows[dev] = min(
-            num_tokens, sum({s.expert: s.num_tokens for s in shards if s.device_id == dev}.values())
-        )
+        rows[dev] = min(num_tokens, sum({s.expert: s.num_tokens for s in by_device[dev]}.values()))
         dispatches.append(
             TransferTask(
-                id=IDS.dispatch(p, dev), link_id=_link(hardware, home, dev), src_device_id=home,
+                id=IDS.dispatch(p, dev), link_id=link(home, dev), src_device_id=home,
                 dst_device_id=dev, payload="activations", layer=layer, num_tokens=rows[dev],
                 after=start_after, micro_batch=micro_batch,
             )
         )  # fmt: skip
     to = {t.dst_device_id: t.id for t in dispatches}
+    load_rank = {e: i for i, e in enumerate(load_id)}
     shard_ids: dict[str, list[str]] = {d: [] for d in devices}
     shard_tasks: list[ComputeTask] = []
     for dev in devices:
-        mine = [s for s in shards if s.device_id == dev]
+        mine = list(by_device[dev])
         if dev == home:
-            mine.sort(
-                key=lambda s: (
-                    s.expert in load_id,
-                    list(load_id).index(s.expert) if s.expert in load_id else 0,
-                )
-            )
+            mine.sort(key=lambda s: (s.expert in load_rank, load_rank.get(s.expert, 0)))
         for s in mine:
             sid = IDS.shard(p, s.expert, dev, s.ffn_start)
             shard_ids[dev].append(sid)
@@ -212,7 +218,7 @@ def lower_layer(
             )  # fmt: skip
     gathers = [
         TransferTask(
-            id=IDS.gather(p, dev), link_id=_link(hardware, dev, home), src_device_id=dev,
+            id=IDS.gather(p, dev), link_id=link(dev, home), src_device_id=dev,
             dst_device_id=home, payload="partial_sums", layer=layer, num_tokens=rows[dev],
             after=tuple(shard_ids[dev]), micro_batch=micro_batch,
         )
@@ -248,13 +254,6 @@ def layer_tasks(
         hardware, model, layer, shards, num_tokens, after, micro_batch, attention, loads
     )
     return lowered.tasks(), list(lowered.waits)
-
-
-def _link(hardware: Hardware, src: str, dst: str) -> str:
-    link = hardware.link_between(src, dst)
-    if link is None:
-        raise ValueError(f"no link from '{src}' to '{dst}'")
-    return link.id
 
 
 def chain_layers(

@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, MutableMapping
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -55,6 +55,9 @@ class _Class:
     stopped_by_deadline: int = 0
     stopped_by_disconnect: int = 0
     refused: int = 0
+    # Every future of this class's workers not yet done: a stop cancels them, so no thread
+    # (a session's re-solve, a warm-up) waits on a pool that will never answer.
+    pending: set[Future[Any]] = field(default_factory=set)
 
     def take(self) -> bool:
         with self.lock:
@@ -85,12 +88,32 @@ class _Class:
                 )
             return self.pool
 
+    def schedule(
+        self, fn: Callable[..., T], args: tuple[Any, ...] = (), timeout: float | None = None
+    ) -> Future[T]:
+        """``fn(*args)`` in one of the workers (stopped after ``timeout`` s), tracked until
+        done so that a stop can cancel it."""
+        future: Future[T] = self.workers().schedule(fn, args=args, timeout=timeout)
+        with self.lock:
+            self.pending.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: Future[Any]) -> None:
+        with self.lock:
+            self.pending.discard(future)
+
+    def cancel_pending(self) -> None:
+        with self.lock:
+            pending, self.pending = list(self.pending), set()
+        for future in pending:
+            future.cancel()
+
     def ensure_warm(self) -> None:
         """Block until the workers have run once (the first start of the forkserver and its
         imports takes seconds; no request's deadline should pay for it)."""
         if not self.warm:
-            pool = self.workers()
-            for f in [pool.schedule(_noop) for _ in range(self.slots)]:
+            for f in [self.schedule(_noop) for _ in range(self.slots)]:
                 f.result(timeout=300)
             self.warm = True
 
@@ -110,6 +133,7 @@ def _stop(classes: dict[str, _Class]) -> None:
             with contextlib.suppress(RuntimeError):  # collected on one of the pool's threads
                 c.pool.join(timeout=2)
             c.pool, c.warm = None, False
+        c.cancel_pending()
 
 
 class Admission:
@@ -187,10 +211,13 @@ class Admission:
         try:
             cls.ensure_warm()
             limit = self.deadline_s(deadline_s) + self.settings.deadline_grace_s
-            future = cls.workers().schedule(fn, args=args, timeout=limit)
+            future = cls.schedule(fn, args=args, timeout=limit)
             try:
-                result: T = future.result()
+                # The pool stops the worker at ``limit``; the wait's own bound covers a pool
+                # stopped meanwhile (``_stop`` cancels the future; this is the backstop).
+                result: T = future.result(timeout=limit + self.settings.deadline_grace_s)
             except TimeoutError:
+                future.cancel()
                 cls.stopped_by_deadline += 1
                 raise
             return result
@@ -228,7 +255,7 @@ class Admission:
                 await run_in_threadpool(cls.ensure_warm)
                 stop_at += loop.time() - warm_from
             if loop.time() < stop_at:  # else past its deadline already: no work started
-                future = cls.workers().schedule(fn, args=args)
+                future = cls.schedule(fn, args=args)
                 waiting = asyncio.wrap_future(future)
                 both: set[asyncio.Future[Any]] = {waiting, gone}
                 done, _ = await asyncio.wait(

@@ -49,8 +49,8 @@ from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, global_allocation, serve
-from solvers.prefetch.predict import Predictor, TransitionMemory
-from solvers.prefetch.select import PrefetchProblem, select_greedy
+from solvers.prefetch.predict import Predictor, TokenPredictions, TransitionMemory
+from solvers.prefetch.select import greedy_indices
 
 Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
@@ -220,12 +220,14 @@ class _Step:
     def __init__(self, run: DecodeRun, step: int, context_tokens: int) -> None:
         self.step = step
         self.tasks: list[AnyTask] = []
-        self.timeline = timing.Timeline(run.hardware, run.model, context_tokens)
+        self.timeline = timing.Timeline(run.hardware, run.model, context_tokens, cycles=run.cycles)
         self.after: list[str] = []
         # Partial sums the next layer's attention adds in its prologue (``fold_reduce``; 1: none).
         self.fold = 1
         self.alias: dict[str, str] = {}  # shard id -> the grouped GEMM that runs it
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
+        # The token's rankings, each computed once (decode steps only: the prefill has none).
+        self.rank = TokenPredictions(run.predictor, run.ids[step]) if step >= 0 else None
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
         self.report_s = 0.0  # CPU in the step's reported bounds (not planning: ``run_step``)
@@ -301,6 +303,9 @@ class DecodeRun:
         self.chunks = max(c for c in range(1, most + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
+        self.cycles: dict[
+            timing.CostKey, tuple[str, int]
+        ] = {}  # the steps' timelines' (``Timeline``)
         self.tables = DecodeTables(self.hardware, model, base, config.num_granules)
         self.lookahead = config.lookahead_layers or self._auto_lookahead()
         self._warm_start()
@@ -719,9 +724,8 @@ class DecodeRun:
         fold = cfg.fold_reduce and lw.reduce is not None and layer + 1 < self.model.num_moe_layers
         # Demand loads: admitted to the cache (evicting a victim first) or freed after use.
         # Eviction ranks residents by their live cumulative gate weight (score-aware).
-        p = self.predictor.probability(
-            layer, self.ids[step, layer - 1] if layer else None, live=True
-        )
+        assert st.rank is not None
+        p = st.rank.probability(layer)
         # Experts this layer runs, and those still arriving from a prefetch, stay.
         protect = set(run_experts) | {e for (lay, e) in st.staged if lay == layer}
         evicts: list[AnyTask] = []  # make room for a demand load: before the loads
@@ -1034,7 +1038,8 @@ class DecodeRun:
         arrives), so memory use does not grow.
         """
         G = self.G
-        known = {lay: self.ids[st.step, lay] for lay in range(max(0, layer - 2), layer + 1)}
+        assert st.rank is not None
+        known = range(max(0, layer - 2), layer + 1)  # layers whose experts the token has chosen
         targets = range(layer + 1, min(self.model.num_moe_layers, layer + 1 + self.lookahead))
         per = G // self.chunks  # granules per chunk
         width = self.model.expert_ffn_size // G * per
@@ -1047,7 +1052,7 @@ class DecodeRun:
         links: set[str] = set()
         remote_ok = self.config.dispatch != "demand"
         for nxt in targets:
-            p = self.predictor.prefetch_probability(nxt, known)
+            p = st.rank.prefetch_probability(nxt, known)
             gain: dict[int, float] = {}
             for e, _missing in self.caches.partial(nxt).items():
                 gain[e] = float(p[e])
@@ -1082,17 +1087,16 @@ class DecodeRun:
         if not items:
             return []
         longest = max(cycles)
-        problem = PrefetchProblem(
-            experts=tuple(e for _, e, _, _ in items),
-            probability=tuple(gains),
-            size_bytes=(self.model.expert_bytes(width),) * len(items),
-            transfer_cycles=tuple(cycles),
-            saved_cycles=tuple(saved),
-            free_bytes=len(items) * self.model.expert_bytes(width),
-            link_budget_cycles=self._link_budget(st, layer, rest, attn, links, longest),
-        )
-        # The greedy set (``select(problem, "greedy")`` without the bound nobody here reads).
-        chosen = sorted(select_greedy(problem))
+        size = self.model.expert_bytes(width)
+        # The greedy set (``select(problem, "greedy")`` on the ``PrefetchProblem`` of these
+        # items, without the bound nobody here reads), on the candidates' arrays.
+        chosen = sorted(
+            greedy_indices(
+                np.array(gains), np.array(saved, dtype=np.int64), np.full(len(items), size),
+                np.array(cycles, dtype=np.int64), len(items) * size,
+                self._link_budget(st, layer, rest, attn, links, longest),
+            )
+        )  # fmt: skip
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
         for i in chosen:
@@ -1576,7 +1580,7 @@ def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
             head is not None and t.op == head.op == "expert" and not t.group_rows
             and not head.group_rows and (t.ffn_start, t.ffn_end, t.num_tokens)
             == (head.ffn_start, head.ffn_end, head.num_tokens)
-            and set(t.after) == set(head.after)
+            and (t.after == head.after or set(t.after) == set(head.after))
         ):  # fmt: skip
             assert i is not None
             runs[i].append(t)
@@ -1602,7 +1606,7 @@ def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
 
 def _aliased(task: AnyTask, alias: dict[str, str]) -> AnyTask:
     """``task`` waiting on the groups (``_grouped``) instead of the shards they run."""
-    if not any(d in alias for d in task.after):
+    if alias.keys().isdisjoint(task.after):
         return task
     after = tuple(dict.fromkeys(alias.get(d, d) for d in task.after))
     return task.model_copy(update={"after": after})
@@ -1610,5 +1614,7 @@ def _aliased(task: AnyTask, alias: dict[str, str]) -> AnyTask:
 
 def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:
     """``task`` also waiting on ``ids``."""
+    if not ids:
+        return task
     extra = tuple(i for i in ids if i not in task.after)
     return task.model_copy(update={"after": task.after + extra}) if extra else task

@@ -15,25 +15,58 @@ from hwmodel import costs
 from hwmodel.plan import ComputeTask, EvictTask, TransferTask
 from hwmodel.spec import Hardware, ModelSpec
 
+Task = ComputeTask | TransferTask | EvictTask
+# What a task's resource and duration depend on (``costs.task_cycles``), as a key.
+CostKey = tuple[object, ...]
+
+
+def cost_key(task: Task, context_tokens: int) -> CostKey:
+    """Every field of ``task`` that ``costs.task_cycles`` reads (and the context, for an
+    attention task): two tasks with equal keys take the same resource for the same cycles."""
+    if isinstance(task, ComputeTask):
+        return (
+            "c", task.device_id, task.op, task.num_tokens, task.ffn_start, task.ffn_end,
+            task.group_rows, task.num_partials, task.num_sequences,
+            context_tokens if task.op == "attention" else None,
+        )  # fmt: skip
+    if isinstance(task, TransferTask):
+        w = task.weights
+        return (
+            "t", task.link_id, task.payload, task.num_tokens, task.element_bytes,
+            None if w is None else (w.ffn_start, w.ffn_end),
+        )  # fmt: skip
+    return ("e", task.memory_id)
+
 
 class Timeline:
     """The forward pass, fed a list at a time: tasks are scheduled in the order added.
 
     ``times`` holds (start, end) cycles of every task added so far; ``free_at(resource)`` is
     when a resource's earliest lane frees up.
+
+    Args:
+        cycles: (resource, cycles) by ``cost_key``, filled from ``costs.task_cycles`` and read
+            before it (a caller timing many plans of one hardware and model, such as the
+            decode loop's steps, passes one dict to all of them); None: a fresh one.
     """
 
     def __init__(
-        self, hardware: Hardware, model: ModelSpec, context_tokens: int = 0, start_cycle: int = 0
+        self,
+        hardware: Hardware,
+        model: ModelSpec,
+        context_tokens: int = 0,
+        start_cycle: int = 0,
+        cycles: dict[CostKey, tuple[str, int]] | None = None,
     ) -> None:
         self.hardware, self.model, self.context_tokens = hardware, model, context_tokens
+        self.cycles = {} if cycles is None else cycles
         self.start_cycle = start_cycle
         self.lanes = {lk.id: [start_cycle] * lk.num_lanes for lk in hardware.links}
         self.last_start: dict[str, int] = {}
         self.times: dict[str, tuple[int, int]] = {}
         self._end: int | None = start_cycle  # the latest end so far (None: to recompute)
 
-    def ready(self, task: ComputeTask | TransferTask | EvictTask) -> int:
+    def ready(self, task: Task) -> int:
         """When every task ``task`` waits on has ended.
 
         Raises:
@@ -50,11 +83,17 @@ class Timeline:
         return max(min(self.lanes.get(resource, [self.start_cycle])),
                    self.last_start.get(resource, self.start_cycle))  # fmt: skip
 
-    def add(self, tasks: Sequence[ComputeTask | TransferTask | EvictTask]) -> None:
+    def add(self, tasks: Sequence[Task]) -> None:
+        memo = self.cycles
         for t in tasks:
-            resource, cycles, _ = costs.task_cycles(
-                self.hardware, self.model, t, self.context_tokens
-            )
+            key = cost_key(t, self.context_tokens)
+            got = memo.get(key)
+            if got is None:
+                resource, cycles, _ = costs.task_cycles(
+                    self.hardware, self.model, t, self.context_tokens
+                )
+                got = memo[key] = (resource, cycles)
+            resource, cycles = got
             free = self.lanes.setdefault(resource, [self.start_cycle])
             lane = min(range(len(free)), key=free.__getitem__)
             start = max(self.ready(t), free[lane], self.last_start.get(resource, self.start_cycle))

@@ -211,9 +211,15 @@ class ExpertCaches:
         if self.caps[layer] == 0:
             return []
         line = self.lines[layer]
-        absent = [int(e) for e in np.argsort(-p, kind="stable") if int(e) not in line]
         out_order: list[int | None] = [None] * max(0, self.caps[layer] - len(line))
         out_order += sorted((e for e in line if e not in protect), key=lambda x: (p[x], x))
+        # The most probable absent experts, as many as there are lines to pair them with.
+        absent: list[int] = []
+        for e in np.argsort(-p, kind="stable").tolist():
+            if len(absent) >= len(out_order):
+                break
+            if e not in line:
+                absent.append(e)
         pairs = []
         for e_in, e_out in zip(absent, out_order, strict=False):
             gain = float(p[e_in] - (p[e_out] if e_out is not None else 0.0))

@@ -134,6 +134,106 @@ class TransitionMemory:
         return out
 
 
+class TokenPredictions:
+    """Both rankings for one token's layers, as the decode loop asks for them while the token
+    runs layer by layer: the same figures as ``Predictor.prefetch_probability`` and
+    ``Predictor.probability(live=True)`` (the same floating-point operations in the same order),
+    with each known layer's conditional distributions at every lag computed once, when the
+    layer is first asked about (causal: a layer's experts are read only once a ranking needs
+    them), and each ranking kept for the token (the prefetch asks twice per layer).
+
+    Valid while the predictor does not change (``observe``/``seed``): one token's planning.
+
+    Args:
+        predictor: the request's running statistics.
+        ids: the token's experts, ``[L, k]`` expert ids; row ``l`` is read only when a ranking
+            from layer ``l`` is asked for.
+    """
+
+    def __init__(self, predictor: Predictor, ids: np.ndarray) -> None:
+        self.predictor = predictor
+        self.ids = ids
+        # (known layer, lag) -> (its conditional distribution summed over the layer's experts
+        # [E], its sum), or None when the memory has nothing on them.
+        self._cond: dict[tuple[int, int], tuple[np.ndarray, np.float64] | None] = {}
+        self._known: set[int] = set()
+        self._prefetch: dict[tuple[int, int, int], np.ndarray] = {}
+        self._share: dict[int, np.ndarray] = {}
+
+    def _learn(self, layer: int) -> None:
+        """The conditional distributions from ``layer``'s experts to every layer within the
+        memory's lags (one numpy pass over the lags)."""
+        self._known.add(layer)
+        memory = self.predictor.memory
+        lags = [d for d in range(1, memory.max_lag + 1) if layer + d < memory.L]
+        if not lags:
+            return
+        experts = np.asarray(self.ids[layer], dtype=np.int64)
+        rows = np.stack([memory.counts[d - 1][layer][experts] for d in lags])  # [lags, k, E]
+        sums = rows.sum(axis=2, keepdims=True)
+        cond = (rows / np.maximum(sums, 1e-12)).sum(axis=1)  # [lags, E]
+        totals = cond.sum(axis=1)
+        ok = (sums > 0).any(axis=(1, 2))
+        for i, d in enumerate(lags):
+            self._cond[(layer, d)] = (cond[i], totals[i]) if ok[i] else None
+
+    def _distribution(
+        self, layer: int, known: range, lag_weights: tuple[float, ...]
+    ) -> np.ndarray | None:
+        """``TransitionMemory.distribution(layer, {l: ids[l] for l in known}, lag_weights)``."""
+        memory = self.predictor.memory
+        nearest = min((layer - lay for lay in known if layer - lay > 0), default=None)
+        if nearest is None:
+            return None
+        total = np.zeros(memory.E)
+        weight_sum = 0.0
+        for lay in known:
+            d = layer - lay
+            if d < 1 or d > memory.max_lag or d - nearest >= len(lag_weights):
+                continue
+            if lay not in self._known:
+                self._learn(lay)
+            got = self._cond.get((lay, d))
+            if got is None:
+                continue
+            cond, cond_sum = got
+            w = lag_weights[d - nearest]
+            total += w * cond / cond_sum
+            weight_sum += w
+        return total / weight_sum if weight_sum > 0 else None
+
+    def prefetch_probability(self, layer: int, known: range) -> np.ndarray:
+        """``Predictor.prefetch_probability(layer, {l: ids[l] for l in known})`` (kept: the
+        caller must not change it)."""
+        key = (layer, known.start, known.stop)
+        got = self._prefetch.get(key)
+        if got is None:
+            pred = self.predictor
+            f = self._share.get(layer)
+            if f is None:
+                f = self._share[layer] = pred._share(pred.counts[layer])
+            t = self._distribution(layer, known, pred.lag_weights)
+            if t is None:
+                got = np.minimum(f * pred.k, 1.0)
+            else:
+                w = pred.frequency_tie_weight
+                got = np.minimum((t + w * f) / (1 + w) * pred.k, 1.0)
+            got.setflags(write=False)
+            self._prefetch[key] = got
+        return got
+
+    def probability(self, layer: int) -> np.ndarray:
+        """``Predictor.probability(layer, ids[layer - 1] (None for layer 0), live=True)``."""
+        pred = self.predictor
+        p = pred._share(pred.mass[layer])
+        if layer > 0 and pred.transition_weight > 0:
+            t = self._distribution(layer, range(layer - 1, layer), (1.0,))
+            if t is not None:
+                w = pred.transition_weight
+                p = (p + w * t) / (1 + w)
+        return np.minimum(p * pred.k, 1.0)
+
+
 class Predictor:
     """Running statistics of one request's routing, ``L`` layers of ``E`` experts, top-``k``.
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hwmodel.plan import Plan, TransferTask, WeightSlice
 from solvers import portfolio
 from solvers.common import Budget, budget_of
@@ -61,27 +63,53 @@ class PrefetchChoice:
 
 
 def select_greedy(problem: PrefetchProblem) -> list[int]:
-    """By expected saving per byte (ties: more probable first), skipping what does not fit."""
-    # The keys built once (the decode loop selects twice per layer): (saving per byte
-    # descending, probability descending, index).
-    keys = [
-        (-p * saved / max(size, 1.0), -p, i)
-        for i, (p, saved, size) in enumerate(
-            zip(problem.probability, problem.saved_cycles, problem.size_bytes, strict=True)
-        )
-    ]
-    keys.sort()
+    """By expected saving per byte (ties: more probable first), skipping what does not fit
+    (``greedy_indices`` on the problem's candidates)."""
+    return greedy_indices(
+        np.asarray(problem.probability, dtype=np.float64),
+        np.asarray(problem.saved_cycles, dtype=np.int64),
+        np.asarray(problem.size_bytes, dtype=np.float64),
+        np.asarray(problem.transfer_cycles, dtype=np.int64),
+        problem.free_bytes,
+        problem.link_budget_cycles,
+    )
+
+
+def greedy_indices(
+    probability: np.ndarray,
+    saved_cycles: np.ndarray,
+    size_bytes: np.ndarray,
+    transfer_cycles: np.ndarray,
+    free_bytes: float,
+    link_budget_cycles: int,
+) -> list[int]:
+    """The greedy prefetch set over candidates ``[n]`` (float probability and bytes, integer
+    cycles), in the order it takes them: by expected saving per byte ``p x saved / max(bytes,
+    1)`` descending, then probability descending, then index; a candidate of probability
+    <= 0 never, one that does not fit the bytes or link cycles left skipped. One stable sort
+    (numpy), then a scan that stops as soon as no later candidate fits either limit (the
+    least bytes and cycles of the rest, precomputed), which on the decode loop's problems
+    (a few chunks fit the link gap of many) is after a few candidates."""
+    key = -probability * saved_cycles / np.maximum(size_bytes, 1.0)
+    order = np.lexsort((-probability, key))  # stable: ties keep index order
+    order = order[probability[order] > 0]
+    if order.size == 0:
+        return []
+    cycles, size = transfer_cycles[order], size_bytes[order]
+    # The least cycles and bytes from each position on: a rounded sum is monotone, so when
+    # the least does not fit, nothing after it does.
+    least_cycles = np.minimum.accumulate(cycles[::-1])[::-1].tolist()
+    least_bytes = np.minimum.accumulate(size[::-1])[::-1].tolist()
     chosen: list[int] = []
     used_bytes, used_cycles = 0.0, 0
-    room_bytes, room_cycles = problem.free_bytes + 1e-6, problem.link_budget_cycles
-    size, cycles = problem.size_bytes, problem.transfer_cycles
-    for _, minus_p, i in keys:
-        if minus_p >= 0:  # probability <= 0
-            continue
-        if used_bytes + size[i] <= room_bytes and used_cycles + cycles[i] <= room_cycles:
+    room_bytes, room_cycles = free_bytes + 1e-6, link_budget_cycles
+    for j, (i, b, c) in enumerate(zip(order.tolist(), size.tolist(), cycles.tolist(), strict=True)):
+        if used_cycles + least_cycles[j] > room_cycles or used_bytes + least_bytes[j] > room_bytes:
+            break
+        if used_bytes + b <= room_bytes and used_cycles + c <= room_cycles:
             chosen.append(i)
-            used_bytes += size[i]
-            used_cycles += cycles[i]
+            used_bytes += b
+            used_cycles += c
     return chosen
 
 

@@ -105,3 +105,39 @@ def test_the_loop_probe_reports_run_queue_wait() -> None:
     sum(range(10**6))
     later = runqueue_wait_s()
     assert later is not None and later >= first
+
+
+def test_closing_frees_a_thread_waiting_on_a_worker(tmp_path: Path) -> None:
+    """A session's re-solve waits in ``run_background`` on its worker; a server closing
+    meanwhile must end that wait at once (before, the thread waited on a stopped pool for
+    ever, and the process hung at exit joining it)."""
+    import threading
+    from concurrent.futures import CancelledError
+    from concurrent.futures.process import BrokenProcessPool
+
+    from service.admission import Admission
+    from service.settings import Settings
+
+    admission = Admission(Settings(db_path=tmp_path / "c.db", max_deadline_s=600))
+    admission.classes["solve"].ensure_warm()
+    outcome: list[BaseException | None] = []
+
+    def resolve() -> None:
+        try:
+            admission.run_background("solve", 600, time.sleep, 120)
+            outcome.append(None)
+        except BaseException as exc:  # the outcome is what the test checks
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=resolve)
+    waiter.start()
+    give_up = time.monotonic() + 60
+    while not admission.classes["solve"].pending and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert admission.busy("solve") == 1
+    admission.close()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "the re-solve still waits on a stopped pool"
+    # the worker killed under it or its future cancelled: either way the caller knows
+    assert len(outcome) == 1 and isinstance(outcome[0], CancelledError | BrokenProcessPool)
+    assert admission.busy("solve") == 0

@@ -10,7 +10,12 @@ import pytest
 
 from hwmodel.workload import RoutingTrace
 from solvers.prefetch.cache import replay, replay_runs
-from solvers.prefetch.predict import Predictor, TransitionMemory, prefetch_precision
+from solvers.prefetch.predict import (
+    Predictor,
+    TokenPredictions,
+    TransitionMemory,
+    prefetch_precision,
+)
 
 
 def two_layer(tokens: list[tuple[int, int]], seqs: list[int], num_experts: int = 4) -> RoutingTrace:
@@ -134,3 +139,41 @@ def test_replay_figures_unchanged_by_the_one_pass_rankings(
     monkeypatch.setattr(Predictor, "step_probabilities", _per_layer)
     slow = replay_runs(t, runs, 16, "moesched", **kw)
     assert fast == slow and fast.prefetches > 0 and fast.substitutions > 0
+
+
+def test_token_predictions_equal_the_predictor_bit_for_bit(traces: Path) -> None:
+    """On real ESFT law routing (a memory that has learned 3 sequences, and a fresh one with
+    nothing on the first token), ``TokenPredictions`` gives every ranking the decode loop asks
+    for exactly (bit for bit) as the predictor computes it layer by layer: the eviction
+    ranking of each layer (transitions from the layer before) and the prefetch ranking of the
+    next 3 layers from the token's experts in the layer and the two before; asked twice, the
+    kept figures."""
+    from hwmodel.routing_traces import ESFT_FILES, load_esft
+
+    t = load_esft(traces / ESFT_FILES["law"])
+    runs = t.decode_runs(0.25, 40, 4)
+    memory = TransitionMemory(t.num_layers, t.num_experts)
+    for start, _mid, end in runs[:3]:
+        memory.learn(t.expert_ids[start:end])
+    start, mid, end = runs[3]
+    fresh = Predictor(t.num_layers, t.num_experts, t.top_k)
+    pred = Predictor(t.num_layers, t.num_experts, t.top_k, memory=memory)
+    pred.seed(t, slice(start, mid))
+    ids = t.expert_ids[mid:end].astype(np.int64)[:12]
+    gates = t.gate_weights[mid:end] if t.gate_weights is not None else np.ones(ids.shape)
+    asked = 0
+    for p in (fresh, pred):
+        for step in range(ids.shape[0]):
+            tok = TokenPredictions(p, ids[step])
+            for layer in range(p.L):
+                want = p.probability(layer, ids[step, layer - 1] if layer else None, live=True)
+                assert tok.probability(layer).tobytes() == want.tobytes(), (step, layer)
+                known = range(max(0, layer - 2), layer + 1)
+                for nxt in range(layer + 1, min(p.L, layer + 4)):
+                    want = p.prefetch_probability(nxt, {j: ids[step, j] for j in known})
+                    for _ in range(2):
+                        got = tok.prefetch_probability(nxt, known)
+                        assert got.tobytes() == want.tobytes(), (step, layer, nxt)
+                    asked += 1
+            p.observe(ids[step], gates[step])
+    assert asked > 1000

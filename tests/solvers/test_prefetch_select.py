@@ -4,6 +4,7 @@ in the test, and the staging plan checked by the executor."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,13 @@ from hwmodel.executor import simulate
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from solvers.common import Budget
-from solvers.prefetch.select import PrefetchProblem, select, staging_plan
+from solvers.prefetch.select import (
+    PrefetchProblem,
+    greedy_indices,
+    select,
+    select_greedy,
+    staging_plan,
+)
 
 
 def brute(p: PrefetchProblem) -> float:
@@ -89,3 +96,83 @@ def test_staging_plan_fits_memory_and_link_on_the_executor() -> None:
     assert report.valid, report.violations
     assert report.makespan_cycles <= p.link_budget_cycles
     assert report.peak_memory_bytes["gpu_vram"] == 4 * model.expert_bytes()
+
+
+def reference_greedy(problem: PrefetchProblem) -> list[int]:
+    """The greedy as it was written before ``greedy_indices`` (Python keys, one tuple sort,
+    a scan of every candidate): the specification the numpy version must equal."""
+    keys = [
+        (-p * saved / max(size, 1.0), -p, i)
+        for i, (p, saved, size) in enumerate(
+            zip(problem.probability, problem.saved_cycles, problem.size_bytes, strict=True)
+        )
+    ]
+    keys.sort()
+    chosen: list[int] = []
+    used_bytes, used_cycles = 0.0, 0
+    room_bytes, room_cycles = problem.free_bytes + 1e-6, problem.link_budget_cycles
+    for _, minus_p, i in keys:
+        if minus_p >= 0:
+            continue
+        size, cycles = problem.size_bytes[i], problem.transfer_cycles[i]
+        if used_bytes + size <= room_bytes and used_cycles + cycles <= room_cycles:
+            chosen.append(i)
+            used_bytes += size
+            used_cycles += cycles
+    return chosen
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.5, 1.0]),  # few values: many ties
+            st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+            st.integers(1, 12),
+            st.integers(0, 6),
+        ),
+        min_size=0,
+        max_size=40,
+    ),
+    st.floats(0, 60),
+    st.integers(0, 80),
+)
+@settings(max_examples=300, deadline=None)
+def test_numpy_greedy_is_the_reference_greedy(
+    items: list[tuple[float, float, int, int]], room: float, link: int
+) -> None:
+    """Same set in the same order, ties (equal saving per byte, equal probability) included."""
+    p = PrefetchProblem(
+        tuple(range(len(items))), tuple(i[0] for i in items), tuple(i[1] for i in items),
+        tuple(i[2] for i in items), tuple(i[3] for i in items), room, link,
+    )  # fmt: skip
+    assert select_greedy(p) == reference_greedy(p)
+
+
+def test_decode_loop_knapsacks_are_the_reference_greedy(
+    traces: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every prefetch knapsack of 3 real law decode steps (moesched, 4 NDP-DIMMs): the loop's
+    set is the reference greedy's, and most choose something under a binding link budget."""
+    import numpy as np
+
+    from bench.ndp import decode_point
+    from solvers import decode_loop
+
+    seen: list[int] = []
+
+    def check(
+        p: np.ndarray, saved: np.ndarray, size: np.ndarray, cycles: np.ndarray,
+        free: float, budget: int,
+    ) -> list[int]:  # fmt: skip
+        got = greedy_indices(p, saved, size, cycles, free, budget)
+        problem = PrefetchProblem(
+            tuple(range(len(p))), tuple(p.tolist()), tuple(size.tolist()),
+            tuple(cycles.tolist()), tuple(saved.tolist()), free, budget,
+        )  # fmt: skip
+        assert got == reference_greedy(problem)
+        seen.append(len(got))
+        return got
+
+    monkeypatch.setattr(decode_loop, "greedy_indices", check)
+    decode_point(hardware_preset("gpu-ndp-4dimm"), "deepseek-v2-lite", "esft-law", "moesched", 3)
+    assert len(seen) > 100 and sum(1 for n in seen if n > 0) > len(seen) / 2
