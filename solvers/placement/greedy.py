@@ -114,15 +114,16 @@ class _Static:
         return _Adds(adds, sum(adds.values()), items)
 
     def open_plan(self, e: int, blocks: _Blocks) -> list[tuple[int, list[_Block]]]:
-        """Per open degree p of expert e: its blocks (first granule, end granule, and the
-        holders as (id, device index, shard cycles of the block) in id order)."""
+        """Per open degree p of expert e: its blocks, each as its holders in id order (the
+        block's run on the holder, and the holder's ``_Adds.items`` entry: device index,
+        shard cycles of the block, tokens routed there)."""
         got = self._open.get(e)
         if got is not None:
             return got
         key = ("open", self.inst._tables, self.inst.home, self.inst.tokens[e])
         got = blocks.memo.get(key)  # type: ignore[assignment]
         if got is None:
-            shard = self.inst.shard[e]
+            shard, t = self.inst.shard[e], self.inst.tokens[e]
             made: list[tuple[int, list[_Block]]] = []
             got = blocks.memo[key] = made
             for p in blocks.open_degrees:
@@ -130,8 +131,12 @@ class _Static:
                 plan = []
                 for k in range(p):
                     g0, g1 = k * size, (k + 1) * size
-                    holders = sorted(blocks.holders[(g0, g1)])
-                    plan.append((g0, g1, [(d, self.index[d], shard[d][size]) for d in holders]))
+                    block: _Block = []
+                    for d in sorted(blocks.holders[(g0, g1)]):
+                        i = self.index[d]
+                        item = (i, shard[d][size], 0 if i == self.home_i else t)
+                        block.append(((d, g0, g1), item))
+                    plan.append(block)
                 made.append((p, plan))
         self._open[e] = got
         return got
@@ -313,34 +318,33 @@ def _open_options(
     state: ``_Blocks.fixed``.)"""
     options = []
     compute = state.compute
-    home_i = state.home_i
-    t = state.inst.tokens[e]
     for p, plan in state.static.open_plan(e, blocks):
         chosen: list[tuple[str, int, int]] = []
         items: list[tuple[int, int, int]] = []
         used: set[str] = set()
-        for g0, g1, cands in plan:
+        for cands in plan:
             # The least-loaded holder, ties to the first by id.
-            best: tuple[str, int, int] | None = None
+            best: tuple[tuple[str, int, int], tuple[int, int, int]] | None = None
             best_load = 0
             for c in cands:
-                if c[0] in used:
+                run, item = c
+                if run[0] in used:
                     continue
-                load = compute[c[1]] + c[2]
+                load = compute[item[0]] + item[1]
                 if best is None or load < best_load:
                     best, best_load = c, load
             if best is None:
                 break
-            used.add(best[0])
-            chosen.append((best[0], g0, g1))
-            items.append((best[1], best[2], 0 if best[1] == home_i else t))
+            used.add(best[0][0])
+            chosen.append(best[0])
+            items.append(best[1])
         if len(chosen) == p:
             adds = {i: x for i, x, _ in items}
             options.append((tuple(chosen), _Adds(adds, sum(adds.values()), tuple(items))))
     return options
 
 
-_Block = tuple[int, int, list[tuple[str, int, int]]]
+_Block = list[tuple[tuple[str, int, int], tuple[int, int, int]]]
 
 
 @dataclass
