@@ -15,18 +15,15 @@ from dataclasses import dataclass, field
 
 from solvers.placement.problem import Assignment, PlacementInstance
 
-_LinkLayout = tuple[
-    dict[str, int], int, dict[str, int], list[int], list[int], bool, bool, dict[str, int]
-]
+_LinkLayout = tuple[dict[str, int], int, dict[str, int], list[int], list[int], bool, dict[str, int]]
 _LINKS: dict[tuple[int, str], tuple[object, _LinkLayout]] = {}  # by id of the hardware
 
 
 def _links_of(inst: PlacementInstance) -> _LinkLayout:
     """The instance's device index, link count, link index by id, the remote devices'
-    down and up link indices, whether one pass does both (no link carries dispatches and
-    returns), whether every dispatch shares one link and every return another, and each
-    remote device's up link index. Shared by the solves of one hardware (looked up by
-    identity, the hardware kept alive beside it)."""
+    down and up link indices, whether every dispatch shares one link and every return
+    another, and each remote device's up link index. Shared by the solves of one hardware
+    (looked up by identity, the hardware kept alive beside it)."""
     hw = inst.hardware
     key = (id(hw), inst.home)
     got = _LINKS.get(key)
@@ -37,14 +34,11 @@ def _links_of(inst: PlacementInstance) -> _LinkLayout:
     link_index = {lid: j for j, lid in enumerate(link_ids)}
     down = [link_index[inst.link(inst.home, d).id] for d in inst.remote]
     up = [link_index[inst.link(d, inst.home).id] for d in inst.remote]
-    # When no link carries both a dispatch and a return, the returns' pass cannot see the
-    # dispatches' link ends, and one pass over the remote devices does both.
-    one_pass = not set(down) & set(up)
     # The common case (one PCIe link each way): every dispatch on one link, every return
-    # on another; the pass keeps the two link ends in locals.
-    shared_pair = one_pass and len(set(down)) == 1 and len(set(up)) == 1
+    # on another, no link carrying both; one pass does both, the two link ends in locals.
+    shared_pair = len(set(down)) == 1 and len(set(up)) == 1 and not set(down) & set(up)
     up_of = {d: up[k] for k, d in enumerate(inst.remote)}
-    layout = (index, len(link_ids), link_index, down, up, one_pass, shared_pair, up_of)
+    layout = (index, len(link_ids), link_index, down, up, shared_pair, up_of)
     if len(_LINKS) > 64:
         _LINKS.clear()
     _LINKS[key] = (hw, layout)
@@ -58,7 +52,7 @@ class _Static:
     def __init__(self, inst: PlacementInstance) -> None:
         links = _links_of(inst)
         self.index, self.num_links, link_index, self.down, self.up = links[:5]
-        self.one_pass, self.shared_pair, up_of = links[5:]
+        self.shared_pair, up_of = links[5:]
         self.home_i = self.index[inst.home]
         self.remote_i = [self.index[d] for d in inst.remote]
         self.disp = [inst.dispatch[d] for d in inst.remote]
@@ -253,29 +247,7 @@ class _State:
             if num_ready and up_end > worst:
                 worst = up_end
             used += num_ready
-        elif static.one_pass:
-            for k, i, j, u in static.remotes:
-                extra = adds.get(i)
-                if extra is None:
-                    r = routed_now[i]
-                    if r == 0:
-                        continue
-                    extra = 0
-                else:
-                    r = routed_now[i] + routed
-                    if r == 0:
-                        continue
-                rows = n if r > n else r
-                end = link_end[j] + disp[k][rows]
-                link_end[j] = end
-                end += compute[i] + extra
-                up_end = link_end[u]
-                up_end = (up_end if up_end > end else end) + gath[k][rows]
-                link_end[u] = up_end
-                if up_end > worst:
-                    worst = up_end
-                used += 1
-        else:
+        else:  # every dispatch, then every return (one pass would do on disjoint links)
             ready: list[tuple[int, int, int]] = []  # (remote position, rows, shards end)
             for k, i, j, _ in static.remotes:
                 extra = adds.get(i)
