@@ -16,6 +16,7 @@ the same order); ``tests/solvers/test_decode_tables.py`` compares both on real t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
@@ -182,6 +183,17 @@ class DecodeTables:
         if e in missing or (extra and e in extra):
             return tuple(sorted(self.gpu_pieces(e, lines, missing, extra)))
         return ((0, self.ffn),) if e in lines else ()
+
+    @functools.cached_property
+    def least_piece_cycles(self) -> int:
+        """The fewest link cycles a load piece of at least one granule takes from any other
+        device to the home device (a prefetch chunk's pieces are granule-aligned)."""
+        out = []
+        for d in self.remote:
+            link = self._tab.link_between(d, self.home)
+            if link is not None:
+                out.append(self._tab.weight_cycles(link, self.width))
+        return min(out, default=0)
 
     def link_id(self, src: str) -> str:
         """The id of the link the lowering uses from ``src`` to the home device."""
