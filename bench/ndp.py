@@ -247,7 +247,8 @@ def decode_point(
         hw, model, base,
         LoopConfig(
             capacity_experts=0, global_lines=lines, num_granules=granules, fold_reduce=True,
-            group_shards=True, prefetch_chunks=16, prefetch_spill=True, **spec,
+            group_shards=True, prefetch_chunks=16, prefetch_spill=True, refine_placement=True,
+            **spec,
         ),
         trace, prompt, decode, in_flight=in_flight,
     )  # fmt: skip

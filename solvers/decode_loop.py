@@ -54,6 +54,7 @@ from solvers.prefetch.select import greedy_indices
 
 Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
+REFINE_ROUNDS = 4  # the most rounds of ``DecodeRun._refine`` over a layer's experts
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,14 @@ class LoopConfig:
             layer's expert window;
             that layer's own loads then start behind it, and its placement sees the link
             busy (``_link_busy_s``). Without it, a gap shorter than a chunk stays idle.
+        refine_placement: (``solver`` dispatch, one-token layers) after the greedy, each
+            expert in turn takes again its best option with the others fixed (whole on a
+            holder, its layout's split over the units with or without the GPU's granules, or
+            loaded), under the decode layer's estimate (the GPU's shared experts first,
+            grouped launches: ``DecodeRun._window_s``), until none changes
+            (``DecodeRun._refine``). The greedy places experts heaviest first with the
+            GPU's shared experts unseen, so a resident expert split over the units early can
+            leave a partial line's or an absent expert's stripes no room.
     """
 
     capacity_experts: int
@@ -114,6 +123,7 @@ class LoopConfig:
     group_shards: bool = False
     prefetch_chunks: int = 8
     prefetch_spill: bool = False
+    refine_placement: bool = False
 
 
 @dataclass
@@ -559,7 +569,10 @@ class DecodeRun:
         """A new shape's placement under the configured ``dispatch``."""
         kind = self.config.dispatch
         if kind == "solver":
-            return solve_greedy(inst)
+            a = solve_greedy(inst)
+            if self.config.refine_placement and inst.num_tokens == 1:
+                a = self._refine(inst, a)
+            return a
         if kind == "monde":
             return monde(inst)[0]
         if kind == "monde_paper":
@@ -576,6 +589,108 @@ class DecodeRun:
             runs={e: ((self.home, 0, inst.G),) for e in inst.experts if e in cached},
             loaded=tuple(e for e in inst.experts if e not in cached),
         )
+
+    def _refine(self, inst: PlacementInstance, a: Assignment) -> Assignment:
+        """The placement ``a`` improved expert by expert (``LoopConfig.refine_placement``):
+        each expert in turn, the others fixed, takes the option of its ``_options`` (or a
+        load, when the GPU memory has room and a unit can send it) that lowers the layer's
+        estimate ``_window_s`` most, until a round changes none (at most ``REFINE_ROUNDS``).
+        Every option covers each granule once from a holder, so the result is a placement."""
+        runs, loaded = dict(a.runs), set(a.loaded)
+        best = self._window_s(inst, runs, loaded)
+        for _ in range(REFINE_ROUNDS):
+            changed = False
+            for e in sorted(inst.experts):
+                current = runs.pop(e, None)  # None: loaded
+                loaded.discard(e)
+                choice: tuple[tuple[str, int, int], ...] | None = current
+                for option in self._options(inst, e):
+                    if option == current:
+                        continue
+                    runs[e] = option
+                    got = self._window_s(inst, runs, loaded)
+                    del runs[e]
+                    if got < best - 1e-12:
+                        choice, best = option, got
+                room = (len(loaded) + 1) * inst.expert_bytes <= inst.home_free_bytes
+                if current is not None and e in inst.load_parts and room:
+                    loaded.add(e)
+                    got = self._window_s(inst, runs, loaded)
+                    loaded.discard(e)
+                    if got < best - 1e-12:
+                        choice, best = None, got
+                if choice is None:
+                    loaded.add(e)
+                else:
+                    runs[e] = choice
+                changed |= choice != current
+            if not changed:
+                break
+        return Assignment(runs=runs, loaded=tuple(sorted(loaded)))
+
+    def _options(self, inst: PlacementInstance, e: int) -> list[tuple[tuple[str, int, int], ...]]:
+        """Expert e's options for ``_refine``: whole on each device that holds it all, and
+        the layout's split, each granule on its first holder other than the GPU (the
+        units' stripes), or on the GPU when it holds it (a line being staged: its granules
+        at home, the rest on their stripes); a split with two runs on one device is left
+        out (one shard per device and expert)."""
+        G, home, holders = inst.G, self.home, inst.holders[e]
+        out: list[tuple[tuple[str, int, int], ...]] = [
+            ((d, 0, G),) for d in inst.devices if all(d in h for h in holders)
+        ]
+        for at_home in (False, True):
+            owner = []
+            for h in holders:
+                away = [d for d in inst.devices if d != home and d in h]
+                if (at_home or not away) and home in h:
+                    owner.append(home)
+                elif away:
+                    owner.append(away[0])
+                else:
+                    break
+            else:
+                split = tuple(_runs(owner, 0, G))
+                one_each = len({d for d, _, _ in split}) == len(split)
+                if len(split) > 1 and one_each and split not in out:
+                    out.append(split)
+        return out
+
+    def _window_s(
+        self,
+        inst: PlacementInstance,
+        runs: dict[int, tuple[tuple[str, int, int], ...]],
+        loaded: set[int],
+    ) -> float:
+        """The estimated seconds from a one-token layer's attention to its last result under
+        a placement (``_refine``): the larger of the busiest unit (the activations' trip and
+        its shards) and the GPU (the shared experts, its resident shards, then the loaded
+        experts in id order, each after its load: the loads queue on the links in that
+        order). A device's shards of one column range run as one grouped GEMM, so every one
+        after the first on those columns saves a launch (``group_shards``)."""
+        clock, home, fixed = self.hardware.clock_hz, self.home, self._fill_fixed
+        _, _, trip_s = self._paths
+        work: dict[str, float] = {}
+        gpu = fixed.shared_s
+        seen: set[tuple[str, int, int]] = set()
+        for e, option in runs.items():
+            for d, g0, g1 in option:
+                sec = inst.shard[e][d][g1 - g0] / clock
+                if (d, g0, g1) in seen:
+                    sec -= fixed.launch_s[d]
+                seen.add((d, g0, g1))
+                if d == home:
+                    gpu += sec
+                else:
+                    work[d] = work.get(d, trip_s) + sec
+        link, done = 0.0, []
+        for e in sorted(loaded):
+            link += inst.load_cycles[e] / clock
+            done.append((link, inst.shard[e][home][inst.G] / clock))
+        after = latest = 0.0
+        for end, sec in reversed(done):
+            after += sec
+            latest = max(latest, end + after)
+        return max(max(work.values(), default=0.0), gpu + after, latest)
 
     def _layer(self, st: _Step, layer: int) -> None:
         cfg, step = self.config, st.step
@@ -1167,6 +1282,7 @@ class DecodeRun:
                 m.capacity_bytes for m in hw.memories if m.id == self.home_mem
             ),
             links_in=tuple(sorted({lk.id for lk in hw.links if home in lk.dst_device_ids})),
+            launch_s={d.id: d.launch_s for d in hw.devices},
         )
 
     @functools.cached_property
@@ -1245,7 +1361,8 @@ class _TargetItems:
 class _FillFixed:
     """Hardware figures of a run that ``_Fill`` and ``_link_busy_s`` read every layer: the
     NDP units with a link to the GPU, each device's ``_seconds_per_byte``, the shared experts'
-    GPU seconds (0 without), the GPU memory's bytes, the links into the GPU; and memos of
+    GPU seconds (0 without), the GPU memory's bytes, the links into the GPU, each device's
+    launch seconds; and memos of
     link seconds by (unit, granules, granule bytes) and attention cycles by (layer, partial
     sums folded, context tokens)."""
 
@@ -1254,6 +1371,7 @@ class _FillFixed:
     shared_s: float
     home_capacity_bytes: float
     links_in: tuple[str, ...]
+    launch_s: dict[str, float]
     transfer_s: dict[tuple[str, int, float], float] = field(default_factory=dict)
     attention_cycles: dict[tuple[int, int, int], int] = field(default_factory=dict)
 
