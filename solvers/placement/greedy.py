@@ -491,12 +491,18 @@ def _segments(
         compute: dict[int, int] = {}
         routed: dict[int, int] = {}
         options, adds = {}, {}
+        # Experts of one layout and token count share their adds: each is summed once, times
+        # the number of experts that have it.
+        times: dict[int, tuple[_Adds, int]] = {}
         for e in run:
             option, a = static.fixed_adds(e, blocks[e])[0]
             options[e], adds[e] = option, a
+            got = times.get(id(a))
+            times[id(a)] = (a, 1 if got is None else got[1] + 1)
+        for a, k in times.values():
             for i, x, r in a.items:
-                compute[i] = compute.get(i, 0) + x
-                routed[i] = routed.get(i, 0) + r
+                compute[i] = compute.get(i, 0) + k * x
+                routed[i] = routed.get(i, 0) + k * r
         steps.append(_Segment(list(compute.items()), list(routed.items()), options, adds))
         run.clear()
 
@@ -566,6 +572,34 @@ def _place(
     return Assignment(runs=runs, loaded=tuple(sorted(loaded))), estimate
 
 
+def _layout_facts(inst: PlacementInstance) -> tuple[dict[int, _Blocks], set[int], list[int]]:
+    """Per expert its ``_Blocks``; the experts the home device holds whole; those that cannot
+    run anywhere but home (loaded whatever the load count), in expert order.
+
+    Experts laid out alike share their holder lists: what depends on the layout alone is
+    found once per list (the lists live as long as the instance, so their ids are theirs)."""
+    by_layout: dict[int, tuple[_Blocks, bool, bool]] = {}
+    blocks: dict[int, _Blocks] = {}
+    home_whole: set[int] = set()
+    forced: list[int] = []
+    home = inst.home
+    for e in inst.experts:
+        held = inst.holders[e]
+        got = by_layout.get(id(held))
+        if got is None:
+            got = by_layout[id(held)] = (
+                _block_holders(inst, e),
+                all(home in h for h in held),
+                any(not h for h in held),
+            )
+        blocks[e] = got[0]
+        if got[1]:
+            home_whole.add(e)
+        if got[2]:
+            forced.append(e)
+    return blocks, home_whole, forced
+
+
 def _loads_floor(static: _Static, loads: list[int]) -> int:
     """A lower bound on the estimate of ``_place`` with these forced loads, without placing:
     the home device finishes after the loads and the shards behind them (``_State.score``'s
@@ -626,14 +660,11 @@ def solve_greedy_estimated(inst: PlacementInstance, bounded: bool = True) -> tup
         return away_weight(e)[1]
 
     order = sorted(inst.experts, key=lambda e: (-weight(e), e))
-    blocks = {e: _block_holders(inst, e) for e in inst.experts}
+    blocks, home_whole, forced = _layout_facts(inst)
     static = _Static(inst)
-    home_whole = set(inst.whole_holders_home())
     candidates = sorted(
         (e for e in inst.load_parts if e not in home_whole), key=lambda e: (-away(e), e)
     )
-    # Experts that cannot run anywhere but home must be loaded whatever h is.
-    forced = [e for e in inst.experts if any(not h for h in inst.holders[e])]
     room = int(inst.home_free_bytes // inst.expert_bytes) if inst.expert_bytes else 0
     optional = [e for e in candidates if e not in forced]
     top = max(0, min(len(optional), room - len(forced)))
@@ -692,10 +723,12 @@ def solve_greedy_estimated(inst: PlacementInstance, bounded: bool = True) -> tup
     if not forced:  # the plain pass; with nothing forced, h = 0 is that pass
         ask(0)
     # Every asked h is placed, unless (bounded) its floor is above an estimate in hand: it
-    # cannot be the least then. Smallest floors first, so the best estimate comes early.
+    # cannot be the least then. The floor never falls as h grows (one more load ends no
+    # link earlier and leaves no shard less behind it): smallest h first, and the first h
+    # bounded out ends the pass.
     pending = [h for h in asked if h not in cache]
     if bounded:
-        pending.sort(key=floor)
+        pending.sort()
     best = min((cache[h][1] for h in cache), default=None)
     for h in pending:
         if bounded and best is not None and floor(h) > best:

@@ -116,14 +116,18 @@ class PlacementInstance:
         layouts: dict[int, tuple[list[list[str]], list[tuple[str, int, int]] | None]] = {}
         shared = tuple(tuple(sorted(every[d])) for d in self.devices)
         named = {e for d in self.devices for e in one[d]}
+        shared_layout = None  # looked up once: hashing the key costs more than the rest
         for e in self.experts:
-            key = shared
             if e in named:
                 key = tuple(
                     tuple(sorted(every[d] + one[d][e])) if e in one[d] else shared[k]
                     for k, d in enumerate(self.devices)
                 )
-            layouts[e] = self.layout(key)
+                layouts[e] = self.layout(key)
+            else:
+                if shared_layout is None:
+                    shared_layout = self.layout(shared)
+                layouts[e] = shared_layout
         home_mem = hw.device(self.home).memory_id
         capacity = next(m.capacity_bytes for m in hw.memories if m.id == home_mem)
         home_slices = problem.residency.by_memory.get(home_mem, ())
@@ -237,32 +241,32 @@ class PlacementInstance:
         # shard[e][d][n]: cycles of n contiguous granules of e on d (n = 0..G). Devices with the
         # same figures share a row, and so do experts with the same token count.
         self.shard: dict[int, dict[str, list[int]]] = {}
-        by_tokens: dict[int, dict[str, list[int]]] = {}
+        by_tokens = _shared_of(tab, self.home, self.G).rows
         for e in self.experts:
             t = self.tokens[e]
-            if t not in by_tokens:
-                by_tokens[t] = {d: tab.shard_row(d, t, self.G) for d in self.devices}
-            self.shard[e] = by_tokens[t]
+            rows = by_tokens.get(t)
+            if rows is None:
+                rows = by_tokens[t] = {d: tab.shard_row(d, t, self.G) for d in self.devices}
+            self.shard[e] = rows
         # load_parts[e]: (source, first column, end column, link cycles) pieces that bring
         # expert e home whole, each from its first remote holder; load_cycles[e]: their sum.
         self.load_parts: dict[int, list[tuple[str, int, int, int]]] = {}
         self.load_cycles: dict[int, int] = {}
         if allow_loads:
-            parts_of: dict[int, list[tuple[str, int, int, int]]] = {}  # by id of the pieces
-            cycles_of: dict[int, int] = {}
+            loads = _shared_of(tab, self.home, self.G).loads
             for e in self.experts:
                 pieces = layouts[e][1]
                 if pieces is None:
                     continue
-                parts = parts_of.get(id(pieces))
-                if parts is None:
-                    parts = parts_of[id(pieces)] = [
+                got = loads.get(id(pieces))
+                if got is None or got[0] is not pieces:
+                    parts = [
                         (src, c0, c1, tab.weight_cycles(self.link(src, self.home), c1 - c0))
                         for src, c0, c1 in pieces
                     ]
-                    cycles_of[id(pieces)] = sum(part[3] for part in parts)
-                self.load_parts[e] = parts
-                self.load_cycles[e] = cycles_of[id(pieces)]
+                    got = loads[id(pieces)] = (pieces, parts, sum(part[3] for part in parts))
+                self.load_parts[e] = got[1]
+                self.load_cycles[e] = got[2]
         self.home_free_bytes = home_free_bytes
         self.expert_bytes = self.model.expert_bytes()
         # Per expert, its key in the plan memo (``memo.shape``), when the builder knows it.
@@ -291,12 +295,16 @@ class PlacementInstance:
 
     def _transfer_table(self, to_home: bool) -> dict[str, list[int]]:
         n = self.num_tokens
-        return {
-            d: self._tables.activation_row(
-                self.link(d, self.home) if to_home else self.link(self.home, d), n
-            )
-            for d in self.remote
-        }
+        transfers = _shared_of(self._tables, self.home, self.G).transfers
+        got = transfers.get((n, to_home))
+        if got is None:
+            got = transfers[(n, to_home)] = {
+                d: self._tables.activation_row(
+                    self.link(d, self.home) if to_home else self.link(self.home, d), n
+                )
+                for d in self.remote
+            }
+        return got
 
     def whole_holders_home(self) -> list[int]:
         """Activated experts the home device holds whole."""
@@ -441,34 +449,38 @@ class PlacementInstance:
         resources: set[str] = set()
         # Experts with the same token count share shard rows (as do devices with the same
         # figures), and experts laid out alike share holder lists: per-granule minima are
-        # computed once per (holders, tokens, load) and added in order.
-        row_rate: dict[int, float] = {}  # by id of a shard row
-        rates: dict[int, dict[str, float]] = {}  # by token count
-        per_granule: dict[tuple[int, int, int | None], tuple[list[float], set[str]]] = {}
+        # computed once per (holders, tokens, load), for every instance of these tables
+        # (``_Shared``), and added in order.
         G, home = self.G, self.home
+        shared = _shared_of(self._tables, home, G)
+        rates, per_granule = shared.rates, shared.granules
         for e in self.experts:
+            t, holders = self.tokens[e], self.holders[e]
             load = self.load_cycles[e] if e in self.load_parts else None
-            key = (id(self.holders[e]), self.tokens[e], load)
-            if key not in per_granule:
-                rate = rates.get(self.tokens[e])
+            key = (id(holders), t, load)
+            got = per_granule.get(key)
+            if got is None or got[0] is not holders:
+                rate = rates.get(t)
                 if rate is None:
-                    rate = rates[self.tokens[e]] = {}
+                    rate = {}
+                    row_rate: dict[int, float] = {}  # by id of a shard row
                     for d in self.devices:
                         row = self.shard[e][d]
                         if id(row) not in row_rate:
                             row_rate[id(row)] = min(row[n] / n for n in range(1, G + 1))
                         rate[d] = row_rate[id(row)]
+                    rates[t] = rate
                 load_rate = None if load is None else rate[home] + load / G
                 minima, used = [], set()
-                for held in self.holders[e]:
+                for held in holders:
                     best = min([rate[d] for d in held]) if held else math.inf
                     if load_rate is not None and home not in held:
                         best = min(best, load_rate)
                         used |= {home, "load-link"}
                     used.update(held)
                     minima.append(best)
-                per_granule[key] = (minima, used)
-            minima, used = per_granule[key]
+                got = per_granule[key] = (holders, minima, used)
+            _, minima, used = got
             resources |= used
             for m in minima:
                 work += m
@@ -500,6 +512,49 @@ def instance_of(problem: PlacementProblem) -> PlacementInstance:
 
 
 _MAX_INSTANCES = 256
+
+
+@dataclass
+class _Shared:
+    """What the instances of one cost-table set, home device and granule count share, filled
+    as they are built (callers must not modify it):
+
+    ``rows[t][d]``: device d's shard row (``CostTables.shard_row``) for t tokens;
+    ``rates[t][d]``: the least cycles per granule in it (``_lower_bound``); ``granules[(id
+    of a holder list, t, load cycles or None)]``: that holder list (kept, so the id stays
+    its) with the bound's per-granule minima and the resources they use; ``loads[id of a
+    layout's load pieces]``: those pieces (kept), their load parts and the parts' cycles;
+    ``transfers[(rows, to home)]``: the dispatch or gather table of that many tokens."""
+
+    tables: cost_tables.CostTables
+    rows: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    rates: dict[int, dict[str, float]] = field(default_factory=dict)
+    granules: dict[tuple[int, int, int | None], tuple[list[list[str]], list[float], set[str]]] = (
+        field(default_factory=dict)
+    )
+    loads: dict[
+        int,
+        tuple[list[tuple[str, int, int]], list[tuple[str, int, int, int]], int],
+    ] = field(default_factory=dict)
+    transfers: dict[tuple[int, bool], dict[str, list[int]]] = field(default_factory=dict)
+
+
+def _shared_of(tab: cost_tables.CostTables, home: str, num_granules: int) -> _Shared:
+    """The ``_Shared`` tables of instances on ``tab`` with this home and granule count."""
+    key = (id(tab), home, num_granules)
+    got = _SHARED_TABLES.get(key)
+    if got is None or got.tables is not tab:
+        if len(_SHARED_TABLES) >= 64:
+            _SHARED_TABLES.clear()
+        got = _SHARED_TABLES[key] = _Shared(tab)
+    if len(got.granules) > 4096 or len(got.loads) > 4096:
+        got.granules.clear()
+        got.loads.clear()
+    return got
+
+
+# ``_shared_of``'s, by (id of the cost tables, home, granules); each keeps its tables alive.
+_SHARED_TABLES: dict[tuple[int, str, int], _Shared] = {}
 _INSTANCES: dict[Hashable, PlacementInstance] = {}  # ``instance_of``'s, oldest first
 _INSTANCES_LOCK = threading.Lock()
 
