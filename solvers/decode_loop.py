@@ -43,14 +43,14 @@ from hwmodel.plan_builder import LoweredLayer, effective_granules
 from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
-from solvers.decode_tables import DecodeTables
+from solvers.decode_tables import Candidates, DecodeTables, ranked
 from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, global_allocation, serve
 from solvers.prefetch.predict import Predictor, TokenPredictions, TransitionMemory
-from solvers.prefetch.select import greedy_indices
+from solvers.prefetch.select import greedy_indices, greedy_runs
 
 Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
@@ -1051,42 +1051,37 @@ class DecodeRun:
         ready = self._gap_end(st, layer, rest)
         if ready <= st.timeline.times[attn][1] and self.tables.least_piece_cycles > 0:
             return []  # no gap (the budget is 0) and every chunk takes link time: none fits
-        # (target layer, expert, chunk, pieces), its expected gain and its saved cycles.
-        items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]] = []
-        gains: list[float] = []
-        saved: list[int] = []
-        cycles: list[int] = []
+        runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = []
+        chunks: list[tuple[Candidates, list[int] | None]] = []
         victims: dict[tuple[int, int], int | None] = {}
         links: set[str] = set()
+        count = longest = 0
         for nxt in targets:
             # Kept for the step while the target layer's cache is as it was (the second
             # round of a layer asks again; ``ExpertCaches.changes``).
             got = st.targets.get((nxt, layer))
             if got is None or got.changes != self.caches.changes[nxt]:
                 got = st.targets[(nxt, layer)] = self._target_items(st, nxt, known)
-            items += got.items
-            gains += got.gains
-            saved += got.saved
-            cycles += got.cycles
+            runs += got.runs
+            chunks += got.chunks
+            count += got.count
+            longest = max(longest, got.longest)
             links |= got.links
             victims.update(got.victims)
-        if not items:
+        if not count:
             return []
-        longest = max(cycles)
         size = self.model.expert_bytes(width)
+        budget = self._link_budget(st, ready, attn, links, longest, not rest)
         # The greedy set (``select(problem, "greedy")`` on the ``PrefetchProblem`` of these
-        # items, without the bound nobody here reads), on the candidates' arrays.
-        chosen = sorted(
-            greedy_indices(
-                np.array(gains), np.array(saved, dtype=np.int64), np.full(len(items), size),
-                np.array(cycles, dtype=np.int64), len(items) * size,
-                self._link_budget(st, ready, attn, links, longest, not rest),
-            )
-        )  # fmt: skip
+        # chunks laid end to end, without the bound nobody here reads), ranked lazily.
+        picked = greedy_runs(runs, size, count * size, budget)
+        if picked is None:
+            picked = _flat_greedy(runs, size, count * size, budget)
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
-        for i in chosen:
-            nxt, e, c, pieces = items[i]
+        for r, j in sorted(picked):
+            cand, subset = chunks[r]
+            nxt, e, c, pieces = cand.items[j if subset is None else subset[j]]
             granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
                 victim = victims.get((nxt, e))
@@ -1144,17 +1139,19 @@ class DecodeRun:
                 continue
             missing = partial.get(e)
             if missing is None:  # every chunk
-                out.items += cand.items
-                out.gains += [gain[e]] * len(cand.items)
-                out.saved += cand.saved
-                out.cycles += cand.cycles
+                out.runs.append((gain[e], cand.saved, cand.cycles, cand.by_saved, cand.least))
+                out.chunks.append((cand, None))
+                out.count += len(cand.items)
+                out.longest = max(out.longest, *cand.cycles)
                 out.links |= cand.all_links
                 continue
-            for c in sorted({g // per for g in missing}):
-                out.items.append(cand.items[c])
-                out.gains.append(gain[e])
-                out.saved.append(cand.saved[c])
-                out.cycles.append(cand.cycles[c])
+            subset = sorted({g // per for g in missing})
+            saved, cycles = [cand.saved[c] for c in subset], [cand.cycles[c] for c in subset]
+            out.runs.append((gain[e], saved, cycles, *ranked(saved, cycles)))
+            out.chunks.append((cand, subset))
+            out.count += len(subset)
+            out.longest = max(out.longest, *cycles)
+            for c in subset:
                 out.links |= cand.links[c]
         return out
 
@@ -1344,15 +1341,20 @@ class DecodeRun:
 @dataclass(slots=True)
 class _TargetItems:
     """One target layer's prefetch knapsack items (``DecodeRun._target_items``), made while
-    the layer's cache had changed ``changes`` times: (target layer, expert, chunk, load
-    pieces) with their gains, saved and link cycles, the links they use, and each new line's
-    victim by (target layer, expert)."""
+    the layer's cache had changed ``changes`` times, as runs of ``select.greedy_runs`` (one
+    per candidate expert: its gain, the saved and link cycles of its chunks, their order by
+    saved cycles and the least cycles from each place on) with each run's ``chunks``
+    (candidate, chunk numbers or None for all of them); ``count`` chunks in all, the
+    ``longest`` one's link cycles, the ``links`` they use, and each new line's victim by
+    (target layer, expert)."""
 
     changes: int
-    items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]] = field(default_factory=list)
-    gains: list[float] = field(default_factory=list)
-    saved: list[int] = field(default_factory=list)
-    cycles: list[int] = field(default_factory=list)
+    runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = field(
+        default_factory=list
+    )
+    chunks: list[tuple[Candidates, list[int] | None]] = field(default_factory=list)
+    count: int = 0
+    longest: int = 0
     links: set[str] = field(default_factory=set)
     victims: dict[tuple[int, int], int | None] = field(default_factory=dict)
 
@@ -1670,3 +1672,22 @@ def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:
         return task
     extra = tuple(i for i in ids if i not in task.after)
     return task.model_copy(update={"after": task.after + extra}) if extra else task
+
+
+def _flat_greedy(
+    runs: list[tuple[float, list[int], list[int], list[int], list[int]]],
+    size: float,
+    free_bytes: float,
+    budget: int,
+) -> list[tuple[int, int]]:
+    """``greedy_indices`` on the runs' candidates laid end to end, as (run, position) pairs
+    (for the rare runs ``greedy_runs`` cannot rank lazily)."""
+    where = [(r, j) for r, run in enumerate(runs) for j in range(len(run[1]))]
+    chosen = greedy_indices(
+        np.array([run[0] for run in runs for _ in run[1]]),
+        np.array([v for run in runs for v in run[1]], dtype=np.int64),
+        np.full(len(where), size),
+        np.array([v for run in runs for v in run[2]], dtype=np.int64),
+        free_bytes, budget,
+    )  # fmt: skip
+    return [where[i] for i in chosen]

@@ -17,7 +17,7 @@ the same order); ``tests/solvers/test_decode_tables.py`` compares both on real t
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hwmodel import cost_tables, costs
@@ -51,6 +51,23 @@ class Candidates:
     saved: list[int]
     links: list[frozenset[str]]
     all_links: frozenset[str]
+    # The chunks by saved cycles descending, then chunk; the least link cycles from each
+    # place of that order on (``select.greedy_runs``).
+    by_saved: list[int]
+    least: list[int]
+
+
+def ranked(saved: Sequence[int], cycles: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Positions by ``saved`` descending then position, and the least ``cycles`` from each
+    place of that order on (a run of ``select.greedy_runs``)."""
+    order = sorted(range(len(saved)), key=lambda j: (-saved[j], j))
+    least = [0] * len(order)
+    low = None
+    for k in range(len(order) - 1, -1, -1):
+        c = cycles[order[k]]
+        low = c if low is None or c < low else low
+        least[k] = low
+    return order, least
 
 
 class DecodeTables:
@@ -273,10 +290,11 @@ class DecodeTables:
             chunks = self.chunks(layer, e, lines, missing, per, remote_ok)
             got = None
             if chunks is not None:
+                cycles, saved = [ch[1] for ch in chunks], [ch[2] for ch in chunks]
                 got = Candidates(
-                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)],
-                    [ch[1] for ch in chunks], [ch[2] for ch in chunks],
+                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)], cycles, saved,
                     [ch[3] for ch in chunks], frozenset().union(*(ch[3] for ch in chunks)),
+                    *ranked(saved, cycles),
                 )  # fmt: skip
             self._candidates[key] = got
         assert got is None or isinstance(got, Candidates)
