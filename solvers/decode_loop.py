@@ -776,13 +776,13 @@ class DecodeRun:
                 wait.setdefault(sh.id, []).extend(st.staged.get((layer, int(sh.expert or 0)), []))
         tasks = lw.tasks()
         if split:
-            tasks = self._gpu_order(lw, tasks, set(split), set(trimmed), a)
+            tasks = self._gpu_order(lw, tasks, set(split), set(trimmed))
         if fold:
             assert lw.reduce is not None
             tasks = [t for t in tasks if t.id != lw.reduce.id]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         if cfg.group_shards:
-            waited = _grouped(waited, st.alias)
+            waited = _grouped(_by_columns(waited, self.home), st.alias)
         # Cut before the returns (gathers), or after everything when there are none.
         tail = len(lw.gathers) + (lw.reduce is not None and not fold)
         cut = len(waited) - tail if lw.gathers else len(waited)
@@ -837,19 +837,19 @@ class DecodeRun:
         tasks: list[ComputeTask | TransferTask],
         split: set[int],
         trimmed: set[int],
-        a: Assignment,
     ) -> list[ComputeTask | TransferTask]:
-        """On the GPU, split pieces after its resident shards, before loaded experts'; a
-        trimmed load's shard after those (its pieces come last over the link)."""
+        """The GPU's shards in the order their weights are there, as the link brings them:
+        resident shards, loaded experts' (in load order), a trimmed load's middle run, then
+        the split pieces. The GPU runs its tasks in list order, so a shard whose weights
+        are in waits on none whose weights are still coming (earliest ready first is the
+        shortest a single device takes)."""
         late = [t for t in lw.shards if t.device_id == self.home and t.expert in split]
         ids = {t.id for t in late}
         rest = [t for t in tasks if t.id not in ids]
-        loaded_ids = {t.id for e in a.loaded for t in lw.shards_of(e)}
         end = len(rest) - len(lw.gathers) - (lw.reduce is not None)
-        at = next((i for i, t in enumerate(rest) if t.id in loaded_ids), end)
         mid = [t for t in late if t.expert not in trimmed]
         last = [t for t in late if t.expert in trimmed]
-        return [*rest[:at], *mid, *rest[at:end], *last, *rest[end:]]
+        return [*rest[:end], *last, *mid, *rest[end:]]
 
     def _admit_trimmed(
         self,
@@ -1611,6 +1611,28 @@ def _line(layer: int, expert: int) -> WeightSlice:
 def _piece(layer: int, expert: int, start: int, end: int) -> WeightSlice:
     """Columns [start, end) of one layer's expert (shared, immutable)."""
     return WeightSlice(layer=layer, expert=expert, ffn_start=start, ffn_end=end)
+
+
+def _by_columns(tasks: list[AnyTask], home: str) -> list[AnyTask]:
+    """``tasks`` with each unit's expert shards (every device's but ``home``) reordered among
+    their own places by column range, so that shards on the same columns are consecutive
+    and run as one grouped GEMM (``_grouped``); a unit's shards all wait on its dispatch,
+    so their order moves nothing else."""
+    places: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        if isinstance(t, ComputeTask) and t.op == "expert" and t.device_id != home:
+            places.setdefault(t.device_id, []).append(i)
+    out = list(tasks)
+    for where in places.values():
+        mine = sorted((tasks[i] for i in where), key=_column_key)
+        for i, t in zip(where, mine, strict=True):
+            out[i] = t
+    return out
+
+
+def _column_key(task: AnyTask) -> tuple[int, int, int]:
+    assert isinstance(task, ComputeTask)
+    return (task.ffn_start, task.ffn_end or 0, int(task.expert or 0))
 
 
 def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
