@@ -179,21 +179,25 @@ def kv_cache_bytes(model: ModelSpec, num_sequences: int, context_tokens: int) ->
 
 
 def grouped_expert_s(
-    device: Device, model: ModelSpec, rows: Sequence[int], ffn_width: int | None = None
+    device: Device,
+    model: ModelSpec,
+    rows: Sequence[int],
+    ffn_width: int | None = None,
+    widths: Sequence[int] | None = None,
 ) -> float:
     """Seconds for one grouped GEMM over experts with ``rows[e]`` rows each, ``ffn_width``
-    columns of each (default: full width): one launch; the weights of every expert with rows
-    read once (an expert with none is skipped). FLOPs and bytes summed into one roofline, or,
-    on an NDP unit with SRAM, into one tile pipeline (the experts' weights stream through the
-    double buffer back to back, as one shard's would)."""
+    columns of each (default: full width) or ``widths[e]`` of expert e: one launch; the
+    weights of every expert with rows read once (an expert with none is skipped). FLOPs and
+    bytes summed into one roofline, or, on an NDP unit with SRAM, into one tile pipeline (the
+    experts' weights stream through the double buffer back to back, as one shard's would)."""
     width = model.expert_ffn_size if ffn_width is None else ffn_width
+    each = list(widths) if widths is not None else [width] * len(rows)
     num_tokens = int(sum(rows))
-    active = sum(1 for r in rows if r > 0)
-    flops = expert_flops(model, num_tokens, width)
+    flops = sum(expert_flops(model, r, w) for r, w in zip(rows, each, strict=True))
+    weight_bytes = sum(model.expert_bytes(w) for r, w in zip(rows, each, strict=True) if r > 0)
     if device.sram_bytes is not None:
-        return tile_pipeline_s(device, flops, active * model.expert_bytes(width))
-    bytes_moved = active * model.expert_bytes(width) + 2 * model.activation_bytes(num_tokens)
-    return roofline_s(device, flops, bytes_moved)
+        return tile_pipeline_s(device, flops, weight_bytes)
+    return roofline_s(device, flops, weight_bytes + 2 * model.activation_bytes(num_tokens))
 
 
 def _add_work(model: ModelSpec, num_tokens: int, num_partials: int) -> tuple[float, float]:
@@ -249,7 +253,8 @@ def task_cycles(
         device = hardware.device(task.device_id)
         if task.op == "expert" and task.group_rows:
             width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
-            secs = grouped_expert_s(device, model, task.group_rows, width)
+            widths = [c1 - c0 for c0, c1 in task.group_cols] if task.group_cols else None
+            secs = grouped_expert_s(device, model, task.group_rows, width, widths)
         elif task.op == "expert":
             width = (task.ffn_end or model.expert_ffn_size) - task.ffn_start
             secs = expert_shard_s(device, model, task.num_tokens, width)

@@ -91,9 +91,12 @@ class _Held:
 
 def _expert_pieces(model: ModelSpec, t: ComputeTask) -> list[tuple[int, int, int]]:
     """(expert, first column, end column) of each expert a compute task of op expert covers:
-    one slice, or the same slice of every expert of a grouped GEMM (rows > 0 or not)."""
+    one slice, or the same slice (or each its own: ``group_cols``) of every expert of a
+    grouped GEMM (rows > 0 or not)."""
     assert t.expert is not None
     end = model.expert_ffn_size if t.ffn_end is None else t.ffn_end
+    if t.group_cols:
+        return [(t.expert + e, c0, c1) for e, (c0, c1) in enumerate(t.group_cols)]
     if t.group_rows:
         return [(t.expert + e, t.ffn_start, end) for e in range(len(t.group_rows))]
     return [(t.expert, t.ffn_start, end)]

@@ -137,6 +137,14 @@ class ComputeTask(TaskBase):
             "the single expert 'expert'."
         ),
     )
+    group_cols: tuple[tuple[int, int], ...] = Field(
+        default=(),
+        description=(
+            "A grouped GEMM whose experts each have their own column slice (op expert, with "
+            "group_rows): [start, end) of each expert of group_rows, in order, within "
+            "[ffn_start, ffn_end). Empty: [ffn_start, ffn_end) of each."
+        ),
+    )
 
     @model_validator(mode="after")
     def _op_fields(self) -> ComputeTask:
@@ -147,6 +155,12 @@ class ComputeTask(TaskBase):
                 raise ValueError("group_rows: must sum to num_tokens")
             if any(r < 0 for r in self.group_rows):
                 raise ValueError("group_rows: rows cannot be negative")
+        if self.group_cols:
+            if len(self.group_cols) != len(self.group_rows):
+                raise ValueError("group_cols: one slice per expert of group_rows")
+            top = self.ffn_end if self.ffn_end is not None else MAX_INDEX
+            if any(not self.ffn_start <= c0 < c1 <= top for c0, c1 in self.group_cols):
+                raise ValueError("group_cols: each slice non-empty, within [ffn_start, ffn_end)")
         if self.num_sequences > 1 and self.num_tokens % self.num_sequences:
             raise ValueError("num_sequences: must divide num_tokens")
         if self.ffn_end is not None and self.ffn_end <= self.ffn_start:

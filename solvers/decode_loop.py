@@ -665,19 +665,19 @@ class DecodeRun:
         a placement (``_refine``): the larger of the busiest unit (the activations' trip and
         its shards) and the GPU (the shared experts, its resident shards, then the loaded
         experts in id order, each after its load: the loads queue on the links in that
-        order). A device's shards of one column range run as one grouped GEMM, so every one
-        after the first on those columns saves a launch (``group_shards``)."""
+        order). A device's shards run as one grouped GEMM, so every one after its first saves
+        a launch (``group_shards``)."""
         clock, home, fixed = self.hardware.clock_hz, self.home, self._fill_fixed
         _, _, trip_s = self._paths
         work: dict[str, float] = {}
         gpu = fixed.shared_s
-        seen: set[tuple[str, int, int]] = set()
+        seen: set[str] = set()
         for e, option in runs.items():
             for d, g0, g1 in option:
                 sec = inst.shard[e][d][g1 - g0] / clock
-                if (d, g0, g1) in seen:
+                if d in seen:
                     sec -= fixed.launch_s[d]
-                seen.add((d, g0, g1))
+                seen.add(d)
                 if d == home:
                     gpu += sec
                 else:
@@ -782,7 +782,7 @@ class DecodeRun:
             tasks = [t for t in tasks if t.id != lw.reduce.id]
         waited: list[AnyTask] = [_wait(t, wait.get(t.id, ())) for t in tasks]
         if cfg.group_shards:
-            waited = _grouped(_by_columns(waited, self.home), st.alias)
+            waited = _grouped(waited, st.alias)
         # Cut before the returns (gathers), or after everything when there are none.
         tail = len(lw.gathers) + (lw.reduce is not None and not fold)
         cut = len(waited) - tail if lw.gathers else len(waited)
@@ -1613,36 +1613,17 @@ def _piece(layer: int, expert: int, start: int, end: int) -> WeightSlice:
     return WeightSlice(layer=layer, expert=expert, ffn_start=start, ffn_end=end)
 
 
-def _by_columns(tasks: list[AnyTask], home: str) -> list[AnyTask]:
-    """``tasks`` with each unit's expert shards (every device's but ``home``) reordered among
-    their own places by column range, so that shards on the same columns are consecutive
-    and run as one grouped GEMM (``_grouped``); a unit's shards all wait on its dispatch,
-    so their order moves nothing else."""
-    places: dict[str, list[int]] = {}
-    for i, t in enumerate(tasks):
-        if isinstance(t, ComputeTask) and t.op == "expert" and t.device_id != home:
-            places.setdefault(t.device_id, []).append(i)
-    out = list(tasks)
-    for where in places.values():
-        mine = sorted((tasks[i] for i in where), key=_column_key)
-        for i, t in zip(where, mine, strict=True):
-            out[i] = t
-    return out
-
-
-def _column_key(task: AnyTask) -> tuple[int, int, int]:
-    assert isinstance(task, ComputeTask)
-    return (task.ffn_start, task.ffn_end or 0, int(task.expert or 0))
-
-
 def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
     """``tasks`` (one layer, in emission order) with each run of a device's consecutive expert
-    shards on the same columns, for the same tokens and waiting on the same tasks, as one
-    grouped GEMM (``ComputeTask.group_rows`` over the experts between the first and the last,
-    0 rows for the others): one launch instead of one per shard, every expert's slice read as
-    before (``costs.grouped_expert_s``). A device's queue is its compute tasks in list order,
-    so a run is unbroken by another compute task of that device. Records each shard's group
-    in ``alias`` and points every task's ``after`` at the groups."""
+    shards for the same tokens and waiting on the same tasks as one grouped GEMM
+    (``ComputeTask.group_rows`` over the experts between the first and the last, 0 rows for
+    the others; with ``group_cols`` when their columns differ, as a split leaves the stripe
+    of the expert it takes granules from: a grouped GEMM takes a problem size per expert, as
+    CUTLASS's and Triton's grouped GEMMs do): one launch instead of one per shard, every
+    expert's slice read as before (``costs.grouped_expert_s``). A device's queue is its
+    compute tasks in list order, so a run is unbroken by another compute task of that
+    device. Records each shard's group in ``alias`` and points every task's ``after`` at the
+    groups."""
     out: list[AnyTask] = []
     runs: dict[int, list[ComputeTask]] = {}  # index in out -> the shards it runs
     last: dict[str, int] = {}  # device -> index in out of its last compute task
@@ -1651,15 +1632,15 @@ def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
             out.append(t)
             continue
         i = last.get(t.device_id)
-        head = runs[i][0] if i is not None else None
+        group = runs[i] if i is not None else None
+        head = group[0] if group is not None else None
         if (
-            head is not None and t.op == head.op == "expert" and not t.group_rows
-            and not head.group_rows and (t.ffn_start, t.ffn_end, t.num_tokens)
-            == (head.ffn_start, head.ffn_end, head.num_tokens)
+            group is not None and head is not None and t.op == head.op == "expert"
+            and not t.group_rows and not head.group_rows and t.num_tokens == head.num_tokens
+            and _same_columns_or_set(t, group)
             and (t.after == head.after or set(t.after) == set(head.after))
         ):  # fmt: skip
-            assert i is not None
-            runs[i].append(t)
+            group.append(t)
             continue
         last[t.device_id] = len(out)
         runs[len(out)] = [t]
@@ -1671,13 +1652,33 @@ def _grouped(tasks: list[AnyTask], alias: dict[str, str]) -> list[AnyTask]:
         rows = [0] * (max(int(m.expert or 0) for m in members) - first + 1)
         for m in members:
             rows[int(m.expert or 0) - first] = m.num_tokens
-        group = members[0].model_copy(
-            update={"id": f"{members[0].id}.group{len(members)}", "expert": first,
-                    "group_rows": tuple(rows), "num_tokens": sum(rows)},
-        )  # fmt: skip
-        alias.update({m.id: group.id for m in members})
-        out[i] = group
+        update: dict[str, object] = {
+            "id": f"{members[0].id}.group{len(members)}", "expert": first,
+            "group_rows": tuple(rows), "num_tokens": sum(rows),
+        }  # fmt: skip
+        slices = {(m.ffn_start, m.ffn_end) for m in members}
+        if len(slices) > 1:  # each expert its own columns (``ComputeTask.group_cols``)
+            lo, hi = min(c0 for c0, _ in slices), max(int(c1 or 0) for _, c1 in slices)
+            cols = [(lo, hi)] * len(rows)
+            for m in members:
+                cols[int(m.expert or 0) - first] = (m.ffn_start, int(m.ffn_end or 0))
+            update |= {"ffn_start": lo, "ffn_end": hi, "group_cols": tuple(cols)}
+        grouped = members[0].model_copy(update=update)
+        alias.update({m.id: grouped.id for m in members})
+        out[i] = grouped
     return [_aliased(t, alias) for t in out]
+
+
+def _same_columns_or_set(t: ComputeTask, group: list[ComputeTask]) -> bool:
+    """Whether shard ``t`` may join ``group`` (a device's consecutive expert shards): on the
+    same columns as the group's first, or on columns of its own with every slice explicit
+    and no expert twice (a grouped GEMM with a slice per expert: ``group_cols``)."""
+    head = group[0]
+    if (t.ffn_start, t.ffn_end) == (head.ffn_start, head.ffn_end):
+        return True
+    return t.ffn_end is not None and all(
+        m.ffn_end is not None and m.expert != t.expert for m in group
+    )
 
 
 def _aliased(task: AnyTask, alias: dict[str, str]) -> AnyTask:

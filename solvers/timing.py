@@ -26,7 +26,7 @@ def cost_key(task: Task, context_tokens: int) -> CostKey:
     if isinstance(task, ComputeTask):
         return (
             "c", task.device_id, task.op, task.num_tokens, task.ffn_start, task.ffn_end,
-            task.group_rows, task.num_partials, task.num_sequences,
+            task.group_rows, task.group_cols, task.num_partials, task.num_sequences,
             context_tokens if task.op == "attention" else None,
         )  # fmt: skip
     if isinstance(task, TransferTask):

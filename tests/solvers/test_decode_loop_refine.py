@@ -1,21 +1,26 @@
 """The decode loop's DIMM work: the placement refinement (``LoopConfig.refine_placement``) on
 a layer of DeepSeek-V2-Lite on the 4-DIMM GPU-NDP preset worked by hand and on real routing
-through the executor; the GPU's shards in the order their weights arrive; a unit's shards
-grouped by columns."""
+through the executor; the GPU's shards in the order their weights arrive; a device's shards
+of different columns as one grouped GEMM."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from hwmodel.plan import ComputeTask, Residency, WeightSlice
+from hwmodel import costs
+from hwmodel.executor import simulate
+from hwmodel.plan import ComputeTask, Plan, Residency, TransferTask, WeightSlice
 from hwmodel.plan_builder import layout_residency
 from hwmodel.presets import hardware_preset, model_preset
-from hwmodel.workload import RoutingTrace
-from solvers.decode_loop import AnyTask, DecodeRun, Dispatch, LoopConfig, LoopResult
+from hwmodel.spec import Hardware, ModelSpec
+from hwmodel.workload import RoutingTrace, Workload
+from solvers.decode_loop import AnyTask, DecodeRun, Dispatch, LoopConfig, LoopResult, _grouped
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
+from tests.tiny import tiny_hardware, tiny_model
 
 ROUTED = [14, 19, 21, 22, 25, 60]
 
@@ -55,7 +60,8 @@ def test_refine_by_hand() -> None:
     = 137.27 us, then 22 after its loads (2 x 87.51 = 175.02) + 26.21 = 201.23 us; the DIMMs
     3.16 + 65.80 = 68.96. Refined, 22 runs on its four stripes, grouped with 60's (one launch
     a DIMM): 3.16 + 65.80 + 64.80 = 133.76 us a DIMM, the GPU 137.27: 137.27 us. (Its staged
-    granules 0-7 on the GPU instead: 137.27 + 5 + 21.21 / 2 = 152.88, no better.) Both are
+    granules 0-7 on the GPU instead, in its grouped GEMM: 137.27 + 21.21 / 2 = 147.88, no
+    better.) Both are
     placements, and the layer's timeline without the shared experts agrees (206.26 -> 142.03
     us)."""
     run, inst = law_layer()
@@ -70,7 +76,7 @@ def test_refine_by_hand() -> None:
     assert [round(x, 2) for x in got] == [201.23, 137.27]
     staged = dict(refined.runs)
     staged[22] = (("gpu", 0, 8), ("ndp2", 8, 12), ("ndp3", 12, 16))
-    assert round(run._window_s(inst, staged, set()) * 1e6, 2) == 152.88
+    assert round(run._window_s(inst, staged, set()) * 1e6, 2) == 147.88
     assert inst.check(greedy) == inst.check(refined) == []
     assert [round(inst.predict(a) / 1e3, 2) for a in (greedy, refined)] == [206.26, 142.03]
     assert run._solve(inst) == refined  # what the decode loop solves with the flag on
@@ -107,10 +113,10 @@ def law_decode(traces: Path, **flags: bool) -> LoopResult:
 
 
 def test_refine_on_real_routing(traces: Path) -> None:
-    """On real law routing (``law_decode``) the refined placements decode faster: 6.1969 ->
-    6.0757 ms a token."""
+    """On real law routing (``law_decode``) the refined placements decode faster: 6.1571 ->
+    6.0376 ms a token."""
     means = [law_decode(traces, refine_placement=r).mean("latency_s") for r in (False, True)]
-    assert [round(m * 1e7) for m in means] == [61_969, 60_757]
+    assert [round(m * 1e7) for m in means] == [61_571, 60_376]
 
 
 def test_a_batch_is_the_greedy_s() -> None:
@@ -144,40 +150,82 @@ def test_gpu_runs_its_shards_as_their_weights_arrive() -> None:
     assert sorted(t.id for t in tasks) == sorted(t.id for t in lw.tasks())
 
 
-def test_unit_shards_grouped_by_columns_by_hand() -> None:
-    """Three experts on unit 'a' of the tiny setting (one token: 600 ns a column, a 500 ns
-    launch), all after their dispatch: 0 on columns 0-10, 1 on 0-5 (the rest split to the
-    GPU), 2 on 0-10, with a transfer between them in the list. In list order no two
-    consecutive shards share columns: three launches, 3 x 500 + 6,000 + 3,000 + 6,000 =
-    16,500 ns. Ordered by columns first (``_by_columns``: 1, then 0 and 2 in their places)
-    0 and 2 run as one grouped GEMM: 500 + 3,000 + 500 + 12,000 = 16,000 ns; the transfer
-    keeps its place."""
-    from hwmodel import costs
-    from hwmodel.plan import TransferTask
-    from solvers.decode_loop import _by_columns, _grouped
-    from tests.tiny import tiny_hardware, tiny_model
-
+def tiny_three() -> tuple[Hardware, ModelSpec]:
+    """The tiny setting (``tests/tiny.py``) with 3 experts and a 500 ns launch on unit 'a'."""
     hw = tiny_hardware()
     hw = hw.model_copy(update={"devices": tuple(
         d.model_copy(update={"launch_s": 5e-7}) if d.id == "a" else d for d in hw.devices
     )})  # fmt: skip
-    model = tiny_model().model_copy(update={"num_routed_experts": 3})
+    return hw, tiny_model().model_copy(update={"num_routed_experts": 3})
 
-    def shard(e: int, end: int) -> ComputeTask:
-        return ComputeTask(id=f"e{e}", device_id="a", op="expert", layer=0, expert=e,
-                           ffn_start=0, ffn_end=end, num_tokens=1, after=("to.a",))  # fmt: skip
 
+def unit_shard(e: int, start: int, end: int, device: str = "a") -> ComputeTask:
+    after = ("to.a",) if device == "a" else ()
+    return ComputeTask(id=f"e{e}.{device}", device_id=device, op="expert", layer=0, expert=e,
+                       ffn_start=start, ffn_end=end, num_tokens=1, after=after)  # fmt: skip
+
+
+def test_unit_shards_of_different_columns_group_by_hand() -> None:
+    """Three experts on unit 'a' of the tiny setting (one token: 600 ns a column, 300 bytes a
+    column at 1 GB/s, a 500 ns launch), all after their dispatch: 0 on columns 0-10, 1 on 0-5
+    (its columns 5-10 split to the GPU), 2 on 0-10, a transfer between them in the list. One
+    launch a shard: 3 x 500 + 6,000 + 3,000 + 6,000 = 16,500 ns. As one grouped GEMM with a
+    slice per expert (``group_cols``): 500 + (6,000 + 3,000 + 6,000) = 15,500 ns (FLOPs
+    15,000 ns against bytes 7,500 + 200 of activations: compute-bound); the transfer keeps
+    its place."""
+    hw, model = tiny_three()
     move = TransferTask(id="to.a", link_id="down_a", src_device_id="gpu", dst_device_id="a",
                         payload="activations", layer=0, num_tokens=1)  # fmt: skip
-    tasks = [shard(0, 10), move, shard(1, 5), shard(2, 10)]
-
-    def busy_ns(ts: list[AnyTask]) -> int:
-        return sum(costs.task_cycles(hw, model, t, 0)[1] for t in ts if isinstance(t, ComputeTask))
-
-    plain = _grouped(list(tasks), {})
-    ordered = _by_columns(list(tasks), "gpu")
-    assert [t.id for t in ordered] == ["e1", "to.a", "e0", "e2"]
+    tasks: list[AnyTask] = [unit_shard(0, 0, 10), move, unit_shard(1, 0, 5), unit_shard(2, 0, 10)]
     alias: dict[str, str] = {}
-    grouped = _grouped(ordered, alias)
-    assert (busy_ns(plain), busy_ns(grouped)) == (16_500, 16_000)
-    assert alias == {"e0": "e0.group2", "e2": "e0.group2"}
+    grouped = _grouped(list(tasks), alias)
+    assert [t.id for t in grouped] == ["e0.a.group3", "to.a"]
+    group = grouped[0]
+    assert isinstance(group, ComputeTask)
+    assert (group.group_rows, group.group_cols) == ((1, 1, 1), ((0, 10), (0, 5), (0, 10)))
+    assert (group.ffn_start, group.ffn_end) == (0, 10)
+    one_each = sum(costs.task_cycles(hw, model, t, 0)[1] for t in tasks if t.kind == "compute")
+    assert (one_each, costs.task_cycles(hw, model, group, 0)[1]) == (16_500, 15_500)
+    # The same expert twice (never made by the loop) is not one group.
+    again = _grouped([unit_shard(0, 0, 5), unit_shard(0, 5, 10)], {})
+    assert len(again) == 2
+
+
+def test_a_grouped_gemm_reads_each_expert_s_own_slice() -> None:
+    """The executor on the tiny plan of ``test_unit_shards_of_different_columns_group_by_hand``
+    ('a' holds experts 0 and 2 whole and 1's columns 0-5; the GPU computes 1's columns 5-10):
+    no violation, every expert covered once: the dispatch (100 ns on 'down_a'), the group
+    (15,500), the return (1,000 + 100 on 'bus'): 16,700 ns. Claiming 1's columns 0-10 on 'a'
+    reads columns 'a' does not hold and computes 5-10 twice: flagged."""
+    hw, model = tiny_three()
+    move = TransferTask(id="to.a", link_id="down_a", src_device_id="gpu", dst_device_id="a",
+                        payload="activations", layer=0, num_tokens=1)  # fmt: skip
+    group = _grouped([unit_shard(0, 0, 10), unit_shard(1, 0, 5), unit_shard(2, 0, 10)], {})[0]
+    assert isinstance(group, ComputeTask)
+    residency = Residency(by_memory={
+        "a_mem": (WeightSlice(layer=0, expert=0), WeightSlice(layer=0, expert=1, ffn_end=5),
+                  WeightSlice(layer=0, expert=2)),
+        "gpu_mem": (WeightSlice(layer=0, expert=1, ffn_start=5, ffn_end=10),),
+    })  # fmt: skip
+    workload = Workload(layer_ids=(0,), tokens_per_expert=((1, 1, 1),), num_tokens=1)
+    gpu_part = unit_shard(1, 5, 10, device="gpu")
+    back = TransferTask(
+        id="from.a", link_id="bus", src_device_id="a", dst_device_id="gpu",
+        payload="partial_sums", layer=0, num_tokens=1, after=(group.id,),
+    )  # fmt: skip
+    report = simulate(hw, model, Plan(tasks=(move, group, gpu_part, back)), workload, residency)
+    assert report.violations == ()
+    assert report.makespan_cycles == 100 + 15_500 + 1_100
+    wrong = group.model_copy(update={"group_cols": ((0, 10), (0, 10), (0, 10))})
+    report = simulate(hw, model, Plan(tasks=(move, wrong, gpu_part, back)), workload, residency)
+    assert {v.code for v in report.violations} == {"coverage", "weights_not_resident"}
+
+
+def test_group_cols_are_checked() -> None:
+    """A slice per expert of group_rows, each non-empty and within [ffn_start, ffn_end)."""
+    base = {"id": "g", "device_id": "a", "op": "expert", "layer": 0, "expert": 0,
+            "ffn_start": 0, "ffn_end": 10, "num_tokens": 2, "group_rows": (1, 1)}  # fmt: skip
+    ComputeTask.model_validate({**base, "group_cols": ((0, 10), (0, 5))})
+    for cols in (((0, 10),), ((0, 10), (5, 5)), ((0, 10), (0, 11))):
+        with pytest.raises(ValueError):
+            ComputeTask.model_validate({**base, "group_cols": cols})
