@@ -21,8 +21,9 @@ Models and routing:
 
 Configurations (same cache size, same tokens):
 
-* ``moesched``: striped (tensor-parallel) layout, greedy placement per layer over GPU and DIMMs,
-  score-aware cache, prefetch under the link-time knapsack, plan re-solved on drift;
+* ``moesched``: striped (tensor-parallel) layout, greedy placement per layer over GPU and DIMMs
+  refined expert by expert (``LoopConfig.refine_placement``), score-aware cache, prefetch under
+  the link-time knapsack, plan re-solved on drift;
 * ``monde_paper``: MoNDE as published runs it (the baseline the paper's 2.41x is against):
   every expert whole on one DIMM, the prompt's hottest experts pinned in the GPU cache, and per
   layer a fixed hot set of ``ceil(0.05882 x active)`` hottest others loaded to the GPU (the
@@ -37,11 +38,11 @@ Configurations (same cache size, same tokens):
 Every configuration adds a layer's partial sums in the prologue of the next layer's attention
 kernel (a fused residual add, ``LoopConfig.fold_reduce``) rather than in a reduce kernel of its
 own: the add's work stays, its 5 us launch goes (the step's last layer keeps its reduce); and
-runs each device's consecutive shards of a layer on the same columns as one grouped GEMM (one
-launch, ``LoopConfig.group_shards``). Those are kernels, not policies, so every configuration
-gets them. The prefetch (moesched and its ablations) cuts an expert in up to 16 chunks, and
-the round after a layer's returns may spill up to one chunk into the next layer's window
-(``prefetch_chunks``, ``prefetch_spill``).
+runs each device's consecutive shards of a layer as one grouped GEMM (one launch, a column
+slice per expert where they differ, ``LoopConfig.group_shards``). Those are kernels, not
+policies, so every configuration gets them. The prefetch (moesched and its ablations) cuts an
+expert in up to 16 chunks, and the round after a layer's returns may spill up to one chunk
+into the next layer's window (``prefetch_chunks``, ``prefetch_spill``).
 
 Every step is simulated by the executor and checked (violations are counted and must be 0).
 ``latency_s`` is the prefill's makespan plus 512 output tokens at the measured mean per-token

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hwmodel.plan import Plan, Residency, SolverAccount
+from hwmodel.plan import ComputeTask, Plan, Residency, SolverAccount
 from hwmodel.presets import HARDWARE_PRESETS, MODEL_PRESETS, hardware_preset, model_preset
 from hwmodel.report import Report
 from hwmodel.spec import MAX_COUNT, Hardware, ModelSpec
@@ -221,16 +221,31 @@ def _ffn_start(shard: ShardAt) -> int:
     return shard[1]
 
 
+def _grouped_shards(task: ComputeTask) -> list[tuple[int, int, int | None]]:
+    """(expert, ffn start, ffn end) of each expert an expert task computes: the one expert,
+    or each expert of a grouped GEMM with rows (its own column slice where it has one)."""
+    assert task.expert is not None
+    if not task.group_rows:
+        return [(task.expert, task.ffn_start, task.ffn_end)]
+    cols = task.group_cols or [(task.ffn_start, task.ffn_end)] * len(task.group_rows)
+    return [
+        (task.expert + i, start, end)
+        for i, (rows, (start, end)) in enumerate(zip(task.group_rows, cols, strict=True))
+        if rows > 0
+    ]
+
+
 def expert_maps(plan: Plan) -> list[LayerMap]:
     """Per layer, each active expert's shards (device and FFN slice), from the plan's tasks."""
     by_layer: dict[int, dict[int, list[ShardAt]]] = {}
     for task in plan.tasks:
         if task.kind != "compute" or task.op != "expert" or task.expert is None:
             continue
-        shard = (task.device_id, task.ffn_start, task.ffn_end)
-        shards = by_layer.setdefault(task.layer, {}).setdefault(task.expert, [])
-        if shard not in shards:  # micro-batches repeat the same shard
-            shards.append(shard)
+        for expert, start, end in _grouped_shards(task):
+            shard = (task.device_id, start, end)
+            shards = by_layer.setdefault(task.layer, {}).setdefault(expert, [])
+            if shard not in shards:  # micro-batches repeat the same shard
+                shards.append(shard)
     return [
         LayerMap(
             layer=layer, experts={e: sorted(sh, key=_ffn_start) for e, sh in sorted(ex.items())}

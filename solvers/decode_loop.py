@@ -84,9 +84,10 @@ class LoopConfig:
             attention kernel (a fused residual add: ``num_partials`` on the attention task)
             instead of by a reduce kernel of their own; the add's FLOPs and bytes stay, its
             launch goes. The step's last layer keeps its reduce (no kernel follows in the step).
-        group_shards: a device's consecutive expert shards of a layer on the same columns
-            that wait on the same tasks run as one grouped GEMM (``ComputeTask.group_rows``:
-            one launch, every expert's slice read as before; ``_grouped``).
+        group_shards: a device's consecutive expert shards of a layer that wait on the same
+            tasks run as one grouped GEMM (``ComputeTask.group_rows``, and ``group_cols``
+            when their columns differ: one launch, every expert's slice read as before;
+            ``_grouped``).
         prefetch_chunks: the most chunks an expert's prefetch is cut into (a divisor of the
             granules): finer chunks fill the link's idle gaps closer, each paying the link's
             latency once.
