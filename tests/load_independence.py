@@ -28,8 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # The benchmarks whose figures are simulated or counted (the others measure speed only).
 DETERMINISTIC = ["eplb", "dep", "balance", "cache", "ndp", "runtimes"]
-# A key that names a timing: wall or CPU time, or a figure computed from one.
-TIMING = re.compile(r"wall|cpu|elapsed|perf_counter|process_time", re.IGNORECASE)
+# A key that names a timing: wall or CPU time, a figure computed from one, or the load average
+# read beside it (the machine's state, not a result).
+TIMING = re.compile(r"wall|cpu|elapsed|perf_counter|process_time|load_av", re.IGNORECASE)
 
 
 def differences(idle: Any, loaded: Any, where: str = "") -> list[str]:
