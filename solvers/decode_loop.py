@@ -43,14 +43,14 @@ from hwmodel.plan_builder import LoweredLayer, effective_granules
 from hwmodel.spec import Device, Hardware, ModelSpec
 from hwmodel.workload import RoutingTrace, Workload
 from solvers import timing
-from solvers.decode_tables import DecodeTables
+from solvers.decode_tables import Candidates, DecodeTables, ranked
 from solvers.placement.baselines import monde, monde_paper, round_robin
 from solvers.placement.greedy import solve_greedy
 from solvers.placement.memo import PlanMemo
 from solvers.placement.problem import Assignment, PlacementInstance, PlacementProblem
 from solvers.prefetch.cache import ExpertCaches, Policy, ReplayStats, global_allocation, serve
 from solvers.prefetch.predict import Predictor, TokenPredictions, TransitionMemory
-from solvers.prefetch.select import greedy_indices
+from solvers.prefetch.select import greedy_indices, greedy_runs
 
 Dispatch = Literal["solver", "monde", "monde_paper", "expert_parallel", "demand"]
 AnyTask = ComputeTask | TransferTask | EvictTask
@@ -229,6 +229,8 @@ class _Step:
         self.staged: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> prefetch ids
         # The token's rankings, each computed once (decode steps only: the prefill has none).
         self.rank = TokenPredictions(run.predictor, run.ids[step]) if step >= 0 else None
+        # (target layer, layer) -> its prefetch items (``DecodeRun._prefetch``).
+        self.targets: dict[tuple[int, int], _TargetItems] = {}
         self.cover: list[tuple[int, ...]] = []
         self.solve_s = 0.0
         self.report_s = 0.0  # CPU in the step's reported bounds (not planning: ``run_step``)
@@ -805,7 +807,10 @@ class DecodeRun:
         waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
         st.after = [*waits, *(t.id for t in shared)]
         st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
-        st.cover.append(tuple(int(e in run_experts) for e in range(self.model.num_routed_experts)))
+        cover = [0] * self.model.num_routed_experts
+        for e in run_experts:
+            cover[e] = 1
+        st.cover.append(tuple(cover))
 
     def _split_frees(
         self, st: _Step, layer: int, split: dict[int, list[tuple[str, int, int]]],
@@ -1017,7 +1022,7 @@ class DecodeRun:
 
     def _evict(self, tid: str, layer: int, expert: int, after: tuple[str, ...]) -> EvictTask:
         return EvictTask(
-            id=tid, memory_id=self.home_mem, weights=WeightSlice(layer=layer, expert=expert),
+            id=tid, memory_id=self.home_mem, weights=_line(layer, expert),
             after=after,
         )  # fmt: skip
 
@@ -1044,64 +1049,40 @@ class DecodeRun:
         targets = range(layer + 1, min(self.model.num_moe_layers, layer + 1 + self.lookahead))
         per = G // self.chunks  # granules per chunk
         width = self.model.expert_ffn_size // G * per
-        # (target layer, expert, chunk, pieces), its expected gain and its saved cycles.
-        items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]] = []
-        gains: list[float] = []
-        saved: list[int] = []
-        cycles: list[int] = []
+        ready = self._gap_end(st, layer, rest)
+        if ready <= st.timeline.times[attn][1] and self.tables.least_piece_cycles > 0:
+            return []  # no gap (the budget is 0) and every chunk takes link time: none fits
+        runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = []
+        chunks: list[tuple[Candidates, list[int] | None]] = []
         victims: dict[tuple[int, int], int | None] = {}
         links: set[str] = set()
-        remote_ok = self.config.dispatch != "demand"
+        count = longest = 0
         for nxt in targets:
-            p = st.rank.prefetch_probability(nxt, known)
-            gain: dict[int, float] = {}
-            for e, _missing in self.caches.partial(nxt).items():
-                gain[e] = float(p[e])
-            for e_in, e_out, g in self.caches.swaps(nxt, p)[: self.model.top_k]:
-                gain[e_in], victims[(nxt, e_in)] = g, e_out
-            if not gain:
-                continue
-            # Each candidate's chunks from the tables of its record (the probe instance's
-            # tables; records made in expert order, as the probe makes them: the plan memo
-            # numbers its classes in that order).
-            lines, partial = self.caches.lines[nxt], self.caches.partial(nxt)
-            table = {e: self.tables.candidates(nxt, e, lines, partial, per, remote_ok)
-                     for e in sorted(gain)}  # fmt: skip
-            for e in sorted(gain, key=lambda x: -gain[x]):
-                cand = table[e]
-                if cand is None:
-                    continue
-                missing = partial.get(e)
-                if missing is None:  # every chunk
-                    items += cand.items
-                    gains += [gain[e]] * len(cand.items)
-                    saved += cand.saved
-                    cycles += cand.cycles
-                    links |= cand.all_links
-                    continue
-                for c in sorted({g // per for g in missing}):
-                    items.append(cand.items[c])
-                    gains.append(gain[e])
-                    saved.append(cand.saved[c])
-                    cycles.append(cand.cycles[c])
-                    links |= cand.links[c]
-        if not items:
+            # Kept for the step while the target layer's cache is as it was (the second
+            # round of a layer asks again; ``ExpertCaches.changes``).
+            got = st.targets.get((nxt, layer))
+            if got is None or got.changes != self.caches.changes[nxt]:
+                got = st.targets[(nxt, layer)] = self._target_items(st, nxt, known)
+            runs += got.runs
+            chunks += got.chunks
+            count += got.count
+            longest = max(longest, got.longest)
+            links |= got.links
+            victims.update(got.victims)
+        if not count:
             return []
-        longest = max(cycles)
         size = self.model.expert_bytes(width)
+        budget = self._link_budget(st, ready, attn, links, longest, not rest)
         # The greedy set (``select(problem, "greedy")`` on the ``PrefetchProblem`` of these
-        # items, without the bound nobody here reads), on the candidates' arrays.
-        chosen = sorted(
-            greedy_indices(
-                np.array(gains), np.array(saved, dtype=np.int64), np.full(len(items), size),
-                np.array(cycles, dtype=np.int64), len(items) * size,
-                self._link_budget(st, layer, rest, attn, links, longest),
-            )
-        )  # fmt: skip
+        # chunks laid end to end, without the bound nobody here reads), ranked lazily.
+        picked = greedy_runs(runs, size, count * size, budget)
+        if picked is None:
+            picked = _flat_greedy(runs, size, count * size, budget)
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
-        for i in chosen:
-            nxt, e, c, pieces = items[i]
+        for r, j in sorted(picked):
+            cand, subset = chunks[r]
+            nxt, e, c, pieces = cand.items[j if subset is None else subset[j]]
             granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
                 victim = victims.get((nxt, e))
@@ -1121,7 +1102,7 @@ class DecodeRun:
                     TransferTask(
                         id=tid, link_id=self.tables.link_id(src), src_device_id=src,
                         dst_device_id=self.home, payload="weights", layer=nxt, purpose="prefetch",
-                        weights=WeightSlice(layer=nxt, expert=e, ffn_start=c0, ffn_end=c1),
+                        weights=_piece(nxt, e, c0, c1),
                         after=after,
                     )
                 )  # fmt: skip
@@ -1129,21 +1110,62 @@ class DecodeRun:
             st.weight_bytes += self.model.expert_bytes(width)
         return out
 
-    def _link_budget(
-        self, st: _Step, layer: int, rest: list[AnyTask], attn: str, links: set[str],
-        longest: int,
-    ) -> int:  # fmt: skip
-        """The link cycles ``_prefetch`` may fill: from when this layer's attention has ended
-        and ``links`` are free to when the returns ``rest`` are ready, or, with none, to the
-        end of this layer plus the next layer's attention; with ``prefetch_spill`` and no
-        returns, up to one chunk (``longest`` cycles) and never more than half the gap past
-        it, into the next layer's expert window (a gap far shorter than a chunk stays idle:
-        spilling most of a chunk delays the next layer's own loads as long as it stages)."""
-        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
+    def _target_items(self, st: _Step, nxt: int, known: range) -> _TargetItems:
+        """The knapsack items of one target layer ``nxt`` of ``_prefetch`` from the token's
+        experts in the ``known`` layers: the missing chunks of its lines being staged and
+        every chunk of its most probable absent experts (``top_k`` at most, each paired with
+        the resident it would replace), by gain, then in chunk order."""
+        G = self.G
+        per = G // self.chunks  # granules per chunk
+        remote_ok = self.config.dispatch != "demand"
+        out = _TargetItems(self.caches.changes[nxt])
+        assert st.rank is not None
+        p = st.rank.prefetch_probability(nxt, known)
+        gain: dict[int, float] = {}
+        for e, _missing in self.caches.partial(nxt).items():
+            gain[e] = float(p[e])
+        for e_in, e_out, g in self.caches.swaps(nxt, p, limit=self.model.top_k):
+            gain[e_in], out.victims[(nxt, e_in)] = g, e_out
+        if not gain:
+            return out
+        # Each candidate's chunks from the tables of its record (the probe instance's
+        # tables; records made in expert order, as the probe makes them: the plan memo
+        # numbers its classes in that order).
+        lines, partial = self.caches.lines[nxt], self.caches.partial(nxt)
+        table = {e: self.tables.candidates(nxt, e, lines, partial, per, remote_ok)
+                 for e in sorted(gain)}  # fmt: skip
+        for e in sorted(gain, key=lambda x: -gain[x]):
+            cand = table[e]
+            if cand is None:
+                continue
+            missing = partial.get(e)
+            if missing is None:  # every chunk
+                out.runs.append((gain[e], cand.saved, cand.cycles, cand.by_saved, cand.least))
+                out.chunks.append((cand, None))
+                out.count += len(cand.items)
+                out.longest = max(out.longest, *cand.cycles)
+                out.links |= cand.all_links
+                continue
+            subset = sorted({g // per for g in missing})
+            saved, cycles = [cand.saved[c] for c in subset], [cand.cycles[c] for c in subset]
+            out.runs.append((gain[e], saved, cycles, *ranked(saved, cycles)))
+            out.chunks.append((cand, subset))
+            out.count += len(subset)
+            out.longest = max(out.longest, *cycles)
+            for c in subset:
+                out.links |= cand.links[c]
+        return out
+
+    def _gap_end(self, st: _Step, layer: int, rest: list[AnyTask]) -> int:
+        """When ``_prefetch``'s gap ends (cycles): the returns ``rest`` are ready, or, with
+        none, this layer has ended and the next layer's attention has run."""
         if rest:
-            ready = min(st.timeline.ready(t) for t in rest)
-        else:
-            attention = costs.task_cycles(
+            return min(st.timeline.ready(t) for t in rest)
+        fixed = self._fill_fixed
+        key = (layer + 1, 1, st.timeline.context_tokens)
+        attention = fixed.attention_cycles.get(key)
+        if attention is None:
+            attention = fixed.attention_cycles[key] = costs.task_cycles(
                 self.hardware, self.model,
                 ComputeTask(
                     id="probe", device_id=self.home, op="attention", layer=layer + 1,
@@ -1151,9 +1173,20 @@ class DecodeRun:
                 ),
                 st.timeline.context_tokens,
             )[1]  # fmt: skip
-            ready = st.timeline.end + attention
+        return st.timeline.end + attention
+
+    def _link_budget(
+        self, st: _Step, ready: int, attn: str, links: set[str], longest: int, last: bool
+    ) -> int:
+        """The link cycles ``_prefetch`` may fill: from when this layer's attention has ended
+        and ``links`` are free to ``ready`` (``_gap_end``); with ``prefetch_spill`` in the
+        round with no returns left (``last``), up to one chunk (``longest`` cycles) and never
+        more than half the gap past it, into the next layer's expert window (a gap far
+        shorter than a chunk stays idle: spilling most of a chunk delays the next layer's own
+        loads as long as it stages)."""
+        free = max([st.timeline.times[attn][1], *(st.timeline.free_at(lk) for lk in links)])
         gap = max(0, ready - free)
-        if not rest and self.config.prefetch_spill:
+        if last and self.config.prefetch_spill:
             return gap + min(longest - 1, gap // 2)
         return gap
 
@@ -1304,6 +1337,27 @@ class DecodeRun:
                 cycles = probe._tables.weight_cycles(probe.link(src, self.home), hi - lo)
                 out.append((src, lo, hi, cycles))
         return out
+
+
+@dataclass(slots=True)
+class _TargetItems:
+    """One target layer's prefetch knapsack items (``DecodeRun._target_items``), made while
+    the layer's cache had changed ``changes`` times, as runs of ``select.greedy_runs`` (one
+    per candidate expert: its gain, the saved and link cycles of its chunks, their order by
+    saved cycles and the least cycles from each place on) with each run's ``chunks``
+    (candidate, chunk numbers or None for all of them); ``count`` chunks in all, the
+    ``longest`` one's link cycles, the ``links`` they use, and each new line's victim by
+    (target layer, expert)."""
+
+    changes: int
+    runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = field(
+        default_factory=list
+    )
+    chunks: list[tuple[Candidates, list[int] | None]] = field(default_factory=list)
+    count: int = 0
+    longest: int = 0
+    links: set[str] = field(default_factory=set)
+    victims: dict[tuple[int, int], int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -1642,3 +1696,22 @@ def _wait(task: AnyTask, ids: list[str] | tuple[str, ...]) -> AnyTask:
         return task
     extra = tuple(i for i in ids if i not in task.after)
     return task.model_copy(update={"after": task.after + extra}) if extra else task
+
+
+def _flat_greedy(
+    runs: list[tuple[float, list[int], list[int], list[int], list[int]]],
+    size: float,
+    free_bytes: float,
+    budget: int,
+) -> list[tuple[int, int]]:
+    """``greedy_indices`` on the runs' candidates laid end to end, as (run, position) pairs
+    (for the rare runs ``greedy_runs`` cannot rank lazily)."""
+    where = [(r, j) for r, run in enumerate(runs) for j in range(len(run[1]))]
+    chosen = greedy_indices(
+        np.array([run[0] for run in runs for _ in run[1]]),
+        np.array([v for run in runs for v in run[1]], dtype=np.int64),
+        np.full(len(where), size),
+        np.array([v for run in runs for v in run[2]], dtype=np.int64),
+        free_bytes, budget,
+    )  # fmt: skip
+    return [where[i] for i in chosen]

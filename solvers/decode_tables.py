@@ -16,7 +16,8 @@ the same order); ``tests/solvers/test_decode_tables.py`` compares both on real t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+import functools
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hwmodel import cost_tables, costs
@@ -50,6 +51,23 @@ class Candidates:
     saved: list[int]
     links: list[frozenset[str]]
     all_links: frozenset[str]
+    # The chunks by saved cycles descending, then chunk; the least link cycles from each
+    # place of that order on (``select.greedy_runs``).
+    by_saved: list[int]
+    least: list[int]
+
+
+def ranked(saved: Sequence[int], cycles: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Positions by ``saved`` descending then position, and the least ``cycles`` from each
+    place of that order on (a run of ``select.greedy_runs``)."""
+    order = sorted(range(len(saved)), key=lambda j: (-saved[j], j))
+    least = [0] * len(order)
+    low = None
+    for k in range(len(order) - 1, -1, -1):
+        c = cycles[order[k]]
+        low = c if low is None or c < low else low
+        least[k] = low
+    return order, least
 
 
 class DecodeTables:
@@ -183,6 +201,17 @@ class DecodeTables:
             return tuple(sorted(self.gpu_pieces(e, lines, missing, extra)))
         return ((0, self.ffn),) if e in lines else ()
 
+    @functools.cached_property
+    def least_piece_cycles(self) -> int:
+        """The fewest link cycles a load piece of at least one granule takes from any other
+        device to the home device (a prefetch chunk's pieces are granule-aligned)."""
+        out = []
+        for d in self.remote:
+            link = self._tab.link_between(d, self.home)
+            if link is not None:
+                out.append(self._tab.weight_cycles(link, self.width))
+        return min(out, default=0)
+
     def link_id(self, src: str) -> str:
         """The id of the link the lowering uses from ``src`` to the home device."""
         got = self._link_ids.get(src)
@@ -261,10 +290,11 @@ class DecodeTables:
             chunks = self.chunks(layer, e, lines, missing, per, remote_ok)
             got = None
             if chunks is not None:
+                cycles, saved = [ch[1] for ch in chunks], [ch[2] for ch in chunks]
                 got = Candidates(
-                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)],
-                    [ch[1] for ch in chunks], [ch[2] for ch in chunks],
+                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)], cycles, saved,
                     [ch[3] for ch in chunks], frozenset().union(*(ch[3] for ch in chunks)),
+                    *ranked(saved, cycles),
                 )  # fmt: skip
             self._candidates[key] = got
         assert got is None or isinstance(got, Candidates)

@@ -84,7 +84,7 @@ class Timeline:
                    self.last_start.get(resource, self.start_cycle))  # fmt: skip
 
     def add(self, tasks: Sequence[Task]) -> None:
-        memo = self.cycles
+        memo, times, last_start, origin = self.cycles, self.times, self.last_start, self.start_cycle
         for t in tasks:
             key = cost_key(t, self.context_tokens)
             got = memo.get(key)
@@ -94,14 +94,21 @@ class Timeline:
                 )
                 got = memo[key] = (resource, cycles)
             resource, cycles = got
-            free = self.lanes.setdefault(resource, [self.start_cycle])
-            lane = min(range(len(free)), key=free.__getitem__)
-            start = max(self.ready(t), free[lane], self.last_start.get(resource, self.start_cycle))
+            free = self.lanes.setdefault(resource, [origin])
+            lane = 0 if len(free) == 1 else min(range(len(free)), key=free.__getitem__)
+            ready = origin  # ``ready(t)``, inline
+            for dep in t.after:
+                got_dep = times.get(dep)
+                if got_dep is None:
+                    raise ValueError(f"task '{t.id}' waits on '{dep}', which comes later")
+                if got_dep[1] > ready:
+                    ready = got_dep[1]
+            start = max(ready, free[lane], last_start.get(resource, origin))
             free[lane] = start + cycles
-            self.last_start[resource] = start
-            if t.id in self.times:  # a task added again replaces its times: recount
+            last_start[resource] = start
+            if t.id in times:  # a task added again replaces its times: recount
                 self._end = None
-            self.times[t.id] = (start, start + cycles)
+            times[t.id] = (start, start + cycles)
             if self._end is not None and start + cycles > self._end:
                 self._end = start + cycles
 

@@ -96,6 +96,9 @@ class ExpertCaches:
         self.lines: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(num_layers)]
         # Lines still being staged a granule at a time: expert -> granules not yet there.
         self.missing: list[dict[int, set[int]]] = [{} for _ in range(num_layers)]
+        # Per layer, how many times its lines or their missing granules have changed (a
+        # caller keeping figures derived from them compares counts, not contents).
+        self.changes = [0] * num_layers
         self.freq = np.zeros((num_layers, num_experts))
         self.uses: list[dict[int, list[int]]] = []
         if policy == "belady":
@@ -162,7 +165,8 @@ class ExpertCaches:
         full and no victim is given."""
         line = self.lines[layer]
         if expert in line:  # completes a line being staged
-            self.missing[layer].pop(expert, None)
+            if self.missing[layer].pop(expert, None) is not None:
+                self.changes[layer] += 1
             line.move_to_end(expert)
             return True
         if victim is not None:
@@ -171,12 +175,14 @@ class ExpertCaches:
         elif len(line) >= self.caps[layer]:
             return False
         line[expert] = None
+        self.changes[layer] += 1
         return True
 
     def drop(self, layer: int, expert: int) -> None:
         """Forget a line (its weights were freed)."""
         self.lines[layer].pop(expert, None)
         self.missing[layer].pop(expert, None)
+        self.changes[layer] += 1
 
     def stage(
         self, layer: int, expert: int, granules: set[int], num_granules: int, victim: int | None
@@ -189,6 +195,7 @@ class ExpertCaches:
             self.missing[layer][expert] = set(range(num_granules))
         left = self.missing[layer].get(expert)
         if left is not None:
+            self.changes[layer] += 1
             left -= granules
             if not left:
                 del self.missing[layer][expert]
@@ -198,21 +205,28 @@ class ExpertCaches:
         """Set a layer's content (the ``static`` hot set), at most its capacity."""
         self.lines[layer] = OrderedDict((int(e), None) for e in experts[: self.caps[layer]])
         self.missing[layer] = {}
+        self.changes[layer] += 1
 
     def swaps(
         self,
         layer: int,
         p: np.ndarray,
         protect: set[int] = frozenset(),  # type: ignore[assignment]
+        limit: int | None = None,
     ) -> list[tuple[int, int | None, float]]:
         """Prefetch candidates for ``layer``: (expert in, expert out or None, gain in expected
         requests) pairing the most probable absent experts with free lines first, then with the
-        least probable residents, while the gain is positive. ``p [E]``: request chances."""
+        least probable residents, while the gain is positive (at most ``limit`` pairs).
+        ``p [E]``: request chances."""
         if self.caps[layer] == 0:
             return []
         line = self.lines[layer]
+        chance = p.tolist()  # Python floats: the same values, cheaper to read one by one
         out_order: list[int | None] = [None] * max(0, self.caps[layer] - len(line))
-        out_order += sorted((e for e in line if e not in protect), key=lambda x: (p[x], x))
+        # Least probable first, ties by expert id (each pair is unique: no ties left).
+        out_order += [e for _, e in sorted((chance[e], e) for e in line if e not in protect)]
+        if limit is not None:
+            del out_order[limit:]
         # The most probable absent experts, as many as there are lines to pair them with.
         absent: list[int] = []
         for e in np.argsort(-p, kind="stable").tolist():
@@ -222,7 +236,7 @@ class ExpertCaches:
                 absent.append(e)
         pairs = []
         for e_in, e_out in zip(absent, out_order, strict=False):
-            gain = float(p[e_in] - (p[e_out] if e_out is not None else 0.0))
+            gain = chance[e_in] - (chance[e_out] if e_out is not None else 0.0)
             if gain <= 0:
                 break
             pairs.append((e_in, e_out, gain))

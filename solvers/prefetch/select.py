@@ -13,6 +13,8 @@ integers for CP-SAT.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +112,69 @@ def greedy_indices(
             chosen.append(i)
             used_bytes += b
             used_cycles += c
+    return chosen
+
+
+def greedy_runs(
+    runs: Sequence[tuple[float, Sequence[int], Sequence[int], Sequence[int], Sequence[int]]],
+    size_bytes: float,
+    free_bytes: float,
+    link_budget_cycles: int,
+) -> list[tuple[int, int]] | None:
+    """``greedy_indices`` over candidates that come in runs, each run's candidates sharing
+    one probability and every candidate ``size_bytes``, merged lazily: the scan stops after a
+    few candidates, so only those are ever ranked.
+
+    Args:
+        runs: per run (probability, saved cycles ``[m]``, link cycles ``[m]``, the run's
+            positions by saved cycles descending then position, and the least link cycles
+            from each place of that order on, ``[m]``). The candidates' indices are the
+            runs' positions laid end to end.
+
+    Returns:
+        The chosen (run, position) pairs in the order ``greedy_indices`` takes them, or None
+        when two candidates of one run rank by saving per byte in a different order than by
+        saved cycles (the rounded key ties two different savings: the caller must use
+        ``greedy_indices``).
+    """
+    scale = max(size_bytes, 1.0)
+    heap: list[tuple[float, float, int, int, int]] = []
+    offset = 0
+    alive: list[int] = []  # runs with candidates left to rank
+    for r, (p, saved, _, order, _) in enumerate(runs):
+        if p > 0 and order:
+            heap.append((-p * saved[order[0]] / scale, -p, offset + order[0], r, 0))
+            alive.append(r)
+        offset += len(saved)
+    heapq.heapify(heap)
+    at = [0] * len(runs)  # each run's place in its order
+    starts = [0] * len(runs)
+    offset = 0
+    for r, run in enumerate(runs):
+        starts[r], offset = offset, offset + len(run[1])
+    chosen: list[tuple[int, int]] = []
+    used_bytes, used_cycles = 0.0, 0
+    room_bytes, room_cycles = free_bytes + 1e-6, link_budget_cycles
+    while heap:
+        least = min(runs[r][4][at[r]] for r in alive)
+        if used_cycles + least > room_cycles or used_bytes + size_bytes > room_bytes:
+            break
+        key, minus_p, index, r, k = heapq.heappop(heap)
+        p, saved, cycles, order, _ = runs[r]
+        j = order[k]
+        if used_bytes + size_bytes <= room_bytes and used_cycles + cycles[j] <= room_cycles:
+            chosen.append((r, j))
+            used_bytes += size_bytes
+            used_cycles += cycles[j]
+        at[r] = k + 1
+        if k + 1 < len(order):
+            nj = order[k + 1]
+            nkey = -p * saved[nj] / scale
+            if nkey < key or (nkey == key and starts[r] + nj < index):
+                return None  # the run's order is not the key's
+            heapq.heappush(heap, (nkey, minus_p, starts[r] + nj, r, k + 1))
+        else:
+            alive.remove(r)
     return chosen
 
 

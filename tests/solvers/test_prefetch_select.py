@@ -15,9 +15,10 @@ from hwmodel.executor import simulate
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from solvers.common import Budget
+from solvers.decode_tables import ranked
 from solvers.prefetch.select import (
     PrefetchProblem,
-    greedy_indices,
+    greedy_runs,
     select,
     select_greedy,
     staging_plan,
@@ -148,31 +149,69 @@ def test_numpy_greedy_is_the_reference_greedy(
     assert select_greedy(p) == reference_greedy(p)
 
 
+def flat(
+    runs: list[tuple[float, list[int], list[int], list[int], list[int]]], size: float,
+    free: float, link: int,
+) -> tuple[PrefetchProblem, list[tuple[int, int]]]:  # fmt: skip
+    """The runs' candidates laid end to end as a problem, and each one's (run, position)."""
+    where = [(r, j) for r, run in enumerate(runs) for j in range(len(run[1]))]
+    problem = PrefetchProblem(
+        tuple(range(len(where))), tuple(runs[r][0] for r, _ in where), (size,) * len(where),
+        tuple(runs[r][2][j] for r, j in where), tuple(runs[r][1][j] for r, j in where),
+        free, link,
+    )  # fmt: skip
+    return problem, where
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.5, 1.0]),
+            st.lists(st.tuples(st.integers(0, 6), st.integers(1, 12)), min_size=1, max_size=6),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([0.5, 1.0, 3.0]),
+    st.floats(0, 40),
+    st.integers(0, 60),
+)
+@settings(max_examples=300, deadline=None)
+def test_lazy_runs_greedy_is_the_reference_greedy(
+    raw: list[tuple[float, list[tuple[int, int]]]], size: float, room: float, link: int
+) -> None:
+    """``greedy_runs`` takes the same candidates in the same order as the reference greedy
+    on the runs laid end to end (ties of saving, probability and position included)."""
+    runs = []
+    for p, chunks in raw:
+        saved, cycles = [c[0] for c in chunks], [c[1] for c in chunks]
+        runs.append((p, saved, cycles, *ranked(saved, cycles)))
+    problem, where = flat(runs, size, room, link)
+    got = greedy_runs(runs, size, room, link)
+    assert got is not None  # small integer savings never tie under one probability
+    assert got == [where[i] for i in reference_greedy(problem)]
+
+
 def test_decode_loop_knapsacks_are_the_reference_greedy(
     traces: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every prefetch knapsack of 3 real law decode steps (moesched, 4 NDP-DIMMs): the loop's
-    set is the reference greedy's, and most choose something under a binding link budget."""
-    import numpy as np
-
+    lazily ranked set is the reference greedy's on its chunks laid end to end, and most
+    choose something under a binding link budget."""
     from bench.ndp import decode_point
     from solvers import decode_loop
 
     seen: list[int] = []
 
     def check(
-        p: np.ndarray, saved: np.ndarray, size: np.ndarray, cycles: np.ndarray,
+        runs: list[tuple[float, list[int], list[int], list[int], list[int]]], size: float,
         free: float, budget: int,
-    ) -> list[int]:  # fmt: skip
-        got = greedy_indices(p, saved, size, cycles, free, budget)
-        problem = PrefetchProblem(
-            tuple(range(len(p))), tuple(p.tolist()), tuple(size.tolist()),
-            tuple(cycles.tolist()), tuple(saved.tolist()), free, budget,
-        )  # fmt: skip
-        assert got == reference_greedy(problem)
+    ) -> list[tuple[int, int]] | None:  # fmt: skip
+        got = greedy_runs(runs, size, free, budget)
+        problem, where = flat(runs, size, free, budget)
+        assert got is not None and got == [where[i] for i in reference_greedy(problem)]
         seen.append(len(got))
         return got
 
-    monkeypatch.setattr(decode_loop, "greedy_indices", check)
+    monkeypatch.setattr(decode_loop, "greedy_runs", check)
     decode_point(hardware_preset("gpu-ndp-4dimm"), "deepseek-v2-lite", "esft-law", "moesched", 3)
     assert len(seen) > 100 and sum(1 for n in seen if n > 0) > len(seen) / 2
