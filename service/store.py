@@ -516,6 +516,7 @@ class SQLiteStore(SessionStore):
         self._idle: list[sqlite3.Connection] = []
         self._cons_lock = threading.Lock()
         self._write = threading.Lock()  # one writer at a time keeps read-modify-write atomic
+        self._closed = False  # set by close (under both locks): no connection is made after
         self._tallies: dict[str, _Tally] = {}  # sessions observed so far (under self._write)
         self.found = self._open()
         log.info("session store %s: %s", self.path, self.found)
@@ -674,6 +675,8 @@ class SQLiteStore(SessionStore):
     def _con(self, wait: bool = True) -> sqlite3.Connection:
         """The writing connection (used under the write lock, or alone at start-up); without
         ``wait``, a second one that never waits for another process's lock (busy timeout 0)."""
+        if self._closed:
+            raise StoreError(f"{self.path}: the store is closed")
         if not wait:
             if self._nowait is None:
                 self._nowait = self._connect()
@@ -688,6 +691,8 @@ class SQLiteStore(SessionStore):
         """An idle reading connection (a new one when none is idle); at most
         ``READERS_KEPT`` are kept idle, the others closed, so their page caches stay bounded."""
         with self._cons_lock:
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
             con = self._idle.pop() if self._idle else None
         if con is None:
             con = self._connect()
@@ -695,7 +700,7 @@ class SQLiteStore(SessionStore):
             yield con
         finally:
             with self._cons_lock:
-                keep = len(self._idle) < READERS_KEPT
+                keep = not self._closed and len(self._idle) < READERS_KEPT
                 if keep:
                     self._idle.append(con)
             if not keep:
@@ -1059,17 +1064,32 @@ class SQLiteStore(SessionStore):
 
     def close(self) -> None:
         """Checkpoint the log into the main file (a copy of the main file alone is then a
-        complete backup), mark the stop clean, and close every connection."""
+        complete backup), mark the stop clean, and close every connection.
+
+        Under the write lock: a background thread still writing (a session's re-solve ending
+        as the server stops) is never mid-transaction on a connection closed here (closing
+        one another thread is using crashed the process), and none is made after: later
+        calls raise ``StoreError``. A reading connection in use is closed when given back."""
         try:
             with self._writing() as con:
                 con.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
-            self._con().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (StoreError, sqlite3.Error):
-            log.exception("checkpoint of %s on shutdown failed", self.path)
-        with self._cons_lock:
-            writers = [c for c in (self._writer, self._nowait) if c is not None]
-            cons, self._idle = [*self._idle, *writers], []
-            self._writer = self._nowait = None
+            log.exception("marking the clean stop of %s failed", self.path)
+        locked = self._write.acquire(timeout=self.busy_timeout_s)
+        try:
+            if self._writer is not None:
+                try:
+                    self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    log.exception("checkpoint of %s on shutdown failed", self.path)
+            with self._cons_lock:
+                self._closed = True
+                writers = [c for c in (self._writer, self._nowait) if c is not None]
+                cons, self._idle = [*self._idle, *writers], []
+                self._writer = self._nowait = None
+        finally:
+            if locked:
+                self._write.release()
         for con in cons:
             with suppress(sqlite3.Error):
                 con.close()

@@ -407,3 +407,39 @@ def test_observing_without_waiting_waits_for_nothing_and_changes_nothing(tmp_pat
     row = store.get("a")
     assert row is not None and row.num_observations == 2 and np.array_equal(row.counts, got.counts)
     store.close()
+
+
+def test_closing_while_threads_write_and_read_is_safe_and_final(tmp_path: Path) -> None:
+    """A session's re-solve may still write (its plan, its lease) or read while the server
+    stops; close must not close a connection under it (that crashed the process), and after
+    close every call is a StoreError, not a new connection."""
+    store = SQLiteStore(tmp_path / "c.db")
+    store.create(_row("s"))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer(write: bool) -> None:
+        try:
+            while not stop.is_set():
+                if write:
+                    store.swap_plan("s", "{}", np.ones((2, 3)))
+                else:
+                    store.get("s")
+        except StoreError as exc:  # the store closed under the loop: the only way out
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(w,)) for w in (True, True, False, False)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    store.close()
+    for t in threads:
+        t.join(timeout=30)
+    stop.set()
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 4 and all("closed" in str(e) for e in errors), errors
+    with pytest.raises(StoreError, match="closed"):
+        store.swap_plan("s", "{}", np.ones((2, 3)))
+    with pytest.raises(StoreError, match="closed"):
+        store.get("s")
+    assert SQLiteStore(tmp_path / "c.db").get("s") is not None  # and the file is whole
