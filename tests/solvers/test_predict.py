@@ -101,10 +101,9 @@ def _per_layer(pred: Predictor, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.array(pf), np.array(ev)
 
 
-def test_step_probabilities_equal_the_per_layer_rankings_bit_for_bit(traces: Path) -> None:
-    """On real ESFT law routing, after the memory has learned 3 sequences, every decode token
-    of the 4th gets, from the one-pass ``step_probabilities``, exactly (bit for bit) the
-    per-layer rankings; including a memory with nothing on some layers (fresh, token 0)."""
+def _law_predictors(traces: Path) -> tuple[Predictor, Predictor, np.ndarray, np.ndarray]:
+    """A fresh predictor and one whose memory learned 3 real ESFT law sequences (seeded with
+    the 4th's prompt), the 4th's decode expert ids [T, L, k] and gate weights [T, L, k]."""
     from hwmodel.routing_traces import ESFT_FILES, load_esft
 
     t = load_esft(traces / ESFT_FILES["law"])
@@ -118,6 +117,14 @@ def test_step_probabilities_equal_the_per_layer_rankings_bit_for_bit(traces: Pat
     pred.seed(t, slice(start, mid))
     ids = t.expert_ids[mid:end].astype(np.int64)
     gates = t.gate_weights[mid:end] if t.gate_weights is not None else np.ones(ids.shape)
+    return fresh, pred, ids, gates
+
+
+def test_step_probabilities_equal_the_per_layer_rankings_bit_for_bit(traces: Path) -> None:
+    """On real ESFT law routing, after the memory has learned 3 sequences, every decode token
+    of the 4th gets, from the one-pass ``step_probabilities``, exactly (bit for bit) the
+    per-layer rankings; including a memory with nothing on some layers (fresh, token 0)."""
+    fresh, pred, ids, gates = _law_predictors(traces)
     for p in (fresh, pred):
         for step in range(ids.shape[0]):
             got, want = p.step_probabilities(ids[step]), _per_layer(p, ids[step])
@@ -148,19 +155,8 @@ def test_token_predictions_equal_the_predictor_bit_for_bit(traces: Path) -> None
     ranking of each layer (transitions from the layer before) and the prefetch ranking of the
     next 3 layers from the token's experts in the layer and the two before; asked twice, the
     kept figures."""
-    from hwmodel.routing_traces import ESFT_FILES, load_esft
-
-    t = load_esft(traces / ESFT_FILES["law"])
-    runs = t.decode_runs(0.25, 40, 4)
-    memory = TransitionMemory(t.num_layers, t.num_experts)
-    for start, _mid, end in runs[:3]:
-        memory.learn(t.expert_ids[start:end])
-    start, mid, end = runs[3]
-    fresh = Predictor(t.num_layers, t.num_experts, t.top_k)
-    pred = Predictor(t.num_layers, t.num_experts, t.top_k, memory=memory)
-    pred.seed(t, slice(start, mid))
-    ids = t.expert_ids[mid:end].astype(np.int64)[:12]
-    gates = t.gate_weights[mid:end] if t.gate_weights is not None else np.ones(ids.shape)
+    fresh, pred, ids, gates = _law_predictors(traces)
+    ids, gates = ids[:12], gates[:12]
     asked = 0
     for p in (fresh, pred):
         for step in range(ids.shape[0]):
