@@ -72,11 +72,13 @@ class Timeline:
         Raises:
             ValueError: when it waits on a task not added yet.
         """
-        ready = self.start_cycle
+        ready, times = self.start_cycle, self.times
         for dep in task.after:
-            if dep not in self.times:
+            got = times.get(dep)
+            if got is None:
                 raise ValueError(f"task '{task.id}' waits on '{dep}', which comes later")
-            ready = max(ready, self.times[dep][1])
+            if got[1] > ready:
+                ready = got[1]
         return ready
 
     def free_at(self, resource: str) -> int:
@@ -96,14 +98,7 @@ class Timeline:
             resource, cycles = got
             free = self.lanes.setdefault(resource, [origin])
             lane = 0 if len(free) == 1 else min(range(len(free)), key=free.__getitem__)
-            ready = origin  # ``ready(t)``, inline
-            for dep in t.after:
-                got_dep = times.get(dep)
-                if got_dep is None:
-                    raise ValueError(f"task '{t.id}' waits on '{dep}', which comes later")
-                if got_dep[1] > ready:
-                    ready = got_dep[1]
-            start = max(ready, free[lane], last_start.get(resource, origin))
+            start = max(self.ready(t), free[lane], last_start.get(resource, origin))
             free[lane] = start + cycles
             last_start[resource] = start
             if t.id in times:  # a task added again replaces its times: recount

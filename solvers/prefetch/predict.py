@@ -212,12 +212,7 @@ class TokenPredictions:
             f = self._share.get(layer)
             if f is None:
                 f = self._share[layer] = pred._share(pred.counts[layer])
-            t = self._distribution(layer, known, pred.lag_weights)
-            if t is None:
-                got = np.minimum(f * pred.k, 1.0)
-            else:
-                w = pred.frequency_tie_weight
-                got = np.minimum((t + w * f) / (1 + w) * pred.k, 1.0)
+            got = pred.prefetch_mix(f, self._distribution(layer, known, pred.lag_weights))
             got.setflags(write=False)
             self._prefetch[key] = got
         return got
@@ -225,13 +220,10 @@ class TokenPredictions:
     def probability(self, layer: int) -> np.ndarray:
         """``Predictor.probability(layer, ids[layer - 1] (None for layer 0), live=True)``."""
         pred = self.predictor
-        p = pred._share(pred.mass[layer])
+        t = None
         if layer > 0 and pred.transition_weight > 0:
             t = self._distribution(layer, range(layer - 1, layer), (1.0,))
-            if t is not None:
-                w = pred.transition_weight
-                p = (p + w * t) / (1 + w)
-        return np.minimum(p * pred.k, 1.0)
+        return pred.eviction_mix(pred._share(pred.mass[layer]), t)
 
 
 class Predictor:
@@ -329,13 +321,18 @@ class Predictor:
         current cumulative gate weight's share, the score-aware ranking), mixed with the
         previous layer's transitions from the token's experts there (``prev_ids``) by
         ``transition_weight``."""
-        p = self._share((self.mass if live else self.plan_counts)[layer])
+        t = None
         if prev_ids is not None and layer > 0 and self.transition_weight > 0:
             t = self.memory.distribution(layer, {layer - 1: prev_ids}, (1.0,))
-            if t is not None:
-                w = self.transition_weight
-                p = (p + w * t) / (1 + w)
-        return np.minimum(p * self.k, 1.0)
+        return self.eviction_mix(self._share((self.mass if live else self.plan_counts)[layer]), t)
+
+    def eviction_mix(self, share: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+        """The eviction ranking from a layer's share ``[E]`` and its transitions ``t [E]``
+        (None: none known), mixed by ``transition_weight``, times k, capped at 1."""
+        if t is not None:
+            w = self.transition_weight
+            share = (share + w * t) / (1 + w)
+        return np.minimum(share * self.k, 1.0)
 
     def prefetch_probability(self, layer: int, known: Mapping[int, np.ndarray]) -> np.ndarray:
         """The prefetch ranking: chance that each expert of ``layer`` is among this token's
@@ -343,7 +340,12 @@ class Predictor:
         (pooled transitions at lags 1..3, nearest first), frequency breaking ties; frequency
         alone when nothing is known."""
         f = self._share(self.counts[layer])
-        t = self.memory.distribution(layer, known, self.lag_weights)
+        return self.prefetch_mix(f, self.memory.distribution(layer, known, self.lag_weights))
+
+    def prefetch_mix(self, f: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+        """The prefetch ranking from a layer's frequency share ``f [E]`` and its transitions
+        ``t [E]`` (None: nothing known, frequency alone), frequency breaking ties by
+        ``frequency_tie_weight``, times k, capped at 1."""
         if t is None:
             return np.minimum(f * self.k, 1.0)
         w = self.frequency_tie_weight

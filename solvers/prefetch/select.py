@@ -138,20 +138,17 @@ def greedy_runs(
         ``greedy_indices``).
     """
     scale = max(size_bytes, 1.0)
+    starts = [0] * len(runs)  # each run's first index among all candidates
+    for r in range(1, len(runs)):
+        starts[r] = starts[r - 1] + len(runs[r - 1][1])
     heap: list[tuple[float, float, int, int, int]] = []
-    offset = 0
     alive: list[int] = []  # runs with candidates left to rank
     for r, (p, saved, _, order, _) in enumerate(runs):
         if p > 0 and order:
-            heap.append((-p * saved[order[0]] / scale, -p, offset + order[0], r, 0))
+            heap.append((-p * saved[order[0]] / scale, -p, starts[r] + order[0], r, 0))
             alive.append(r)
-        offset += len(saved)
     heapq.heapify(heap)
     at = [0] * len(runs)  # each run's place in its order
-    starts = [0] * len(runs)
-    offset = 0
-    for r, run in enumerate(runs):
-        starts[r], offset = offset, offset + len(run[1])
     chosen: list[tuple[int, int]] = []
     used_bytes, used_cycles = 0.0, 0
     room_bytes, room_cycles = free_bytes + 1e-6, link_budget_cycles
