@@ -306,9 +306,8 @@ class DecodeRun:
         self.chunks = max(c for c in range(1, most + 1) if self.G % c == 0)
         self.result = LoopResult()
         self.memo = PlanMemo(self._solve)
-        self.cycles: dict[
-            timing.CostKey, tuple[str, int]
-        ] = {}  # the steps' timelines' (``Timeline``)
+        # Task cycles by cost key, shared by every step's timeline (``Timeline(cycles=)``).
+        self.cycles: dict[timing.CostKey, tuple[str, int]] = {}
         self.tables = DecodeTables(self.hardware, model, base, config.num_granules)
         self.lookahead = config.lookahead_layers or self._auto_lookahead()
         self._warm_start()
