@@ -10,6 +10,7 @@ that both agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import compress
 
 from hwmodel import costs
 from hwmodel.plan import ComputeTask, EvictTask, TransferTask
@@ -21,9 +22,22 @@ CostKey = tuple[object, ...]
 
 
 def cost_key(task: Task, context_tokens: int) -> CostKey:
-    """Every field of ``task`` that ``costs.task_cycles`` reads (and the context, for an
-    attention task): two tasks with equal keys take the same resource for the same cycles."""
+    """What ``costs.task_cycles`` reads of ``task`` (and the context, for an attention task):
+    two tasks with equal keys take the same resource for the same cycles. An expert shard is
+    keyed by its width, not where its columns start; a grouped GEMM by the rows (and column
+    slices) of its experts with rows, in order (``costs.grouped_expert_s`` adds nothing for an
+    expert with none: the same sums, so the same cycles)."""
     if isinstance(task, ComputeTask):
+        if task.op == "expert":
+            end = task.ffn_end
+            width = ("to end", task.ffn_start) if end is None else end - task.ffn_start
+            if not task.group_rows:
+                return ("x", task.device_id, task.num_tokens, width)
+            rows = task.group_rows
+            if task.group_cols:
+                pairs = zip(rows, task.group_cols, strict=True)
+                return ("g", task.device_id, tuple(compress(pairs, rows)))
+            return ("g", task.device_id, width, tuple(compress(rows, rows)))
         return (
             "c", task.device_id, task.op, task.num_tokens, task.ffn_start, task.ffn_end,
             task.group_rows, task.group_cols, task.num_partials, task.num_sequences,
