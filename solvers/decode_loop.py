@@ -243,8 +243,9 @@ class _Step:
         self.unit_idle_s = 0.0
 
     def emit(self, tasks: list[AnyTask]) -> None:
-        if self.alias:
-            tasks = [_aliased(t, self.alias) for t in tasks]
+        """Append tasks to the step's plan and timeline. A task that waits on a layer's expert
+        shards must wait on their grouped GEMMs instead (``_grouped`` does so for the tasks
+        it is given; ``_aliased`` for the others)."""
         self.tasks.extend(tasks)
         self.timeline.add(tasks)
 
@@ -802,7 +803,7 @@ class DecodeRun:
             # layer's attention: a second round stages in that gap.
             st.emit(self._prefetch(st, layer, [], attn))
         frees += self._split_frees(st, layer, split, kept, lw)
-        st.emit(frees)
+        st.emit([_aliased(t, st.alias) for t in frees])  # they wait on the layer's shards
         waits = lw.reduce.after if fold and lw.reduce is not None else lw.waits
         st.after = [*waits, *(t.id for t in shared)]
         st.fold = lw.reduce.num_partials if fold and lw.reduce is not None else 1
@@ -1052,7 +1053,7 @@ class DecodeRun:
         if ready <= st.timeline.times[attn][1] and self.tables.least_piece_cycles > 0:
             return []  # no gap (the budget is 0) and every chunk takes link time: none fits
         runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = []
-        chunks: list[tuple[Candidates, list[int] | None]] = []
+        chunks: list[tuple[int, int, Candidates, list[int] | None]] = []
         victims: dict[tuple[int, int], int | None] = {}
         links: set[str] = set()
         count = longest = 0
@@ -1080,8 +1081,9 @@ class DecodeRun:
         out: list[AnyTask] = []
         first: dict[tuple[int, int], tuple[str, ...]] = {}  # what a new line's granules wait on
         for r, j in sorted(picked):
-            cand, subset = chunks[r]
-            nxt, e, c, pieces = cand.items[j if subset is None else subset[j]]
+            nxt, e, cand, subset = chunks[r]
+            c = j if subset is None else subset[j]
+            pieces = cand.pieces[c]
             granules = set(range(c * per, (c + 1) * per))
             if e not in self.caches.lines[nxt]:  # a new line: its victim leaves first
                 victim = victims.get((nxt, e))
@@ -1140,15 +1142,15 @@ class DecodeRun:
             missing = partial.get(e)
             if missing is None:  # every chunk
                 out.runs.append((gain[e], cand.saved, cand.cycles, cand.by_saved, cand.least))
-                out.chunks.append((cand, None))
-                out.count += len(cand.items)
+                out.chunks.append((nxt, e, cand, None))
+                out.count += len(cand.pieces)
                 out.longest = max(out.longest, *cand.cycles)
                 out.links |= cand.all_links
                 continue
             subset = sorted({g // per for g in missing})
             saved, cycles = [cand.saved[c] for c in subset], [cand.cycles[c] for c in subset]
             out.runs.append((gain[e], saved, cycles, *ranked(saved, cycles)))
-            out.chunks.append((cand, subset))
+            out.chunks.append((nxt, e, cand, subset))
             out.count += len(subset)
             out.longest = max(out.longest, *cycles)
             for c in subset:
@@ -1343,16 +1345,16 @@ class _TargetItems:
     """One target layer's prefetch knapsack items (``DecodeRun._target_items``), made while
     the layer's cache had changed ``changes`` times, as runs of ``select.greedy_runs`` (one
     per candidate expert: its gain, the saved and link cycles of its chunks, their order by
-    saved cycles and the least cycles from each place on) with each run's ``chunks``
-    (candidate, chunk numbers or None for all of them); ``count`` chunks in all, the
-    ``longest`` one's link cycles, the ``links`` they use, and each new line's victim by
+    saved cycles and the least cycles from each place on) with each run's ``chunks`` (target
+    layer, expert, candidate, chunk numbers or None for all of them); ``count`` chunks in all,
+    the ``longest`` one's link cycles, the ``links`` they use, and each new line's victim by
     (target layer, expert)."""
 
     changes: int
     runs: list[tuple[float, list[int], list[int], list[int], list[int]]] = field(
         default_factory=list
     )
-    chunks: list[tuple[Candidates, list[int] | None]] = field(default_factory=list)
+    chunks: list[tuple[int, int, Candidates, list[int] | None]] = field(default_factory=list)
     count: int = 0
     longest: int = 0
     links: set[str] = field(default_factory=set)

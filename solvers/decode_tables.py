@@ -42,11 +42,12 @@ _Chunk = tuple[list[tuple[str, int, int, int]], int, int, frozenset[str]]
 
 @dataclass(slots=True, frozen=True)
 class Candidates:
-    """One expert's prefetch chunks as knapsack items, by chunk: ``items`` (layer, expert,
-    chunk, load pieces), their link ``cycles``, ``saved`` cycles and ``links``; ``all_links``:
-    every chunk's."""
+    """One expert's prefetch chunks as knapsack items, by chunk: the chunk's load ``pieces``
+    (source, first column, end column, link cycles), their link ``cycles``, ``saved`` cycles
+    and ``links``; ``all_links``: every chunk's. The same for every expert of every layer
+    whose base layout and GPU pieces are the same (``DecodeTables.candidates``)."""
 
-    items: list[tuple[int, int, int, list[tuple[str, int, int, int]]]]
+    pieces: list[list[tuple[str, int, int, int]]]
     cycles: list[int]
     saved: list[int]
     links: list[frozenset[str]]
@@ -240,6 +241,12 @@ class DecodeTables:
         the GPU shard. Computed once per record (``record``): the layer instance the loop's
         probe would build gives the same (``tests/solvers/test_decode_tables_prefetch.py``)."""
         home_pieces = self.home_pieces(e, lines, missing, None)
+        return self._chunk_table(layer, e, home_pieces, per, remote_ok)
+
+    def _chunk_table(
+        self, layer: int, e: int, home_pieces: _Pieces, per: int, remote_ok: bool
+    ) -> list[_Chunk] | None:
+        """``chunks`` of expert e in the layer when the GPU holds columns ``home_pieces``."""
         key = (self._base_cols(layer, e), home_pieces, per, remote_ok)
         if key in self._chunks:
             return self._chunks[key]
@@ -282,17 +289,19 @@ class DecodeTables:
         per: int,
         remote_ok: bool,
     ) -> Candidates | None:
-        """``chunks`` as the prefetch's knapsack items of expert e in the layer (kept per
-        layer, expert and GPU pieces)."""
-        key = (layer, e, self.home_pieces(e, lines, missing, None), per, remote_ok)
+        """``chunks`` as the prefetch's knapsack items of expert e in the layer (kept per base
+        layout and GPU pieces of the expert, as ``chunks`` is: shared by the experts and
+        layers alike in both)."""
+        home_pieces = self.home_pieces(e, lines, missing, None)
+        key = (self._base_cols(layer, e), home_pieces, per, remote_ok)
         got = self._candidates.get(key, self)
         if got is self:
-            chunks = self.chunks(layer, e, lines, missing, per, remote_ok)
+            chunks = self._chunk_table(layer, e, home_pieces, per, remote_ok)
             got = None
             if chunks is not None:
                 cycles, saved = [ch[1] for ch in chunks], [ch[2] for ch in chunks]
                 got = Candidates(
-                    [(layer, e, c, ch[0]) for c, ch in enumerate(chunks)], cycles, saved,
+                    [ch[0] for ch in chunks], cycles, saved,
                     [ch[3] for ch in chunks], frozenset().union(*(ch[3] for ch in chunks)),
                     *ranked(saved, cycles),
                 )  # fmt: skip

@@ -1,5 +1,5 @@
 """The prefetch's chunk tables (``DecodeTables.chunks``, kept per record, and the knapsack
-items made of them, ``DecodeTables.candidates``, kept per layer, expert and GPU pieces) are
+items made of them, ``DecodeTables.candidates``, kept per base layout and GPU pieces) are
 what the layer instance of the live residency gives, every time the decode loop asks: a table
 kept under the wrong key (stale after the cache changed) fails here.
 
@@ -78,7 +78,7 @@ def test_every_chunk_table_is_the_residency_one(
             assert got is None, (layer, e)
         else:
             assert got is not None, (layer, e)
-            assert got.items == [(layer, e, c, ch[0]) for c, ch in enumerate(want)]
+            assert got.pieces == [ch[0] for ch in want]
             assert got.cycles == [ch[1] for ch in want]
             assert got.saved == [ch[2] for ch in want]
             assert got.links == [ch[3] for ch in want]
