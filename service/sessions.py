@@ -319,10 +319,15 @@ class SessionManager:
             raise DomainError(404, "not_found", "path.session_id", f"no session '{session_id}'")
         return row
 
-    def _info(self, row: SessionRow) -> SessionInfo:
-        assert row.plan_json is not None
+    def _resolving_now(self, session_id: str) -> bool:
+        """Whether a re-solve of the session is running. Read it *before* the row: a re-solve
+        that ends between the two reads then shows as "resolving" with the old row, never as
+        "not resolving" with a plan it already replaced."""
         with self._lock:
-            resolving = row.id in self._resolving
+            return session_id in self._resolving
+
+    def _info(self, row: SessionRow, resolving: bool = False) -> SessionInfo:
+        assert row.plan_json is not None
         return SessionInfo(
             id=row.id,
             version=row.version,
@@ -333,16 +338,16 @@ class SessionManager:
         )
 
     def info(self, session_id: str) -> SessionInfo:
-        return self._info(self._row(session_id))
+        resolving = self._resolving_now(session_id)
+        return self._info(self._row(session_id), resolving)
 
     def info_json(self, session_id: str) -> bytes:
         """``info`` as JSON, the stored plan spliced in as stored (not decoded, re-encoded)."""
-        return self._info_json(self._row(session_id))
+        resolving = self._resolving_now(session_id)
+        return self._info_json(self._row(session_id), resolving)
 
-    def _info_json(self, row: SessionRow) -> bytes:
+    def _info_json(self, row: SessionRow, resolving: bool = False) -> bytes:
         assert row.plan_json is not None
-        with self._lock:
-            resolving = row.id in self._resolving
         head = {
             "id": row.id,
             "version": row.version,
