@@ -54,7 +54,11 @@ and the absent experts' bytes over all DIMMs and PCIe at once), ``over_bound`` t
 latency's ratio to it. Planning time is reported as CPU time beside (``solve_cpu_per_token_s``:
 everything a decode step computes to make its plan, all but the executor's simulation and the
 reported bounds; the summary's ``planning_cpu_per_token_ms_*`` for moesched, with the load
-average); no wall time enters any figure.
+average); no wall time enters any figure. Beside it, the floor under any planner that emits
+moesched's tasks however it decides: ``tasks_per_step`` and ``floor_cpu_per_token_s``
+(re-timing the finished step's tasks with every cost memoized, and building them again as
+validated tasks; the summary's ``tasks_per_step_by_row`` and
+``planning_floor_cpu_per_token_ms_by_row``).
 """
 
 from __future__ import annotations
@@ -249,7 +253,7 @@ def decode_point(
         LoopConfig(
             capacity_experts=0, global_lines=lines, num_granules=granules, fold_reduce=True,
             group_shards=True, prefetch_chunks=16, prefetch_spill=True, refine_placement=True,
-            **spec,
+            measure_floor=config_name == "moesched", **spec,
         ),
         trace, prompt, decode, in_flight=in_flight,
     )  # fmt: skip
@@ -277,6 +281,11 @@ def decode_point(
             for k in steps[0].phase_s
         },
         "solve_cpu_per_token_s": float(np.mean([s.solve_s for s in steps])),
+        "tasks_per_step": float(np.mean([s.num_tasks for s in steps])),
+        # What any planner emitting these tasks pays (``LoopConfig.measure_floor``).
+        "floor_cpu_per_token_s": {
+            k: float(np.mean([s.floor_cpu_s[k] for s in steps])) for k in steps[0].floor_cpu_s
+        },
         "prefill_s": pre.latency_s,
         "decode_per_token_s": float(np.mean(decode_s)),
         "latency_measured_s": pre.latency_s + float(np.sum(decode_s)),
@@ -424,6 +433,17 @@ def run(quick: bool = False) -> BenchResult:
             f"{r['model']}/{r['trace']}": r["planning_cpu_per_token_s"] * 1e3 for r in rows
         },
         "planning_cpu_per_token_ms_max": max(r["planning_cpu_per_token_s"] for r in rows) * 1e3,
+        # The floor under that: tasks per step, and the CPU per token to re-time them and to
+        # build them as validated tasks once decided (``DecodeRun._floor_cpu_s``).
+        "tasks_per_step_by_row": {
+            f"{r['model']}/{r['trace']}": r["configs"]["moesched"]["tasks_per_step"] for r in rows
+        },
+        "planning_floor_cpu_per_token_ms_by_row": {
+            f"{r['model']}/{r['trace']}": {
+                k: v * 1e3 for k, v in r["configs"]["moesched"]["floor_cpu_per_token_s"].items()
+            }
+            for r in rows
+        },
         "planning_load_avg": list(os.getloadavg()),
         "paper_reported_speedup_mean": 2.41,
         "paper_reported_speedup_max": 2.56,

@@ -104,6 +104,10 @@ class LoopConfig:
             (``DecodeRun._refine``). The greedy places experts heaviest first with the
             GPU's shared experts unseen, so a resident expert split over the units early can
             leave a partial line's or an absent expert's stripes no room.
+        measure_floor: (benchmarks) after each step, time on the CPU what any planner that
+            emits this step's tasks pays at least: re-timing them on a fresh timeline with the
+            run's cost memo, and building them again as validated tasks
+            (``StepRecord.floor_cpu_s``). Outside the planning CPU; changes no plan.
     """
 
     capacity_experts: int
@@ -125,6 +129,7 @@ class LoopConfig:
     prefetch_chunks: int = 8
     prefetch_spill: bool = False
     refine_placement: bool = False
+    measure_floor: bool = False
 
 
 @dataclass
@@ -148,6 +153,10 @@ class StepRecord:
     busy_s: dict[str, float] = field(default_factory=dict)
     # The step's wall of simulated time split into exclusive phases (``_Step.phases_s``).
     phase_s: dict[str, float] = field(default_factory=dict)
+    num_tasks: int = 0  # tasks in the step's plan
+    # With ``LoopConfig.measure_floor``: CPU seconds to re-time the step's tasks (``retime``)
+    # and to build them again as validated tasks (``validate``): ``DecodeRun._floor_cpu_s``.
+    floor_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -378,7 +387,24 @@ class DecodeRun:
             bound_step_s=self._step_bound_s(st) if st.step >= 0 else 0.0,
             busy_s=self._busy_s(st),
             phase_s=self._phases_s(st),
+            num_tasks=len(st.tasks),
+            floor_cpu_s=self._floor_cpu_s(st) if self.config.measure_floor else {},
         )
+
+    def _floor_cpu_s(self, st: _Step) -> dict[str, float]:
+        """CPU seconds a planner that emits ``st.tasks`` pays at least, however it decides:
+        ``retime``, the tasks timed again in order on a fresh timeline with the run's cost
+        memo (every cost already known); ``validate``, each task built again from the fields
+        its builder set (pydantic validation, nested models passed as they are)."""
+        fields = [(type(t), {k: getattr(t, k) for k in t.model_fields_set}) for t in st.tasks]
+        started = time.process_time()
+        timing.Timeline(
+            self.hardware, self.model, st.timeline.context_tokens, cycles=self.cycles
+        ).add(st.tasks)
+        retimed = time.process_time()
+        for cls, kwargs in fields:
+            cls(**kwargs)
+        return {"retime": retimed - started, "validate": time.process_time() - retimed}
 
     def _busy_s(self, st: _Step) -> dict[str, float]:
         """Where a step's time goes, from its timeline (seconds busy): ``attention`` and

@@ -94,6 +94,10 @@ def test_ndp_bench_quick(tmp_path: Path, traces: Path) -> None:
     # The step's phases are exclusive and cover it.
     assert all(abs(sum(p.values()) - 1) < 1e-9 for p in s["moesched_phase_share_by_row"].values())
     assert all("sampled" in r["note"] for r in data["rows"] if r["routing"] == "sampled")
+    # The floor under planning: re-timing and rebuilding the step's tasks, below planning.
+    for row, floor in s["planning_floor_cpu_per_token_ms_by_row"].items():
+        assert set(floor) == {"retime", "validate"} and s["tasks_per_step_by_row"][row] > 100
+        assert 0 < floor["retime"] < s["planning_cpu_per_token_ms_by_row"][row]
     assert png.stat().st_size > 10_000
 
 

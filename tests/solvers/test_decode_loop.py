@@ -391,3 +391,38 @@ def test_trimmed_loads_on_real_routing(traces: Path) -> None:
                          prefetch_spill=True)  # fmt: skip
     assert round(spill.mean("latency_s") * 1e7) == 7_596
     assert (grouped.stats.prefetches, spill.stats.prefetches) == (94, 217)
+
+
+def test_measure_floor_times_the_steps_own_tasks_and_changes_no_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``measure_floor`` records the CPU to re-time and rebuild each step's tasks (the floor
+    ``bench ndp`` reports under planning) and nothing else: every simulated figure is the same
+    as without it; ``num_tasks`` is the size of the plan the executor ran."""
+    import solvers.decode_loop as loop
+
+    simulated: list[int] = []
+    real_simulate = loop.simulate
+
+    def counting(hw, model, plan, workload, residency):  # type: ignore[no-untyped-def]
+        simulated.append(len(plan.tasks))
+        return real_simulate(hw, model, plan, workload, residency)
+
+    monkeypatch.setattr(loop, "simulate", counting)
+    trace = trace_of([[[0], [0]]] * 2 + [[[1], [0]], [[0], [1]]], 2)
+    records = []
+    for measure in (False, True):
+        simulated.clear()
+        cfg = LoopConfig(capacity_experts=0, cache="lru", prefetch=True, dispatch="solver",
+                         num_granules=2, measure_floor=measure)  # fmt: skip
+        run = DecodeRun(roomy(tiny_hardware()), tiny_model(), HOST, cfg, trace, slice(0, 2),
+                        slice(2, 4), in_flight=2)  # fmt: skip
+        steps = run.run().steps
+        assert [s.num_tasks for s in steps] == simulated[-len(steps) :]
+        records.append(steps)
+    plain, measured = records
+    for a, b in zip(plain, measured, strict=True):
+        assert a.floor_cpu_s == {} and set(b.floor_cpu_s) == {"retime", "validate"}
+        assert all(v >= 0.0 for v in b.floor_cpu_s.values())
+        same = ("latency_s", "predicted_s", "bytes_moved", "weight_bytes", "num_tasks", "busy_s")
+        assert [getattr(a, k) for k in same] == [getattr(b, k) for k in same]
