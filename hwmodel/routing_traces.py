@@ -16,13 +16,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hwmodel.spec import ModelSpec
 from hwmodel.workload import RoutingTrace
 
 ESFT_FILES = {
@@ -184,6 +185,48 @@ def load_expert_counts(path: str | Path) -> ExpertCounts:
     """Parse the OLMoE / Mixtral expert-count file."""
     path = Path(path)
     return ExpertCounts(raw=json.loads(path.read_text()), source=path.name)
+
+
+def match_model(trace: RoutingTrace, name: str | None = None) -> tuple[str, RoutingTrace]:
+    """The model preset a trace is replayed on, and the trace with that model's expert count.
+
+    A file's expert count is often a lower bound (the largest id routed, plus one: experts
+    never routed leave no trace), so a preset fits when its MoE layers and top-k equal the
+    trace's and every id routed lies below its routed experts. ``name`` given: that preset,
+    refused (ValueError naming the mismatch) when it does not fit. None: the fitting preset
+    whose expert count equals the trace's, else the fitting one with the fewest experts.
+
+    Raises:
+        ValueError: ``model: ...`` when no preset fits, or the named one does not.
+    """
+    from hwmodel.presets import MODEL_PRESETS, model_preset
+
+    routed = int(trace.expert_ids.max()) + 1 if trace.expert_ids.size else 0
+    shape = f"{trace.num_layers} MoE layers, top-{trace.top_k}, expert ids up to {routed - 1}"
+
+    def misfit(spec: ModelSpec) -> str | None:
+        if spec.num_moe_layers != trace.num_layers:
+            return f"{spec.num_moe_layers} MoE layers"
+        if spec.top_k != trace.top_k:
+            return f"top-{spec.top_k}"
+        if spec.num_routed_experts < routed:
+            return f"{spec.num_routed_experts} routed experts"
+        return None
+
+    if name is not None:
+        spec = model_preset(name)
+        why = misfit(spec)
+        if why is not None:
+            raise ValueError(f"model: {name} has {why}; the trace has {shape}")
+    else:
+        fits = [(n, m) for n, make in MODEL_PRESETS.items() if misfit(m := make()) is None]
+        if not fits:
+            raise ValueError(f"model: no preset fits the trace ({shape}); name one with --model")
+        exact = [f for f in fits if f[1].num_routed_experts == trace.num_experts]
+        name, spec = (exact or sorted(fits, key=lambda f: f[1].num_routed_experts))[0]
+    if spec.num_routed_experts != trace.num_experts:
+        trace = replace(trace, num_experts=spec.num_routed_experts)
+    return name, trace
 
 
 def _first_line(path: Path) -> str:

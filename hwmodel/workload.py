@@ -174,6 +174,27 @@ class RoutingTrace:
         cuts = [0, *(int(i) + 1 for i in np.flatnonzero(np.diff(self.seq_ids))), self.num_tokens]
         return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
+    def per_sequence(self) -> RoutingTrace:
+        """The trace with each sequence's tokens contiguous, in their order, sequences in the
+        order they first appear: what ``sequences()`` and ``decode_runs`` need. A serving log
+        interleaves requests step by step (continuous batching); left as it is, every change of
+        request would cut a one-token "sequence". Engine steps no longer hold once tokens
+        move, so ``step_ids`` is dropped then; a trace already contiguous comes back as is."""
+        first: dict[int, int] = {}
+        for s in self.seq_ids.tolist():
+            first.setdefault(s, len(first))
+        if len(first) == len(self.sequences()):
+            return self
+        rank = np.asarray([first[s] for s in self.seq_ids.tolist()], dtype=np.int64)
+        order = np.argsort(rank, kind="stable")
+        gates = None if self.gate_weights is None else self.gate_weights[order]
+        return RoutingTrace(
+            model=self.model, layer_ids=self.layer_ids, expert_ids=self.expert_ids[order],
+            gate_weights=gates, seq_ids=self.seq_ids[order], num_experts=self.num_experts,
+            source=self.source,
+            notes=[*self.notes, f"tokens regrouped into {len(first)} sequences (requests)"],
+        )  # fmt: skip
+
     def steps(self) -> list[np.ndarray]:
         """Token indices of every engine step, in order (one token per step without
         ``step_ids``)."""
