@@ -30,7 +30,7 @@ def test_a_trace_that_never_routes_its_top_experts_still_finds_its_model() -> No
 def test_top_k_decides_between_presets_of_one_shape() -> None:
     """26 layers x 64 experts is DeepSeek-V2-Lite at top-6; at top-8 no preset fits."""
     assert match_model(trace(26, 64, 6, [0, 0]))[0] == "deepseek-v2-lite"
-    with pytest.raises(ValueError, match="no preset fits the trace .*top-8"):
+    with pytest.raises(ValueError, match=r"no preset fits the trace .*top-8"):
         match_model(trace(26, 64, 8, [0, 0]))
 
 
