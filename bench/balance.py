@@ -108,8 +108,8 @@ def evaluate(
     fit_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[int, list[float]]]:
     """Rows per (redundant, batch size) for one trace, fitted on tokens ``fit_range`` and
-    scored on ``score_range``; and the router's CPU times per batch size (64 experts' EPLB
-    placement at +8 slots)."""
+    scored on ``score_range``; and the router's CPU times per batch size (the trace's experts
+    at EPLB's placement, +8 slots)."""
     rows: list[dict[str, Any]] = []
     times: dict[int, list[float]] = {}
     fit_kwargs = fit_kwargs or {}
@@ -239,12 +239,18 @@ def run(quick: bool = False, traces: list[Path] | None = None) -> BenchResult:
             ("esft-law", load_trace(traces_dir() / ESFT_FILES["law"]), [2, 9, 16, 23]),
             ("flame-moe-290m", load_trace(traces_dir() / FLAME_FILE), [1, 3, 5, 7]),
         ]
-    all_times: dict[int, list[float]] = {}
+    all_times: dict[tuple[int, int], list[float]] = {}
     large: dict[str, float] = {}
     for name, trace, chosen in named:
         layers = chosen or _default_layers(trace)
         layers = layers[:1] if quick else layers
         half = trace.num_tokens // 2
+        if half < max(BATCH_TOKENS):
+            raise ValueError(
+                f"trace {name}: {trace.num_tokens} tokens; the benchmark fits on the first half "
+                f"and scores the second in batches of up to {max(BATCH_TOKENS)} tokens, so it "
+                f"needs at least {2 * max(BATCH_TOKENS)}"
+            )
         sys.stderr.write(f"balance: {name} ({trace.num_tokens} tokens, layers {layers})\n")
         rows, times = evaluate(
             name,
@@ -256,7 +262,7 @@ def run(quick: bool = False, traces: list[Path] | None = None) -> BenchResult:
         )
         result.rows.extend(rows)
         for size, ts in times.items():
-            all_times.setdefault(size, []).extend(ts)
+            all_times.setdefault((trace.num_experts, size), []).extend(ts)
         if not large:
             large = _large_router_times(trace)
     result.summary = _summary(result.rows, all_times, large)
@@ -264,8 +270,12 @@ def run(quick: bool = False, traces: list[Path] | None = None) -> BenchResult:
 
 
 def _summary(
-    rows: list[dict[str, Any]], times: dict[int, list[float]], large: dict[str, float]
+    rows: list[dict[str, Any]],
+    times: dict[tuple[int, int], list[float]],
+    large: dict[str, float],
 ) -> dict[str, Any]:
+    """``times``: the router's CPU times by (experts, batch tokens), each at EPLB's placement
+    on ``NUM_GPUS`` GPUs with 8 redundant slots."""
     scored = [r for r in rows if r["redundant"] > 0]
     b64 = [r for r in rows if r["batch_tokens"] == 64 and r["redundant"] == 8]
     per_layer = [g["gain_out"] for r in scored for g in r["per_layer"]]
@@ -296,8 +306,9 @@ def _summary(
         "fit_cpu_s": float(sum(r["fit_cpu_s"] for r in rows)),
         "reference_loop_cpu_us": _reference_us(),
     }
-    for size, ts in sorted(times.items()):
-        summary[f"route_64e_8gpu_72slots_b{size}_p50_cpu_us"] = percentile(ts, 50)
-        summary[f"route_64e_8gpu_72slots_b{size}_p99_cpu_us"] = percentile(ts, 99)
+    for (experts, size), ts in sorted(times.items()):
+        shape = f"route_{experts}e_{NUM_GPUS}gpu_{experts + 8}slots_b{size}"
+        summary[f"{shape}_p50_cpu_us"] = percentile(ts, 50)
+        summary[f"{shape}_p99_cpu_us"] = percentile(ts, 99)
     summary.update(large)
     return summary

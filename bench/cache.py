@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ import numpy as np
 from bench.common import BenchResult, tracked
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
-from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, traces_dir
+from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, match_model, traces_dir
 from hwmodel.workload import RoutingTrace
-from solvers.decode_loop import LoopConfig, run_sequences
+from solvers.decode_loop import LoopConfig, max_cache_lines, run_sequences
 from solvers.prefetch.cache import ReplayStats, replay_runs
 
 HARDWARE = "offload-a6000-pcie4"
@@ -76,15 +77,12 @@ CAPACITIES = (16,)  # experts per layer (>= 2 x top_k on every trace here)
 PREFILL_FRACTION = 0.25
 
 
-def model_for(trace: RoutingTrace) -> str:
-    """The model preset whose shape matches a trace."""
-    for name in ("deepseek-v2-lite", "flame-moe-290m", "olmoe-1b-7b", "mixtral-8x7b"):
-        m = model_preset(name)
-        if (m.num_moe_layers, m.num_routed_experts) == (trace.num_layers, trace.num_experts):
-            return name
-    raise ValueError(
-        f"trace: no model preset has {trace.num_layers} layers x {trace.num_experts} experts"
-    )
+@lru_cache(maxsize=8)
+def prepared(path: str) -> tuple[str, RoutingTrace]:
+    """A trace file as the benchmark serves it: its model preset (``match_model``) and the
+    trace with that model's expert count, each sequence's tokens contiguous (a serving log's
+    interleaved requests regrouped)."""
+    return match_model(load_trace(path).per_sequence())
 
 
 def all_runs(trace: RoutingTrace) -> list[tuple[int, int, int]]:
@@ -92,11 +90,49 @@ def all_runs(trace: RoutingTrace) -> list[tuple[int, int, int]]:
     return trace.decode_runs(PREFILL_FRACTION, 1 << 30)
 
 
+def capacities(trace: RoutingTrace, model_name: str, path: str) -> list[int]:
+    """The cache sizes (experts per layer) a trace is run at: ``CAPACITIES`` that are at
+    least 2 x top_k and below the expert count (else the nearest such size), no larger than
+    the GPU memory holds with top_k experts in flight.
+
+    Raises:
+        ValueError: when the GPU memory cannot hold one expert per layer.
+    """
+    k, num_experts = trace.top_k, trace.num_experts
+    caps = [c for c in CAPACITIES if 2 * k <= c < num_experts] or [min(2 * k, num_experts)]
+    model = model_preset(model_name)
+    fit = max_cache_lines(hardware_preset(HARDWARE), model, k) // model.num_moe_layers
+    if fit < 1:
+        raise ValueError(
+            f"trace {Path(path).name}: {HARDWARE}'s GPU cannot hold one {model_name} expert "
+            "per layer beside the experts in flight"
+        )
+    return sorted({min(c, fit) for c in caps})
+
+
+def check_runs(trace: RoutingTrace, path: str) -> None:
+    """A trace the benchmark can score: at least two sequences with tokens to decode after
+    their prompt (the first quarter of the sequences is where the prefetch limit was chosen,
+    the rest is scored).
+
+    Raises:
+        ValueError: naming the trace and what it has.
+    """
+    runs = all_runs(trace)
+    if len(runs) < 2:
+        raise ValueError(
+            f"trace {Path(path).name}: {len(runs)} sequence(s) with tokens to decode after "
+            f"the first {PREFILL_FRACTION:g} of each ({len(trace.sequences())} sequences, "
+            f"{trace.num_tokens} tokens); the benchmark fits on the first quarter of the "
+            "sequences and scores the rest, so it needs at least 2"
+        )
+
+
 def hit_job(job: tuple[str, int, str, str]) -> dict[str, Any]:
     """One policy's counting replay over every run of a trace, in order as one session; its
     counts over all runs, the fit part (first quarter of the runs) and the scored part."""
     path, capacity, name, _part = job
-    trace = load_trace(path)
+    trace = prepared(path)[1]
     runs = all_runs(trace)
     fit = max(1, len(runs) // 4)
     started = time.process_time()
@@ -119,9 +155,9 @@ def hit_job(job: tuple[str, int, str, str]) -> dict[str, Any]:
 def latency_job(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     """One configuration through the executor on the latency subset of a trace."""
     path, capacity, name, seqs, steps = job
-    trace = load_trace(path)
-    runs = trace.decode_runs(PREFILL_FRACTION, steps, seqs)
-    hw, model = hardware_preset(HARDWARE), model_preset(model_for(trace))
+    model_name, trace = prepared(path)
+    runs = [(a, m, min(e, m + steps)) for a, m, e in all_runs(trace)[:seqs]]
+    hw, model = hardware_preset(HARDWARE), model_preset(model_name)
     base = Residency(by_memory={"host_dram": (WeightSlice(),)})
     started = time.process_time()
     spec = dict(LATENCY_CONFIGS[name])
@@ -166,12 +202,12 @@ def run(
                  traces_dir() / FLAME_FILE]  # fmt: skip
     seqs, steps = (1, 12) if quick else (LATENCY_SEQUENCES, LATENCY_STEPS)
     cases: list[tuple[str, int, bool]] = []  # (trace path, capacity, with latency)
-    for trace_path in paths:
-        tr = load_trace(trace_path)
-        k, num_experts = tr.top_k, tr.num_experts
-        caps = [c for c in CAPACITIES if 2 * k <= c < num_experts] or [min(2 * k, num_experts)]
+    for trace_path in map(str, paths):
+        model_name, tr = prepared(trace_path)
+        check_runs(tr, trace_path)
+        caps = capacities(tr, model_name, trace_path)
         timed = 16 if 16 in caps else caps[0]
-        cases += [(str(trace_path), c, c == timed) for c in caps]
+        cases += [(trace_path, c, c == timed) for c in caps]
     hit_jobs = [(p, c, name, "all") for p, c, _ in cases for name in HIT_POLICIES]
     lat_jobs = [(p, c, name, seqs, steps) for p, c, lat in cases if lat for name in LATENCY_CONFIGS]
     with multiprocessing.get_context("fork").Pool(2) as pool:
@@ -180,10 +216,10 @@ def run(
         hits = dict(zip(hit_jobs, done, strict=True))
         lats = dict(zip(lat_jobs, lat_async.get(), strict=True))
     for path, capacity, with_latency in cases:
-        tr = load_trace(path)
+        model_name, tr = prepared(path)
         runs = all_runs(tr)
         row: dict[str, Any] = {
-            "trace": Path(path).name, "model": model_for(tr), "hardware": HARDWARE,
+            "trace": Path(path).name, "model": model_name, "hardware": HARDWARE,
             "capacity_experts": capacity, "capacity_fraction": capacity / tr.num_experts,
             "top_k": tr.top_k, "sequences": len(runs),
             "decode_steps": sum(e - m for _, m, e in runs),

@@ -241,6 +241,11 @@ def decode_point(
     layout = spec.pop("layout")
     model = model_preset(model_name)
     trace = make_trace(label, model_name, prompt_tokens + decode_steps)
+    if trace.num_tokens < prompt_tokens + decode_steps:
+        raise ValueError(
+            f"trace {label}: {trace.num_tokens} tokens; a run needs a {prompt_tokens}-token "
+            f"prompt and {decode_steps} decode tokens"
+        )
     in_flight = model.num_routed_experts
     lines = cache_lines(hw, model, cache_share)
     num_ndp = len(hw.devices_of_kind("ndp"))

@@ -333,8 +333,25 @@ def layout_residency(
             by_memory[d.memory_id].append(WeightSlice(ffn_start=cuts[i], ffn_end=cuts[i + 1]))
     if cached_experts:
         home_mem = hardware.device(hardware.home_device_id).memory_id
+        check_cached_fit(hardware, model, len(set(cached_experts)))
         by_memory.setdefault(home_mem, []).extend(WeightSlice(expert=e) for e in cached_experts)
     return Residency(by_memory={k: tuple(v) for k, v in by_memory.items()})
+
+
+def check_cached_fit(hardware: Hardware, model: ModelSpec, num_cached: int) -> None:
+    """``num_cached`` experts held whole for every MoE layer must fit the home device's memory.
+
+    Raises:
+        ValueError: ``cached_experts: ...`` with the bytes they need and the memory's size.
+    """
+    home_mem = hardware.device(hardware.home_device_id).memory_id
+    have = next(m.capacity_bytes for m in hardware.memories if m.id == home_mem)
+    need = num_cached * model.num_moe_layers * model.expert_bytes()
+    if need > have:
+        raise ValueError(
+            f"cached_experts: {num_cached} experts x {model.num_moe_layers} layers need "
+            f"{need / 2**30:.1f} GiB; '{home_mem}' holds {have / 2**30:.1f} GiB"
+        )
 
 
 def round_robin_residency(hardware: Hardware, model: ModelSpec, kind: str = "ndp") -> Residency:

@@ -428,6 +428,14 @@ def eplb(
     ] = None,
     num_groups: Annotated[int, typer.Option(help="Expert groups.")] = 1,
     num_nodes: Annotated[int, typer.Option(help="Nodes.")] = 1,
+    num_experts: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Logical experts of the model (default: the file's, or its largest id + 1; a "
+            "log whose top experts were never routed needs this, or they get no slot).",
+        ),
+    ] = None,
     max_moved_replicas: Annotated[
         int | None, typer.Option(help="At most this many slots change expert.")
     ] = None,
@@ -473,6 +481,7 @@ def eplb(
                 json.loads(current.read_text()) if current is not None else None
             ),
             num_replicas=num_replicas,
+            num_logical_experts=num_experts,
             num_groups=num_groups,
             num_nodes=num_nodes,
             num_gpus=num_gpus,
@@ -591,25 +600,13 @@ def replay(
     from bench.common import reporting, tracked
     from bench.ndp import decode_granules
     from hwmodel.plan_builder import layout_residency
-    from hwmodel.presets import MODEL_PRESETS, hardware_preset, model_preset
-    from hwmodel.routing_traces import load_trace
+    from hwmodel.presets import hardware_preset, model_preset
+    from hwmodel.routing_traces import load_trace, match_model
     from solvers.decode_loop import Dispatch, LoopConfig, run_sequences
     from solvers.prefetch.cache import POLICIES, Policy
 
     with bad_input(trace), progress(quiet) as reporter, reporting(reporter):
-        routing = load_trace(trace)
-        if model is None:
-            model = next(
-                (
-                    name
-                    for name, make in MODEL_PRESETS.items()
-                    if (m := make()).num_moe_layers == routing.num_layers
-                    and m.num_routed_experts == routing.num_experts
-                ),
-                None,
-            )
-            if model is None:
-                raise ValueError("model: no preset matches the trace; name one with --model")
+        model, routing = match_model(load_trace(trace).per_sequence(), model)
         spec, hw = model_preset(model), hardware_preset(hardware)
         ndps = sum(1 for d in hw.devices if d.kind == "ndp")
         granules = decode_granules(spec, ndps) if ndps else 4  # bench ndp's rule
@@ -629,6 +626,12 @@ def replay(
             else round(capacity_fraction * routing.num_experts)
         )
         runs = routing.decode_runs(prefill_fraction, max_steps, sequences)
+        if not runs:
+            raise ValueError(
+                f"trace: no token left to decode in its first {sequences} sequence(s) after "
+                f"the prompt ({prefill_fraction:g} of each, at least one token; "
+                f"{len(routing.sequences())} sequences, {routing.num_tokens} tokens)"
+            )
         results = {}
         for name in tracked(policies, f"replaying {trace.name}: cache policies"):
             config = LoopConfig(
@@ -637,8 +640,17 @@ def replay(
                 substitute_below=substitute_below, quality_budget=quality_budget,
                 num_granules=granules,
             )  # fmt: skip
-            merged = run_sequences(hw, spec, base, config, routing, runs)
+            try:
+                merged = run_sequences(hw, spec, base, config, routing, runs)
+            except ValueError as exc:
+                if capacity_experts is None and str(exc).startswith("capacity_experts:"):
+                    raise ValueError(
+                        f"{exc} (the default cache is {capacity_fraction:g} of each layer's "
+                        "experts: pass a smaller --capacity-experts or --capacity-fraction)"
+                    ) from exc
+                raise
             st = merged.stats
+            first_violations = list(dict.fromkeys(v for s in merged.steps for v in s.violations))
             latency_ms = [s.latency_s * 1e3 for s in merged.steps]
             results[name] = {
                 "hit_rate": st.hit_rate,
@@ -653,6 +665,7 @@ def replay(
                 "latency_ms_mean": float(np.mean(latency_ms)),
                 "latency_ms_p90": float(np.percentile(latency_ms, 90)),
                 "executor_violations": merged.violations,
+                "violations_first": first_violations[:3],
             }
             r = results[name]
             say(
@@ -661,6 +674,8 @@ def replay(
                 f"substituted mass {r['substituted_gate_mass_share']:.3f}  "
                 f"violations {r['executor_violations']}"
             )
+            for message in first_violations[:3]:
+                say(f"  violation: {message}")
     idle = all(r["demand_loads"] == 0 and r["prefetches"] == 0 for r in results.values())
     if len(results) > 1 and idle:
         say(
@@ -723,10 +738,10 @@ def bench(
                 raise typer.Exit(EXIT_BAD_INPUT)
     label = f"bench {name}" + (" --quick" if quick else "")
     try:
-        with working(quiet, label) as reporter, reporting(reporter):
+        # A trace the benchmark cannot use is bad input; its message names the trace.
+        with working(quiet, label) as reporter, reporting(reporter), bad_input(None):
             if trace_paths:
-                with bad_input(trace_paths[0]):
-                    result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
+                result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
             else:
                 result = BENCHMARKS[name](quick)
     except FileNotFoundError as exc:

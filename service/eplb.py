@@ -114,6 +114,11 @@ def resolve(request: EplbRequest) -> EplbInput:
             notes.append("current placement: the map recorded in the dump")
     if window.shape[2] > MAX_LOGICAL or (request.num_logical_experts or 0) > MAX_LOGICAL:
         raise DomainError(413, "too_large", "body.num_logical_experts", "too many experts")
+    if request.num_logical_experts and window.shape[2] > request.num_logical_experts:
+        raise _bad(
+            "body.num_logical_experts",
+            f"{request.num_logical_experts}, but the loads have {window.shape[2]} experts",
+        )
     if request.num_logical_experts and window.shape[2] < request.num_logical_experts:
         pad = request.num_logical_experts - window.shape[2]
         window = np.concatenate([window, np.zeros((*window.shape[:2], pad))], axis=2)
@@ -157,7 +162,9 @@ def eplb(request: EplbRequest, settings: Settings) -> EplbResponse:
     num_samples, num_layers, num_log = window.shape
     num_replicas = request.num_replicas or (current.shape[1] if current is not None else None)
     if num_replicas is None:
-        raise _bad("body.num_replicas", "give num_replicas (or the current placement)")
+        raise _bad(
+            "body.num_replicas", "give num_replicas (CLI: --num-replicas) or the current placement"
+        )
     if current is not None and current.shape[1] != num_replicas:
         raise _bad(
             "body.num_replicas",

@@ -71,6 +71,8 @@ def input_error_text(exc: BaseException, source: str | Path | None = None) -> st
     Fields are named without the HTTP ``body.`` prefix; the file comes first.
     """
     where = f"{source}: " if source is not None else ""
+    if where and str(exc).startswith(where):
+        where = ""  # a reader's message that names the file already
     from pydantic import ValidationError  # only loaded when an error is being formatted
 
     if isinstance(exc, ValidationError):

@@ -135,7 +135,8 @@ def named_layout(
     try:
         return layout_residency(hardware, model, layout, cached_experts, num_granules=num_granules)
     except ValueError as exc:
-        raise DomainError(422, "validation", "body.layout", str(exc)) from None
+        field = "cached_experts" if str(exc).startswith("cached_experts:") else "layout"
+        raise DomainError(422, "validation", f"body.{field}", str(exc)) from None
 
 
 def resolve_placement(request: PlacementRequest, settings: Settings) -> PlacementCase:
