@@ -1,7 +1,8 @@
 """Loaders for the real routing data in ../shared/traces (see its README for the formats).
 
-* ``load_esft(path)``: DeepSeek ESFT-vanilla-lite (DeepSeek-V2-Lite class), gzip JSONL, per
-  token top-6 ids and gate weights for all 26 MoE layers -> ``RoutingTrace``.
+* ``load_esft(path)``: DeepSeek ESFT-vanilla-lite (DeepSeek-V2-Lite class), JSONL (gzip or
+  plain), per token top-6 ids and gate weights for all 26 MoE layers -> ``RoutingTrace``;
+  other files of that format keep their own layers, top-k and expert count.
 * ``load_flame(path)``: FLAME-MoE-290M, one JSON, 2048 tokens x 8 MoE layers x top-6 with
   router probabilities -> ``RoutingTrace`` (4 sequences of 512 tokens).
 * ``load_expert_counts(path)``: OLMoE / Mixtral per-domain load histograms for layers 0, 7, 15
@@ -19,10 +20,11 @@ import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from hwmodel.runtime_formats import MAX_EXPERT_ID
 from hwmodel.spec import ModelSpec
 from hwmodel.workload import RoutingTrace
 
@@ -42,15 +44,79 @@ def traces_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether the file's first bytes are gzip's magic (whatever its name says)."""
+    with path.open("rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def _open_text(path: Path) -> IO[str]:
+    """The file as text: gunzipped when its bytes are gzip, else read as it is."""
+    if _is_gzip(path):
+        return gzip.open(path, "rt")
+    return path.open("rt")
+
+
+def _esft_ids(path: Path, record: dict[str, Any]) -> np.ndarray:
+    """One (layer, seq) record's ids as int16 ``[tokens, top_k]``.
+
+    Raises:
+        ValueError: an id < 0 or > ``MAX_EXPERT_ID``, naming the file, layer and sequence.
+    """
+    ids = np.asarray(record["ids"], dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_EXPERT_ID):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(
+            f"{path}: layer {record['layer']} seq {record['seq']} routes expert {bad}; "
+            f"want ids in [0, {MAX_EXPERT_ID}]"
+        )
+    return ids.astype(np.int16)
+
+
+def _esft_num_experts(path: Path, meta: dict[str, Any], ids: np.ndarray) -> int:
+    """Routed experts: meta's integer ``num_experts`` when present, else the largest id + 1
+    (a lower bound: experts never routed leave no trace; ``match_model`` widens it).
+
+    Raises:
+        ValueError: meta's count does not cover the ids routed.
+    """
+    routed = int(ids.max()) + 1 if ids.size else 0
+    stated = meta.get("num_experts")
+    if not isinstance(stated, int) or isinstance(stated, bool):
+        return routed
+    if stated < routed:
+        raise ValueError(f"{path}: meta num_experts {stated}, but expert {routed - 1} is routed")
+    return stated
+
+
+def _esft_model(num_layers: int, top_k: int, num_experts: int) -> str:
+    """The model name for an ESFT file's shape: DeepSeek-V2-Lite's (26 MoE layers, top-6, at
+    most 64 experts) gives "deepseek-v2-lite", any other "unknown"."""
+    if num_layers == 26 and top_k == 6 and num_experts <= 64:
+        return "deepseek-v2-lite"
+    return "unknown"
+
+
 @lru_cache(maxsize=8)
 def load_esft(path: str | Path) -> RoutingTrace:
-    """Parse an ESFT routing file into a trace of ``[num_tokens, 26, 6]``.
+    """Parse an ESFT routing file (JSONL, gzip or plain by its bytes) into a trace of
+    ``[num_tokens, num_layers, top_k]`` (the shared files: ``[n, 26, 6]``, 64 experts).
 
-    Tokens are ordered sequence by sequence; MoE layers 1..26 of the source become layer axis
-    0..25 (``layer_ids`` keeps the 0-based MoE index).
+    Tokens are ordered sequence by sequence; MoE layers 1..L of the source become layer axis
+    0..L-1 (``layer_ids`` keeps the 0-based MoE index). ``num_experts`` is meta's integer
+    ``num_experts``, else the largest id + 1; ``model`` is "deepseek-v2-lite" only for that
+    model's shape, else "unknown".
+
+    Raises:
+        ValueError: naming the file, on ids outside ``[0, MAX_EXPERT_ID]`` (with layer and
+            sequence), token counts that disagree with ``seq_lengths``, missing records, or
+            a meta ``num_experts`` below the ids routed.
     """
     path = Path(path)
-    with gzip.open(path, "rt") as f:
+    with _open_text(path) as f:
         meta = json.loads(f.readline())["meta"]
         seq_lengths = [int(n) for n in meta["seq_lengths"]]
         records = [json.loads(line) for line in f if line.strip()]
@@ -67,18 +133,19 @@ def load_esft(path: str | Path) -> RoutingTrace:
         if len(r["ids"]) != hi - lo:
             raise ValueError(f"{path}: layer {r['layer']} seq {seq} has {len(r['ids'])} tokens")
         li = layer_pos[int(r["layer"])]
-        ids[lo:hi, li, :] = np.asarray(r["ids"], dtype=np.int16)
+        ids[lo:hi, li, :] = _esft_ids(path, r)
         weights[lo:hi, li, :] = np.asarray(r["w"], dtype=np.float32)
     if (ids < 0).any():
         raise ValueError(f"{path}: some (layer, sequence) records are missing")
+    num_experts = _esft_num_experts(path, meta, ids)
     seq_ids = np.repeat(np.arange(len(seq_lengths), dtype=np.int32), seq_lengths)
     return RoutingTrace(
-        model="deepseek-v2-lite",
+        model=_esft_model(len(layers), top_k, num_experts),
         layer_ids=np.asarray([layer - 1 for layer in layers], dtype=np.int32),
         expert_ids=ids,
         gate_weights=weights,
         seq_ids=seq_ids,
-        num_experts=64,
+        num_experts=num_experts,
         source=f"{path.name} ({meta.get('task', '?')}): {num_tokens} tokens",
     )
 
@@ -230,16 +297,17 @@ def match_model(trace: RoutingTrace, name: str | None = None) -> tuple[str, Rout
 
 
 def _first_line(path: Path) -> str:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as f:
+    """The file's first line (at most 64 KiB of it), gunzipped when its bytes are gzip."""
+    with _open_text(path) as f:
         return str(f.readline(1 << 16))
 
 
 def load_trace(path: str | Path) -> RoutingTrace:
-    """Load any per-token trace file by its format: ESFT ``.jsonl.gz`` (a ``{"meta": ...}``
-    first line), FLAME ``.json``, or a serving engine's routing log (``.jsonl`` or
-    ``.jsonl.gz`` of ``{"type": "route", ...}`` lines: ``runtime_formats.read_routing_log``,
-    engine steps kept)."""
+    """Load any per-token trace file by its format: ESFT ``.jsonl`` or ``.jsonl.gz`` (a
+    ``{"meta": ...}`` first line), FLAME ``.json``, or a serving engine's
+    routing log (``.jsonl`` or ``.jsonl.gz`` of ``{"type": "route", ...}`` lines:
+    ``runtime_formats.read_routing_log``, engine steps kept). Whether a file is gzip is read
+    from its bytes, not its name."""
     p = Path(path)
     if p.name.endswith(".jsonl.gz") or p.name.endswith(".jsonl"):
         head = _first_line(p)
@@ -254,6 +322,6 @@ def load_trace(path: str | Path) -> RoutingTrace:
         if '"indices"' in head or ('"layers"' in head and '"models"' not in head):
             return load_flame(p)
     raise ValueError(
-        f"{p.name}: not a per-token routing trace (ESFT .jsonl.gz, FLAME .json or a "
+        f"{p.name}: not a per-token routing trace (ESFT .jsonl[.gz], FLAME .json or a "
         'routing log of {"type": "route", ...} lines)'
     )

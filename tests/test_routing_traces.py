@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from hwmodel.routing_traces import (
     load_flame,
     load_trace,
 )
+from hwmodel.workload import RoutingTrace
 
 
 @pytest.mark.parametrize(
@@ -122,3 +128,113 @@ def test_load_trace_recognises_a_serving_engines_routing_log(tmp_path: Path) -> 
     bad.write_text('{"hello": 1}\n')
     with pytest.raises(ValueError, match="not a per-token routing trace"):
         load_trace(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Files other than the shared ones: the loaders read what the shape says, not what it was
+# --------------------------------------------------------------------------------------------
+
+# sha256 of (dtype, shape, bytes) of layer_ids, expert_ids, gate_weights, seq_ids as the
+# loaders returned them before they read anything but the shared files (commit 1cacfef).
+SHARED_DIGESTS = {
+    ESFT_FILES["intent"]: "6db3f613effd5b36d64a82e9475689be2114bdf28a579d5f0845fdfd388d334e",
+    ESFT_FILES["law"]: "d7cc1902b1848b1cdeef53377cb9071ca9b466637c7562a8d7c803a593992242",
+    FLAME_FILE: "9992eee5e3d0864b48808126707df430ec7f1c6a3d5e655446ff4b4c946e0b15",
+}
+
+
+def _digest(t: RoutingTrace) -> str:
+    h = hashlib.sha256()
+    for a in (t.layer_ids, t.expert_ids, t.gate_weights, t.seq_ids):
+        assert a is not None
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def _write_esft(
+    path: Path,
+    seq_lengths: list[int],
+    num_layers: int = 26,
+    top_k: int = 6,
+    max_id: int = 63,
+    meta: dict[str, Any] | None = None,
+    gz: bool = True,
+) -> None:
+    """An ESFT-format file: a ``{"meta": ...}`` line, then one line per (layer 1.., seq): token
+    0 routed to ``max_id, max_id - 1, ...``, token t > 0 to ``(t + layer + k) % (max_id + 1)``
+    for k < top_k."""
+    lines = [json.dumps({"meta": {"task": "t", "seq_lengths": seq_lengths, **(meta or {})}})]
+    for layer in range(1, num_layers + 1):
+        for seq, n in enumerate(seq_lengths):
+            ids = [[(t + layer + k) % (max_id + 1) for k in range(top_k)] for t in range(n)]
+            ids[0] = [max_id - k for k in range(top_k)]
+            w = [[0.1] * top_k for _ in range(n)]
+            lines.append(json.dumps({"layer": layer, "seq": seq, "ids": ids, "w": w}))
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def test_shared_files_load_exactly_as_before(traces: Path) -> None:
+    for name, digest in SHARED_DIGESTS.items():
+        t = load_trace(traces / name)
+        assert _digest(t) == digest, name
+        assert t.num_experts == 64
+    assert load_esft(traces / ESFT_FILES["law"]).model == "deepseek-v2-lite"
+    assert load_esft(traces / ESFT_FILES["law"]).source == (
+        "esft_vanilla_lite_law_routing.jsonl.gz (law): 8327 tokens"
+    )
+    assert load_flame(traces / FLAME_FILE).model == "flame-moe-290m"
+
+
+def test_esft_is_read_plain_or_gzip_by_its_bytes_not_its_name(traces: Path, tmp_path: Path) -> None:
+    """A plain ``.jsonl`` (the shared file, decompressed) and gzip bytes under a ``.jsonl``
+    name load as the ``.jsonl.gz`` does, through ``load_esft`` and ``load_trace``."""
+    src = traces / ESFT_FILES["law"]
+    plain = tmp_path / "law_routing.jsonl"
+    plain.write_bytes(gzip.decompress(src.read_bytes()))
+    misnamed = tmp_path / "law_gzip_routing.jsonl"
+    shutil.copyfile(src, misnamed)
+    for path in (plain, misnamed):
+        for t in (load_esft(path), load_trace(path)):
+            assert _digest(t) == SHARED_DIGESTS[ESFT_FILES["law"]]
+            assert t.num_experts == 64 and t.model == "deepseek-v2-lite"
+
+
+def test_esft_expert_count_from_meta_else_the_largest_id(tmp_path: Path) -> None:
+    """meta ``num_experts`` when it is an integer; else the largest id + 1 (a lower bound
+    ``match_model`` widens). The name is DeepSeek-V2-Lite's only for its shape."""
+    lite = tmp_path / "lite.jsonl.gz"
+    _write_esft(lite, [3, 2], max_id=40)
+    t = load_esft(lite)
+    assert t.num_experts == 41 and t.model == "deepseek-v2-lite"
+    assert t.expert_ids.shape == (5, 26, 6) and int(t.expert_ids.max()) == 40
+    big = tmp_path / "big.jsonl.gz"
+    _write_esft(big, [3], max_id=100, meta={"num_experts": 160})
+    t = load_esft(big)
+    assert t.num_experts == 160 and t.model == "unknown"
+    wider = tmp_path / "wider.jsonl.gz"
+    _write_esft(wider, [3], max_id=70)
+    assert load_esft(wider).num_experts == 71 and load_esft(wider).model == "unknown"
+    shallow = tmp_path / "shallow.jsonl"
+    _write_esft(shallow, [4], num_layers=4, top_k=2, max_id=7, gz=False)
+    t = load_esft(shallow)
+    assert t.num_experts == 8 and t.model == "unknown" and t.expert_ids.shape == (4, 4, 2)
+    small_meta = tmp_path / "small_meta.jsonl.gz"
+    _write_esft(small_meta, [3], max_id=63, meta={"num_experts": 32})
+    with pytest.raises(ValueError, match=r"small_meta\.jsonl\.gz.*num_experts 32"):
+        load_esft(small_meta)
+
+
+@pytest.mark.parametrize("bad_id", [-3, -1, 32768, 70000])
+def test_esft_ids_outside_int16_are_refused_naming_file_layer_and_sequence(
+    tmp_path: Path, bad_id: int
+) -> None:
+    path = tmp_path / f"bad{bad_id}.jsonl"
+    _write_esft(path, [2, 3], num_layers=3, top_k=2, max_id=7, gz=False)
+    lines = path.read_text().splitlines()
+    rec = json.loads(lines[5])  # layer 3, seq 0 (lines: meta, then (layer, seq) in order)
+    rec["ids"][1][0] = bad_id
+    lines[5] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"bad{bad_id}\.jsonl: layer 3 seq 0 .*{bad_id}"):
+        load_esft(path)
