@@ -3,8 +3,9 @@
 * ``load_esft(path)``: DeepSeek ESFT-vanilla-lite (DeepSeek-V2-Lite class), JSONL (gzip or
   plain), per token top-6 ids and gate weights for all 26 MoE layers -> ``RoutingTrace``;
   other files of that format keep their own layers, top-k and expert count.
-* ``load_flame(path)``: FLAME-MoE-290M, one JSON, 2048 tokens x 8 MoE layers x top-6 with
-  router probabilities -> ``RoutingTrace`` (4 sequences of 512 tokens).
+* ``load_flame(path)``: FLAME-MoE-290M, one JSON (gzip or plain), 2048 tokens x 8 MoE layers
+  x top-6 with router probabilities -> ``RoutingTrace`` (4 sequences of 512 tokens, or
+  meta ``seq_len``).
 * ``load_expert_counts(path)``: OLMoE / Mixtral per-domain load histograms for layers 0, 7, 15
   and cross-layer matrices -> ``ExpertCounts``; ``ExpertCounts.sample_trace`` draws tokens
   from those histograms when a per-token trace is needed (the result says it was sampled).
@@ -45,6 +46,7 @@ def traces_dir() -> Path:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+FLAME_SEQ_LEN_TOKENS = 512  # the shared FLAME file's sequences, when a file does not say
 
 
 def _is_gzip(path: Path) -> bool:
@@ -150,22 +152,49 @@ def load_esft(path: str | Path) -> RoutingTrace:
     )
 
 
+def _flame_seq_len_tokens(path: Path, meta: dict[str, Any]) -> int:
+    """Tokens per sequence: meta ``seq_len`` (or ``sequence_length``), else 512.
+
+    Raises:
+        ValueError: the stated length is not a positive integer.
+    """
+    key = next((k for k in ("seq_len", "sequence_length") if k in meta), None)
+    if key is None:
+        return FLAME_SEQ_LEN_TOKENS
+    value = meta[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{path}: meta {key} is {value!r}; want a positive token count")
+    return value
+
+
 @lru_cache(maxsize=4)
 def load_flame(path: str | Path) -> RoutingTrace:
-    """Parse the FLAME-MoE file into a trace of ``[2048, 8, 6]`` (4 sequences of 512)."""
+    """Parse a FLAME-MoE JSON (gzip or plain by its bytes) into a trace of ``[num_tokens,
+    num_layers, top_k]`` (the shared file: ``[2048, 8, 6]``, 4 sequences of 512).
+
+    Token t belongs to sequence ``t // seq_len`` (meta ``seq_len`` or ``sequence_length``,
+    else 512); a final partial sequence stays as it is. Without ``scores`` the trace has no
+    gate weights (``gate_weights=None``).
+    """
     path = Path(path)
-    d = json.loads(path.read_text())
+    with _open_text(path) as f:
+        d = json.load(f)
+    meta = d.get("meta", {})
     ids = np.asarray(d["indices"], dtype=np.int16).transpose(1, 0, 2)
-    scores = np.asarray(d["scores"], dtype=np.float32).transpose(1, 0, 2)
+    scores = None
+    if "scores" in d:
+        scores = np.asarray(d["scores"], dtype=np.float32).transpose(1, 0, 2)
+        scores = np.ascontiguousarray(scores)
     num_tokens = ids.shape[0]
+    seq_len_tokens = _flame_seq_len_tokens(path, meta)
     return RoutingTrace(
         model="flame-moe-290m",
         layer_ids=np.arange(ids.shape[1], dtype=np.int32),
         expert_ids=np.ascontiguousarray(ids),
-        gate_weights=np.ascontiguousarray(scores),
-        seq_ids=(np.arange(num_tokens) // 512).astype(np.int32),
-        num_experts=int(d["meta"]["num_experts"]),
-        source=f"{path.name}: {num_tokens} tokens, MoE layers {d['layers']}",
+        gate_weights=scores,
+        seq_ids=(np.arange(num_tokens) // seq_len_tokens).astype(np.int32),
+        num_experts=int(meta["num_experts"]),
+        source=f"{path.name}: {num_tokens} tokens, MoE layers {d.get('layers', '?')}",
     )
 
 
@@ -302,9 +331,15 @@ def _first_line(path: Path) -> str:
         return str(f.readline(1 << 16))
 
 
+def _head(path: Path, num_chars: int = 4096) -> str:
+    """The file's first ``num_chars`` characters, gunzipped when its bytes are gzip."""
+    with _open_text(path) as f:
+        return str(f.read(num_chars))
+
+
 def load_trace(path: str | Path) -> RoutingTrace:
     """Load any per-token trace file by its format: ESFT ``.jsonl`` or ``.jsonl.gz`` (a
-    ``{"meta": ...}`` first line), FLAME ``.json``, or a serving engine's
+    ``{"meta": ...}`` first line), FLAME ``.json`` or ``.json.gz``, or a serving engine's
     routing log (``.jsonl`` or ``.jsonl.gz`` of ``{"type": "route", ...}`` lines:
     ``runtime_formats.read_routing_log``, engine steps kept). Whether a file is gzip is read
     from its bytes, not its name."""
@@ -317,11 +352,11 @@ def load_trace(path: str | Path) -> RoutingTrace:
             from hwmodel.runtime_formats import read_routing_log
 
             return read_routing_log(p)
-    if p.suffix == ".json":
-        head = p.read_text()[:4096]
+    if p.name.endswith(".json") or p.name.endswith(".json.gz"):
+        head = _head(p)
         if '"indices"' in head or ('"layers"' in head and '"models"' not in head):
             return load_flame(p)
     raise ValueError(
-        f"{p.name}: not a per-token routing trace (ESFT .jsonl[.gz], FLAME .json or a "
+        f"{p.name}: not a per-token routing trace (ESFT .jsonl[.gz], FLAME .json[.gz] or a "
         'routing log of {"type": "route", ...} lines)'
     )

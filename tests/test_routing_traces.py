@@ -238,3 +238,47 @@ def test_esft_ids_outside_int16_are_refused_naming_file_layer_and_sequence(
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"bad{bad_id}\.jsonl: layer 3 seq 0 .*{bad_id}"):
         load_esft(path)
+
+
+def _write_flame(
+    path: Path, num_tokens: int, meta: dict[str, Any], scores: bool = True, gz: bool = False
+) -> None:
+    """A FLAME-format JSON of 3 MoE layers x top-2 over 8 experts."""
+    indices = [[[(t + li) % 8, (t + li + 1) % 8] for t in range(num_tokens)] for li in range(3)]
+    d: dict[str, Any] = {"meta": {"num_experts": 8, "top_k": 2, **meta}, "layers": [1, 2, 3]}
+    d["indices"] = indices
+    if scores:
+        d["scores"] = [[[0.6, 0.3] for _ in range(num_tokens)] for _ in range(3)]
+    data = json.dumps(d).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+
+
+def test_flame_sequence_length_from_meta_last_sequence_partial(tmp_path: Path) -> None:
+    for key in ("seq_len", "sequence_length"):
+        path = tmp_path / f"{key}.json"
+        _write_flame(path, 10, {key: 4})
+        t = load_flame(path)
+        assert t.expert_ids.shape == (10, 3, 2)
+        assert list(np.bincount(t.seq_ids)) == [4, 4, 2]
+    default = tmp_path / "default.json"
+    _write_flame(default, 1100, {})
+    assert list(np.bincount(load_flame(default).seq_ids)) == [512, 512, 76]
+    bad = tmp_path / "bad_len.json"
+    _write_flame(bad, 10, {"seq_len": 0})
+    with pytest.raises(ValueError, match=r"bad_len\.json: meta seq_len"):
+        load_flame(bad)
+
+
+def test_flame_gzip_and_without_scores(traces: Path, tmp_path: Path) -> None:
+    """``.json.gz`` (gzip by its bytes) loads through ``load_flame`` and ``load_trace``; no
+    ``scores`` means no gate weights, not a failure."""
+    gz = tmp_path / "flame.json.gz"
+    gz.write_bytes(gzip.compress((traces / FLAME_FILE).read_bytes()))
+    for t in (load_flame(gz), load_trace(gz)):
+        assert _digest(t) == SHARED_DIGESTS[FLAME_FILE]
+    bare = tmp_path / "bare.json.gz"
+    _write_flame(bare, 6, {"seq_len": 3}, scores=False, gz=True)
+    for t in (load_flame(bare), load_trace(bare)):
+        assert t.gate_weights is None and t.expert_ids.shape == (6, 3, 2)
+        assert t.num_experts == 8 and list(np.bincount(t.seq_ids)) == [3, 3]
+        assert t.histogram().sum() == 6 * 3 * 2
