@@ -66,6 +66,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,7 @@ from hwmodel.routing_traces import (
     FLAME_FILE,
     load_expert_counts,
     load_trace,
+    match_model,
     traces_dir,
 )
 from hwmodel.spec import Hardware, ModelSpec
@@ -123,6 +125,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "drift_threshold": 0.0,
     },
 }  # fmt: skip
+FILE_LABEL = "file:"  # a case whose routing is a trace file (``bench ndp --trace PATH``)
 MAIN = ("moesched", "monde_paper", "monde_best_h", "gpu_only")
 ABLATIONS = ("no_tp", "no_balance", "no_prefetch", "every_step")
 
@@ -145,7 +148,10 @@ def cases(quick: bool) -> list[tuple[str, str, str]]:
 
 
 def make_trace(label: str, model_name: str, tokens: int) -> RoutingTrace:
-    """The routing of a case: real files, or tokens sampled from the real histograms."""
+    """The routing of a case: real files, or tokens sampled from the real histograms; a
+    ``file:PATH`` label is that trace file, its requests regrouped into sequences."""
+    if label.startswith(FILE_LABEL):
+        return match_model(load_trace(label.removeprefix(FILE_LABEL)).per_sequence(), model_name)[1]
     if label.startswith("esft-") and label != "esft-side-by-side":
         return load_trace(traces_dir() / ESFT_FILES[label.removeprefix("esft-")])
     if label == "flame":
@@ -320,16 +326,30 @@ def does_not_fit(model_name: str, dimms: int) -> str | None:
     return f"experts need {need / 1e9:.1f} GB; {dimms} DIMMs hold {have / 1e9:.1f} GB"
 
 
-def run(quick: bool = False) -> BenchResult:
+def file_cases(traces: list[Path]) -> list[tuple[str, str, str]]:
+    """``cases`` for trace files: each on the model preset it fits (``match_model``), labelled
+    ``file:PATH`` (``make_trace`` reads it)."""
+    out = []
+    for path in traces:
+        model_name, _ = match_model(load_trace(path))
+        out.append((model_name, f"{FILE_LABEL}{path}", "real"))
+    return out
+
+
+def run(quick: bool = False, traces: list[Path] | None = None) -> BenchResult:
+    """``traces``: run on these per-token trace files instead (each on the preset it fits;
+    the ablations on the first)."""
     result = BenchResult("ndp")
     decode_steps = 24 if quick else DECODE_STEPS
     dimm_list = [4] if quick else list(DIMMS)
+    chosen = file_cases(traces) if traces else cases(quick)
+    ablation_label = chosen[0][1] if traces else ABLATION_TRACE
     jobs: list[tuple[str, str, int, str, int]] = []
-    for model_name, label, _ in cases(quick):
+    for model_name, label, _ in chosen:
         for dimms in dimm_list:
             if does_not_fit(model_name, dimms):
                 continue
-            ablate = dimms == 4 and (quick or label == ABLATION_TRACE)
+            ablate = dimms == 4 and (quick or label == ablation_label)
             names = MAIN + (ABLATIONS if ablate else ())
             jobs += [(model_name, label, dimms, name, decode_steps) for name in names]
             if not quick and dimms == 4 and label in PREVIOUS_DECODE_S:
@@ -338,7 +358,7 @@ def run(quick: bool = False) -> BenchResult:
         done = tracked(pool.imap(run_one, jobs), "ndp: configurations run", len(jobs))
         outcomes = dict(zip(jobs, done, strict=True))
     skipped = []
-    for model_name, label, how in cases(quick):
+    for model_name, label, how in chosen:
         for dimms in dimm_list:
             why = does_not_fit(model_name, dimms)
             if why:

@@ -139,3 +139,24 @@ def test_an_error_that_names_its_file_is_not_prefixed_twice() -> None:
     exc = ValueError("tr/x.json: layer 3 has 5 tokens")
     assert input_error_text(exc, "tr/x.json") == "tr/x.json: layer 3 has 5 tokens"
     assert input_error_text(ValueError("bad"), "tr/x.json") == "tr/x.json: bad"
+
+
+def test_bench_ndp_runs_the_reproduction_on_a_trace_file(tmp_path: Path) -> None:
+    """FLAME-MoE's shape, 540 tokens: the 512-token prompt and 24 decode tokens of --quick,
+    moesched against both MoNDE baselines on the fitted preset, every step executor-valid."""
+    trace = flame_file(tmp_path / "mine.json", 540, 8, 64, 6)
+    out = tmp_path / "ndp.json"
+    got = runner.invoke(
+        app, ["bench", "ndp", "--quick", "--trace", str(trace), "--json", str(out), "-q"]
+    )
+    assert got.exit_code == 0, got.output
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert (row["model"], row["trace"]) == ("flame-moe-290m", f"file:{trace}")
+    assert data["summary"]["executor_violations"] == 0
+    assert row["speedup_vs_monde_paper"] >= row["speedup"] > 0
+    short = flame_file(tmp_path / "short.json", 100, 8, 64, 6)
+    refused = runner.invoke(
+        app, ["bench", "ndp", "--quick", "--trace", str(short), "--json", str(out)]
+    )
+    assert refused.exit_code == 2 and "512-token prompt" in refused.output
