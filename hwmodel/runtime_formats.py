@@ -509,9 +509,12 @@ def read_routing_log(path: str | Path, num_experts: int | None = None) -> Routin
     "topk_ids", "topk_weights"}`` per token and layer. One hook call writes one block of
     consecutive ``token_idx`` for one layer; a block whose ``token_idx`` restarts (does not
     continue the previous one) begins a new block, and a block of a layer the current pass has
-    already seen begins a new forward pass, so logs of one layer only work too. A pass whose
-    tokens (two or more) all route to the same experts in every layer is a warm-up / dummy
-    pass (profile runs feed constant input) and is dropped.
+    already seen begins a new forward pass, so logs of one layer only work too: ``token_idx``
+    is a token's index within one hook call's batch (0, 1, ... at each call), not its
+    position in the request. Leading passes (before the first pass kept) of two or more
+    tokens of one request (or none named) that all route to the same experts in every layer
+    are warm-ups (profile runs, CUDA-graph capture: one dummy request at start-up) and are
+    dropped; from the first pass kept on, every pass is kept, however skewed its routing.
 
     Also accepts a batched decode layout (JSON, ``.npy``, ``.pt``; a bare array or a dict
     with ``topk_ids``, ``indices`` or ``experts``) of shape ``[positions, layers, sequences,
@@ -551,11 +554,54 @@ def read_routing_log(path: str | Path, num_experts: int | None = None) -> Routin
     )
 
 
+# One logged token: (req_id, topk_ids, topk_weights or None); a pass maps layer -> its tokens.
+_RouteToken = tuple[str, list[int], list[float] | None]
+_RoutePass = dict[int, list[_RouteToken]]
+
+
+def _check_passes(passes: list[_RoutePass], layers: list[int], top_k: int, where: str) -> None:
+    """Every pass logs every layer with the same number of tokens, ``top_k`` ids each.
+
+    Raises:
+        RuntimeFormatError: naming the first pass that does not line up.
+    """
+    for i, p in enumerate(passes):
+        sizes = {len(toks) for toks in p.values()}
+        if set(p) != set(layers) or len(sizes) != 1:
+            raise RuntimeFormatError(
+                f"{where}: forward pass {i} logs layers {sorted(p)} with token counts "
+                f"{sorted(sizes)}; want every logged layer {layers} with the same tokens"
+            )
+        if any(len(t[1]) != top_k for toks in p.values() for t in toks):
+            raise RuntimeFormatError(f"{where}: forward pass {i}: want {top_k} topk_ids per token")
+
+
+def _is_warmup_pass(p: _RoutePass, layers: list[int]) -> bool:
+    """A start-up dummy pass: two or more tokens, all routed to the same experts in every
+    layer, all of one request (or none named)."""
+    tokens = p[layers[0]]
+    if len(tokens) < 2 or len({t[0] for toks in p.values() for t in toks}) > 1:
+        return False
+    return all(len({tuple(sorted(t[1])) for t in p[layer]}) == 1 for layer in layers)
+
+
+def _drop_leading_warmups(
+    passes: list[_RoutePass], layers: list[int]
+) -> tuple[list[_RoutePass], int]:
+    """The passes from the first that is not a warm-up on, and how many were dropped before
+    it. Warm-ups (profile runs, CUDA-graph capture) run at start-up, before any request is
+    served; later constant passes are real work on skewed routing and are kept."""
+    warm = 0
+    while warm < len(passes) and _is_warmup_pass(passes[warm], layers):
+        warm += 1
+    return passes[warm:], warm
+
+
 def _read_route_lines(path: Path, where: str, num_experts: int | None) -> RoutingTrace:
     opener = gzip.open if path.name.endswith(".gz") else open
     meta: dict[str, Any] = {}
     # blocks: (layer, [(req_id, topk_ids, topk_weights)]) in file order
-    blocks: list[tuple[int, list[tuple[str, list[int], list[float] | None]]]] = []
+    blocks: list[tuple[int, list[_RouteToken]]] = []
     last_layer, last_idx = None, None
     try:
         with opener(path, "rt") as f:
@@ -593,7 +639,7 @@ def _read_route_lines(path: Path, where: str, num_experts: int | None) -> Routin
     if not blocks:
         raise RuntimeFormatError(f"{where}: no route records ({{'type': 'route', ...}} lines)")
     # Blocks -> passes: a pass holds at most one block per layer.
-    passes: list[dict[int, list[tuple[str, list[int], list[float] | None]]]] = [{}]
+    passes: list[_RoutePass] = [{}]
     for layer, toks in blocks:
         if layer in passes[-1]:
             passes.append({})
@@ -602,22 +648,8 @@ def _read_route_lines(path: Path, where: str, num_experts: int | None) -> Routin
     seen_k = max(len(t[1]) for _, toks in blocks for t in toks)
     meta_k = meta.get("top_k")
     top_k = meta_k if isinstance(meta_k, int) and meta_k > 0 else seen_k
-    kept, warm = [], 0
-    for i, p in enumerate(passes):
-        sizes = {len(toks) for toks in p.values()}
-        if set(p) != set(layers) or len(sizes) != 1:
-            raise RuntimeFormatError(
-                f"{where}: forward pass {i} logs layers {sorted(p)} with token counts "
-                f"{sorted(sizes)}; want every logged layer {layers} with the same tokens"
-            )
-        if any(len(t[1]) != top_k for toks in p.values() for t in toks):
-            raise RuntimeFormatError(f"{where}: forward pass {i}: want {top_k} topk_ids per token")
-        n = sizes.pop()
-        same = all(len({tuple(sorted(t[1])) for t in p[layer]}) == 1 for layer in layers)
-        if n >= 2 and same:
-            warm += 1
-            continue
-        kept.append(p)
+    _check_passes(passes, layers, top_k, where)
+    kept, warm = _drop_leading_warmups(passes, layers)
     if not kept:
         raise RuntimeFormatError(f"{where}: every forward pass is a warm-up (constant routing)")
     num_tokens = sum(len(next(iter(p.values()))) for p in kept)
@@ -647,7 +679,9 @@ def _read_route_lines(path: Path, where: str, num_experts: int | None) -> Routin
         raise RuntimeFormatError(f"{where}: topk_ids outside [0, {num_e})")
     notes = [f"{len(kept)} forward passes"]
     if warm:
-        notes.append(f"dropped {warm} warm-up passes (every token routed identically)")
+        notes.append(
+            f"dropped {warm} warm-up passes (leading, one request, every token routed identically)"
+        )
     return RoutingTrace(
         model=str(meta.get("model_id", "unknown")),
         layer_ids=np.asarray(layers, dtype=np.int32),

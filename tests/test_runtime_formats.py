@@ -272,3 +272,57 @@ def test_writers_use_the_runtimes_names() -> None:
 def test_read_window_dispatches(tmp_path: Path) -> None:
     (tmp_path / "w.json").write_text("[[1, 2]]")
     assert read_window(tmp_path / "w.json", "deepseek").kind == "deepseek"
+
+
+def _pass(reqs: list[str | None], layers: list[int], rows: list[list[int]]) -> list[str]:
+    """One forward pass as a hook logs it: per layer, one block with token_idx 0.. over the
+    batch, token t of request ``reqs[t]`` (no req_id field when None) routed to ``rows[t]``
+    in every layer."""
+    lines = []
+    for layer in layers:
+        for t, (req, ids) in enumerate(zip(reqs, rows, strict=True)):
+            rec = json.loads(_route(req or "", t, layer, ids))
+            if req is None:
+                del rec["req_id"]
+            lines.append(json.dumps(rec))
+    return lines
+
+
+def test_routing_log_drops_only_leading_one_request_warmups(tmp_path: Path) -> None:
+    """Switch-like top-1 routing (expert 0 takes nearly every token): after the first real
+    pass, constant passes are real work (a prefill all routed to expert 0, decode steps of
+    several requests) and are kept; only the start-up dummy passes before it are dropped."""
+    meta = json.dumps({"type": "meta", "model_id": "switch-like", "top_k": 1})
+    lines = [meta]
+    lines += _pass([None] * 4, [0, 1], [[0]] * 4)  # profile run: no req_id
+    lines += _pass(["warmup"] * 3, [0, 1], [[2]] * 3)  # CUDA-graph capture: one dummy request
+    lines += _pass(["a"] * 4, [0, 1], [[0], [0], [3], [0]])  # prefill of a: first real pass
+    lines += _pass(["c"] * 3, [0, 1], [[0]] * 3)  # prefill of c, every token to expert 0
+    for _ in range(5):  # decode steps of a and c, every token to expert 0
+        lines += _pass(["a", "c"], [0, 1], [[0], [0]])
+    lines += _pass(["c"] * 2, [0, 1], [[0]] * 2)  # a later one-request constant pass
+    path = tmp_path / "switch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    tr = read_routing_log(path)
+    assert [len(s) for s in tr.steps()] == [4, 3, 2, 2, 2, 2, 2, 2]
+    assert tr.num_tokens == 19 and tr.top_k == 1
+    assert tr.seq_ids.tolist()[:9] == [0, 0, 0, 0, 1, 1, 1, 0, 1]
+    assert tr.histogram()[0].tolist() == [18, 0, 0, 1]
+    assert "dropped 2 warm-up passes" in " ".join(tr.notes)
+
+
+def test_routing_log_of_constant_passes_of_several_requests_is_kept(tmp_path: Path) -> None:
+    """A pass of several requests is served work, however skewed its routing."""
+    lines = []
+    for _ in range(3):
+        lines += _pass(["a", "b"], [0, 1], [[0, 1], [0, 1]])
+    path = tmp_path / "const.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    tr = read_routing_log(path)
+    assert tr.num_tokens == 6 and len(tr.steps()) == 3
+    assert not any("warm-up" in n for n in tr.notes)
+    # one request's constant passes alone are all warm-up: refused as before
+    only = tmp_path / "only_warmup.jsonl"
+    only.write_text("\n".join(_pass(["w"] * 2, [0], [[1, 2]] * 2) * 2) + "\n")
+    with pytest.raises(RuntimeFormatError, match=r"only_warmup\.jsonl: every forward pass"):
+        read_routing_log(only)
