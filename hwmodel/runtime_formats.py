@@ -563,14 +563,17 @@ def _check_passes(passes: list[_RoutePass], layers: list[int], top_k: int, where
     """Every pass logs every layer with the same number of tokens, ``top_k`` ids each.
 
     Raises:
-        RuntimeFormatError: naming the first pass that does not line up.
+        RuntimeFormatError: naming the first pass that does not line up; the usual cause is a
+            ``token_idx`` that counts the request's positions instead of the batch's tokens.
     """
     for i, p in enumerate(passes):
         sizes = {len(toks) for toks in p.values()}
         if set(p) != set(layers) or len(sizes) != 1:
             raise RuntimeFormatError(
                 f"{where}: forward pass {i} logs layers {sorted(p)} with token counts "
-                f"{sorted(sizes)}; want every logged layer {layers} with the same tokens"
+                f"{sorted(sizes)}; want every logged layer {layers} with the same tokens "
+                "(token_idx must be the token's index within one hook call's batch, restarting "
+                "at 0 at each call, not its position in the request)"
             )
         if any(len(t[1]) != top_k for toks in p.values() for t in toks):
             raise RuntimeFormatError(f"{where}: forward pass {i}: want {top_k} topk_ids per token")

@@ -326,3 +326,18 @@ def test_routing_log_of_constant_passes_of_several_requests_is_kept(tmp_path: Pa
     only.write_text("\n".join(_pass(["w"] * 2, [0], [[1, 2]] * 2) * 2) + "\n")
     with pytest.raises(RuntimeFormatError, match=r"only_warmup\.jsonl: every forward pass"):
         read_routing_log(only)
+
+
+def test_routing_log_misaligned_passes_hint_at_token_idx(tmp_path: Path) -> None:
+    """token_idx written as the position in the request (a at 10, b at 3) cuts a decode
+    step's layer into blocks that do not line up; the error says what token_idx must be."""
+    lines = []
+    for layer in (0, 1):
+        lines += [_route("a", 10, layer, [0, 1]), _route("b", 3, layer, [2, 3])]
+    path = tmp_path / "positions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RuntimeFormatError) as err:
+        read_routing_log(path)
+    msg = str(err.value)
+    assert "positions.jsonl: forward pass 0" in msg and "same tokens" in msg
+    assert "index within one hook call's batch" in msg and "not its position" in msg
