@@ -601,7 +601,12 @@ def _drop_leading_warmups(
 
 
 def _read_route_lines(path: Path, where: str, num_experts: int | None) -> RoutingTrace:
-    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with path.open("rb") as f:
+            is_gzip = f.read(2) == b"\x1f\x8b"  # by the bytes, not the name
+    except OSError as exc:
+        raise RuntimeFormatError(f"{where}: cannot read: {exc}") from exc
+    opener = gzip.open if is_gzip else open
     meta: dict[str, Any] = {}
     # blocks: (layer, [(req_id, topk_ids, topk_weights)]) in file order
     blocks: list[tuple[int, list[_RouteToken]]] = []

@@ -341,3 +341,20 @@ def test_routing_log_misaligned_passes_hint_at_token_idx(tmp_path: Path) -> None
     msg = str(err.value)
     assert "positions.jsonl: forward pass 0" in msg and "same tokens" in msg
     assert "index within one hook call's batch" in msg and "not its position" in msg
+
+
+def test_routing_log_gzip_is_read_by_its_bytes_not_its_name(tmp_path: Path) -> None:
+    """gzip bytes named ``.jsonl`` and plain text named ``.jsonl.gz`` read as the fixture."""
+    want = read_routing_log(FIXTURES / "vllm_routes.jsonl.gz")
+    raw = gzip.decompress((FIXTURES / "vllm_routes.jsonl.gz").read_bytes())
+    zipped = tmp_path / "zipped.jsonl"
+    zipped.write_bytes(gzip.compress(raw))
+    plain = tmp_path / "plain.jsonl.gz"
+    plain.write_bytes(raw)
+    for path in (zipped, plain):
+        got = read_routing_log(path)
+        np.testing.assert_array_equal(got.expert_ids, want.expert_ids)
+        assert got.step_ids is not None and want.step_ids is not None
+        np.testing.assert_array_equal(got.step_ids, want.step_ids)
+    with pytest.raises(RuntimeFormatError, match=r"missing\.jsonl: cannot read"):
+        read_routing_log(tmp_path / "missing.jsonl")
