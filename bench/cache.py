@@ -163,6 +163,10 @@ def latency_job(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     spec = dict(LATENCY_CONFIGS[name])
     if spec.pop("all", False):
         capacity = trace.num_experts
+        fit = max_cache_lines(hw, model, trace.top_k) // model.num_moe_layers
+        if fit < capacity:  # the floor is not a machine this GPU can be
+            return {"skipped": f"every expert resident needs {capacity} lines a layer, the "
+                    f"GPU holds {fit}"}  # fmt: skip
     cfg = LoopConfig(capacity_experts=capacity, **spec)
     merged = run_sequences(hw, model, base, cfg, trace, runs)
     stats, recs = merged.stats, merged.steps
@@ -255,7 +259,9 @@ def run(
                 1 - lat["belady_cpu"]["latency_per_step_ms"] / lat["lru_cpu"]["latency_per_step_ms"]
             )
             row["decode_latency_reduction_all_resident_vs_lru_cpu"] = (
-                1
+                None
+                if "skipped" in lat["all_resident"]
+                else 1
                 - lat["all_resident"]["latency_per_step_ms"] / lat["lru_cpu"]["latency_per_step_ms"]
             )
         result.rows.append(row)
@@ -266,8 +272,8 @@ def run(
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures the issue names (``*_scored``: the three quarters nothing was chosen on)."""
 
-    def mean(values: list[float]) -> float:
-        return float(np.mean(values)) if values else 0.0
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None  # no row measured it
 
     lat_rows = [r for r in rows if "latency" in r]
     s: dict[str, Any] = {
@@ -315,7 +321,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             [r["decode_latency_reduction_belady_vs_lru_cpu"] for r in lat_rows]
         ),
         "decode_latency_reduction_all_resident_vs_lru_cpu_mean": mean(
-            [r["decode_latency_reduction_all_resident_vs_lru_cpu"] for r in lat_rows]
+            [
+                r["decode_latency_reduction_all_resident_vs_lru_cpu"]
+                for r in lat_rows
+                if r["decode_latency_reduction_all_resident_vs_lru_cpu"] is not None
+            ]
         ),
         "decode_latency_reduction_vs_lru_gpu_only_mean": mean(
             [r["decode_latency_reduction_vs_lru_gpu_only"] for r in lat_rows]
@@ -324,10 +334,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             (r["moesched_over_bound"] for r in lat_rows if r["moesched_over_bound"]), default=None
         ),
         "executor_violations": sum(
-            c["executor_violations"] for r in lat_rows for c in r["latency"].values()
+            c.get("executor_violations", 0) for r in lat_rows for c in r["latency"].values()
         ),
         "prediction_error_s_max": max(
-            (c["prediction_error_s_max"] for r in lat_rows for c in r["latency"].values()),
+            (
+                c["prediction_error_s_max"]
+                for r in lat_rows
+                for c in r["latency"].values()
+                if "skipped" not in c
+            ),
             default=0.0,
         ),
         "prefetch_per_layer": PREFETCH_PER_LAYER,

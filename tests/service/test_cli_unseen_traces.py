@@ -16,14 +16,16 @@ from service.input_errors import input_error_text
 runner = CliRunner()
 
 
-def flame_file(path: Path, tokens: int, layers: int, experts: int, top_k: int) -> Path:
-    """A FLAME-format trace ``indices [layers][tokens][top_k]``, tokens routed round-robin
-    (every expert up to ``experts - 1`` used)."""
+def flame_file(
+    path: Path, tokens: int, layers: int, experts: int, top_k: int, seq_len: int = 512
+) -> Path:
+    """A FLAME-format trace ``indices [layers][tokens][top_k]`` in sequences of ``seq_len``
+    tokens, routed round-robin (every expert up to ``experts - 1`` used)."""
     ids = (np.arange(layers * tokens * top_k) % experts).reshape(layers, tokens, top_k)
     path.write_text(
         json.dumps(
             {
-                "meta": {"num_experts": experts, "top_k": top_k},
+                "meta": {"num_experts": experts, "top_k": top_k, "seq_len": seq_len},
                 "layers": list(range(layers)),
                 "indices": ids.tolist(),
                 "scores": np.full(ids.shape, 1.0 / top_k).tolist(),
@@ -160,3 +162,22 @@ def test_bench_ndp_runs_the_reproduction_on_a_trace_file(tmp_path: Path) -> None
         app, ["bench", "ndp", "--quick", "--trace", str(short), "--json", str(out)]
     )
     assert refused.exit_code == 2 and "512-token prompt" in refused.output
+
+
+def test_bench_cache_on_a_model_whose_experts_the_gpu_cannot_all_hold(tmp_path: Path) -> None:
+    """Mixtral's shape (32 layers, 8 experts of 336 MiB, top-2), two sequences: the cache is
+    what the GPU holds (3 a layer, not 2 x top_k = 4), and the every-expert-resident floor,
+    which no machine of this GPU can be, is skipped and reported as None, not as 0."""
+    trace = flame_file(tmp_path / "mixtral.json", 80, 32, 8, 2, seq_len=40)
+    out = tmp_path / "cache.json"
+    got = runner.invoke(
+        app, ["bench", "cache", "--quick", "--trace", str(trace), "--json", str(out), "-q"]
+    )
+    assert got.exit_code == 0, got.output
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert (row["model"], row["capacity_experts"]) == ("mixtral-8x7b", 3)
+    assert "skipped" in row["latency"]["all_resident"]
+    assert row["decode_latency_reduction_all_resident_vs_lru_cpu"] is None
+    assert data["summary"]["decode_latency_reduction_all_resident_vs_lru_cpu_mean"] is None
+    assert data["summary"]["executor_violations"] == 0
