@@ -130,6 +130,15 @@ FIGURES: dict[str, Callable[[], str]] = {
     "ndp speedup vs monde-best-h": lambda: (
         f"mean {summary('ndp')['speedup_mean']:.2f}x, max {summary('ndp')['speedup_max']:.2f}x"
     ),
+    "ndp by dimms": lambda: (
+        "mean {:.2f}x at 2 DIMMs, {:.2f}x at 4, {:.2f}x at 6, **{:.2f}x over all {} rows**".format(
+            *(summary("ndp")["by_dimms"][d]["speedup_vs_monde_paper_mean"] for d in "246"),
+            summary("ndp")["speedup_vs_monde_paper_mean_all_dimms"],
+            sum(summary("ndp")["by_dimms"][d]["rows"] for d in "246"),
+        )
+        + f" (Mixtral does not fit 2 DIMMs), max "
+        f"{summary('ndp')['speedup_vs_monde_paper_max_all_dimms']:.2f}x (Mixtral, 6 DIMMs)"
+    ),
     "ndp decode per token": lambda: ndp_decode(summary("ndp")),
     "ndp against the previous moesched": lambda: ndp_previous(summary("ndp")),
     "ndp over the bound": lambda: (
