@@ -737,18 +737,19 @@ def bench(
                 note(f"error: --trace: {path} is not a file")
                 raise typer.Exit(EXIT_BAD_INPUT)
     label = f"bench {name}" + (" --quick" if quick else "")
-    try:
-        # A trace the benchmark cannot use is bad input; its message names the trace.
-        with working(quiet, label) as reporter, reporting(reporter), bad_input(None):
-            if trace_paths:
-                result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
-            else:
-                result = BENCHMARKS[name](quick)
-    except FileNotFoundError as exc:
-        if exc.filename is None or not Path(exc.filename).is_relative_to(traces):
-            raise
-        note(f"{missing_traces} ({Path(exc.filename).name} is missing)")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    # A trace the benchmark cannot use is bad input; its message names the trace.
+    with bad_input(None):
+        try:
+            with working(quiet, label) as reporter, reporting(reporter):
+                if trace_paths:
+                    result = BENCHMARKS[name](quick, traces=trace_paths)  # type: ignore[call-arg]
+                else:
+                    result = BENCHMARKS[name](quick)
+        except FileNotFoundError as exc:
+            if exc.filename is None or not Path(exc.filename).is_relative_to(traces):
+                raise
+            note(f"{missing_traces} ({Path(exc.filename).name} is missing)")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
     result.write(json_path)
     if plot_path is not None:
         from bench.plots import plot as draw

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -181,3 +182,15 @@ def test_bench_cache_on_a_model_whose_experts_the_gpu_cannot_all_hold(tmp_path: 
     assert row["decode_latency_reduction_all_resident_vs_lru_cpu"] is None
     assert data["summary"]["decode_latency_reduction_all_resident_vs_lru_cpu_mean"] is None
     assert data["summary"]["executor_violations"] == 0
+
+
+def test_a_benchmark_missing_one_shared_trace_says_which_and_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The traces folder is there but lacks a file a benchmark reads: the message names the
+    folder, the file and the variable to set (not a bare 'No such file')."""
+    (tmp_path / "traces").mkdir()
+    monkeypatch.setenv("MOESCHED_TRACES_DIR", str(tmp_path / "traces"))
+    got = runner.invoke(app, ["bench", "balance", "--quick", "--json", str(tmp_path / "x")])
+    assert got.exit_code == 2
+    assert "MOESCHED_TRACES_DIR" in got.output and "is missing" in got.output
