@@ -47,6 +47,7 @@ from bench.common import BenchResult, tracked
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
 from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, match_model, traces_dir
+from hwmodel.spec import ModelSpec
 from hwmodel.workload import RoutingTrace
 from solvers.decode_loop import LoopConfig, max_cache_lines, run_sequences
 from solvers.prefetch.cache import ReplayStats, replay_runs
@@ -90,6 +91,12 @@ def all_runs(trace: RoutingTrace) -> list[tuple[int, int, int]]:
     return trace.decode_runs(PREFILL_FRACTION, 1 << 30)
 
 
+def lines_per_layer_fit(model: ModelSpec, top_k: int) -> int:
+    """The most cache lines per layer ``HARDWARE``'s GPU holds for every layer of ``model``,
+    with ``top_k`` experts in flight."""
+    return max_cache_lines(hardware_preset(HARDWARE), model, top_k) // model.num_moe_layers
+
+
 def capacities(trace: RoutingTrace, model_name: str, path: str) -> list[int]:
     """The cache sizes (experts per layer) a trace is run at: ``CAPACITIES`` that are at
     least 2 x top_k and below the expert count (else the nearest such size), no larger than
@@ -100,8 +107,7 @@ def capacities(trace: RoutingTrace, model_name: str, path: str) -> list[int]:
     """
     k, num_experts = trace.top_k, trace.num_experts
     caps = [c for c in CAPACITIES if 2 * k <= c < num_experts] or [min(2 * k, num_experts)]
-    model = model_preset(model_name)
-    fit = max_cache_lines(hardware_preset(HARDWARE), model, k) // model.num_moe_layers
+    fit = lines_per_layer_fit(model_preset(model_name), k)
     if fit < 1:
         raise ValueError(
             f"trace {Path(path).name}: {HARDWARE}'s GPU cannot hold one {model_name} expert "
@@ -163,7 +169,7 @@ def latency_job(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     spec = dict(LATENCY_CONFIGS[name])
     if spec.pop("all", False):
         capacity = trace.num_experts
-        fit = max_cache_lines(hw, model, trace.top_k) // model.num_moe_layers
+        fit = lines_per_layer_fit(model, trace.top_k)
         if fit < capacity:  # the floor is not a machine this GPU can be
             return {"skipped": f"every expert resident needs {capacity} lines a layer, the "
                     f"GPU holds {fit}"}  # fmt: skip
