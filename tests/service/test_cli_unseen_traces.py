@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,12 +115,10 @@ def test_eplb_gives_experts_a_log_never_routed_a_slot(tmp_path: Path) -> None:
 
 def test_benchmarks_refuse_traces_too_short_to_score(tmp_path: Path) -> None:
     short = flame_file(tmp_path / "short.json", 100, 8, 64, 6)
-    out = str(tmp_path / "x.json")
-    cache = runner.invoke(app, ["bench", "cache", "--quick", "--trace", str(short), "--json", out])
+    out = tmp_path / "x.json"
+    cache = bench_quick("cache", short, out)
     assert cache.exit_code == 2 and "needs at least 2" in cache.output
-    balance = runner.invoke(
-        app, ["bench", "balance", "--quick", "--trace", str(short), "--json", out]
-    )
+    balance = bench_quick("balance", short, out)
     assert balance.exit_code == 2 and "needs at least 512" in balance.output
     assert "Traceback" not in cache.output + balance.output
 
@@ -144,14 +143,19 @@ def test_an_error_that_names_its_file_is_not_prefixed_twice() -> None:
     assert input_error_text(ValueError("bad"), "tr/x.json") == "tr/x.json: bad"
 
 
+def bench_quick(name: str, trace: Path, out: Path) -> Any:
+    """``moesched bench NAME --quick --trace TRACE --json OUT``: the CLI runner's result."""
+    return runner.invoke(
+        app, ["bench", name, "--quick", "--trace", str(trace), "--json", str(out), "-q"]
+    )
+
+
 def test_bench_ndp_runs_the_reproduction_on_a_trace_file(tmp_path: Path) -> None:
     """FLAME-MoE's shape, 540 tokens: the 512-token prompt and 24 decode tokens of --quick,
     moesched against both MoNDE baselines on the fitted preset, every step executor-valid."""
     trace = flame_file(tmp_path / "mine.json", 540, 8, 64, 6)
     out = tmp_path / "ndp.json"
-    got = runner.invoke(
-        app, ["bench", "ndp", "--quick", "--trace", str(trace), "--json", str(out), "-q"]
-    )
+    got = bench_quick("ndp", trace, out)
     assert got.exit_code == 0, got.output
     data = json.loads(out.read_text())
     (row,) = data["rows"]
@@ -159,9 +163,7 @@ def test_bench_ndp_runs_the_reproduction_on_a_trace_file(tmp_path: Path) -> None
     assert data["summary"]["executor_violations"] == 0
     assert row["speedup_vs_monde_paper"] >= row["speedup"] > 0
     short = flame_file(tmp_path / "short.json", 100, 8, 64, 6)
-    refused = runner.invoke(
-        app, ["bench", "ndp", "--quick", "--trace", str(short), "--json", str(out)]
-    )
+    refused = bench_quick("ndp", short, out)
     assert refused.exit_code == 2 and "512-token prompt" in refused.output
 
 
@@ -171,9 +173,7 @@ def test_bench_cache_on_a_model_whose_experts_the_gpu_cannot_all_hold(tmp_path: 
     which no machine of this GPU can be, is skipped and reported as None, not as 0."""
     trace = flame_file(tmp_path / "mixtral.json", 80, 32, 8, 2, seq_len=40)
     out = tmp_path / "cache.json"
-    got = runner.invoke(
-        app, ["bench", "cache", "--quick", "--trace", str(trace), "--json", str(out), "-q"]
-    )
+    got = bench_quick("cache", trace, out)
     assert got.exit_code == 0, got.output
     data = json.loads(out.read_text())
     (row,) = data["rows"]
