@@ -341,22 +341,31 @@ def load_trace(path: str | Path) -> RoutingTrace:
     """Load any per-token trace file by its format: ESFT ``.jsonl`` or ``.jsonl.gz`` (a
     ``{"meta": ...}`` first line), FLAME ``.json`` or ``.json.gz``, or a serving engine's
     routing log (``.jsonl`` or ``.jsonl.gz`` of ``{"type": "route", ...}`` lines:
-    ``runtime_formats.read_routing_log``, engine steps kept). Whether a file is gzip is read
-    from its bytes, not its name."""
+    ``runtime_formats.read_routing_log``, engine steps kept), or a batched decode layout
+    ``[positions, layers, sequences, top_k]`` (``.npy``, ``.pt``, or ``.json``: a bare array
+    or ``{"topk_ids": ...}``; ``read_routing_log``). Whether a file is gzip is read from its
+    bytes, not its name."""
+    from hwmodel.runtime_formats import read_routing_log
+
     p = Path(path)
     if p.name.endswith(".jsonl.gz") or p.name.endswith(".jsonl"):
         head = _first_line(p)
         if head.startswith('{"meta"'):
             return load_esft(p)
         if '"type"' in head:
-            from hwmodel.runtime_formats import read_routing_log
-
             return read_routing_log(p)
+    if p.suffix in (".npy", ".pt"):
+        return read_routing_log(p)
     if p.name.endswith(".json") or p.name.endswith(".json.gz"):
         head = _head(p)
+        if p.name.endswith(".json") and (
+            head.lstrip().startswith("[") or '"topk_ids"' in head or '"experts"' in head
+        ):
+            return read_routing_log(p)
         if '"indices"' in head or ('"layers"' in head and '"models"' not in head):
             return load_flame(p)
     raise ValueError(
-        f"{p.name}: not a per-token routing trace (ESFT .jsonl[.gz], FLAME .json[.gz] or a "
-        'routing log of {"type": "route", ...} lines)'
+        f"{p.name}: not a per-token routing trace (ESFT .jsonl[.gz], FLAME .json[.gz], a "
+        'routing log of {"type": "route", ...} lines or a batched decode layout '
+        "[positions, layers, sequences, top_k])"
     )

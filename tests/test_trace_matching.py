@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +53,21 @@ def test_interleaved_requests_become_contiguous_sequences_in_order() -> None:
     assert got.expert_ids[:4].tolist() == t.expert_ids[[0, 1, 3, 6]].tolist()
     assert got.step_ids is None and "regrouped into 3 sequences" in got.notes[-1]
     assert t.per_sequence().per_sequence() is not t and got.per_sequence() is got
+
+
+def test_a_batched_decode_layout_loads_as_a_trace_of_its_sequences(
+    tmp_path: Path, traces: Path
+) -> None:
+    """``[positions, layers, sequences, top_k]`` as JSON and .npy (what ``eplb --from
+    routing-log`` reads) loads for replay too: position-major engine steps, regrouped into
+    one run of positions per sequence. The shared FLAME file still loads as FLAME."""
+    from hwmodel.routing_traces import FLAME_FILE, load_trace
+
+    ids = np.arange(5 * 2 * 3 * 2).reshape(5, 2, 3, 2) % 8  # 5 positions, 2 layers, 3 seqs
+    (tmp_path / "b.json").write_text(json.dumps({"topk_ids": ids.tolist()}))
+    np.save(tmp_path / "b.npy", ids)
+    for name in ("b.json", "b.npy"):
+        got = load_trace(tmp_path / name).per_sequence()
+        assert got.sequences() == [(0, 5), (5, 10), (10, 15)]
+        assert got.expert_ids[5:10].tolist() == ids[:, :, 1, :].tolist()  # sequence 1
+    assert load_trace(traces / FLAME_FILE).model == "flame-moe-290m"
