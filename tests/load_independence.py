@@ -109,7 +109,12 @@ def main() -> None:
             for b in burners:
                 b.wait()
     diffs = {name: differences(idle[name], loaded[name]) for name in args.benchmarks}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        check=False,
+    ).stdout.strip()  # fmt: skip
     report = {
+        "commit": commit or None,  # the code the figures came from
         "benchmarks": args.benchmarks,
         "burners": args.burners,
         "load_average_idle_start": load_idle,
