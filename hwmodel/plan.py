@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from hwmodel.spec import MAX_COUNT, Frozen
+from hwmodel.spec import MAX_COUNT, Frozen, ModelSpec
 
 MAX_INDEX = 2**20  # layers, experts, FFN columns, micro-batches
 MAX_START_CYCLE = 2**50  # a pinned start; task durations stay below costs.MAX_TASK_CYCLES
@@ -229,6 +229,28 @@ class Residency(Frozen):
             "attention and shared-expert weights); counted against the memory's capacity."
         ),
     )
+
+    def problems(self, model: ModelSpec, memory_ids: set[str]) -> list[str]:
+        """Messages (``by_memory.MEM[i]: reason``) for every slice that names a memory the
+        hardware lacks, or a layer, expert or column range the model does not have (such a
+        slice holds nothing the plans can use, so it is a mistake, not a no-op)."""
+        out = []
+        for mem, slices in self.by_memory.items():
+            if mem not in memory_ids:
+                out.append(f"by_memory.{mem}: the hardware has no memory '{mem}'")
+            for i, s in enumerate(slices):
+                where = f"by_memory.{mem}[{i}]"
+                if s.layer is not None and s.layer >= model.num_moe_layers:
+                    out.append(f"{where}: layer {s.layer}, want < {model.num_moe_layers}")
+                if s.expert is not None and s.expert >= model.num_routed_experts:
+                    out.append(f"{where}: expert {s.expert}, want < {model.num_routed_experts}")
+                end = model.expert_ffn_size if s.ffn_end is None else s.ffn_end
+                if end > model.expert_ffn_size or s.ffn_start >= model.expert_ffn_size:
+                    out.append(
+                        f"{where}: columns [{s.ffn_start}, {end}), the FFN width is "
+                        f"{model.expert_ffn_size}"
+                    )
+        return out
 
     def holds(
         self, memory_id: str, layer: int, expert: int, start: int, end: int, ffn_size: int

@@ -333,6 +333,12 @@ def layout_residency(
             by_memory[d.memory_id].append(WeightSlice(ffn_start=cuts[i], ffn_end=cuts[i + 1]))
     if cached_experts:
         home_mem = hardware.device(hardware.home_device_id).memory_id
+        bad = sorted({e for e in cached_experts if not 0 <= e < model.num_routed_experts})
+        if bad:
+            raise ValueError(
+                f"cached_experts: {bad[:5]} are not experts of {model.name} "
+                f"(ids in [0, {model.num_routed_experts}))"
+            )
         check_cached_fit(hardware, model, len(set(cached_experts)))
         by_memory.setdefault(home_mem, []).extend(WeightSlice(expert=e) for e in cached_experts)
     return Residency(by_memory={k: tuple(v) for k, v in by_memory.items()})

@@ -133,9 +133,28 @@ def resolve(request: EplbRequest) -> EplbInput:
         if current.max() >= window.shape[2]:
             raise _bad(
                 "body.current_physical_to_logical",
-                f"expert ids up to {int(current.max())}, the loads have {window.shape[2]}",
+                f"expert ids up to {int(current.max())}, want ids in [0, {window.shape[2]}) "
+                f"(the loads have {window.shape[2]} experts)",
             )
+        check_every_expert_placed(current, window.shape[2])
     return EplbInput(window, current, notes)
+
+
+def check_every_expert_placed(current: np.ndarray, num_logical: int) -> None:
+    """A running map ``[L, R]`` holds every logical expert in every layer (a runtime cannot
+    serve one that has no slot, and the loads of a slot-less expert cannot be moved).
+
+    Raises:
+        DomainError: 422 naming the first layer and the experts with no slot.
+    """
+    for layer, row in enumerate(current):
+        missing = np.setdiff1d(np.arange(num_logical), row)
+        if missing.size:
+            raise _bad(
+                "body.current_physical_to_logical",
+                f"layer {layer} gives experts {missing[:5].tolist()} no slot; a running map "
+                "holds every logical expert at least once",
+            )
 
 
 def runtime_file(

@@ -147,6 +147,9 @@ def resolve_placement(request: PlacementRequest, settings: Settings) -> Placemen
     granules = layout_granules(hardware, model, layout, opts.num_granules)
     if request.residency is not None:
         residency = request.residency
+        problems = residency.problems(model, {m.id for m in hardware.memories})
+        if problems:
+            raise DomainError(422, "validation", "body.residency", "; ".join(problems[:3]))
     else:
         assert request.layout is not None
         residency = named_layout(hardware, model, request.layout, request.cached_experts, granules)
