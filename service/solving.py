@@ -14,7 +14,7 @@ before it wins); when no valid plan exists the caller gets a DomainError (a 4xx)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -180,14 +180,43 @@ def solve_case(case: PlacementCase, settings: Settings, budget: Budget) -> Place
     return solution
 
 
-def checked(case: PlacementCase, plan: Plan, include_timeline: bool) -> Report:
-    """The executor's report on a case's whole plan (422 when the plan breaks a rule)."""
+def checked(
+    case: PlacementCase, solution: PlacementSolution, settings: Settings, include_timeline: bool
+) -> tuple[PlacementSolution, Report]:
+    """The solution and the executor's report on its whole plan, simulated once when valid.
+
+    Each layer is solved with the home memory's free bytes to itself, so the loads of layers
+    in flight together can overflow it (the executor's ``memory_capacity``): the case is then
+    solved again by the greedy without loads, which keeps every layer within what is resident,
+    and the answer says so (``fallback`` and why).
+
+    Raises:
+        DomainError: 422 ``no_valid_plan`` when no plan passes the executor.
+    """
     report = simulate(
-        case.hardware, case.model, plan, case.workload, case.residency, include_timeline
+        case.hardware, case.model, solution.plan, case.workload, case.residency, include_timeline
+    )
+    if report.valid:
+        return solution, report
+    why = report.violations[0].message
+    if not case.allow_loads or all(v.code != "memory_capacity" for v in report.violations):
+        raise DomainError(422, "no_valid_plan", "body", why)
+    retry = replace(case, allow_loads=False, backend="greedy")
+    again = solve_case(retry, settings, Budget.wall(case.deadline_s, settings.solver_workers))
+    report = simulate(
+        case.hardware, case.model, again.plan, case.workload, case.residency, include_timeline
     )
     if not report.valid:
-        raise DomainError(422, "no_valid_plan", "body", report.violations[0].message)
-    return report
+        raise DomainError(422, "no_valid_plan", "body", why)
+    account = again.plan.account.model_copy(
+        update={
+            "status": "fallback",
+            "fallback_reason": f"the plan with loads overflowed a memory ({why}); solved "
+            "again by the greedy without loads",
+        }
+    )
+    plan = again.plan.model_copy(update={"account": account})
+    return replace(again, plan=plan), report
 
 
 def placement_response(
@@ -210,9 +239,8 @@ def place_case(
 ) -> PlacementResponse:
     """Solve a resolved placement and validate its plan with the executor (one run)."""
     solution = solve_case(case, settings, Budget.wall(case.deadline_s, settings.solver_workers))
-    return placement_response(
-        solution, solution.plan, checked(case, solution.plan, include_timeline)
-    )
+    solution, report = checked(case, solution, settings, include_timeline)
+    return placement_response(solution, solution.plan, report)
 
 
 def place(
@@ -298,7 +326,7 @@ def schedule_case(
     budget = Budget.wall(case.deadline_s, settings.solver_workers)
     placed = solve_case(case, settings, budget.part(2, 2) if ordering else budget)
     if not ordering:
-        report = checked(case, placed.plan, include_timeline)
+        placed, report = checked(case, placed, settings, include_timeline)
         return ScheduleResponse(
             **placement_response(placed, placed.plan, report).model_dump(), ordering=None
         )
@@ -321,7 +349,7 @@ def schedule_case(
                 **placement_response(placed, plan, report).model_dump(),
                 ordering=ordered.account,
             )
-    report = checked(case, placed.plan, include_timeline)
+    placed, report = checked(case, placed, settings, include_timeline)
     return ScheduleResponse(
         **placement_response(placed, placed.plan, report).model_dump(), ordering=ordered.account
     )

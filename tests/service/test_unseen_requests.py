@@ -4,6 +4,7 @@ came back before."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "requests"
 MAP_WITHOUT_EXPERT_0 = [[1, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 7]]  # 8 experts, 16 slots
 
 
@@ -94,3 +96,24 @@ def test_a_session_refuses_cached_experts_outside_its_model(client: TestClient) 
     }  # fmt: skip
     error = refused(client, "/v1/sessions", body)
     assert error.startswith("cached_experts: [999]") and "ids in [0, 128)" in error
+
+
+def test_loads_that_overflow_the_gpu_together_fall_back_to_a_valid_plan(
+    client: TestClient,
+) -> None:
+    """Qwen2-57B-A14B, 4 layers of 16,384 tokens on 4 DIMMs (a probe's request): each layer
+    alone loads what fits the GPU, but the loads of layers in flight together overflow it by
+    10 MB. The answer is the greedy's plan without loads, valid, marked as a fallback with
+    the reason (was a 422 ``no_valid_plan``)."""
+    body = json.loads((FIXTURES / "placement_loads_overflow_gpu.json").read_text())
+    got = client.post("/v1/placement", json=body)
+    assert got.status_code == 200, got.text
+    answer = got.json()
+    assert answer["report"]["valid"] and answer["account"]["status"] == "fallback"
+    assert "overflowed a memory ('gpu_vram'" in answer["account"]["fallback_reason"]
+    body["options"]["allow_loads"] = False  # what the fallback solved: the same plan
+    again = client.post("/v1/placement", json=body).json()
+    assert (
+        again["account"]["predicted_makespan_cycles"]
+        == (answer["account"]["predicted_makespan_cycles"])
+    )
