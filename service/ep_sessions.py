@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -132,7 +133,9 @@ class _Ep:
     spec: EpSessionCreate
     placement: np.ndarray  # [L, R]
     window: deque[np.ndarray]  # of [L, E]
-    balance: deque[float]  # routed balancedness of each window batch, current placement
+    # Routed balancedness of each window batch under the current placement (None: an empty
+    # batch, which is no evidence of balance; ``window_balancedness`` skips it).
+    balance: deque[float | None]
     version: int
     num_batches: int
     moved_last: int = 0
@@ -236,7 +239,11 @@ class EpSessions:
             return self._live.setdefault(sid, ep)
 
     @staticmethod
-    def _balance(placement: np.ndarray, num_gpus: int, hist: np.ndarray) -> float:
+    def _balance(placement: np.ndarray, num_gpus: int, hist: np.ndarray) -> float | None:
+        """Mean over layers of a batch's routed balancedness ``hist [L, E]``; None when the
+        batch routed no token (an idle step)."""
+        if not hist.any():
+            return None
         return float(
             np.mean(
                 [
@@ -325,9 +332,9 @@ class EpSessions:
                 self.forget([sid])
                 raise DomainError(404, "not_found", "path.session_id", f"no EP session '{sid}'")
             ep.window.append(hist.astype(WINDOW_DTYPE))  # the bound counts 4 bytes a count
-            ep.balance.append(float(np.mean(per_layer)))
+            ep.balance.append(float(np.mean(per_layer)) if hist.any() else None)
             ep.num_batches += 1
-            window_balance = float(np.mean(ep.balance))
+            window_balance = window_balancedness(ep.balance)
         started = False
         if window_balance < ep.spec.rebalance_below and len(ep.window) >= max(
             4, (ep.window.maxlen or 4) // 2
@@ -374,9 +381,17 @@ class EpSessions:
                 self._replacing.discard(sid)
 
 
+def window_balancedness(balance: Iterable[float | None]) -> float:
+    """The window's balancedness: the mean over its batches that routed tokens (1.0 when none
+    did). Idle steps, balanced by definition, would otherwise hold an imbalanced window above
+    the re-placement bar."""
+    busy = [b for b in balance if b is not None]
+    return float(np.mean(busy)) if busy else 1.0
+
+
 def replace_in_worker(
     window: np.ndarray, old: np.ndarray, spec: EpSessionCreate, at_batch: int
-) -> tuple[EpReplaceDecision, np.ndarray, bytes, list[float]]:
+) -> tuple[EpReplaceDecision, np.ndarray, bytes, list[float | None]]:
     """``decide_replacement`` in a worker process, with what adopting needs: the new
     placement's JSON and the window's balancedness under it (per batch)."""
     decision, new = decide_replacement(window, old, spec, at_batch)
@@ -397,6 +412,9 @@ def decide_replacement(
     Returns:
         the decision and the placement ``[L, R]`` (the old one where a layer is not adopted).
     """
+    busy = window[window.reshape(len(window), -1).any(axis=1)]
+    if len(busy):  # idle steps (no token routed) say nothing about a placement
+        window = busy
     fit = rebalance_window(
         window,
         old,

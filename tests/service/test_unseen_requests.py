@@ -117,3 +117,18 @@ def test_loads_that_overflow_the_gpu_together_fall_back_to_a_valid_plan(
         again["account"]["predicted_makespan_cycles"]
         == (answer["account"]["predicted_makespan_cycles"])
     )
+
+
+def test_idle_steps_do_not_count_as_balance_in_an_ep_window(client: TestClient) -> None:
+    """128 experts on 8 GPUs, one hot expert every other batch and idle steps between: the
+    window's balancedness is the busy batches' (an empty batch scored 1.0 before and held an
+    imbalanced window above the re-placement bar)."""
+    spec = {"num_layers": 2, "num_experts": 128, "num_gpus": 8, "num_replicas": 136,
+            "rebalance_below": 0.01}  # fmt: skip
+    sid = client.post("/v1/ep-sessions", json=spec).json()["id"]
+    hot = [[0] * 127 + [512]] * 2
+    idle = [[0] * 128] * 2
+    busy = client.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": hot}).json()
+    after_idle = client.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": idle}).json()
+    assert busy["window_balancedness"] < 0.2
+    assert after_idle["window_balancedness"] == busy["window_balancedness"]
