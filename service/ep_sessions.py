@@ -291,11 +291,15 @@ class EpSessions:
         """The batch as ``hist [L, E]`` (422 on a wrong shape), and the placement ``[L, R]``,
         its version and the GPU count to route it with."""
         ep = self._get(sid)
+        want = (ep.spec.num_layers, ep.spec.num_experts)
         try:
             hist = np.asarray(batch.histogram, dtype=np.int64).reshape(len(batch.histogram), -1)
         except ValueError:
-            hist = np.zeros((0, 0), dtype=np.int64)  # ragged: refused below by its shape
-        want = (ep.spec.num_layers, ep.spec.num_experts)
+            lengths = sorted({len(row) for row in batch.histogram})
+            raise DomainError(
+                422, "validation", "body.histogram",
+                f"rows of lengths {lengths[:5]} (ragged), want {list(want)}",
+            ) from None  # fmt: skip
         if hist.shape != want:
             raise DomainError(
                 422, "validation", "body.histogram", f"shape {list(hist.shape)}, want {list(want)}"

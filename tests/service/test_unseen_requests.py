@@ -132,3 +132,10 @@ def test_idle_steps_do_not_count_as_balance_in_an_ep_window(client: TestClient) 
     after_idle = client.post(f"/v1/ep-sessions/{sid}/batches", json={"histogram": idle}).json()
     assert busy["window_balancedness"] < 0.2
     assert after_idle["window_balancedness"] == busy["window_balancedness"]
+
+
+def test_a_ragged_ep_histogram_says_ragged(client: TestClient) -> None:
+    spec = {"num_layers": 2, "num_experts": 8, "num_gpus": 2, "num_replicas": 8}
+    sid = client.post("/v1/ep-sessions", json=spec).json()["id"]
+    error = refused(client, f"/v1/ep-sessions/{sid}/batches", {"histogram": [[1] * 8, [1] * 7]})
+    assert "rows of lengths [7, 8] (ragged), want [2, 8]" in error
