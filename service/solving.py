@@ -202,7 +202,10 @@ def checked(
     if not case.allow_loads or all(v.code != "memory_capacity" for v in report.violations):
         raise DomainError(422, "no_valid_plan", "body", why)
     retry = replace(case, allow_loads=False, backend="greedy")
-    again = solve_case(retry, settings, Budget.wall(case.deadline_s, settings.solver_workers))
+    try:
+        again = solve_case(retry, settings, Budget.wall(case.deadline_s, settings.solver_workers))
+    except DomainError:  # some expert is held nowhere it can run without a load
+        raise DomainError(422, "no_valid_plan", "body", why) from None
     report = simulate(
         case.hardware, case.model, again.plan, case.workload, case.residency, include_timeline
     )
