@@ -205,6 +205,9 @@ FIGURES: dict[str, Callable[[], str]] = {
         f"{summary('runtimes')['v3_moved_unaligned']:,}"
     ),
     "sweep": lambda: f"**{summary('sweep')['speedup_2_over_1_workers']:.2f}x**",
+    "planted bugs": lambda: "all {replayed} replayed, {caught} caught".format(
+        **json.loads((ROOT / "docs" / "planted_bugs.json").read_text())["summary"]
+    ),
     "solvers greedy first": lambda: (
         f"p50 **{summary('solvers')['greedy_first_p50_ms_decode_64x9']:.2f} ms** on the 64 x 9 "
         "batch-1 decode layers"
