@@ -43,13 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchResult, tracked
+from bench.common import BenchResult, mean_or_none, tracked
 from hwmodel.plan import Residency, WeightSlice
 from hwmodel.presets import hardware_preset, model_preset
-from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_trace, match_model, traces_dir
-from hwmodel.spec import ModelSpec
+from hwmodel.routing_traces import ESFT_FILES, FLAME_FILE, load_for_replay, traces_dir
 from hwmodel.workload import RoutingTrace
-from solvers.decode_loop import LoopConfig, max_cache_lines, run_sequences
+from solvers.decode_loop import LoopConfig, max_cache_experts, run_sequences
 from solvers.prefetch.cache import ReplayStats, replay_runs
 
 HARDWARE = "offload-a6000-pcie4"
@@ -80,21 +79,13 @@ PREFILL_FRACTION = 0.25
 
 @lru_cache(maxsize=8)
 def prepared(path: str) -> tuple[str, RoutingTrace]:
-    """A trace file as the benchmark serves it: its model preset (``match_model``) and the
-    trace with that model's expert count, each sequence's tokens contiguous (a serving log's
-    interleaved requests regrouped)."""
-    return match_model(load_trace(path).per_sequence())
+    """``load_for_replay`` once per process and file (each job reads its trace by path)."""
+    return load_for_replay(path)
 
 
 def all_runs(trace: RoutingTrace) -> list[tuple[int, int, int]]:
     """Every sequence: the first quarter its prompt, the rest decoded."""
     return trace.decode_runs(PREFILL_FRACTION, 1 << 30)
-
-
-def lines_per_layer_fit(model: ModelSpec, top_k: int) -> int:
-    """The most cache lines per layer ``HARDWARE``'s GPU holds for every layer of ``model``,
-    with ``top_k`` experts in flight."""
-    return max_cache_lines(hardware_preset(HARDWARE), model, top_k) // model.num_moe_layers
 
 
 def capacities(trace: RoutingTrace, model_name: str, path: str) -> list[int]:
@@ -107,7 +98,7 @@ def capacities(trace: RoutingTrace, model_name: str, path: str) -> list[int]:
     """
     k, num_experts = trace.top_k, trace.num_experts
     caps = [c for c in CAPACITIES if 2 * k <= c < num_experts] or [min(2 * k, num_experts)]
-    fit = lines_per_layer_fit(model_preset(model_name), k)
+    fit = max_cache_experts(hardware_preset(HARDWARE), model_preset(model_name), k)
     if fit < 1:
         raise ValueError(
             f"trace {Path(path).name}: {HARDWARE}'s GPU cannot hold one {model_name} expert "
@@ -169,7 +160,7 @@ def latency_job(job: tuple[str, int, str, int, int]) -> dict[str, Any]:
     spec = dict(LATENCY_CONFIGS[name])
     if spec.pop("all", False):
         capacity = trace.num_experts
-        fit = lines_per_layer_fit(model, trace.top_k)
+        fit = max_cache_experts(hw, model, trace.top_k)
         if fit < capacity:  # the floor is not a machine this GPU can be
             return {"skipped": f"every expert resident needs {capacity} lines a layer, the "
                     f"GPU holds {fit}"}  # fmt: skip
@@ -278,12 +269,10 @@ def run(
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The figures the issue names (``*_scored``: the three quarters nothing was chosen on)."""
 
-    def mean(values: list[float]) -> float | None:
-        return float(np.mean(values)) if values else None  # no row measured it
-
     lat_rows = [r for r in rows if "latency" in r]
     s: dict[str, Any] = {
-        f"hit_rate_{n}_mean": mean([r[n]["all"]["hit_rate"] for r in rows]) for n in HIT_POLICIES
+        f"hit_rate_{n}_mean": mean_or_none([r[n]["all"]["hit_rate"] for r in rows])
+        for n in HIT_POLICIES
     }
     s |= {
         "moesched_over_belady_min": min(r["moesched"]["all"]["over_belady"] for r in rows),
@@ -317,23 +306,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             r["moesched_sub"]["scored"]["substituted_gate_mass"] for r in rows
         ),
         "decode_steps_min": min(r["decode_steps"] for r in rows),
-        "decode_latency_reduction_vs_lru_cpu_mean": mean(
+        "decode_latency_reduction_vs_lru_cpu_mean": mean_or_none(
             [r["decode_latency_reduction_vs_lru_cpu"] for r in lat_rows]
         ),
-        "decode_latency_reduction_sub_vs_lru_cpu_mean": mean(
+        "decode_latency_reduction_sub_vs_lru_cpu_mean": mean_or_none(
             [r["decode_latency_reduction_sub_vs_lru_cpu"] for r in lat_rows]
         ),
-        "decode_latency_reduction_belady_vs_lru_cpu_mean": mean(
+        "decode_latency_reduction_belady_vs_lru_cpu_mean": mean_or_none(
             [r["decode_latency_reduction_belady_vs_lru_cpu"] for r in lat_rows]
         ),
-        "decode_latency_reduction_all_resident_vs_lru_cpu_mean": mean(
+        "decode_latency_reduction_all_resident_vs_lru_cpu_mean": mean_or_none(
             [
                 r["decode_latency_reduction_all_resident_vs_lru_cpu"]
                 for r in lat_rows
                 if r["decode_latency_reduction_all_resident_vs_lru_cpu"] is not None
             ]
         ),
-        "decode_latency_reduction_vs_lru_gpu_only_mean": mean(
+        "decode_latency_reduction_vs_lru_gpu_only_mean": mean_or_none(
             [r["decode_latency_reduction_vs_lru_gpu_only"] for r in lat_rows]
         ),
         "moesched_over_bound_max": max(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -49,6 +51,11 @@ def percentile(values: list[float], q: float) -> float:
     if q >= 100:
         return max(values)
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    """The mean, or None when no row measured it (a JSON figure, never NaN or a made-up 0)."""
+    return float(np.mean(values)) if values else None
 
 
 # A progress hook for long loops: the CLI installs a reporter (a rich progress bar on a

@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import BenchResult, tracked
+from bench.common import BenchResult, mean_or_none, tracked
 from hwmodel.plan import Residency
 from hwmodel.plan_builder import layout_residency, stripe_granules
 from hwmodel.presets import hardware_preset, model_preset
@@ -81,8 +81,8 @@ from hwmodel.routing_traces import (
     ESFT_FILES,
     FLAME_FILE,
     load_expert_counts,
+    load_for_replay,
     load_trace,
-    match_model,
     traces_dir,
 )
 from hwmodel.spec import Hardware, ModelSpec
@@ -152,7 +152,7 @@ def make_trace(label: str, model_name: str, tokens: int) -> RoutingTrace:
     """The routing of a case: real files, or tokens sampled from the real histograms; a
     ``file:PATH`` label is that trace file, its requests regrouped into sequences."""
     if label.startswith(FILE_LABEL):
-        return match_model(load_trace(label.removeprefix(FILE_LABEL)).per_sequence(), model_name)[1]
+        return load_for_replay(label.removeprefix(FILE_LABEL), model_name)[1]
     if label.startswith("esft-") and label != "esft-side-by-side":
         return load_trace(traces_dir() / ESFT_FILES[label.removeprefix("esft-")])
     if label == "flame":
@@ -317,11 +317,6 @@ def decode_point(
     }
 
 
-def mean_or_none(values: list[float]) -> float | None:
-    """The mean, or None when no row measured it (a JSON figure, never NaN)."""
-    return float(np.mean(values)) if values else None
-
-
 def does_not_fit(model_name: str, dimms: int) -> str | None:
     """Why the model's experts do not fit in the DIMMs' memory, or None when they do."""
     hw, model = hardware_preset(f"gpu-ndp-{dimms}dimm"), model_preset(model_name)
@@ -337,7 +332,7 @@ def file_cases(traces: list[Path]) -> list[tuple[str, str, str]]:
     ``file:PATH`` (``make_trace`` reads it)."""
     out = []
     for path in traces:
-        model_name, _ = match_model(load_trace(path))
+        model_name, _ = load_for_replay(path)
         out.append((model_name, f"{FILE_LABEL}{path}", "real"))
     return out
 

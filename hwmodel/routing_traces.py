@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from hwmodel.runtime_formats import MAX_EXPERT_ID
+from hwmodel.runtime_formats import MAX_EXPERT_ID, read_routing_log
 from hwmodel.spec import ModelSpec
 from hwmodel.workload import RoutingTrace
 
@@ -325,6 +325,13 @@ def match_model(trace: RoutingTrace, name: str | None = None) -> tuple[str, Rout
     return name, trace
 
 
+def load_for_replay(path: str | Path, name: str | None = None) -> tuple[str, RoutingTrace]:
+    """A trace file as replays and benchmarks serve it: ``load_trace``, each sequence's
+    tokens contiguous (``per_sequence``), on the preset it fits (``match_model``; ``name``
+    names one). Returns (preset name, trace with that model's expert count)."""
+    return match_model(load_trace(path).per_sequence(), name)
+
+
 def _first_line(path: Path) -> str:
     """The file's first line (at most 64 KiB of it), gunzipped when its bytes are gzip."""
     with _open_text(path) as f:
@@ -345,8 +352,6 @@ def load_trace(path: str | Path) -> RoutingTrace:
     ``[positions, layers, sequences, top_k]`` (``.npy``, ``.pt``, or ``.json``: a bare array
     or ``{"topk_ids": ...}``; ``read_routing_log``). Whether a file is gzip is read from its
     bytes, not its name."""
-    from hwmodel.runtime_formats import read_routing_log
-
     p = Path(path)
     if p.name.endswith(".jsonl.gz") or p.name.endswith(".jsonl"):
         head = _first_line(p)

@@ -601,12 +601,12 @@ def replay(
     from bench.ndp import decode_granules
     from hwmodel.plan_builder import layout_residency
     from hwmodel.presets import hardware_preset, model_preset
-    from hwmodel.routing_traces import load_trace, match_model
+    from hwmodel.routing_traces import load_for_replay
     from solvers.decode_loop import Dispatch, LoopConfig, run_sequences
     from solvers.prefetch.cache import POLICIES, Policy
 
     with bad_input(trace), progress(quiet) as reporter, reporting(reporter):
-        model, routing = match_model(load_trace(trace).per_sequence(), model)
+        model, routing = load_for_replay(trace, model)
         spec, hw = model_preset(model), hardware_preset(hardware)
         ndps = sum(1 for d in hw.devices if d.kind == "ndp")
         granules = decode_granules(spec, ndps) if ndps else 4  # bench ndp's rule
